@@ -1,0 +1,458 @@
+"""``AsyncNanoGPT``: settings, the connection pools, and the one request path every call takes."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import httpx
+from typing_extensions import Self
+
+from nanogpt_async._codec import dumps, loads_maybe_offloaded
+from nanogpt_async._errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    ImageDownloadError,
+    ImageURLExpiredError,
+    InvalidInputError,
+    status_error,
+)
+from nanogpt_async._images import Images
+from nanogpt_async._models import Balance, checked_image, redact_url
+from nanogpt_async._retry import AttemptHooks, RetryPolicy, parse_retry_after, run_with_retries
+from nanogpt_async._transport import AutoTransport
+from nanogpt_async._types import NOT_GIVEN, NotGiven, TimeoutTypes
+
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "AsyncNanoGPT"]
+
+logger = logging.getLogger("nanogpt_async")
+
+DEFAULT_BASE_URL = "https://nano-gpt.com/api/v1"
+#: Generation takes seconds to tens of seconds; a read timeout shorter than a few minutes would
+#: abandon (and, with retries, pay again for) work the server is still doing.
+DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0, pool=None)
+DEFAULT_DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0, pool=None)
+DEFAULT_MAX_CONNECTIONS = 256
+#: Caps on what a misbehaving server can make us hold in memory.
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _as_timeout(value: TimeoutTypes) -> httpx.Timeout:
+    return value if isinstance(value, httpx.Timeout) else httpx.Timeout(value)
+
+
+class AsyncNanoGPT:
+    """An asyncio (and trio) client for NanoGPT's image API.
+
+    One instance holds one connection pool for its whole life: create it once (for a web app,
+    in the app's lifespan) and share it. Use ``async with`` or call :meth:`aclose`.
+
+    Args:
+        api_key: Your NanoGPT key; defaults to the ``NANOGPT_API_KEY`` environment variable.
+        base_url: API base; defaults to ``NANOGPT_BASE_URL`` or ``https://nano-gpt.com/api/v1``.
+        timeout: Seconds or an ``httpx.Timeout``; ``None`` means no timeout.
+        max_retries: Retries after the first attempt (overrides ``retry_policy.max_retries``).
+        retry_policy: The full retry policy; see :class:`RetryPolicy`.
+        max_connections: Connection pool size; the batch runner keeps its concurrency within it.
+        http_client: Your own ``httpx.AsyncClient`` for API calls (proxies, custom TLS, mocks).
+            It is not closed by :meth:`aclose`; you own it.
+        download_client: Your own ``httpx.AsyncClient`` for signed-URL downloads. It must not
+            carry credentials: the library never adds any to it. Not closed by :meth:`aclose`.
+        download_timeout: Timeout for each signed-URL download.
+        max_response_bytes: Largest API response body accepted.
+        max_download_bytes: Largest downloaded image accepted.
+        verify: TLS verification for the pools this client creates (on by default).
+
+    Example:
+        >>> async with AsyncNanoGPT() as client:  # doctest: +SKIP
+        ...     response = await client.images.generate(prompt="a lighthouse at dusk")
+        ...     await response.data[0].save("lighthouse")
+    """
+
+    images: Images
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        retry_policy: RetryPolicy | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        http_client: httpx.AsyncClient | None = None,
+        download_client: httpx.AsyncClient | None = None,
+        download_timeout: TimeoutTypes = DEFAULT_DOWNLOAD_TIMEOUT,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        verify: bool | str = True,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get("NANOGPT_API_KEY", "")
+        key = key.strip()
+        if not key:
+            raise InvalidInputError(
+                "No NanoGPT API key: pass AsyncNanoGPT(api_key=...) or set the NANOGPT_API_KEY "
+                "environment variable (create a key at https://nano-gpt.com/api)"
+            )
+        if any(ch.isspace() or not ch.isprintable() for ch in key):
+            raise InvalidInputError(
+                "The NanoGPT API key contains whitespace or control characters; check how it "
+                "was copied (the key itself is not shown here)"
+            )
+        self._api_key = key
+        self.base_url = self._check_base_url(
+            base_url or os.environ.get("NANOGPT_BASE_URL") or DEFAULT_BASE_URL
+        )
+        if max_connections < 1:
+            raise InvalidInputError(f"max_connections must be at least 1, got {max_connections}")
+        self.max_connections = max_connections
+        self.timeout = DEFAULT_TIMEOUT if isinstance(timeout, NotGiven) else _as_timeout(timeout)
+        policy = retry_policy or RetryPolicy()
+        if not isinstance(max_retries, NotGiven):
+            policy = RetryPolicy(**{**policy.__dict__, "max_retries": max_retries})
+        self.retry_policy = policy
+        self.max_response_bytes = max_response_bytes
+        self.max_download_bytes = max_download_bytes
+        self.download_timeout = _as_timeout(download_timeout)
+
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=5.0,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            transport=AutoTransport(limits=limits, verify=verify), timeout=self.timeout
+        )
+        self._owns_download_http = download_client is None
+        # A separate pool for signed URLs: it has no credentials to leak, and downloads never
+        # queue behind generations waiting for a connection.
+        self._download_http = download_client or httpx.AsyncClient(
+            transport=AutoTransport(limits=limits, verify=verify),
+            timeout=self.download_timeout,
+            follow_redirects=True,
+            max_redirects=5,
+        )
+        # Built once: the hot path only looks these up.
+        self._auth_headers = {
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "nanogpt-async/0.1.0",
+        }
+        self._generations_url = f"{self.base_url}/images/generations"
+        self._models_url = f"{self.base_url}/image-models"
+        self._balance_url = self._api_root(self.base_url) + "/check-balance"
+        self.images = Images(self)
+
+    @staticmethod
+    def _check_base_url(url: str) -> str:
+        url = url.strip().rstrip("/")
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise InvalidInputError(
+                f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {url!r}"
+            )
+        if parsed.scheme == "http" and not _is_loopback(parsed.host):
+            warnings.warn(
+                f"base_url {url!r} is plain http to a non-loopback host: the API key would "
+                "cross the network unencrypted. Use https.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return url
+
+    @staticmethod
+    def _api_root(base_url: str) -> str:
+        """``.../api/v1`` -> ``.../api``: check-balance lives outside the OpenAI-style ``/v1``."""
+        root = base_url.removesuffix("/v1")
+        return root if root.endswith("/api") else root + "/api"
+
+    def __repr__(self) -> str:
+        return f"AsyncNanoGPT(base_url={self.base_url!r}, api_key=<hidden>)"
+
+    async def __aenter__(self) -> Self:
+        """Use the client as an async context manager; the pools close on exit."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the pools."""
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pools this client created (not ones you passed in)."""
+        if self._owns_http:
+            await self._http.aclose()
+        if self._owns_download_http:
+            await self._download_http.aclose()
+
+    def with_options(
+        self,
+        *,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        retry_policy: RetryPolicy | None = None,
+    ) -> AsyncNanoGPT:
+        """A view of this client with other timeout/retry settings, sharing its connection pool.
+
+        Closing the view does not close the pool; close the original.
+
+        Example:
+            >>> patient = client.with_options(timeout=600, max_retries=5)  # doctest: +SKIP
+        """
+        view = copy.copy(self)
+        view._owns_http = False  # noqa: SLF001 - same class
+        view._owns_download_http = False  # noqa: SLF001
+        if not isinstance(timeout, NotGiven):
+            view.timeout = _as_timeout(timeout)
+        policy = retry_policy or self.retry_policy
+        if not isinstance(max_retries, NotGiven):
+            policy = RetryPolicy(**{**policy.__dict__, "max_retries": max_retries})
+        view.retry_policy = policy
+        view.images = Images(view)
+        return view
+
+    # -- the request path -------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool,
+        hooks: AttemptHooks | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> tuple[Any, str | None]:
+        """Send one API call through the retry engine; return ``(parsed JSON, request id)``."""
+        content = dumps(json_body) if json_body is not None else None
+        request_headers = headers if headers is not None else self._auth_headers
+        effective_timeout = self.timeout if isinstance(timeout, NotGiven) else _as_timeout(timeout)
+        describe = f"{method} {httpx.URL(url).path}"
+
+        async def attempt() -> tuple[Any, str | None]:
+            return await self._attempt(
+                method,
+                url,
+                content=content,
+                headers=request_headers,
+                timeout=effective_timeout,
+                describe=describe,
+            )
+
+        return await run_with_retries(
+            self.retry_policy, attempt, idempotent=idempotent, describe=describe, hooks=hooks
+        )
+
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None,
+        headers: Mapping[str, str],
+        timeout: httpx.Timeout,
+        describe: str,
+    ) -> tuple[Any, str | None]:
+        try:
+            async with self._http.stream(
+                method, url, content=content, headers=headers, timeout=timeout
+            ) as response:
+                body = await _read_capped(response, self.max_response_bytes, describe)
+        except httpx.TransportError as exc:
+            raise _connection_error(exc, describe, self.base_url) from exc
+        request_id = response.headers.get("x-request-id")
+        if response.status_code >= 300:  # noqa: PLR2004 - redirects are not followed with a key
+            raise status_error(
+                response.status_code,
+                body,
+                content_type=response.headers.get("content-type", ""),
+                request_id=request_id,
+                retry_after=parse_retry_after(response.headers),
+            )
+        try:
+            return await loads_maybe_offloaded(body), request_id
+        except ValueError:
+            snippet = body[:200].decode("utf-8", "replace")
+            raise APIResponseValidationError(
+                f"{describe} answered {response.status_code} with a body that is not JSON "
+                f"({len(body)} bytes, starting {snippet!r}); if it was a generation it may "
+                "have been charged",
+                request_id=request_id,
+                body=snippet,
+            ) from None
+
+    # -- downloads --------------------------------------------------------------------------
+
+    async def download_image(self, url: str) -> bytes:
+        """Download a signed image URL without any credentials; check the bytes are an image.
+
+        Transient failures (5xx, 429, connection errors, timeouts) are retried: a GET costs
+        nothing. 403 and 404 mean the signed URL expired or the file is gone.
+
+        Raises:
+            ImageURLExpiredError: 403/404 from the storage host.
+            ImageDownloadError: any other failure, after retries.
+            InvalidImageError: the URL answered with something that is not an image.
+        """
+        shown = redact_url(url)
+        scheme = httpx.URL(url).scheme if "://" in url else ""
+        if scheme not in ("http", "https"):
+            raise ImageDownloadError(
+                f"refusing to download image URL {shown!r}: only http(s) URLs are fetched",
+                url=shown,
+            )
+        describe = f"GET {shown}"
+
+        async def attempt() -> bytes:
+            try:
+                async with self._download_http.stream("GET", url) as response:
+                    if response.status_code in (403, 404):
+                        head = await _read_capped(response, 64 * 1024, describe, truncate=True)
+                        raise _expired_error(shown, response.status_code, head)
+                    body = await _read_capped(response, self.max_download_bytes, describe)
+            except httpx.TransportError as exc:
+                raise _connection_error(exc, describe, shown) from exc
+            if response.status_code >= 300:  # noqa: PLR2004
+                raise status_error(
+                    response.status_code,
+                    body,
+                    content_type=response.headers.get("content-type", ""),
+                    request_id=response.headers.get("x-request-id"),
+                    retry_after=parse_retry_after(response.headers),
+                )
+            return body
+
+        try:
+            data = await run_with_retries(
+                self.retry_policy, attempt, idempotent=True, describe=describe
+            )
+        except APIStatusError as exc:
+            raise ImageDownloadError(
+                f"downloading {shown} failed with HTTP {exc.status_code}: {exc.message}",
+                url=shown,
+                status_code=exc.status_code,
+            ) from exc
+        except APIConnectionError as exc:
+            raise ImageDownloadError(f"downloading {shown} failed: {exc}", url=shown) from exc
+        checked_image(data, f"the download from {shown}")
+        return data
+
+    # -- account ----------------------------------------------------------------------------
+
+    async def balance(self) -> Balance:
+        """The account balance (``POST /api/check-balance``), amounts as ``Decimal``."""
+        headers = {
+            "x-api-key": self._api_key,
+            "Accept": "application/json",
+            "User-Agent": self._auth_headers["User-Agent"],
+        }
+        payload, request_id = await self._request(
+            "POST", self._balance_url, headers=headers, idempotent=True
+        )
+        return Balance.from_api(payload, request_id=request_id)
+
+
+def _expired_error(shown: str, status: int, head: bytes) -> ImageURLExpiredError:
+    text = head.decode("utf-8", "replace")
+    reason = "expired" if status == 403 else "not found (deleted)"  # noqa: PLR2004
+    lowered = text.lower()
+    if "expired" in lowered:
+        reason = "expired"
+    detail = ""
+    start, end = text.find("<Message>"), text.find("</Message>")
+    if 0 <= start < end:
+        detail = f": {text[start + len('<Message>') : end].strip()}"
+    return ImageURLExpiredError(
+        f"the signed image URL {shown} is {reason} (HTTP {status}{detail}). Signed URLs last "
+        "about an hour and files are deleted later: download right after generating, or "
+        "generate again",
+        url=shown,
+        status_code=status,
+    )
+
+
+async def _read_capped(
+    response: httpx.Response, limit: int, describe: str, *, truncate: bool = False
+) -> bytes:
+    """Read the body, refusing (or truncating) past ``limit`` bytes."""
+    declared = response.headers.get("content-length")
+    if not truncate and declared and declared.isdigit() and int(declared) > limit:
+        raise APIResponseValidationError(
+            f"{describe} answered with {int(declared)} bytes, over the {limit}-byte cap "
+            "(raise max_response_bytes / max_download_bytes if that is expected)",
+            request_id=response.headers.get("x-request-id"),
+        )
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            if truncate:
+                chunks.append(chunk[: limit - (total - len(chunk))])
+                break
+            raise APIResponseValidationError(
+                f"{describe} sent more than the {limit}-byte cap "
+                "(raise max_response_bytes / max_download_bytes if that is expected)",
+                request_id=response.headers.get("x-request-id"),
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_NOT_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.ProxyError,
+)
+
+
+def _connection_error(exc: httpx.TransportError, describe: str, where: str) -> APIConnectionError:
+    """Translate an httpx failure, saying whether the request may have reached the server."""
+    sent = not isinstance(exc, _NOT_SENT)
+    reason = str(exc) or type(exc).__name__
+    if sent:
+        consequence = "the request may have reached NanoGPT, so a generation may have been charged"
+    else:
+        consequence = "the request was not sent, nothing was charged"
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(
+            f"{describe} timed out ({type(exc).__name__}: {reason}); {consequence}. "
+            "Raise timeout= if generations legitimately take longer",
+            request_sent=sent,
+        )
+    return APIConnectionError(
+        f"{describe} to {where} failed ({type(exc).__name__}: {reason}); {consequence}. "
+        "Check the network and base URL",
+        request_sent=sent,
+    )

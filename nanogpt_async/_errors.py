@@ -1,0 +1,428 @@
+"""The exceptions nanogpt-async raises.
+
+Every exception is a :class:`NanoGPTError`; catch that to catch them all::
+
+    NanoGPTError
+    ├── InvalidInputError               bad input, refused before any request is sent (or paid)
+    │   └── ImageInputError             an input image that is unreadable, too big or not an image
+    ├── APIError                        something went wrong talking to NanoGPT
+    │   ├── APIStatusError              NanoGPT answered with an error status
+    │   │   ├── BadRequestError             400
+    │   │   │   └── ContentPolicyViolationError 400 content_policy_violation (not charged)
+    │   │   ├── AuthenticationError         401
+    │   │   ├── InsufficientBalanceError    402
+    │   │   ├── PermissionDeniedError       403
+    │   │   ├── NotFoundError               404
+    │   │   ├── RequestTimeoutError         408 (retried)
+    │   │   ├── ConflictError               409
+    │   │   ├── PayloadTooLargeError        413
+    │   │   ├── UnprocessableEntityError    422
+    │   │   ├── RateLimitError              429 (retried)
+    │   │   │   └── DailyLimitExceededError 429 daily cap: not retried, says when it resets
+    │   │   └── InternalServerError         5xx (retried)
+    │   ├── APIConnectionError          no usable answer: refused, reset, protocol error
+    │   │   └── APITimeoutError         the request timed out
+    │   └── APIResponseValidationError  a 2xx answer we cannot understand (bad JSON, wrong shape)
+    └── ImageError                      a generated image could not be turned into bytes
+        ├── InvalidImageError           the bytes are not an image (bad base64, an HTML page)
+        └── ImageDownloadError          a signed URL could not be downloaded
+            └── ImageURLExpiredError    the signed URL expired or the file was deleted (403/404)
+
+Messages say what happened and what to do, carry the status, server message, error code and
+request id, and never contain the API key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "ContentPolicyViolationError",
+    "DailyLimitExceededError",
+    "ImageDownloadError",
+    "ImageError",
+    "ImageInputError",
+    "ImageURLExpiredError",
+    "InsufficientBalanceError",
+    "InternalServerError",
+    "InvalidImageError",
+    "InvalidInputError",
+    "NanoGPTError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "UnprocessableEntityError",
+    "parse_error_body",
+    "status_error",
+]
+
+#: Error codes NanoGPT uses for a per-key daily cap (429 whose Retry-After is hours away).
+DAILY_LIMIT_CODES = frozenset({"daily_rpd_limit_exceeded", "daily_usd_limit_exceeded"})
+
+_MAX_BODY_SNIPPET = 300
+
+
+class NanoGPTError(Exception):
+    """Base class of every error raised by nanogpt-async."""
+
+
+class InvalidInputError(NanoGPTError, ValueError):
+    """The arguments cannot make a valid request; nothing was sent and nothing was charged."""
+
+
+class ImageInputError(InvalidInputError):
+    """An input image (``image=``, ``images=``, ``mask=``) is unreadable, too big or no image."""
+
+
+class APIError(NanoGPTError):
+    """A request to NanoGPT failed.
+
+    Attributes:
+        message: What happened, in the server's words where it gave any.
+        request_id: The ``X-Request-ID`` NanoGPT sent, to quote to support.
+    """
+
+    message: str
+    request_id: str | None
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        self.message = message
+        self.request_id = request_id
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if self.request_id and self.request_id not in self.message:
+            return f"{self.message} (request id: {self.request_id})"
+        return self.message
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # Keyword-only __init__ arguments defeat the default pickling; rebuild from __dict__.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[Exception], args: tuple[Any, ...], state: dict[str, Any]) -> Exception:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class APIStatusError(APIError):
+    """NanoGPT answered with an error status.
+
+    Attributes:
+        status_code: The HTTP status.
+        code: The machine-readable error code when the body had one (``rate_limit_exceeded``...).
+        error_type: The OpenAI-style ``type`` when the body had one.
+        param: The offending request field when the server named it.
+        body: The parsed JSON body, or the text of a non-JSON body (truncated).
+        retry_after: Seconds the server asked us to wait, when it said.
+    """
+
+    #: What the user can do about it; appended to the message.
+    hint = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        request_id: str | None = None,
+        code: str | None = None,
+        error_type: str | None = None,
+        param: str | None = None,
+        body: object = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.code = code
+        self.error_type = error_type
+        self.param = param
+        self.body = body
+        self.retry_after = retry_after
+        super().__init__(message, request_id=request_id)
+
+    def __str__(self) -> str:
+        parts = [f"NanoGPT answered {self.status_code}: {self.message}"]
+        details = []
+        if self.code:
+            details.append(f"code: {self.code}")
+        if self.param:
+            details.append(f"param: {self.param}")
+        if self.request_id:
+            details.append(f"request id: {self.request_id}")
+        if details:
+            parts.append(f" ({', '.join(details)})")
+        if self.hint:
+            parts.append(f". {self.hint}")
+        return "".join(parts)
+
+
+class BadRequestError(APIStatusError):
+    """400: the request was invalid. Not charged."""
+
+    hint = "Fix the request; retrying it unchanged will fail the same way"
+
+
+class ContentPolicyViolationError(BadRequestError):
+    """400 ``content_policy_violation``: the prompt or image was refused. Not charged."""
+
+    hint = "Change the prompt or input image; this request is refused by the content policy"
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing or invalid."""
+
+    hint = "Check NANOGPT_API_KEY (or api_key=); create a key at https://nano-gpt.com/api"
+
+
+class InsufficientBalanceError(APIStatusError):
+    """402: the account balance cannot pay for this request."""
+
+    hint = "Top up the NanoGPT balance, or lower n/size/model cost"
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: this key may not do this."""
+
+    hint = "This key is not permitted to use this model or route"
+
+
+class NotFoundError(APIStatusError):
+    """404: unknown model or route."""
+
+    hint = "Check the model id (client.images.models() lists them) and the base URL"
+
+
+class RequestTimeoutError(APIStatusError):
+    """408: the server timed the request out (retried)."""
+
+
+class ConflictError(APIStatusError):
+    """409: conflict."""
+
+
+class PayloadTooLargeError(APIStatusError):
+    """413: the request body is too large (input images are limited to 4 MB each)."""
+
+    hint = "Send smaller input images (4 MB each at most)"
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: the request was understood but cannot be processed."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests per second (retried with backoff honouring ``Retry-After``)."""
+
+    hint = "Slow down: lower the concurrency or requests per second"
+
+
+class DailyLimitExceededError(RateLimitError):
+    """429 with a daily-cap code: this key's requests or USD for today are used up.
+
+    Not retried: the cap resets at 00:00 UTC. ``resets_at`` says when (UTC).
+    """
+
+    def __init__(self, message: str, *, resets_at: dt.datetime, **kwargs: Any) -> None:
+        self.resets_at = resets_at
+        super().__init__(message, **kwargs)
+
+    @property
+    def hint(self) -> str:  # type: ignore[override]
+        """When the cap resets."""
+        return (
+            f"The daily cap resets at {self.resets_at:%Y-%m-%d %H:%M} UTC; "
+            "raise the key's cap on nano-gpt.com or try again then"
+        )
+
+
+class InternalServerError(APIStatusError):
+    """5xx: a failure on NanoGPT's side (retried)."""
+
+    hint = "A NanoGPT-side failure that persisted through retries; try again later"
+
+
+class APIConnectionError(APIError):
+    """No usable answer: the connection failed, was reset, or broke the protocol.
+
+    Attributes:
+        request_sent: ``False`` when the request certainly never reached the server (connection
+            refused, pool timeout): safe to retry, nothing was charged. ``True`` when it may have
+            reached it (read timeout, reset mid-response): it may have been generated and charged.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool, request_id: str | None = None) -> None:
+        self.request_sent = request_sent
+        super().__init__(message, request_id=request_id)
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out (connect, pool, read or write)."""
+
+
+class APIResponseValidationError(APIError):
+    """A 2xx answer that is not what NanoGPT documents (invalid JSON, missing ``data``...).
+
+    The request may have been charged. ``body`` holds what we could read of it.
+    """
+
+    def __init__(self, message: str, *, request_id: str | None = None, body: object = None) -> None:
+        self.body = body
+        super().__init__(message, request_id=request_id)
+
+
+class ImageError(NanoGPTError):
+    """A generated image could not be turned into bytes."""
+
+
+class InvalidImageError(ImageError):
+    """The bytes are not a PNG/JPEG/WebP/GIF image (invalid base64, an HTML error page...)."""
+
+
+class ImageDownloadError(ImageError):
+    """Downloading a signed image URL failed.
+
+    Attributes:
+        url: The URL without its query string (the signature is a credential of its own).
+        status_code: The HTTP status, when there was an answer.
+    """
+
+    def __init__(self, message: str, *, url: str, status_code: int | None = None) -> None:
+        self.url = url
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class ImageURLExpiredError(ImageDownloadError):
+    """The signed URL expired (403) or the file is gone (404); generate again to get it."""
+
+
+def _first_str(*values: object) -> str | None:
+    for value in values:
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def parse_error_body(  # noqa: C901 - one flat walk over every body shape seen in the wild
+    content: bytes, content_type: str = ""
+) -> tuple[str, dict[str, Any]]:
+    """Turn any error body into ``(message, fields)``; never raises.
+
+    Understands the OpenAI shape ``{"error": {"message", "type", "code", "param"}}``, the legacy
+    ``{"error": "Insufficient balance", "status": 402, ...}``, the spec's
+    ``{"error": 400, "message": "..."}``, bare ``{"message": ...}``/``{"detail": ...}``, and
+    non-JSON bodies (HTML from a proxy, plain text, nothing at all). ``fields`` holds ``code``,
+    ``type``, ``param`` and ``body`` where found.
+    """
+    from nanogpt_async._codec import loads  # noqa: PLC0415 - avoid an import cycle at load time
+
+    text = content.decode("utf-8", "replace").strip()
+    fields: dict[str, Any] = {}
+    data: object = None
+    if text and (text[0] in "{[" or "json" in content_type):
+        try:
+            data = loads(content)
+        except ValueError:
+            data = None
+    if isinstance(data, Mapping):
+        fields["body"] = dict(data)
+        err = data.get("error")
+        message = None
+        if isinstance(err, Mapping):
+            message = _first_str(err.get("message"), err.get("detail"))
+            code, typ, param = err.get("code"), err.get("type"), err.get("param")
+            fields["code"] = str(code) if isinstance(code, (str, int)) else None
+            fields["type"] = typ if isinstance(typ, str) else None
+            fields["param"] = param if isinstance(param, str) else None
+        elif isinstance(err, str):
+            message = err
+        code = data.get("code")
+        if fields.get("code") is None and isinstance(code, str):
+            fields["code"] = code
+        message = message or _first_str(
+            data.get("message"), data.get("detail"), data.get("error_description")
+        )
+        if message is None:
+            snippet = text[:_MAX_BODY_SNIPPET]
+            message = f"unrecognised error body: {snippet}" if snippet else "no error message"
+        return message, fields
+    if not text:
+        return "empty response body", fields
+    if data is not None:  # JSON, but not an object
+        fields["body"] = data
+        return f"unrecognised error body: {text[:_MAX_BODY_SNIPPET]}", fields
+    fields["body"] = text[:_MAX_BODY_SNIPPET]
+    # An HTML page from a proxy: its <title> is the most useful line in it.
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    if title and title.group(1).strip():
+        return f"non-JSON response: {' '.join(title.group(1).split())[:200]}", fields
+    return f"non-JSON response: {' '.join(text.split())[:200]}", fields
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientBalanceError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    408: RequestTimeoutError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def status_error(
+    status_code: int,
+    content: bytes,
+    *,
+    content_type: str = "",
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    now: dt.datetime | None = None,
+) -> APIStatusError:
+    """Build the right :class:`APIStatusError` subclass for an error response."""
+    message, fields = parse_error_body(content, content_type)
+    code = fields.get("code")
+    kwargs: dict[str, Any] = {
+        "status_code": status_code,
+        "request_id": request_id,
+        "code": code,
+        "error_type": fields.get("type"),
+        "param": fields.get("param"),
+        "body": fields.get("body"),
+        "retry_after": retry_after,
+    }
+    if status_code == 429 and code in DAILY_LIMIT_CODES:  # noqa: PLR2004
+        now = now or dt.datetime.now(dt.timezone.utc)
+        if retry_after is not None and retry_after > 0:
+            resets_at = now + dt.timedelta(seconds=retry_after)
+        else:
+            resets_at = (now + dt.timedelta(days=1)).replace(
+                hour=0, minute=0, second=0, microsecond=0
+            )
+        return DailyLimitExceededError(message, resets_at=resets_at, **kwargs)
+    if status_code == 400 and (  # noqa: PLR2004
+        code == "content_policy_violation" or fields.get("type") == "content_policy_violation"
+    ):
+        return ContentPolicyViolationError(message, **kwargs)
+    cls = _STATUS_CLASSES.get(status_code)
+    if cls is None:
+        cls = InternalServerError if status_code >= 500 else APIStatusError  # noqa: PLR2004
+    return cls(message, **kwargs)

@@ -1,0 +1,129 @@
+"""The ``client.images`` resource: generate, and the image-model catalogue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from nanogpt_async._models import ImageModel, ImagesResponse
+from nanogpt_async._request import build_generation_body
+from nanogpt_async._types import NOT_GIVEN, ImageInput, NotGiven, ResponseFormat, TimeoutTypes
+
+if TYPE_CHECKING:
+    from nanogpt_async._client import AsyncNanoGPT
+    from nanogpt_async._retry import AttemptHooks
+
+__all__ = ["Images"]
+
+
+class Images:
+    """Image generation calls; reach it as ``client.images``."""
+
+    def __init__(self, client: AsyncNanoGPT) -> None:
+        self._client = client
+
+    async def generate(
+        self,
+        *,
+        prompt: str,
+        model: str | None = None,
+        n: int | None = None,
+        size: str | None = None,
+        response_format: ResponseFormat | None = None,
+        user: str | None = None,
+        image: ImageInput | None = None,
+        images: Sequence[ImageInput] | None = None,
+        mask: ImageInput | None = None,
+        strength: float | None = None,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        seed: int | None = None,
+        kontext_max_mode: bool | None = None,
+        extra_body: dict[str, Any] | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> ImagesResponse:
+        """Generate images (``POST /images/generations``); one call, one charge.
+
+        Arguments left as ``None`` are not sent, so NanoGPT's defaults apply (model
+        ``hidream``, ``n=1``, ``b64_json``). Input images (``image``, ``images``, ``mask``) may
+        be paths, bytes or data URLs; they are checked (type from the bytes, 4 MB at most)
+        before anything is sent.
+
+        Args:
+            prompt: What to draw.
+            model: Model id (see :meth:`models`).
+            n: Images per request (the model's ``max_images`` at most).
+            size: Model-specific size such as ``"1024x1024"`` or ``"auto"``.
+            response_format: ``"b64_json"`` or ``"url"`` (signed, expires in about an hour).
+            user: Your end user's id.
+            image: One input image for image-to-image (``imageDataUrl``).
+            images: Several input images (``imageDataUrls``) for models that take them.
+            mask: Inpainting mask, white where to edit (``maskDataUrl``).
+            strength: 0..1, how far from the input image to go.
+            guidance_scale: 0..20, how closely to follow the prompt.
+            num_inference_steps: 1..100 denoising steps.
+            seed: Seed, where the model supports one.
+            kontext_max_mode: flux-kontext's enhanced context mode.
+            extra_body: More JSON fields, sent as given (for fields this library predates).
+            timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+
+        Returns:
+            The typed response; ``await response.data[0].read()`` gives the bytes.
+
+        Raises:
+            InvalidInputError: a bad argument (nothing sent, nothing charged).
+            APIStatusError: NanoGPT refused (a subclass per status, see the error tree).
+            APIConnectionError: no usable answer after retries.
+        """
+        body = await build_generation_body(
+            {
+                "prompt": prompt,
+                "model": model,
+                "n": n,
+                "size": size,
+                "response_format": response_format,
+                "user": user,
+                "image": image,
+                "images": images,
+                "mask": mask,
+                "strength": strength,
+                "guidance_scale": guidance_scale,
+                "num_inference_steps": num_inference_steps,
+                "seed": seed,
+                "kontext_max_mode": kontext_max_mode,
+                "extra_body": extra_body,
+            }
+        )
+        return await self.generate_from_body(body, timeout=timeout)
+
+    async def generate_from_body(
+        self,
+        body: dict[str, Any],
+        *,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        hooks: AttemptHooks | None = None,
+    ) -> ImagesResponse:
+        """Send an already built and checked JSON body (the batch runner's entry point).
+
+        ``hooks`` are awaited before every attempt (retries included) and told each outcome.
+        """
+        client = self._client
+        payload, request_id = await client._request(  # noqa: SLF001 - the resource's own client
+            "POST",
+            client._generations_url,  # noqa: SLF001
+            json_body=body,
+            idempotent=False,
+            hooks=hooks,
+            timeout=timeout,
+        )
+        return ImagesResponse.from_api(payload, request_id=request_id, downloader=client)
+
+    async def models(self, *, detailed: bool = True) -> list[ImageModel]:
+        """The image-model catalogue: ids, price per size, capabilities, sizes, max images."""
+        client = self._client
+        url = client._models_url + ("?detailed=true" if detailed else "")  # noqa: SLF001
+        payload, _ = await client._request("GET", url, idempotent=True)  # noqa: SLF001
+        items = payload.get("data") if isinstance(payload, dict) else payload
+        if not isinstance(items, list):
+            return []
+        return [ImageModel.from_api(item) for item in items if isinstance(item, dict)]

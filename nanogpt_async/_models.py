@@ -1,0 +1,356 @@
+"""Typed views of NanoGPT's responses.
+
+Frozen dataclasses, parsed liberally: unknown fields are kept in ``raw`` and never rejected, and
+one malformed image item does not throw away the paid-for items beside it (its ``read()``
+raises instead).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Protocol
+
+from nanogpt_async._codec import b64decode_maybe_offloaded
+from nanogpt_async._errors import (
+    APIResponseValidationError,
+    InvalidImageError,
+    InvalidInputError,
+)
+from nanogpt_async._files import write_atomic_async
+from nanogpt_async._sniff import SUFFIXES, ImageKind, sniff_image
+
+__all__ = [
+    "Balance",
+    "GeneratedImage",
+    "ImageModel",
+    "ImagesResponse",
+    "ModelCapabilities",
+    "redact_url",
+]
+
+
+def redact_url(url: str) -> str:
+    """The URL without its query string: a signed URL's signature is a credential of its own."""
+    return url.split("?", 1)[0]
+
+
+class Downloader(Protocol):
+    """Fetches a signed image URL (implemented by the client's key-free download path)."""
+
+    async def download_image(self, url: str) -> bytes:
+        """Return the image bytes at ``url``."""
+        ...
+
+
+def _float_or_none(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def checked_image(data: bytes, what: str) -> ImageKind:
+    """The kind of ``data``, or :class:`InvalidImageError` saying what it looks like instead."""
+    kind = sniff_image(data)
+    if kind is None:
+        head = data[:64].decode("utf-8", "replace").strip()
+        looks = "an HTML page" if head.lower().startswith(("<!doctype", "<html")) else repr(head)
+        raise InvalidImageError(f"{what} is not a PNG/JPEG/WebP/GIF image; it starts as {looks}")
+    return kind
+
+
+def resolve_image_path(path: str | os.PathLike[str], kind: ImageKind) -> Path:
+    """``path`` with the extension the bytes call for; a contradicting extension is an error."""
+    target = Path(path)
+    if not target.suffix:
+        return target.with_suffix(kind.extension)
+    if target.suffix.lower() not in SUFFIXES[kind]:
+        raise InvalidInputError(
+            f"{str(target)!r} ends in {target.suffix!r} but the image is "
+            f"{kind.mime}; save it as {str(target.with_suffix(kind.extension))!r} "
+            "or give a path without an extension"
+        )
+    return target
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    """One generated image, as base64 (``b64_json``) or a signed URL (``url``).
+
+    Which one you get depends on the server, not only on ``response_format``: NanoGPT falls back
+    to base64 for an item when it cannot sign a URL. ``read()`` and ``save()`` work for both.
+
+    Example:
+        >>> image = response.data[0]  # doctest: +SKIP
+        >>> png = await image.read()  # doctest: +SKIP
+        >>> path = await image.save("out/cat")  # doctest: +SKIP  (-> out/cat.png)
+    """
+
+    index: int
+    b64_json: str | None = field(default=None, repr=False)
+    url: str | None = field(default=None, repr=False)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _downloader: Downloader | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        if self.b64_json is not None:
+            return f"GeneratedImage(index={self.index}, b64_json=<{len(self.b64_json)} chars>)"
+        if self.url is not None:
+            return f"GeneratedImage(index={self.index}, url={redact_url(self.url)!r})"
+        return f"GeneratedImage(index={self.index}, empty)"
+
+    async def read(self) -> bytes:
+        """The image bytes: base64 decoded (off the event loop when large) or downloaded.
+
+        URLs are fetched without the API key. Nothing is cached: a second call downloads again.
+
+        Raises:
+            InvalidImageError: bad base64, the bytes are no image, or the item had neither field.
+            ImageURLExpiredError: the signed URL expired (about an hour after generation).
+            ImageDownloadError: the download failed after retries.
+        """
+        if self.b64_json is not None:
+            try:
+                data = await b64decode_maybe_offloaded(self.b64_json)
+            except ValueError as exc:  # binascii.Error is a ValueError
+                raise InvalidImageError(
+                    f"image {self.index} has invalid base64 ({exc}); it was generated, but its "
+                    "data is corrupt. Generate it again"
+                ) from None
+            checked_image(data, f"image {self.index}")
+            return data
+        if self.url is not None:
+            if self._downloader is None:
+                raise InvalidImageError(
+                    f"image {self.index} is a URL but has no client to download it; build it "
+                    "through AsyncNanoGPT"
+                )
+            return await self._downloader.download_image(self.url)
+        raise InvalidImageError(
+            f"image {self.index} has neither 'url' nor 'b64_json' in NanoGPT's answer: "
+            f"{dict(self.raw)!r:.200}"
+        )
+
+    async def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the image to ``path`` atomically (temp file + rename) and return the path.
+
+        The extension comes from the bytes (``.png``/``.jpg``/``.webp``/``.gif``) when ``path``
+        has none; one that contradicts the bytes is refused. Parent folders are created.
+        """
+        data = await self.read()
+        target = resolve_image_path(path, checked_image(data, f"image {self.index}"))
+        await write_atomic_async(target, data)
+        return target
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesResponse:
+    """The answer to ``images.generate``.
+
+    Attributes:
+        created: Unix time of generation.
+        data: The images, in order.
+        cost: What this request was charged (USD), when NanoGPT said.
+        payment_source: Where the money came from (``"USD"``, ``"XNO"``...).
+        remaining_balance: The balance after this request, when NanoGPT said.
+        request_id: NanoGPT's ``X-Request-ID``.
+        raw: The whole JSON answer, for fields this library does not model.
+    """
+
+    created: int | None
+    data: list[GeneratedImage]
+    cost: float | None
+    payment_source: str | None
+    remaining_balance: float | None
+    request_id: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_api(
+        cls, payload: object, *, request_id: str | None, downloader: Downloader | None
+    ) -> ImagesResponse:
+        """Parse a generations answer; raise only when there is nothing usable in it."""
+        if not isinstance(payload, Mapping):
+            raise APIResponseValidationError(
+                f"NanoGPT answered 200 with a JSON {type(payload).__name__}, not an object; "
+                "the request may have been charged",
+                request_id=request_id,
+                body=payload,
+            )
+        items = payload.get("data")
+        cost = _float_or_none(payload.get("cost"))
+        if not isinstance(items, list) or not items:
+            raise APIResponseValidationError(
+                "NanoGPT answered 200 without any image in 'data'"
+                + (f" (cost reported: {cost})" if cost is not None else "")
+                + "; generate again, and quote the request id to NanoGPT support if charged",
+                request_id=request_id,
+                body={k: v for k, v in payload.items() if k != "data"},
+            )
+        images = []
+        for index, item in enumerate(items):
+            entry = item if isinstance(item, Mapping) else {}
+            b64 = entry.get("b64_json")
+            url = entry.get("url")
+            images.append(
+                GeneratedImage(
+                    index=index,
+                    b64_json=b64 if isinstance(b64, str) else None,
+                    url=url if isinstance(url, str) and b64 is None else None,
+                    raw=entry,
+                    _downloader=downloader,
+                )
+            )
+        created = payload.get("created")
+        source = payload.get("paymentSource")
+        return cls(
+            created=created if isinstance(created, int) else None,
+            data=images,
+            cost=cost,
+            payment_source=source if isinstance(source, str) else None,
+            remaining_balance=_float_or_none(payload.get("remainingBalance")),
+            request_id=request_id,
+            raw=payload,
+        )
+
+    async def save_all(self, directory: str | os.PathLike[str], stem: str = "image") -> list[Path]:
+        """Save every image into ``directory`` as ``{stem}-{index}.{ext}``; return the paths."""
+        folder = Path(directory)
+        return [await image.save(folder / f"{stem}-{image.index}") for image in self.data]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCapabilities:
+    """What an image model can do."""
+
+    image_generation: bool = True
+    image_to_image: bool = False
+    inpainting: bool = False
+    nsfw: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ImageModel:
+    """An entry of ``GET /image-models?detailed=true``.
+
+    Attributes:
+        id: The model id to pass as ``model=``.
+        pricing: USD per image by size key as NanoGPT writes it (``"1024*1024"``).
+        resolutions: Sizes the model accepts (``"1024x1024"``, ``"auto"``...).
+        max_images: Largest ``n`` per request, when known.
+    """
+
+    id: str
+    name: str | None = None
+    description: str | None = None
+    pricing: Mapping[str, float] = field(default_factory=dict)
+    currency: str | None = None
+    capabilities: ModelCapabilities = field(default_factory=ModelCapabilities)
+    resolutions: Sequence[str] = ()
+    max_images: int | None = None
+    fixed_image_count: int | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def price_for(self, size: str | None = None) -> float | None:
+        """USD per image at ``size`` (``"1024x1024"`` or ``"1024*1024"``), or the lowest price."""
+        if not self.pricing:
+            return None
+        if size is not None:
+            key = size.replace("x", "*")
+            if key in self.pricing:
+                return self.pricing[key]
+            if size in self.pricing:
+                return self.pricing[size]
+        return min(self.pricing.values())
+
+    @classmethod
+    def from_api(cls, item: Mapping[str, Any]) -> ImageModel:
+        """Parse one catalogue entry liberally."""
+        pricing_raw = item.get("pricing")
+        pricing: dict[str, float] = {}
+        currency = None
+        if isinstance(pricing_raw, Mapping):
+            per_image = pricing_raw.get("per_image")
+            if isinstance(per_image, Mapping):
+                for key, value in per_image.items():
+                    price = _float_or_none(value)
+                    if price is not None:
+                        pricing[str(key)] = price
+            elif (price := _float_or_none(per_image)) is not None:
+                pricing["default"] = price
+            cur = pricing_raw.get("currency")
+            currency = cur if isinstance(cur, str) else None
+        caps = item.get("capabilities")
+        caps = caps if isinstance(caps, Mapping) else {}
+        params = item.get("supported_parameters")
+        params = params if isinstance(params, Mapping) else {}
+        resolutions = params.get("resolutions")
+        max_images = params.get("max_images")
+        fixed = params.get("fixed_image_count")
+        name, description = item.get("name"), item.get("description")
+        return cls(
+            id=str(item.get("id", "")),
+            name=name if isinstance(name, str) else None,
+            description=description if isinstance(description, str) else None,
+            pricing=pricing,
+            currency=currency,
+            capabilities=ModelCapabilities(
+                image_generation=bool(caps.get("image_generation", True)),
+                image_to_image=bool(caps.get("image_to_image", False)),
+                inpainting=bool(caps.get("inpainting", False)),
+                nsfw=bool(caps.get("nsfw", False)),
+            ),
+            resolutions=tuple(
+                str(r.get("value", r)) if isinstance(r, Mapping) else str(r)
+                for r in (resolutions if isinstance(resolutions, list) else [])
+            ),
+            max_images=max_images if isinstance(max_images, int) else None,
+            fixed_image_count=fixed if isinstance(fixed, int) else None,
+            raw=item,
+        )
+
+
+def _decimal(value: object) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """The account balance from ``POST /api/check-balance``; amounts are exact ``Decimal``."""
+
+    usd_balance: Decimal | None
+    nano_balance: Decimal | None
+    nano_deposit_address: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_api(cls, payload: object, *, request_id: str | None = None) -> Balance:
+        """Parse the check-balance answer."""
+        if not isinstance(payload, Mapping):
+            raise APIResponseValidationError(
+                "check-balance answered with something other than a JSON object",
+                request_id=request_id,
+                body=payload,
+            )
+        address = payload.get("nanoDepositAddress")
+        return cls(
+            usd_balance=_decimal(payload.get("usd_balance")),
+            nano_balance=_decimal(payload.get("nano_balance")),
+            nano_deposit_address=address if isinstance(address, str) else None,
+            raw=payload,
+        )

@@ -1,0 +1,42 @@
+"""Recognise image bytes by their magic numbers (never by a file name or a Content-Type)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["ImageKind", "sniff_image"]
+
+
+class ImageKind(NamedTuple):
+    """An image format NanoGPT accepts and returns."""
+
+    mime: str
+    extension: str
+
+
+PNG = ImageKind("image/png", ".png")
+JPEG = ImageKind("image/jpeg", ".jpg")
+WEBP = ImageKind("image/webp", ".webp")
+GIF = ImageKind("image/gif", ".gif")
+
+#: File suffixes accepted for each kind when a caller names the file.
+SUFFIXES: dict[ImageKind, frozenset[str]] = {
+    PNG: frozenset({".png"}),
+    JPEG: frozenset({".jpg", ".jpeg", ".jpe"}),
+    WEBP: frozenset({".webp"}),
+    GIF: frozenset({".gif"}),
+}
+
+
+def sniff_image(data: bytes | memoryview) -> ImageKind | None:
+    """Return the image kind of ``data`` from its first bytes, or ``None`` if it is no image."""
+    head = bytes(data[:12])
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PNG
+    if head.startswith(b"\xff\xd8\xff"):
+        return JPEG
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return GIF
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return WEBP
+    return None
