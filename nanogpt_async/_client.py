@@ -17,6 +17,7 @@ from typing_extensions import Self
 from nanogpt_async._codec import dumps, loads_maybe_offloaded
 from nanogpt_async._errors import (
     APIConnectionError,
+    APIError,
     APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
@@ -359,7 +360,7 @@ class AsyncNanoGPT:
                 url=shown,
                 status_code=exc.status_code,
             ) from exc
-        except APIConnectionError as exc:
+        except APIError as exc:  # connection failures, size cap
             raise ImageDownloadError(f"downloading {shown} failed: {exc}", url=shown) from exc
         checked_image(data, f"the download from {shown}")
         return data

@@ -19,9 +19,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 __all__ = ["AutoTransport"]
 
@@ -36,6 +34,8 @@ def _running_asyncio() -> bool:
 
 def _reclassify(exc: httpx.TransportError, *, response_started: bool) -> httpx.TransportError:
     """Map an aiohttp failure to the httpx error that says whether the request was sent."""
+    import aiohttp  # noqa: PLC0415 - already loaded whenever this runs; lazy for import time
+
     cause = exc.__cause__
     request = exc._request  # noqa: SLF001 - keep the request attached, as httpx does
     message = str(exc) or type(cause).__name__
@@ -109,6 +109,10 @@ class AutoTransport(httpx.AsyncBaseTransport):
 
     def _pick(self) -> httpx.AsyncBaseTransport:
         if _running_asyncio():
+            # Imported here, not at module level: aiohttp costs ~0.2 s of import time that
+            # trio users and `import nanogpt_async` alone should not pay.
+            from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415
+
             self._is_aiohttp = True
             self._inner = AiohttpTransport(
                 verify=self._verify, trust_env=self._trust_env, limits=self._limits

@@ -1,0 +1,708 @@
+"""The fake server's HTTP side: two aiohttp applications sharing one `FakeNanoGPT`.
+
+* the API listener: ``/api/v1`` and ``/v1`` routes, ``/api/check-balance`` and ``/capture``;
+* the download listener, a different origin like a storage host, serving signed URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import hashlib
+import hmac
+import json
+import math
+import re
+import time
+import urllib.parse
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from nanogpt_async.testing._catalog import MODELS, model_listing
+from nanogpt_async.testing._faults import PRE_PROCESSING_KINDS, Fault, Route
+from nanogpt_async.testing._png import make_png, make_png_b64
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from nanogpt_async.testing._fake import FakeNanoGPT, StoredFile
+
+__all__ = ["FakeApps"]
+
+MAX_INPUT_IMAGE_BYTES = 4 * 1024 * 1024
+# Large enough that our own 413 check (on decoded images) answers, not aiohttp's limit.
+_CLIENT_MAX_SIZE = 64 * 1024 * 1024
+_DATA_URL = re.compile(r"data:image/(?:jpeg|jpg|png|webp|gif);base64,(?P<data>.*)", re.DOTALL)
+_CONTENT_POLICY = re.compile(r"\bforbidden\b", re.IGNORECASE)
+_SERVER_ERRORS = [500, 502, 503]
+_RESPONSE_FORMATS = frozenset({"url", "b64_json"})
+_JSON = "application/json"
+_NANO_ADDRESS = "nano_1fake" + "x" * 55
+
+_PROXY_HTML = """<!DOCTYPE html>
+<html><head><title>{status} {phrase}</title></head>
+<body><center><h1>{status} {phrase}</h1></center>
+<hr><center>cloudflare</center></body></html>
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Invalid:
+    status: int
+    message: str
+    param: str | None
+    code: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _GenerationRequest:
+    prompt: str
+    model: str
+    n: int
+    response_format: str
+
+
+class _Base64(str):
+    """Base64 text we produced: safe to put in JSON without escaping or scanning."""
+
+    __slots__ = ()
+
+
+def dumps(body: Any) -> bytes:
+    """Encode ``body`` as JSON, splicing our own base64 items in without re-encoding.
+
+    ``json.dumps`` scans every character of a multi-megabyte string to escape it; base64
+    needs no escaping, and skipping the scan keeps big-image benchmarks about the client.
+    """
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not any(
+        isinstance(item, dict) and type(item.get("b64_json")) is _Base64 for item in data
+    ):
+        return json.dumps(body).encode()
+    items = [
+        b'{"b64_json": "' + item["b64_json"].encode("ascii") + b'"}'
+        if isinstance(item, dict) and len(item) == 1 and type(item.get("b64_json")) is _Base64
+        else json.dumps(item).encode()
+        for item in data
+    ]
+    rest = json.dumps({key: value for key, value in body.items() if key != "data"}).encode()
+    separator = b", " if rest != b"{}" else b""
+    return b'{"data": [' + b", ".join(items) + b"]" + separator + rest[1:]
+
+
+class _Dropped(web.StreamResponse):
+    """Marks a response whose connection was closed on purpose."""
+
+
+def openai_error(
+    message: str, error_type: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    """Return an OpenAI-style error body."""
+    return {"error": {"message": message, "type": error_type, "code": code, "param": param}}
+
+
+def _error_type(status: int) -> str:
+    if status == HTTPStatus.UNAUTHORIZED:
+        return "authentication_error"
+    if status == HTTPStatus.TOO_MANY_REQUESTS:
+        return "rate_limit_error"
+    if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def json_response(
+    request_id: str,
+    status: int,
+    body: Any,
+    *,
+    headers: dict[str, str] | None = None,
+    retry_after: str | int | None = None,
+) -> web.Response:
+    """Return a JSON response carrying ``X-Request-ID``."""
+    all_headers = {"X-Request-ID": request_id, **(headers or {})}
+    if retry_after is not None:
+        all_headers["Retry-After"] = str(retry_after)
+    return web.Response(status=status, body=dumps(body), content_type=_JSON, headers=all_headers)
+
+
+def _s3_error(code: str, message: str, status: int) -> web.Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        "<RequestId>FAKE0000000000</RequestId></Error>"
+    )
+    return web.Response(status=status, text=body, content_type="application/xml")
+
+
+def _sign(key: bytes, file_id: str, date: str, expires: str) -> str:
+    return hmac.new(key, f"{file_id}\n{date}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def _has_credentials(request: web.Request) -> bool:
+    return "Authorization" in request.headers or "x-api-key" in request.headers
+
+
+def _drop(request: web.Request, *, abort: bool = True) -> _Dropped:
+    """Close the connection without (more of) an answer.
+
+    ``abort`` sends a TCP reset; otherwise a clean close (FIN) after what was written.
+    aiohttp then fails to finish the response, which it treats as a client disconnect.
+    """
+    transport = request.transport
+    if transport is not None:
+        if abort:
+            transport.abort()
+        else:
+            transport.close()
+    return _Dropped()
+
+
+def _validate_data_url(value: object, param: str) -> _Invalid | None:
+    if not isinstance(value, str) or (match := _DATA_URL.fullmatch(value)) is None:
+        return _Invalid(
+            400,
+            f"'{param}' must be a data URL 'data:image/<jpeg|jpg|png|webp|gif>;base64,<data>'; "
+            "remote URLs are not fetched",
+            param,
+            "invalid_image_data_url",
+        )
+    data = match["data"]
+    # Decoded size is about 3/4 of the text; check before decoding huge inputs.
+    if len(data) * 3 // 4 > MAX_INPUT_IMAGE_BYTES + 3:
+        return _too_large(param)
+    try:
+        decoded = base64.b64decode(data, validate=True)
+    except binascii.Error:
+        return _Invalid(400, f"'{param}' is not valid base64", param, "invalid_image_data_url")
+    if len(decoded) > MAX_INPUT_IMAGE_BYTES:
+        return _too_large(param)
+    return None
+
+
+def _too_large(param: str) -> _Invalid:
+    return _Invalid(413, f"'{param}' image is larger than 4 MB", param, "payload_too_large")
+
+
+def _bad(param: str, message: str) -> _Invalid:
+    return _Invalid(400, message, param, "invalid_value")
+
+
+def _validate_number(
+    body: dict[str, Any], param: str, low: float, high: float, *, integer: bool = False
+) -> _Invalid | None:
+    if param not in body:
+        return None
+    value = body[param]
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        return _bad(param, f"'{param}' must be {kind} between {low:g} and {high:g}")
+    return None
+
+
+def validate_generation(body: object) -> _GenerationRequest | _Invalid:
+    """Check a generation body the way the real server does."""
+    if not isinstance(body, dict):
+        return _bad("body", "the request body must be a JSON object")
+    parsed = _validate_core(body)
+    if isinstance(parsed, _Invalid):
+        return parsed
+    return _validate_options(body) or parsed
+
+
+def _validate_core(body: dict[str, Any]) -> _GenerationRequest | _Invalid:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        return _bad("prompt", "'prompt' is required and must be a non-empty string")
+    model = body.get("model", "hidream")
+    if not isinstance(model, str):
+        return _bad("model", "'model' must be a string")
+    if model not in MODELS:
+        return _Invalid(404, f"The model '{model}' does not exist", "model", "model_not_found")
+    n = body.get("n", 1)
+    if (invalid := _validate_n(n, model)) is not None:
+        return invalid
+    response_format = body.get("response_format", "b64_json")
+    if response_format not in _RESPONSE_FORMATS:
+        return _bad("response_format", "'response_format' must be 'url' or 'b64_json'")
+    return _GenerationRequest(prompt, model, n, str(response_format))
+
+
+def _validate_n(n: object, model: str) -> _Invalid | None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        return _bad("n", "'n' must be a positive integer")
+    max_images: int = MODELS[model]["supported_parameters"]["max_images"]
+    if n > max_images:
+        return _bad("n", f"'n' must be at most {max_images} for model '{model}'")
+    return None
+
+
+def _validate_options(body: dict[str, Any]) -> _Invalid | None:
+    for param in ("size", "user"):
+        if param in body and not isinstance(body[param], str):
+            return _bad(param, f"'{param}' must be a string")
+    for param, low, high, integer in (
+        ("strength", 0, 1, False),
+        ("guidance_scale", 0, 20, False),
+        ("num_inference_steps", 1, 100, True),
+        ("seed", -(2**63), 2**64 - 1, True),
+    ):
+        if (invalid := _validate_number(body, param, low, high, integer=integer)) is not None:
+            return invalid
+    return _validate_images(body)
+
+
+def _validate_images(body: dict[str, Any]) -> _Invalid | None:
+    for param in ("imageDataUrl", "maskDataUrl"):
+        if param in body and (invalid := _validate_data_url(body[param], param)) is not None:
+            return invalid
+    if "imageDataUrls" in body:
+        urls = body["imageDataUrls"]
+        if not isinstance(urls, list):
+            return _bad("imageDataUrls", "'imageDataUrls' must be an array of data URLs")
+        for url in urls:
+            if (invalid := _validate_data_url(url, "imageDataUrls")) is not None:
+                return invalid
+    return None
+
+
+class FakeApps:
+    """The two aiohttp applications of one running fake, and their in-flight handlers."""
+
+    def __init__(self, fake: FakeNanoGPT, api_root: str, download_root: str) -> None:
+        """Build the applications; the roots are the listeners' ``http://host:port``."""
+        self.fake = fake
+        self.api_root = api_root
+        self.download_root = download_root
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+        self.api = web.Application(
+            middlewares=[self._track, self._api_errors], client_max_size=_CLIENT_MAX_SIZE
+        )
+        for base in ("/api/v1", "/v1"):
+            self.api.router.add_post(f"{base}/images/generations", self.generations)
+            self.api.router.add_get(f"{base}/image-models", self.image_models)
+        for path in ("/api/check-balance", "/check-balance"):
+            self.api.router.add_post(path, self.check_balance)
+        self.api.router.add_route("*", "/capture", self.capture)
+
+        self.download = web.Application(middlewares=[self._track])
+        self.download.router.add_get("/files/{file_id}.png", self.download_file)
+
+    async def cancel_handlers(self) -> None:
+        """Cancel handlers still sleeping (latency, stalls) so shutdown is prompt."""
+        tasks = [task for task in self._tasks if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    @web.middleware
+    async def _track(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            return await handler(request)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    @web.middleware
+    async def _api_errors(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        # Unknown paths and methods answer JSON like the real API, not aiohttp's text.
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < HTTPStatus.BAD_REQUEST:
+                raise
+            code = "not_found" if exc.status == HTTPStatus.NOT_FOUND else "invalid_request"
+            message = f"{request.method} {request.path}: {exc.reason}"
+            return json_response(
+                self.fake.next_request_id(),
+                exc.status,
+                openai_error(message, _error_type(exc.status), code),
+            )
+
+    # -- API routes ------------------------------------------------------------------
+
+    def _key_ok(self, key: str | None) -> bool:
+        if not key:
+            return False
+        expected = self.fake.api_key
+        return expected is None or hmac.compare_digest(key.encode(), expected.encode())
+
+    @staticmethod
+    def _bearer(request: web.Request) -> str | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+
+    async def _pre_fault(  # noqa: PLR0911 - one answer per fault kind
+        self, request: web.Request, rid: str, fault: Fault
+    ) -> web.StreamResponse:
+        """Answer with a fault that preempts all processing (never charged)."""
+        status = fault.code or 500
+        if fault.kind == "reset_before_response":
+            return _drop(request)
+        if fault.kind == "html":
+            return web.Response(
+                status=status,
+                text=_PROXY_HTML.format(status=status, phrase=_phrase(status)),
+                content_type="text/html",
+                headers={"X-Request-ID": rid},
+            )
+        if fault.kind == "rate_limited":
+            return json_response(
+                rid,
+                status,
+                openai_error(
+                    "Rate limit exceeded. Please slow down.",
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
+                ),
+                retry_after=fault.retry_after,
+            )
+        if fault.kind == "daily_cap":
+            return self._daily_cap(rid, fault.detail)
+        headers = {"X-Request-ID": rid, **dict(fault.headers)}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = fault.retry_after
+        body = fault.body
+        if body is None:
+            body = openai_error(
+                f"Fake fault: HTTP {status} {_phrase(status)}",
+                _error_type(status),
+                _phrase(status).lower().replace(" ", "_"),
+            )
+        if isinstance(body, bytes):
+            return web.Response(status=status, body=body, headers=headers)
+        if isinstance(body, str):
+            return web.Response(status=status, text=body, headers=headers)
+        return web.Response(
+            status=status, body=json.dumps(body).encode(), content_type=_JSON, headers=headers
+        )
+
+    def _daily_cap(self, rid: str, kind: str) -> web.Response:
+        what = "requests" if kind == "rpd" else "USD"
+        return json_response(
+            rid,
+            429,
+            openai_error(
+                f"Daily {what} limit for this API key reached; it resets at 00:00 UTC.",
+                "rate_limit_error",
+                f"daily_{kind}_limit_exceeded",
+            ),
+            retry_after=self.fake.seconds_until_utc_midnight(),
+        )
+
+    async def _answer_other_route(
+        self, request: web.Request, route: Route
+    ) -> tuple[str, web.StreamResponse | None]:
+        rid = self.fake.next_request_id()
+        fault = self.fake.pop_fault(route)
+        if fault is None:
+            return rid, None
+        response = await self._pre_fault(request, rid, fault)
+        if isinstance(response, _Dropped):
+            self.fake.count(connections_reset=1)
+        else:
+            self.fake.record_other_status(response.status)
+        return rid, response
+
+    async def image_models(self, request: web.Request) -> web.StreamResponse:
+        """``GET /image-models[?detailed=true]``: the model catalogue (auth optional)."""
+        self.fake.count(model_list_requests=1)
+        rid, faulted = await self._answer_other_route(request, "image-models")
+        if faulted is not None:
+            return faulted
+        detailed = request.query.get("detailed", "").lower() in {"1", "true", "yes"}
+        body = model_listing(self.fake.price_per_image, detailed=detailed)
+        return json_response(rid, 200, body)
+
+    async def check_balance(self, request: web.Request) -> web.StreamResponse:
+        """``POST /api/check-balance`` with ``x-api-key``: balances as decimal strings."""
+        self.fake.count(balance_requests=1)
+        rid, faulted = await self._answer_other_route(request, "check-balance")
+        if faulted is not None:
+            return faulted
+        if not self._key_ok(request.headers.get("x-api-key")):
+            return json_response(
+                rid,
+                401,
+                openai_error(
+                    "Invalid or missing API key (x-api-key header)",
+                    "authentication_error",
+                    "invalid_api_key",
+                ),
+            )
+        balance = self.fake.snapshot_balance()
+        return json_response(
+            rid,
+            200,
+            {
+                "usd_balance": f"{balance:.8f}",
+                "nano_balance": f"{balance / 1.25:.8f}",
+                "nanoDepositAddress": _NANO_ADDRESS,
+            },
+        )
+
+    async def capture(self, request: web.Request) -> web.StreamResponse:
+        """``/capture``: record the request headers (target of the redirect fault)."""
+        self.fake.capture_headers(dict(request.headers.items()))
+        return json_response(self.fake.next_request_id(), 200, {"captured": True})
+
+    async def generations(self, request: web.Request) -> web.StreamResponse:
+        """``POST /images/generations``."""
+        fake = self.fake
+        rid = fake.next_request_id()
+        fake.enter_generation()
+        try:
+            response = await self._generate(request, rid)
+        finally:
+            fake.exit_generation()
+        if isinstance(response, _Dropped):
+            fake.count(connections_reset=1)
+        else:
+            fake.record_status(response.status)
+        return response
+
+    async def _generate(self, request: web.Request, rid: str) -> web.StreamResponse:  # noqa: C901, PLR0911 - the real server's checks, in its order
+        fake = self.fake
+        fault = fake.pop_fault("generations")
+        if fault is not None and fault.kind in PRE_PROCESSING_KINDS:
+            return await self._pre_fault(request, rid, fault)
+
+        key = self._bearer(request)
+        if not self._key_ok(key):
+            message = (
+                "Missing API key: send 'Authorization: Bearer <key>'"
+                if not key
+                else "Invalid API key"
+            )
+            return json_response(
+                rid, 401, openai_error(message, "authentication_error", "invalid_api_key")
+            )
+
+        wait = fake.take_token()
+        if wait is not None:
+            return json_response(
+                rid,
+                429,
+                openai_error(
+                    "Rate limit exceeded. Please slow down.",
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
+                ),
+                retry_after=max(1, math.ceil(wait)),
+            )
+        cap = fake.admit_daily()
+        if cap is not None:
+            return self._daily_cap(rid, cap)
+
+        try:
+            body = await request.json()
+        except ValueError:
+            return json_response(
+                rid,
+                400,
+                openai_error(
+                    "The request body is not valid JSON", "invalid_request_error", "invalid_json"
+                ),
+            )
+        parsed = validate_generation(body)
+        if isinstance(parsed, _Invalid):
+            return json_response(
+                rid,
+                parsed.status,
+                openai_error(parsed.message, "invalid_request_error", parsed.code, parsed.param),
+            )
+        if _CONTENT_POLICY.search(parsed.prompt):
+            return json_response(
+                rid,
+                400,
+                openai_error(
+                    "Your request was rejected as a result of our safety system.",
+                    "invalid_request_error",
+                    "content_policy_violation",
+                    "prompt",
+                ),
+            )
+
+        await self._sleep_latency()
+        if fake.error_rate > 0 and fake.random() < fake.error_rate:
+            status = fake.choice(_SERVER_ERRORS)
+            return json_response(
+                rid, status, openai_error(f"Upstream error ({status})", "server_error", None)
+            )
+        if fault is not None and fault.kind == "empty_data":
+            return json_response(
+                rid,
+                200,
+                {
+                    "created": int(time.time()),
+                    "data": [],
+                    "cost": 0,
+                    "paymentSource": "USD",
+                    "remainingBalance": fake.snapshot_balance(),
+                },
+            )
+
+        charged = fake.charge(parsed.prompt, parsed.n)
+        if charged is None:
+            required = round(parsed.n * fake.price_per_image, 10)
+            return json_response(
+                rid,
+                402,
+                {"error": "Insufficient balance", "status": 402, "requiredBalance": required},
+            )
+        cost, balance_after = charged
+        result: dict[str, Any] = {
+            "created": int(time.time()),
+            "data": self._items(parsed, rid),
+            "cost": cost,
+            "paymentSource": "USD",
+            "remainingBalance": balance_after,
+        }
+        if fault is None and fake.reset_rate > 0 and fake.random() < fake.reset_rate:
+            fault = Fault.reset_after_charge()
+        if fault is not None:
+            return await self._post_charge_fault(request, rid, fault, result)
+        return json_response(rid, 200, result)
+
+    async def _sleep_latency(self) -> None:
+        fake = self.fake
+        delay, jitter = fake.latency, fake.latency_jitter
+        if jitter > 0:
+            delay += (fake.random() * 2 - 1) * jitter
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _items(self, parsed: _GenerationRequest, rid: str) -> list[dict[str, str]]:
+        fake = self.fake
+        items: list[dict[str, str]] = []
+        for index in range(parsed.n):
+            text = f"nanogpt-fake {rid} #{index} model={parsed.model}: {parsed.prompt}"
+            fallback = fake.url_fallback_rate > 0 and fake.random() < fake.url_fallback_rate
+            if parsed.response_format == "url" and not fallback:
+                file_id, record = fake.store_file(text)
+                items.append({"url": self._signed_url(file_id, record)})
+            else:
+                items.append({"b64_json": _Base64(make_png_b64(text, fake.image_bytes))})
+        return items
+
+    def _signed_url(self, file_id: str, record: StoredFile) -> str:
+        date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        expires = str(max(0, round(record.url_expires_at - self.fake.clock())))
+        query = urllib.parse.urlencode(
+            {
+                "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+                "X-Amz-Date": date,
+                "X-Amz-Expires": expires,
+                "X-Amz-SignedHeaders": "host",
+                "X-Amz-Signature": _sign(self.fake.signing_key, file_id, date, expires),
+            }
+        )
+        return f"{self.download_root}/files/{file_id}.png?{query}"
+
+    async def _post_charge_fault(
+        self, request: web.Request, rid: str, fault: Fault, result: dict[str, Any]
+    ) -> web.StreamResponse:
+        """Spoil a charged success the way ``fault`` says."""
+        if fault.kind in {"reset_after_charge", "short_body"}:
+            payload = dumps(result)
+            response = web.StreamResponse(status=200, headers={"X-Request-ID": rid})
+            response.content_type = _JSON
+            response.content_length = len(payload)
+            await response.prepare(request)
+            await response.write(payload[: len(payload) // 2])
+            return _drop(request, abort=fault.kind == "reset_after_charge")
+        if fault.kind == "invalid_json":
+            garbage = b'{"created": 1700000000, "data": [{"b64_json": "iVBORw0KGgo\x00<html>'
+            return web.Response(
+                status=200, body=garbage, content_type=_JSON, headers={"X-Request-ID": rid}
+            )
+        if fault.kind == "item_without_image":
+            result["data"][0] = {"revised_prompt": "fake: this item has no image"}
+        elif fault.kind == "invalid_base64":
+            result["data"][0] = {"b64_json": "this is *not* base64!"}
+        return json_response(rid, 200, result)
+
+    # -- download listener -----------------------------------------------------------
+
+    async def download_file(self, request: web.Request) -> web.StreamResponse:  # noqa: C901, PLR0911 - one branch per storage-host behaviour
+        """``GET /files/<id>.png?X-Amz-...``: serve a signed URL like a storage host."""
+        fake = self.fake
+        fake.count(
+            download_requests=1, download_requests_with_credentials=int(_has_credentials(request))
+        )
+        fault = fake.pop_fault("download")
+        if fake.download_latency > 0:
+            await asyncio.sleep(fake.download_latency)
+
+        if fault is not None:
+            if fault.kind == "reset_before_response":
+                fake.count(connections_reset=1)
+                return _drop(request)
+            if fault.kind == "redirect_to_api_host":
+                raise web.HTTPFound(f"{self.api_root}/capture")
+            if fault.kind == "download_html":
+                return web.Response(
+                    text=_PROXY_HTML.format(status=200, phrase="OK"), content_type="text/html"
+                )
+            if fault.kind == "status":
+                rid = fake.next_request_id()
+                faulted = await self._pre_fault(request, rid, fault)
+                fake.record_other_status(faulted.status)
+                return faulted
+
+        query = request.query
+        file_id = request.match_info["file_id"]
+        date, expires = query.get("X-Amz-Date", ""), query.get("X-Amz-Expires", "")
+        signature = query.get("X-Amz-Signature", "")
+        expected = _sign(fake.signing_key, file_id, date, expires)
+        if not hmac.compare_digest(signature.encode(), expected.encode()):
+            return _s3_error(
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+                403,
+            )
+        record = fake.find_file(file_id)
+        if record is None:
+            fake.count(missing_downloads=1)
+            return _s3_error("NoSuchKey", "The specified key does not exist.", 404)
+        if fake.clock() >= record.url_expires_at:
+            fake.count(expired_downloads=1)
+            return _s3_error("AccessDenied", "Request has expired", 403)
+
+        png = make_png(record.text, record.image_bytes)
+        if fault is not None and fault.kind == "download_stall":
+            response = web.StreamResponse(status=200)
+            response.content_type = "image/png"
+            response.content_length = len(png)
+            await response.prepare(request)
+            await asyncio.sleep(fault.seconds)
+            await response.write(png)
+            fake.count(downloads=1)
+            return response
+        fake.count(downloads=1)
+        return web.Response(body=png, content_type="image/png")

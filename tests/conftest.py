@@ -1,0 +1,82 @@
+"""Shared fixtures: a respx-mocked client, a PNG, and instant retry backoff everywhere."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import respx
+
+from nanogpt_async import AsyncNanoGPT
+from nanogpt_async._retry import recorded_backoff
+from nanogpt_async.testing import make_png
+
+#: A distinctive key so tests can prove it never leaks anywhere.
+KEY = "ngk_SECRET_do_not_leak_4242"
+BASE = "https://api.nanogpt.test/api/v1"
+
+
+#: What a leaked key looks like in any test: the keys tests use, or any bearer credential.
+_SECRET = re.compile(r"ngk_[A-Za-z0-9_]+|Bearer\s+\S+|test-key")
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += " " + repr(record.exc_info[1])
+        self.messages.append(text)
+
+
+@pytest.fixture(autouse=True)
+def no_key_in_logs() -> Iterator[None]:
+    """Across the whole suite, nothing logged at any level may contain an API key."""
+    handler = _Collect()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+    leaks = [m for m in handler.messages if _SECRET.search(m)]
+    assert not leaks, f"an API key was logged: {leaks[:3]}"
+
+
+@pytest.fixture(autouse=True)
+def instant_backoff() -> Iterator[list[float]]:
+    """Every test runs retries without waiting; the waits are recorded for assertions."""
+    with recorded_backoff() as waits:
+        yield waits
+
+
+@pytest.fixture
+def png() -> bytes:
+    return make_png("fixture")
+
+
+@pytest.fixture
+def png_b64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
+
+
+@pytest.fixture
+def mock_api() -> Iterator[respx.MockRouter]:
+    # using="httpx" mocks at the client level, so it works whatever transport sits below.
+    with respx.mock(using="httpx", assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+async def client(mock_api: respx.MockRouter) -> AsyncIterator[AsyncNanoGPT]:
+    async with AsyncNanoGPT(api_key=KEY, base_url=BASE) as c:
+        yield c

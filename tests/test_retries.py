@@ -1,0 +1,278 @@
+"""The retry engine: what is retried, how long it waits, and what is never retried."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+
+import httpx
+import pytest
+
+from nanogpt_async import (
+    APIConnectionError,
+    APITimeoutError,
+    AsyncNanoGPT,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    DailyLimitExceededError,
+    InsufficientBalanceError,
+    InternalServerError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestTimeoutError,
+    RetryPolicy,
+)
+from nanogpt_async._retry import backoff_seconds, parse_retry_after
+from tests.conftest import BASE, KEY
+
+GEN = f"{BASE}/images/generations"
+
+
+def ok(png_b64: str) -> httpx.Response:
+    return httpx.Response(200, json={"data": [{"b64_json": png_b64}], "cost": 0.005})
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (408, RequestTimeoutError),
+        (429, RateLimitError),
+        (500, InternalServerError),
+        (502, InternalServerError),
+        (503, InternalServerError),
+        (504, InternalServerError),
+    ],
+)
+async def test_transient_statuses_are_retried_until_success(
+    client, mock_api, png_b64, status, error
+):
+    route = mock_api.post(GEN).mock(side_effect=[httpx.Response(status), ok(png_b64)])
+
+    response = await client.images.generate(prompt="x")
+
+    assert route.call_count == 2
+    assert len(response.data) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, BadRequestError),
+        (401, AuthenticationError),
+        (402, InsufficientBalanceError),
+        (403, PermissionDeniedError),
+        (404, NotFoundError),
+        (409, ConflictError),
+        (413, PayloadTooLargeError),
+    ],
+)
+async def test_permanent_statuses_are_raised_after_one_attempt(client, mock_api, status, error):
+    route = mock_api.post(GEN).respond(status, json={"error": {"message": "nope"}})
+
+    with pytest.raises(error, match="nope"):
+        await client.images.generate(prompt="x")
+
+    assert route.call_count == 1
+
+
+async def test_exhausted_retries_raise_the_last_error(client, mock_api):
+    route = mock_api.post(GEN).respond(503, json={"error": {"message": "overloaded"}})
+
+    with pytest.raises(InternalServerError, match="overloaded") as info:
+        await client.images.generate(prompt="x")
+
+    assert route.call_count == client.retry_policy.max_retries + 1
+    assert info.value.status_code == 503
+
+
+async def test_retry_after_seconds_is_honoured(client, mock_api, png_b64, instant_backoff):
+    mock_api.post(GEN).mock(
+        side_effect=[httpx.Response(429, headers={"Retry-After": "3"}), ok(png_b64)]
+    )
+
+    await client.images.generate(prompt="x")
+
+    [wait] = instant_backoff
+    assert 3.0 <= wait <= 3.3  # the server's wait plus at most 10% jitter
+
+
+async def test_retry_after_ms_is_preferred(client, mock_api, png_b64, instant_backoff):
+    mock_api.post(GEN).mock(
+        side_effect=[
+            httpx.Response(503, headers={"retry-after-ms": "250", "Retry-After": "9"}),
+            ok(png_b64),
+        ]
+    )
+
+    await client.images.generate(prompt="x")
+
+    [wait] = instant_backoff
+    assert 0.25 <= wait <= 0.3
+
+
+async def test_retry_after_http_date_is_honoured(client, mock_api, png_b64, instant_backoff):
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=20)
+    mock_api.post(GEN).mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": email.utils.format_datetime(when)}),
+            ok(png_b64),
+        ]
+    )
+
+    await client.images.generate(prompt="x")
+
+    [wait] = instant_backoff
+    assert 17 <= wait <= 22
+
+
+async def test_a_retry_after_beyond_the_cap_is_raised_not_slept_on(client, mock_api):
+    route = mock_api.post(GEN).respond(429, headers={"Retry-After": "3600"})
+
+    with pytest.raises(RateLimitError) as info:
+        await client.images.generate(prompt="x")
+
+    assert route.call_count == 1
+    assert info.value.retry_after == 3600
+
+
+async def test_daily_cap_is_not_retried_and_says_when_it_resets(client, mock_api):
+    route = mock_api.post(GEN).respond(
+        429,
+        json={"error": {"message": "Daily limit", "code": "daily_usd_limit_exceeded"}},
+        headers={"Retry-After": "7200", "X-Request-ID": "req_cap"},
+    )
+    before = dt.datetime.now(dt.timezone.utc)
+
+    with pytest.raises(DailyLimitExceededError) as info:
+        await client.images.generate(prompt="x")
+
+    assert route.call_count == 1
+    error = info.value
+    assert before + dt.timedelta(seconds=7199) <= error.resets_at
+    assert error.resets_at <= before + dt.timedelta(seconds=7300)
+    assert "resets at" in str(error)
+    assert "req_cap" in str(error)
+    assert isinstance(error, RateLimitError)
+
+
+async def test_daily_cap_without_retry_after_resets_at_next_utc_midnight(client, mock_api):
+    mock_api.post(GEN).respond(429, json={"error": {"code": "daily_rpd_limit_exceeded"}})
+
+    with pytest.raises(DailyLimitExceededError) as info:
+        await client.images.generate(prompt="x")
+
+    resets = info.value.resets_at
+    assert (resets.hour, resets.minute, resets.second) == (0, 0, 0)
+    assert resets > dt.datetime.now(dt.timezone.utc)
+
+
+async def test_backoff_without_retry_after_is_full_jitter_exponential(
+    client, mock_api, instant_backoff
+):
+    mock_api.post(GEN).respond(500)
+    policy = client.retry_policy
+
+    with pytest.raises(InternalServerError):
+        await client.images.generate(prompt="x")
+
+    assert len(instant_backoff) == policy.max_retries
+    for number, wait in enumerate(instant_backoff, start=1):
+        assert 0 <= wait <= min(policy.backoff_max, policy.backoff_initial * 2 ** (number - 1))
+
+
+def test_backoff_ceiling_is_capped():
+    policy = RetryPolicy(backoff_initial=1, backoff_max=4)
+
+    assert all(backoff_seconds(policy, 10, None) <= 4 for _ in range(200))
+
+
+async def test_connection_refused_is_retried_because_nothing_was_sent(client, mock_api, png_b64):
+    route = mock_api.post(GEN).mock(side_effect=[httpx.ConnectError("refused"), ok(png_b64)])
+
+    await client.images.generate(prompt="x")
+
+    assert route.call_count == 2
+
+
+async def test_pool_timeout_is_retried_because_nothing_was_sent(client, mock_api, png_b64):
+    route = mock_api.post(GEN).mock(side_effect=[httpx.PoolTimeout("busy"), ok(png_b64)])
+
+    await client.images.generate(prompt="x")
+
+    assert route.call_count == 2
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (httpx.ReadTimeout("slow"), APITimeoutError),
+        (httpx.RemoteProtocolError("reset mid-response"), APIConnectionError),
+        (httpx.ReadError("connection reset"), APIConnectionError),
+    ],
+)
+async def test_a_paid_post_that_may_have_reached_the_server_is_not_retried_by_default(
+    client, mock_api, failure, error
+):
+    route = mock_api.post(GEN).mock(side_effect=failure)
+
+    with pytest.raises(error, match="may have been charged") as info:
+        await client.images.generate(prompt="x")
+
+    assert route.call_count == 1
+    assert info.value.request_sent is True
+
+
+async def test_retry_ambiguous_opts_into_retrying_paid_posts(mock_api, png_b64):
+    route = mock_api.post(GEN).mock(side_effect=[httpx.ReadTimeout("slow"), ok(png_b64)])
+    policy = RetryPolicy(retry_ambiguous=True)
+
+    async with AsyncNanoGPT(api_key=KEY, base_url=BASE, retry_policy=policy) as client:
+        await client.images.generate(prompt="x")
+
+    assert route.call_count == 2
+
+
+async def test_idempotent_calls_are_retried_after_a_read_timeout(client, mock_api):
+    route = mock_api.get(f"{BASE}/image-models").mock(
+        side_effect=[httpx.ReadTimeout("slow"), httpx.Response(200, json={"data": []})]
+    )
+
+    assert await client.images.models() == []
+    assert route.call_count == 2
+
+
+async def test_max_retries_zero_means_one_attempt(mock_api):
+    route = mock_api.post(GEN).respond(503)
+
+    async with AsyncNanoGPT(api_key=KEY, base_url=BASE, max_retries=0) as client:
+        with pytest.raises(InternalServerError):
+            await client.images.generate(prompt="x")
+
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after": "-4"}, 0.0),
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"retry-after-ms": "junk", "retry-after": "3"}, 3.0),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),
+        ({}, None),
+    ],
+)
+def test_retry_after_parsing_is_liberal_and_never_negative(headers, expected):
+    assert parse_retry_after(httpx.Headers(headers)) == expected
+
+
+def test_a_negative_retry_setting_is_refused():
+    with pytest.raises(ValueError, match="max_retries must be >= 0"):
+        RetryPolicy(max_retries=-1)
