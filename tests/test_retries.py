@@ -276,3 +276,19 @@ def test_retry_after_parsing_is_liberal_and_never_negative(headers, expected):
 def test_a_negative_retry_setting_is_refused():
     with pytest.raises(ValueError, match="max_retries must be >= 0"):
         RetryPolicy(max_retries=-1)
+
+
+async def test_instant_retries_is_the_public_switch_for_users_test_suites(
+    client, mock_api, png_b64
+):
+    from nanogpt_async.testing import instant_retries  # noqa: PLC0415
+
+    mock_api.post(GEN).mock(
+        side_effect=[httpx.Response(503, headers={"Retry-After": "30"}), ok(png_b64)]
+    )
+
+    with instant_retries() as waits:
+        await client.images.generate(prompt="x")
+
+    assert len(waits) == 1
+    assert waits[0] >= 30

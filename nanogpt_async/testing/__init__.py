@@ -17,7 +17,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nanogpt_async.testing._fake import FakeNanoGPT, FakeStats, ManualClock
+    from nanogpt_async._retry import recorded_backoff as instant_retries
+from nanogpt_async.testing._fake import FakeNanoGPT, FakeStats, ManualClock
     from nanogpt_async.testing._faults import Fault
     from nanogpt_async.testing._png import make_png
     from nanogpt_async.testing._server import FakeServer, run_forever, start_process
@@ -28,6 +29,7 @@ __all__ = [
     "FakeStats",
     "Fault",
     "ManualClock",
+    "instant_retries",
     "make_png",
     "run_forever",
     "start_process",
