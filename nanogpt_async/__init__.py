@@ -12,6 +12,14 @@ from __future__ import annotations
 
 import contextlib
 
+from nanogpt_async._batch import Batch
+from nanogpt_async._batch_models import (
+    BatchItem,
+    BatchProgress,
+    BatchSummary,
+    ItemResult,
+    OutputWriteError,
+)
 from nanogpt_async._client import AsyncNanoGPT
 from nanogpt_async._errors import (
     APIConnectionError,
@@ -53,6 +61,7 @@ from nanogpt_async._models import (
     ImagesResponse,
     ModelCapabilities,
 )
+from nanogpt_async._prompts import PromptFileError, read_prompts
 from nanogpt_async._retry import RetryPolicy
 from nanogpt_async._types import NOT_GIVEN, NotGiven
 
@@ -70,6 +79,10 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Balance",
+    "Batch",
+    "BatchItem",
+    "BatchProgress",
+    "BatchSummary",
     "ConflictError",
     "ContentPolicyViolationError",
     "DailyLimitExceededError",
@@ -85,12 +98,15 @@ __all__ = [
     "InternalServerError",
     "InvalidImageError",
     "InvalidInputError",
+    "ItemResult",
     "ModelCapabilities",
     "NanoGPTError",
     "NotFoundError",
     "NotGiven",
+    "OutputWriteError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "PromptFileError",
     "RateLimitError",
     "RequestTimeoutError",
     "RetryPolicy",
@@ -98,6 +114,7 @@ __all__ = [
     "__version__",
     "fetch_image_data_url",
     "image_data_url",
+    "read_prompts",
 ]
 
 # Users see nanogpt_async.X in reprs and tracebacks, not the private module it lives in.

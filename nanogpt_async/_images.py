@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 from nanogpt_async._models import ImageModel, ImagesResponse
@@ -10,6 +12,8 @@ from nanogpt_async._request import build_generation_body
 from nanogpt_async._types import NOT_GIVEN, ImageInput, NotGiven, ResponseFormat, TimeoutTypes
 
 if TYPE_CHECKING:
+    from nanogpt_async._batch import Batch, BatchInput
+    from nanogpt_async._batch_models import BatchProgress
     from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._retry import AttemptHooks
 
@@ -117,6 +121,79 @@ class Images:
             timeout=timeout,
         )
         return ImagesResponse.from_api(payload, request_id=request_id, downloader=client)
+
+    def generate_many(
+        self,
+        items: BatchInput,
+        *,
+        output_dir: str | PathLike[str] | None = None,
+        concurrency: int = 64,
+        rps: float | None = 25.0,
+        burst: int | None = None,
+        download_concurrency: int = 32,
+        max_cost: float | Decimal | None = None,
+        retry_failed: bool = True,
+        on_progress: Callable[[BatchProgress], object] | None = None,
+        progress_interval: float = 0.5,
+        manifest_name: str = "manifest.jsonl",
+        total: int | None = None,
+        **defaults: Any,
+    ) -> Batch:
+        """Generate many images at the account's pace: a :class:`~nanogpt_async.Batch`.
+
+        Nothing runs until you enter it (``async with batch:`` then ``async for result in
+        batch``) or await ``batch.run()``. See the "Batch generation" guide for resume, budget
+        and pacing semantics.
+
+        Args:
+            items: Prompts (``str``), :class:`~nanogpt_async.BatchItem` s, or dicts with
+                ``prompt`` and optionally ``id`` and any ``generate()`` field; an iterable or
+                async iterable, read lazily.
+            output_dir: Write files and ``manifest.jsonl`` here (and resume from it); ``None``
+                keeps the images in memory (``ItemResult.images``).
+            concurrency: Most generations in flight (lowered temporarily after 429s); at most
+                the client's ``max_connections``.
+            rps: Requests per second across all attempts (NanoGPT's limit is 25); ``None``
+                for no rate limit.
+            burst: Requests that may go at once after a quiet spell (default 1: evenly spaced).
+            download_concurrency: Most downloads/decodes/writes at once.
+            max_cost: USD budget: no new request once spent plus in-flight estimate would pass
+                it.
+            retry_failed: On resume, retry items recorded as failed (else skip them).
+            on_progress: Called with a :class:`~nanogpt_async.BatchProgress` at most every
+                ``progress_interval`` seconds, and once at the end.
+            progress_interval: Seconds between progress calls.
+            manifest_name: File name of the manifest inside ``output_dir``.
+            total: The number of items, for progress, when ``items`` has no ``len()``.
+            **defaults: ``generate()`` fields for every item that does not set them
+                (``model=``, ``size=``, ``n=``, ``response_format=``...).
+
+        Raises:
+            InvalidInputError: a bad argument or default (nothing is sent).
+
+        Example:
+            >>> summary = await client.images.generate_many(  # doctest: +SKIP
+            ...     ["a red fox", "a blue jay"], output_dir="out", model="hidream"
+            ... ).run()
+        """
+        from nanogpt_async._batch import Batch  # noqa: PLC0415 - keeps client import light
+
+        return Batch(
+            self._client,
+            items,
+            output_dir=output_dir,
+            concurrency=concurrency,
+            rps=rps,
+            burst=burst,
+            download_concurrency=download_concurrency,
+            max_cost=max_cost,
+            retry_failed=retry_failed,
+            on_progress=on_progress,
+            progress_interval=progress_interval,
+            manifest_name=manifest_name,
+            total=total,
+            defaults=defaults,
+        )
 
     async def models(self, *, detailed: bool = True) -> list[ImageModel]:
         """The image-model catalogue: ids, price per size, capabilities, sizes, max images."""

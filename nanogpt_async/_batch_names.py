@@ -1,0 +1,122 @@
+"""Deterministic names: item ids and output file names that cannot leave the folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "IMAGE_BODY_FIELDS",
+    "IdentityCounter",
+    "image_file_name",
+    "public_request",
+    "request_digest",
+    "safe_path",
+    "slugify",
+]
+
+#: JSON fields holding input images as data URLs.
+IMAGE_BODY_FIELDS = ("imageDataUrl", "imageDataUrls", "maskDataUrl")
+#: Fields that change how an answer is delivered, not what is drawn: not part of an item's id,
+#: so re-running with ``response_format="url"`` instead of ``b64_json`` still resumes.
+_DELIVERY_FIELDS = frozenset({"response_format", "user"})
+_SLUG_MAX = 40
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def slugify(text: str, max_length: int = _SLUG_MAX) -> str:
+    """A file-name-safe prefix of ``text``: ASCII ``[a-z0-9-]`` only, ``"image"`` if empty.
+
+    Example:
+        >>> slugify("Ünïcode ../../etc/passwd: a Fox!")
+        'unicode-etc-passwd-a-fox'
+    """
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = _NOT_SLUG.sub("-", ascii_text.lower()).strip("-")
+    slug = slug[:max_length].rstrip("-")
+    return slug or "image"
+
+
+def image_file_name(index: int, prompt: str, image_number: int, extension: str) -> str:
+    """``{index:06d}-{slug}-{k}{ext}``: sorted like the input, readable, deterministic."""
+    if not re.fullmatch(r"\.[a-z0-9]{1,5}", extension):
+        raise ValueError(f"unexpected image extension {extension!r}")
+    return f"{index:06d}-{slugify(prompt)}-{image_number}{extension}"
+
+
+def safe_path(folder: Path, name: str) -> Path:
+    """``folder / name``, refusing anything that would resolve outside ``folder``.
+
+    Names come from :func:`image_file_name`, so this never fires; it is the belt to its braces.
+    """
+    root = folder.resolve()
+    target = (root / name).resolve()
+    if target.parent != root:
+        raise ValueError(f"refusing to write {name!r} outside the output folder {str(root)!r}")
+    return folder / name
+
+
+def _data_url_digest(url: object) -> str:
+    return "sha256:" + hashlib.sha256(str(url).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _data_url_placeholder(url: object) -> str:
+    text = str(url)
+    mime = text[5 : text.find(";")] if text.startswith("data:") and ";" in text else "image"
+    approx_bytes = max(0, len(text) - text.find(",") - 1) * 3 // 4
+    return f"<{mime}, ~{approx_bytes} bytes, {_data_url_digest(text)[:23]}>"
+
+
+def public_request(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body as shown in results and the manifest: data URLs become short placeholders."""
+    shown = dict(body)
+    for name in IMAGE_BODY_FIELDS:
+        value = shown.get(name)
+        if isinstance(value, list):
+            shown[name] = [_data_url_placeholder(item) for item in value]
+        elif value is not None:
+            shown[name] = _data_url_placeholder(value)
+    return shown
+
+
+def request_digest(body: Mapping[str, Any]) -> str:
+    """A stable hash of what an item asks for (prompt, effective parameters, input images).
+
+    Input images count by content; delivery-only fields (``response_format``, ``user``) do not.
+    """
+    canonical: dict[str, Any] = {}
+    for name, value in body.items():
+        if name in _DELIVERY_FIELDS:
+            continue
+        if name in IMAGE_BODY_FIELDS:
+            canonical[name] = (
+                [_data_url_digest(v) for v in value]
+                if isinstance(value, list)
+                else _data_url_digest(value)
+            )
+        else:
+            canonical[name] = value
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+class IdentityCounter:
+    """Gives identical requests distinct, stable ids: ``{digest}-{occurrence}``.
+
+    Holds one small entry per distinct request, the only per-item state kept for the whole run.
+    """
+
+    def __init__(self) -> None:
+        """Start with no request seen."""
+        self._seen: dict[str, int] = {}
+
+    def next_id(self, digest: str) -> str:
+        """The id of the next occurrence of ``digest`` (``-0`` for the first)."""
+        occurrence = self._seen.get(digest, 0)
+        self._seen[digest] = occurrence + 1
+        return f"{digest}-{occurrence}"

@@ -1,0 +1,299 @@
+"""Prompt files: plain text, JSONL or CSV, read lazily (one line in memory at a time).
+
+* **text**: one prompt per line; blank lines are skipped, trailing whitespace is dropped.
+* **JSONL**: one JSON object per line with ``"prompt"``, an optional ``"id"`` and any
+  ``images.generate`` field (``"model"``, ``"n"``, ``"size"``, ``"seed"``...).
+* **CSV**: a header row with a ``prompt`` column; optional ``id`` and generate-field columns.
+  Empty cells mean "not set"; numbers are converted.
+
+Every record is checked as it is read, so a typo on line 90 000 fails with its line number
+before that line's request is sent, not after a confusing server error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import os
+import sys
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from nanogpt_async._errors import InvalidInputError
+from nanogpt_async._request import GENERATE_FIELDS, IMAGE_FIELDS, check_generation_fields
+
+__all__ = ["PromptFileError", "PromptFormat", "read_prompts"]
+
+#: ``"auto"`` picks the format from the extension, then from the first non-blank line.
+PromptFormat = Literal["auto", "text", "jsonl", "csv"]
+
+_JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+_KNOWN_FIELDS = frozenset({*GENERATE_FIELDS, *IMAGE_FIELDS, "extra_body", "id"})
+# CSV cells are strings; these say how to turn one into the value generate() takes.
+_TRUE = frozenset({"1", "true", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "no", "n", "off"})
+# Short spellings people put in spreadsheet headers.
+_CSV_ALIASES: Mapping[str, str] = {
+    "steps": "num_inference_steps",
+    "guidance": "guidance_scale",
+    "format": "response_format",
+}
+
+
+class PromptFileError(InvalidInputError):
+    """A line of a prompt file cannot become a request.
+
+    Attributes:
+        source: The file name (``"<stdin>"`` for standard input).
+        line: The 1-based line number (for CSV: where the record starts).
+    """
+
+    def __init__(self, message: str, *, source: str, line: int) -> None:
+        """Build the error; ``str()`` reads ``"prompts.jsonl line 7: ..."``."""
+        self.source = source
+        self.line = line
+        super().__init__(f"{source} line {line}: {message}")
+
+
+def read_prompts(
+    source: str | os.PathLike[str] | IO[str],
+    *,
+    format: PromptFormat = "auto",  # noqa: A002 - the word users know, as in pandas/polars
+) -> Generator[dict[str, Any], None, None]:
+    r"""Yield one request per prompt of a text, JSONL or CSV file, lazily.
+
+    Each request is a dict for :meth:`Images.generate_many <nanogpt_async.Images>` (or for
+    ``client.images.generate(**request)`` once ``"id"`` is removed): ``{"prompt": ...}`` plus,
+    for JSONL and CSV, an optional ``"id"`` and any generate field. The file is opened when
+    iteration starts and read one line at a time, so a file of millions of prompts costs
+    constant memory.
+
+    Args:
+        source: A path, ``"-"`` for standard input, or an open text file.
+        format: ``"text"``, ``"jsonl"``, ``"csv"``, or ``"auto"``: ``.jsonl``/``.ndjson`` and
+            ``.csv`` by extension, ``.txt`` is text, anything else is JSONL when its first
+            non-blank line starts with ``{`` and text otherwise. CSV on standard input needs
+            ``format="csv"``.
+
+    Yields:
+        Requests as dicts, in file order.
+
+    Raises:
+        PromptFileError: a line that is not valid JSON, lacks a prompt, has an unknown field
+            or a bad value; the message names the file and line.
+        OSError: the file cannot be opened.
+
+    Example:
+        >>> from pathlib import Path
+        >>> _ = Path("prompts.txt").write_text("a red fox\n\na lighthouse at dusk  \n")
+        >>> list(read_prompts("prompts.txt"))
+        [{'prompt': 'a red fox'}, {'prompt': 'a lighthouse at dusk'}]
+    """
+    if format not in ("auto", "text", "jsonl", "csv"):
+        raise ValueError(f"format must be 'auto', 'text', 'jsonl' or 'csv', got {format!r}")
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if path == "-":
+            yield from _read_stream(_stdin(), "<stdin>", format)
+            return
+        chosen = format
+        if chosen == "auto":
+            suffix = Path(path).suffix.lower()
+            if suffix in _JSONL_SUFFIXES:
+                chosen = "jsonl"
+            elif suffix == ".csv":
+                chosen = "csv"
+            elif suffix == ".txt":
+                chosen = "text"
+        # newline="" lets the csv module see quoted newlines; the other readers strip "\r".
+        with Path(path).open(encoding="utf-8-sig", newline="") as stream:
+            yield from _read_stream(stream, path, chosen)
+        return
+    name = getattr(source, "name", None)
+    yield from _read_stream(source, name if isinstance(name, str) else "<stream>", format)
+
+
+def _stdin() -> IO[str]:
+    # Decode stdin as UTF-8 whatever the locale says (prompt files are UTF-8 in practice), and
+    # never close the real stdin when done.
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:
+        return sys.stdin
+    return io.TextIOWrapper(buffer, encoding="utf-8-sig", newline="")
+
+
+def _read_stream(stream: IO[str], name: str, format: PromptFormat) -> Iterator[dict[str, Any]]:  # noqa: A002
+    if format == "csv":
+        yield from _read_csv(stream, name)
+        return
+    lines: Iterable[str] = stream
+    chosen = format
+    if chosen == "auto":
+        # Peek at the first non-blank line, then put what was read back in front.
+        head: list[str] = []
+        for line in stream:
+            head.append(line)
+            if line.strip():
+                break
+        chosen = "jsonl" if head and head[-1].lstrip().startswith("{") else "text"
+        lines = itertools.chain(head, stream)
+    reader = _jsonl_record if chosen == "jsonl" else _text_record
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            yield reader(line, name, number)
+
+
+def _text_record(line: str, _name: str, _number: int) -> dict[str, Any]:
+    return {"prompt": line.rstrip()}
+
+
+def _jsonl_record(line: str, name: str, number: int) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise PromptFileError(
+            f"not valid JSON ({exc}); each line must be one object like "
+            '{"prompt": "a red fox", "id": "fox-1"}',
+            source=name,
+            line=number,
+        ) from None
+    if not isinstance(record, dict):
+        raise PromptFileError(
+            f"expected a JSON object with a 'prompt', got {type(record).__name__}",
+            source=name,
+            line=number,
+        )
+    return _checked(record, name, number)
+
+
+def _checked(record: dict[str, Any], name: str, number: int) -> dict[str, Any]:
+    """Check one request the way ``generate`` will; return it with ``id`` as a string."""
+    unknown = sorted(set(record) - _KNOWN_FIELDS)
+    if unknown:
+        raise PromptFileError(
+            f"unknown field(s) {unknown}; known: {sorted(_KNOWN_FIELDS)} "
+            "(put undocumented API fields in 'extra_body')",
+            source=name,
+            line=number,
+        )
+    if "id" in record:
+        item_id = record["id"]
+        if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or item_id == "":
+            raise PromptFileError(
+                f"'id' must be a non-empty string or an integer, got {item_id!r}",
+                source=name,
+                line=number,
+            )
+        record["id"] = str(item_id)
+    prompt = record.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        if "prompt" not in record:
+            problem = "no 'prompt'"
+        elif isinstance(prompt, str):
+            problem = "'prompt' is empty"
+        else:
+            problem = f"'prompt' must be a string, got {prompt!r}"
+        raise PromptFileError(problem, source=name, line=number)
+    try:
+        check_generation_fields({k: v for k, v in record.items() if k != "id"})
+    except InvalidInputError as exc:
+        raise PromptFileError(str(exc), source=name, line=number) from None
+    return record
+
+
+def _integer(text: str) -> int:
+    return int(text)
+
+
+def _number(text: str) -> float:
+    return float(text)
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _image_list(text: str) -> list[str]:
+    # Several input images in one cell, separated by ";" (a comma would clash with CSV habits).
+    return [part.strip() for part in text.split(";") if part.strip()]
+
+
+_CSV_CONVERTERS: Mapping[str, Callable[[str], Any]] = {
+    "n": _integer,
+    "seed": _integer,
+    "num_inference_steps": _integer,
+    "strength": _number,
+    "guidance_scale": _number,
+    "kontext_max_mode": _boolean,
+    "images": _image_list,
+}
+
+
+def _csv_header(row: list[str], name: str) -> list[str]:
+    header = [_CSV_ALIASES.get(h.strip().lower(), h.strip().lower()) for h in row]
+    if "prompt" not in header:
+        raise PromptFileError(
+            f"a CSV prompt file needs a 'prompt' column; the header has {row}",
+            source=name,
+            line=1,
+        )
+    allowed = _KNOWN_FIELDS - {"extra_body"}
+    unknown = sorted({h for h in header if h and h not in allowed})
+    if unknown:
+        raise PromptFileError(
+            f"unknown column(s) {unknown}; known: {sorted(allowed)} "
+            "(use JSONL for other API fields)",
+            source=name,
+            line=1,
+        )
+    return header
+
+
+def _csv_cell(column: str, value: str, name: str, line: int) -> Any:
+    converter = _CSV_CONVERTERS.get(column)
+    if converter is None:
+        return value
+    try:
+        return converter(value)
+    except ValueError:
+        kinds: dict[Callable[[str], Any], str] = {
+            _integer: "a whole number",
+            _boolean: "true or false",
+        }
+        kind = kinds.get(converter, "a number")
+        raise PromptFileError(
+            f"column {column!r} must be {kind}, got {value!r}", source=name, line=line
+        ) from None
+
+
+def _read_csv(stream: IO[str], name: str) -> Iterator[dict[str, Any]]:
+    reader = csv.reader(stream)
+    header_row = next(reader, None)
+    if header_row is None:
+        return
+    header = _csv_header(header_row, name)
+    line = reader.line_num + 1
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            if len(row) > len(header):
+                raise PromptFileError(
+                    f"{len(row)} cells but the header has {len(header)} columns "
+                    "(quote cells that contain commas)",
+                    source=name,
+                    line=line,
+                )
+            record = {
+                column: _csv_cell(column, cell.strip(), name, line)
+                for column, cell in zip(header, row, strict=False)
+                if column and cell.strip()
+            }
+            yield _checked(record, name, line)
+        line = reader.line_num + 1

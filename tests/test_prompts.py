@@ -1,0 +1,172 @@
+"""Prompt files: text, JSONL and CSV, read lazily, bad lines reported with their number."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanogpt_async import InvalidInputError, PromptFileError, read_prompts
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_text_file_skips_blank_lines_and_strips_trailing_whitespace(tmp_path):
+    path = write(tmp_path, "p.txt", "a red fox  \n\n   \na lighthouse\t\r\nlast line")
+    assert list(read_prompts(path)) == [
+        {"prompt": "a red fox"},
+        {"prompt": "a lighthouse"},
+        {"prompt": "last line"},
+    ]
+
+
+def test_txt_extension_is_text_even_when_a_line_starts_with_a_brace(tmp_path):
+    path = write(tmp_path, "p.txt", "{curly} prompt\n")
+    assert list(read_prompts(path)) == [{"prompt": "{curly} prompt"}]
+
+
+def test_jsonl_by_extension_keeps_id_and_generate_fields(tmp_path):
+    path = write(
+        tmp_path,
+        "p.jsonl",
+        '{"prompt": "a fox", "id": 7, "n": 2, "seed": 3, "size": "1024x1024"}\n\n'
+        '{"prompt": "a cat", "response_format": "url"}\n',
+    )
+    assert list(read_prompts(path)) == [
+        {"prompt": "a fox", "id": "7", "n": 2, "seed": 3, "size": "1024x1024"},
+        {"prompt": "a cat", "response_format": "url"},
+    ]
+
+
+def test_jsonl_is_detected_from_the_first_non_blank_line(tmp_path):
+    path = write(tmp_path, "prompts", '\n\n{"prompt": "a fox"}\n{"prompt": "a cat"}\n')
+    assert [r["prompt"] for r in read_prompts(path)] == ["a fox", "a cat"]
+
+
+def test_other_files_without_a_brace_are_text(tmp_path):
+    path = write(tmp_path, "prompts", "\na fox\n")
+    assert list(read_prompts(path)) == [{"prompt": "a fox"}]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"id": "x"}', "no 'prompt'"),
+        ('{"prompt": "  "}', "'prompt' is empty"),
+        ('{"prompt": 5}', "'prompt' must be a string"),
+        ('{"prompt": "x", "sise": "1x1"}', "unknown field(s) ['sise']"),
+        ('{"prompt": "x", "n": 0}', "n must be at least 1"),
+        ('{"prompt": "x", "id": true}', "'id' must be"),
+        ('{"prompt": "x", "response_format": "png"}', "response_format must be"),
+    ],
+)
+def test_bad_jsonl_line_names_file_and_line_number(tmp_path, line, expected):
+    path = write(tmp_path, "p.jsonl", '{"prompt": "fine"}\n\n' + line + "\n")
+    records = read_prompts(path)
+    assert next(records) == {"prompt": "fine"}
+    with pytest.raises(PromptFileError) as caught:
+        next(records)
+    assert caught.value.line == 3
+    assert str(caught.value).startswith(f"{path} line 3: ")
+    assert expected in str(caught.value)
+    assert isinstance(caught.value, InvalidInputError)
+
+
+def test_csv_converts_numbers_and_ignores_empty_cells(tmp_path):
+    path = write(
+        tmp_path,
+        "p.csv",
+        "id,prompt,n,seed,steps,strength,guidance,size,kontext_max_mode\n"
+        'a,"a fox, in snow",2,42,30,0.5,7.5,1024x1024,yes\n'
+        "b,a cat,,,,,,,\n"
+        ",,,,,,,,\n",
+    )
+    assert list(read_prompts(path)) == [
+        {
+            "id": "a",
+            "prompt": "a fox, in snow",
+            "n": 2,
+            "seed": 42,
+            "num_inference_steps": 30,
+            "strength": 0.5,
+            "guidance_scale": 7.5,
+            "size": "1024x1024",
+            "kontext_max_mode": True,
+        },
+        {"id": "b", "prompt": "a cat"},
+    ]
+
+
+def test_csv_with_a_quoted_newline_reports_the_right_line(tmp_path):
+    path = write(tmp_path, "p.csv", 'prompt,n\n"two\nlines",1\nbad,two\n')
+    records = read_prompts(path)
+    assert next(records) == {"prompt": "two\nlines", "n": 1}
+    with pytest.raises(PromptFileError, match=r"line 4: column 'n' must be a whole number"):
+        next(records)
+
+
+def test_csv_without_a_prompt_column_is_refused(tmp_path):
+    path = write(tmp_path, "p.csv", "text,n\nhello,1\n")
+    with pytest.raises(PromptFileError, match="line 1: a CSV prompt file needs a 'prompt' column"):
+        list(read_prompts(path))
+
+
+def test_csv_with_an_unknown_column_is_refused(tmp_path):
+    path = write(tmp_path, "p.csv", "prompt,colour\nhello,red\n")
+    with pytest.raises(PromptFileError, match=r"unknown column\(s\) \['colour'\]"):
+        list(read_prompts(path))
+
+
+def test_csv_images_cell_splits_on_semicolons(tmp_path):
+    path = write(tmp_path, "p.csv", "prompt,images\nmerge,a.png; b.png\n")
+    assert list(read_prompts(path)) == [{"prompt": "merge", "images": ["a.png", "b.png"]}]
+
+
+def test_utf8_bom_is_ignored(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes("prompt\nünïcode fox\n".encode("utf-8-sig"))
+    assert list(read_prompts(path)) == [{"prompt": "ünïcode fox"}]
+
+
+def test_dash_reads_standard_input(monkeypatch):
+    stdin = io.TextIOWrapper(io.BytesIO(b'{"prompt": "from stdin", "id": "s1"}\n'))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert list(read_prompts("-")) == [{"prompt": "from stdin", "id": "s1"}]
+
+
+def test_csv_from_standard_input_needs_the_format(monkeypatch):
+    stdin = io.TextIOWrapper(io.BytesIO(b"prompt,seed\nfox,1\n"))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert list(read_prompts("-", format="csv")) == [{"prompt": "fox", "seed": 1}]
+
+
+def test_an_open_text_stream_is_accepted():
+    assert list(read_prompts(io.StringIO("a\nb\n"), format="text")) == [
+        {"prompt": "a"},
+        {"prompt": "b"},
+    ]
+
+
+def test_reading_is_lazy_nothing_is_opened_before_iteration(tmp_path):
+    records = read_prompts(tmp_path / "missing.txt")  # no error yet: a generator
+    with pytest.raises(FileNotFoundError):
+        next(records)
+
+
+def test_reading_is_lazy_a_late_bad_line_does_not_stop_earlier_records(tmp_path):
+    lines = "".join(f'{{"prompt": "p{i}"}}\n' for i in range(1000)) + "oops\n"
+    records = read_prompts(write(tmp_path, "big.jsonl", lines))
+    assert [next(records)["prompt"] for _ in range(3)] == ["p0", "p1", "p2"]
+
+
+def test_unknown_format_is_a_value_error():
+    with pytest.raises(ValueError, match="format must be"):
+        list(read_prompts("x", format="yaml"))  # type: ignore[arg-type]
