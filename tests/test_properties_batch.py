@@ -1,0 +1,78 @@
+"""Property tests (hypothesis) for file naming and the manifest under crashes."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanogpt_async._batch_manifest import read_manifest
+from nanogpt_async._batch_names import image_file_name, safe_path, slugify
+
+#: Text that tries to escape: separators, dot-dot, NUL, reserved names, any unicode, long.
+hostile_text = st.one_of(
+    st.text(max_size=3000),
+    st.lists(
+        st.sampled_from(["..", "/", "\\", "\x00", "CON", "NUL", "aux.txt", ".", "~", ":", "é"]),
+        max_size=50,
+    ).map("".join),
+)
+
+RESERVED_WINDOWS = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10))}
+
+
+@settings(max_examples=300)
+@given(hostile_text, st.integers(0, 10**7), st.integers(0, 9))
+def test_file_names_never_leave_the_folder_and_are_deterministic(prompt, index, number):
+    name = image_file_name(index, prompt, number, ".png")
+
+    assert name == image_file_name(index, prompt, number, ".png")
+    assert "/" not in name
+    assert "\\" not in name
+    assert "\x00" not in name
+    assert name.split(".")[0].lower() not in RESERVED_WINDOWS
+    assert len(name.encode()) < 100  # far under every file system's 255-byte limit
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        assert safe_path(root, name).resolve().parent == root.resolve()
+
+
+@given(hostile_text)
+def test_slugs_are_plain_ascii(prompt):
+    assert set(slugify(prompt)) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _record(i: int) -> dict[str, object]:
+    return {
+        "id": f"item-{i}",
+        "index": i,
+        "prompt": f"prompt {i} ünïcode",
+        "status": "ok" if i % 3 else "failed",
+        "files": [{"path": f"{i:06d}-x-0.png", "sha256": "0" * 64, "bytes": 10}],
+        "request_id": f"req_{i}",
+    }
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 12), st.data())
+def test_the_manifest_reader_tolerates_any_truncation(count, data):
+    lines = [json.dumps(_record(i), ensure_ascii=False).encode() + b"\n" for i in range(count)]
+    whole = b"".join(lines)
+    cut = data.draw(st.integers(0, len(whole)))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "manifest.jsonl"
+        path.write_bytes(whole[:cut])
+
+        recorded = read_manifest(path)
+
+    complete = whole[:cut].count(b"\n")
+    # Every complete line is read; the torn one (if any) is dropped, never misread.
+    assert set(recorded) >= {f"item-{i}" for i in range(complete)}
+    assert set(recorded) <= {f"item-{i}" for i in range(complete + 1)}
+    for item_id, item in recorded.items():
+        original = _record(int(item_id.split("-")[1]))
+        assert item.status == original["status"]
+        assert item.request_id == original["request_id"]
