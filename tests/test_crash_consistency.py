@@ -96,6 +96,8 @@ def _wait_for_rows(out: Path, count: int, process: subprocess.Popen[bytes]) -> N
 
 
 def _assert_folder_consistent(out: Path) -> dict[str, dict[str, Any]]:
+    manifest = out / "manifest.jsonl"
+    assert not manifest.exists() or KEY not in manifest.read_text(errors="replace")
     latest = {row["id"]: row for row in _rows(out)}
     for row in latest.values():
         if row["status"] != "ok":

@@ -1,0 +1,25 @@
+"""The ``nanogpt-async`` command line (also ``python -m nanogpt_async``).
+
+A thin layer over the library: the commands live in ``_commands``, the batch glue (progress,
+Ctrl-C, summary) in ``_batchrun``. Nothing here is imported by ``import nanogpt_async``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line; exits the process with the documented exit code."""
+    try:
+        from nanogpt_async._cli._commands import cli  # noqa: PLC0415 - click/rich are optional
+    except ImportError as exc:  # pragma: no cover - depends on what is installed
+        missing = exc.name or "click"
+        sys.stderr.write(
+            f"error: the command line needs {missing!r}: pip install 'nanogpt-async[cli]'\n"
+        )
+        sys.exit(2)
+    cli.main(args=list(argv) if argv is not None else None, prog_name="nanogpt-async")

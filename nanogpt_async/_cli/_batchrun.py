@@ -1,0 +1,507 @@
+"""The batch command's engine room, shared with ``demo``: prompts in, progress, Ctrl-C, summary.
+
+``batch`` and ``demo`` both end in :func:`run_batch`, so the demo shows exactly what a real
+batch does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import click
+
+from nanogpt_async._batch_models import BatchProgress, BatchSummary, ItemResult
+from nanogpt_async._cli._common import (
+    EXIT_BUDGET,
+    EXIT_FAILED,
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    output,
+)
+from nanogpt_async._errors import InvalidInputError
+from nanogpt_async._prompts import PromptFormat, read_prompts
+
+if TYPE_CHECKING:
+    from nanogpt_async._batch import Batch
+    from nanogpt_async._client import AsyncNanoGPT
+
+__all__ = ["BatchSettings", "PromptSource", "aiter_sync", "prompt_items", "run_batch"]
+
+#: Prompt files up to this size are read once up front: the progress bar gets a total (and an
+#: ETA) and a bad line fails before anything is paid. Bigger ones stream with an unknown total.
+PRECOUNT_MAX_BYTES = 64 * 1024 * 1024
+#: Lines read per worker-thread hop: stdin may block, the event loop must not.
+_CHUNK = 256
+#: Failed items printed one per line as they happen; past this only the count grows.
+_MAX_FAILURE_LINES = 20
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What ``batch`` and ``demo`` pass to :func:`run_batch`."""
+
+    out: Path
+    concurrency: int
+    rps: float
+    download_concurrency: int
+    max_cost: float | None
+    retry_failed: bool
+    progress: str
+    progress_interval: float
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PromptSource:
+    """Requests to run: an async iterator (read off the event loop) and the count if known."""
+
+    items: AsyncIterator[Any]
+    total: int | None
+
+
+def _count_records(path: str, prompt_format: PromptFormat) -> int:
+    return sum(1 for _ in read_prompts(path, format=prompt_format))
+
+
+async def _chunks(path: str, prompt_format: PromptFormat) -> AsyncIterator[Any]:
+    iterator = read_prompts(path, format=prompt_format)
+
+    def take() -> list[dict[str, Any]]:
+        chunk = []
+        for record in iterator:
+            chunk.append(record)
+            if len(chunk) >= _CHUNK:
+                break
+        return chunk
+
+    try:
+        while chunk := await anyio.to_thread.run_sync(take):
+            for record in chunk:
+                yield record
+    finally:
+        iterator.close()
+
+
+def prompt_items(path: str, prompt_format: str) -> PromptSource:
+    """Open PROMPTS lazily; small files are checked (and counted) whole before any spend.
+
+    Raises:
+        click.BadParameter: the file is missing, unreadable, or has a bad line.
+    """
+    fmt: PromptFormat = prompt_format  # type: ignore[assignment] # click.Choice checked it
+    total: int | None = None
+    if path != "-":
+        try:
+            size = Path(path).stat().st_size
+            if size <= PRECOUNT_MAX_BYTES:
+                total = _count_records(path, fmt)
+        except InvalidInputError as exc:
+            raise click.BadParameter(str(exc), param_hint="PROMPTS") from None
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {path!r}: {exc.strerror or exc}", param_hint="PROMPTS"
+            ) from None
+    return PromptSource(items=_chunks(path, fmt), total=total)
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, round(seconds))
+    if seconds < 60:  # noqa: PLR2004
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:  # noqa: PLR2004
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def progress_line(p: BatchProgress) -> str:
+    """``done 40/100 failed 1 in-flight 8 cost $0.2000 rate 12.3/s eta 5s``."""
+    total = "?" if p.total is None else str(p.total)
+    parts = [f"done {p.done}/{total}", f"failed {p.failed}"]
+    if p.skipped:
+        parts.append(f"skipped {p.skipped}")
+    parts += [
+        f"in-flight {p.in_flight}",
+        f"cost ${p.cost:.4f}",
+        f"rate {p.rate:.1f}/s",
+        f"eta {_duration(p.eta)}",
+    ]
+    return " ".join(parts)
+
+
+class Reporter(Protocol):
+    """Shows progress and per-item news while a batch runs."""
+
+    def progress(self, snapshot: BatchProgress) -> None:
+        """A new progress snapshot."""
+
+    def message(self, text: str) -> None:
+        """A line of news (a failed item, "stopping...")."""
+
+    def close(self, last: BatchProgress | None) -> None:
+        """The batch ended; ``last`` is the final snapshot when there was one."""
+
+
+class PlainReporter:
+    """A progress line on stderr every ``interval`` seconds, and one at the end."""
+
+    def __init__(self, interval: float) -> None:
+        """Print at most one line per ``interval`` seconds."""
+        self._interval = interval
+        self._last_printed = time.monotonic()
+        self._last_line = ""
+
+    def progress(self, snapshot: BatchProgress) -> None:
+        """Print the line if the interval passed."""
+        now = time.monotonic()
+        if now - self._last_printed >= self._interval:
+            self._print(snapshot)
+            self._last_printed = now
+
+    def _print(self, snapshot: BatchProgress) -> None:
+        line = progress_line(snapshot)
+        if line != self._last_line:
+            output.err(line)
+            self._last_line = line
+
+    def message(self, text: str) -> None:
+        """Print the news as is."""
+        output.err(text)
+
+    def close(self, last: BatchProgress | None) -> None:
+        """Always end with the final counts."""
+        if last is not None:
+            self._print(last)
+
+
+class SilentReporter:
+    """``--progress none``: only failures and the summary."""
+
+    def progress(self, snapshot: BatchProgress) -> None:
+        """Ignore."""
+
+    def message(self, text: str) -> None:
+        """Print the news."""
+        output.err(text)
+
+    def close(self, last: BatchProgress | None) -> None:
+        """Nothing to clean up."""
+
+
+class BarReporter:
+    """A live rich progress bar on stderr."""
+
+    def __init__(self) -> None:
+        """Start the bar (rich is imported only here)."""
+        from rich.console import Console  # noqa: PLC0415 - rich loads only for a terminal
+        from rich.progress import (  # noqa: PLC0415
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._bar = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]} failed[/]"),
+            TextColumn("{task.fields[in_flight]} in flight"),
+            TextColumn("[green]${task.fields[cost]:.4f}[/]"),
+            TextColumn("{task.fields[rate]:.1f}/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta {task.fields[eta]}"),
+            console=Console(stderr=True),
+        )
+        self._task = self._bar.add_task(
+            "generating", total=None, failed=0, in_flight=0, cost=0.0, rate=0.0, eta="?"
+        )
+        self._bar.start()
+
+    def progress(self, snapshot: BatchProgress) -> None:
+        """Move the bar."""
+        self._bar.update(
+            self._task,
+            total=snapshot.total,
+            completed=snapshot.done,
+            failed=snapshot.failed,
+            in_flight=snapshot.in_flight,
+            cost=snapshot.cost,
+            rate=snapshot.rate,
+            eta=_duration(snapshot.eta),
+        )
+
+    def message(self, text: str) -> None:
+        """Print above the bar."""
+        self._bar.console.print(output.scrub(text), markup=False, highlight=False)
+
+    def close(self, last: BatchProgress | None) -> None:
+        """Draw the final state and stop redrawing."""
+        if last is not None:
+            self.progress(last)
+        self._bar.stop()
+
+
+def make_reporter(mode: str, interval: float) -> Reporter:
+    """``auto``: a bar when stderr is a terminal (and not TERM=dumb), plain lines otherwise."""
+    if mode == "auto":
+        terminal = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+        mode = "bar" if terminal else "plain"
+    if mode == "bar":
+        return BarReporter()
+    if mode == "none":
+        return SilentReporter()
+    return PlainReporter(interval)
+
+
+# -- summary ---------------------------------------------------------------------------------
+
+
+def _elapsed(seconds: float) -> str:
+    # Tenths of a second matter for short runs only.
+    return f"{seconds:.1f}s" if seconds < 60 else _duration(seconds)  # noqa: PLR2004
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def summary_rows(summary: BatchSummary, out: Path) -> list[tuple[str, str]]:
+    """The summary as (label, value) rows, shared by the table and the plain output."""
+    rows = [
+        ("items", str(summary.total)),
+        ("ok", str(summary.ok)),
+        ("failed", str(summary.failed)),
+        ("skipped (done before)", str(summary.skipped)),
+    ]
+    if summary.not_started:
+        rows.append(("not started", str(summary.not_started)))
+    rows += [
+        ("cost", f"${summary.cost:.4f}"),
+        ("elapsed", _elapsed(summary.elapsed)),
+        ("rate", f"{summary.rate:.1f} items/s"),
+        ("latency p50 / p99", f"{_seconds(summary.latency_p50)} / {_seconds(summary.latency_p99)}"),
+        (
+            "download delay p50 / p99 / max",
+            " / ".join(
+                _seconds(value)
+                for value in (
+                    summary.download_delay_p50,
+                    summary.download_delay_p99,
+                    summary.download_delay_max,
+                )
+            ),
+        ),
+        ("requests (with retries)", str(summary.attempts)),
+        ("rate limited (429)", str(summary.rate_limited)),
+    ]
+    if summary.stopped_reason:
+        rows.append(("stopped", summary.stopped_reason))
+    rows.append(("images", f"{out}{os.sep}"))
+    if summary.manifest is not None:
+        rows.append(("manifest", str(summary.manifest)))
+    return rows
+
+
+def print_summary(summary: BatchSummary, out: Path) -> None:
+    """A rich table on a terminal, ``label: value`` lines otherwise (stdout)."""
+    rows = summary_rows(summary, out)
+    if sys.stdout.isatty():
+        from rich.console import Console  # noqa: PLC0415
+        from rich.table import Table  # noqa: PLC0415
+
+        table = Table(title="batch summary", show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column()
+        for label, value in rows:
+            table.add_row(label, output.scrub(value))
+        Console().print(table)
+        return
+    width = max(len(label) for label, _ in rows)
+    output.out("summary:")
+    for label, value in rows:
+        output.out(f"  {label.ljust(width)}  {value}")
+
+
+def exit_code(summary: BatchSummary, *, interrupted: bool) -> int:
+    """The documented exit code for how the batch ended."""
+    if summary.fatal_error is not None or (summary.stopped_reason or "").startswith("fatal"):
+        return EXIT_FATAL
+    if interrupted or summary.stopped_reason in ("stopped", "cancelled"):
+        return EXIT_INTERRUPTED
+    if summary.failed:
+        return EXIT_FAILED
+    if summary.stopped_reason == "budget" or summary.not_started:
+        return EXIT_BUDGET
+    return EXIT_OK
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def _describe_failure(result: ItemResult) -> str:
+    error = " ".join(str(result.error or "unknown error").split())
+    return f"failed: item {result.index} (id {result.id}): {error}"
+
+
+class _FailureLog:
+    """Reports failed items as they happen, the first few one per line."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self._reporter = reporter
+        self.count = 0
+
+    def add(self, result: ItemResult) -> None:
+        if result.status != "failed":
+            return
+        self.count += 1
+        if self.count <= _MAX_FAILURE_LINES:
+            self._reporter.message(_describe_failure(result))
+        elif self.count == _MAX_FAILURE_LINES + 1:
+            self._reporter.message("more failures: see the manifest for every one")
+
+
+class _CtrlC:
+    """First Ctrl-C: ``batch.stop()``. Second: cancel ``abort`` (the in-flight items)."""
+
+    def __init__(self, batch: Batch, reporter: Reporter, last: list[BatchProgress]) -> None:
+        self._batch = batch
+        self._reporter = reporter
+        self._last = last
+        self.abort = anyio.CancelScope()
+        self.pressed = 0
+
+    async def watch(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        try:
+            receiver = anyio.open_signal_receiver(signal.SIGINT)
+        except (NotImplementedError, RuntimeError, ValueError):
+            # No signal handlers here (Windows, or not the main thread): Ctrl-C then arrives
+            # as KeyboardInterrupt and still ends the run with exit code 130.
+            task_status.started()
+            return
+        with receiver as signals:
+            task_status.started()
+            async for _ in signals:
+                self.pressed += 1
+                if self.pressed == 1:
+                    in_flight = self._last[0].in_flight if self._last else 0
+                    self._reporter.message(
+                        f"stopping: finishing {in_flight} in-flight items (Ctrl-C again to abort)"
+                    )
+                    self._batch.stop()
+                else:
+                    self._reporter.message("aborting: cancelling in-flight items")
+                    self.abort.cancel()
+                    return
+
+
+async def run_batch(
+    client: AsyncNanoGPT,
+    source: PromptSource | Iterator[Any],
+    settings: BatchSettings,
+    *,
+    demo: bool = False,
+) -> int:
+    """Run the batch with progress and Ctrl-C handling; print the summary; return the exit code.
+
+    First Ctrl-C: stop starting items, let the in-flight ones finish and be saved. Second:
+    cancel them (what was already written stays in the manifest).
+    """
+    if not isinstance(source, PromptSource):
+        source = PromptSource(items=aiter_sync(source), total=None)
+    reporter = make_reporter(settings.progress, settings.progress_interval)
+    last: list[BatchProgress] = []
+
+    def on_progress(snapshot: BatchProgress) -> None:
+        last[:] = [snapshot]
+        reporter.progress(snapshot)
+
+    async with client:
+        batch = client.images.generate_many(
+            source.items,
+            output_dir=settings.out,
+            concurrency=settings.concurrency,
+            rps=settings.rps,
+            download_concurrency=settings.download_concurrency,
+            max_cost=settings.max_cost,
+            retry_failed=settings.retry_failed,
+            on_progress=on_progress,
+            progress_interval=min(0.5, settings.progress_interval or 0.5),
+            total=source.total,
+            **settings.defaults,
+        )
+        ctrl_c = _CtrlC(batch, reporter, last)
+        failures = _FailureLog(reporter)
+        try:
+            async with anyio.create_task_group() as group:
+                await group.start(ctrl_c.watch)
+                with ctrl_c.abort:
+                    async with batch:
+                        async for result in batch:
+                            failures.add(result)
+                group.cancel_scope.cancel()
+        finally:
+            reporter.close(last[0] if last else None)
+
+    summary = batch.summary
+    if summary.fatal_error is not None:
+        output.error(summary.fatal_error)
+    print_summary(summary, settings.out)
+    code = exit_code(summary, interrupted=ctrl_c.pressed > 0)
+    _epilogue(code, settings, summary, demo=demo)
+    return code
+
+
+def _epilogue(code: int, settings: BatchSettings, summary: BatchSummary, *, demo: bool) -> None:
+    out = settings.out
+    if code == EXIT_INTERRUPTED:
+        output.err(f"interrupted: run the same command again to resume into {out}{os.sep}")
+    elif code == EXIT_FAILED:
+        output.err(
+            f"{summary.failed} item(s) failed (details in the manifest); run the same command "
+            "again to retry them"
+        )
+    elif code == EXIT_BUDGET:
+        output.err(
+            f"stopped at the --max-cost budget with {summary.not_started} item(s) not started; "
+            "raise it and run again to continue"
+        )
+    if demo and code == EXIT_OK:
+        manifest = summary.manifest or out / "manifest.jsonl"
+        if summary.ok == 0 and summary.skipped:
+            output.err(
+                f"resumed: all {summary.skipped} items were done by an earlier run, nothing was "
+                f"generated again. Images in {out}{os.sep}, manifest in {manifest}; delete the "
+                "folder to start over."
+            )
+        else:
+            output.err(
+                f"done: images in {out}{os.sep}, manifest in {manifest}. Run the demo again to "
+                "see it resume (every item skipped)."
+            )
+
+
+async def aiter_sync(items: Iterator[Any]) -> AsyncIterator[Any]:
+    """An in-memory iterator as an async one (the shape :class:`PromptSource` holds)."""
+    for item in items:
+        yield item

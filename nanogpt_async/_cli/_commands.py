@@ -1,0 +1,655 @@
+"""The commands: generate, batch, models, balance, fake-server, demo."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import sys
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from nanogpt_async import __version__
+from nanogpt_async._batch_names import slugify
+from nanogpt_async._cli._common import (
+    EXIT_BUDGET,
+    EXIT_FAILED,
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    configure,
+    make_client,
+    output,
+    run_async,
+)
+
+__all__ = ["cli"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_EXIT_CODES_HELP = (
+    f"Exit codes: {EXIT_OK} all ok; {EXIT_FAILED} some requests or items failed; "
+    f"{EXIT_USAGE} bad usage or input; {EXIT_FATAL} fatal for the account (bad key, no "
+    f"balance, not permitted, daily cap); {EXIT_BUDGET} --max-cost reached before every item "
+    f"ran; {EXIT_INTERRUPTED} interrupted (Ctrl-C)."
+)
+
+
+def api_options(func: _F) -> _F:
+    """``--api-key``, ``--base-url``, ``--timeout``, ``--max-retries`` for commands that call."""
+    options = [
+        click.option(
+            "--api-key",
+            envvar="NANOGPT_API_KEY",
+            show_envvar=True,
+            metavar="KEY",
+            help="NanoGPT API key (never printed).",
+        ),
+        click.option(
+            "--base-url",
+            envvar="NANOGPT_BASE_URL",
+            show_envvar=True,
+            metavar="URL",
+            help="API base URL [default: https://nano-gpt.com/api/v1].",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            metavar="SECONDS",
+            help="Per-request timeout [default: 300, generation is slow].",
+        ),
+        click.option(
+            "--max-retries",
+            type=click.IntRange(min=0),
+            metavar="N",
+            help="Retries after the first attempt of each request [default: 2].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def generation_options(func: _F) -> _F:
+    """The request fields shared by ``generate`` and ``batch`` (defaults for every item)."""
+    options = [
+        click.option("-m", "--model", help="Model id (see `nanogpt-async models`).", metavar="ID"),
+        click.option("-s", "--size", help="Size such as 1024x1024 or auto (model-specific)."),
+        click.option(
+            "-n", "--n", "n", type=click.IntRange(min=1), help="Images per request [default: 1]."
+        ),
+        click.option(
+            "-f",
+            "--response-format",
+            type=click.Choice(["b64_json", "url"]),
+            help="How NanoGPT returns images; both end up as files [default: b64_json].",
+        ),
+        click.option("--seed", type=int, help="Seed, where the model supports one."),
+        click.option(
+            "--steps",
+            "num_inference_steps",
+            type=click.IntRange(1, 100),
+            help="Denoising steps (1-100).",
+        ),
+        click.option(
+            "--guidance-scale",
+            type=click.FloatRange(0, 20),
+            help="How closely to follow the prompt (0-20).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=_EXIT_CODES_HELP,
+)
+@click.version_option(__version__, "-V", "--version", prog_name="nanogpt-async")
+@click.option("-v", "--verbose", is_flag=True, help="Log retries and show tracebacks of bugs.")
+@click.pass_context
+def cli(ctx: click.Context, *, verbose: bool) -> None:
+    """Generate images with NanoGPT: one, or millions from a file, at the account's rate limit.
+
+    Try it without a key or network: nanogpt-async demo
+    """
+    ctx.obj = {"verbose": verbose}
+    configure(verbose=verbose)
+
+
+def _verbose() -> bool:
+    ctx = click.get_current_context()
+    return bool((ctx.find_root().obj or {}).get("verbose"))
+
+
+def _drop_none(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None and v != ()}
+
+
+# -- generate ---------------------------------------------------------------------------------
+
+
+def _free_stem(folder: Path, stem: str) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``... whichever no existing file starts with."""
+    candidate, number = stem, 1
+    while any(folder.glob(glob.escape(candidate) + "*")):
+        number += 1
+        candidate = f"{stem}-{number}"
+    return candidate
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("prompt")
+@generation_options
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(),
+    show_default=True,
+    help="Folder to save into (created if missing).",
+)
+@click.option("--name", metavar="STEM", help="File name stem [default: a slug of the prompt].")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Input image for image-to-image (PNG/JPEG/WebP/GIF, 4 MB max); repeat for several.",
+)
+@click.option(
+    "--mask",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Inpainting mask, white where to edit.",
+)
+@click.option("--strength", type=click.FloatRange(0, 1), help="Image-to-image strength (0-1).")
+@click.option(
+    "--kontext-max-mode", is_flag=True, default=None, help="flux-kontext's enhanced context."
+)
+@click.option("--user", metavar="ID", help="Your end user's id, passed to NanoGPT.")
+@api_options
+def generate(
+    prompt: str,
+    *,
+    out: Path,
+    name: str | None,
+    images: tuple[Path, ...],
+    mask: Path | None,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float | None,
+    max_retries: int | None,
+    **fields: Any,
+) -> None:
+    """Generate images for PROMPT, save them, print their paths, the cost and the balance.
+
+    \b
+    Examples:
+      nanogpt-async generate "a lighthouse at dusk" -n 2 -o out/
+      nanogpt-async generate "as a watercolour" --image photo.jpg --strength 0.6
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    request = _drop_none(prompt=prompt, **fields)
+    if len(images) == 1:
+        request["image"] = images[0]
+    elif images:
+        request["images"] = list(images)
+    if mask is not None:
+        request["mask"] = mask
+    stem = slugify(name, max_length=200) if name else slugify(prompt, max_length=48)
+    client = make_client(
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+    )
+
+    async def main() -> None:
+        async with client:
+            response = await client.images.generate(**request)
+            many = len(response.data) > 1
+            await anyio.Path(out).mkdir(parents=True, exist_ok=True)
+            free = _free_stem(out, stem)
+            for image in response.data:
+                target = out / (f"{free}-{image.index + 1}" if many else free)
+                output.out(str(await image.save(target)))
+        parts = []
+        if response.cost is not None:
+            parts.append(f"cost ${response.cost:.4f}")
+        if response.remaining_balance is not None:
+            parts.append(f"balance ${response.remaining_balance:.4f}")
+        if response.request_id:
+            parts.append(f"request id {response.request_id}")
+        if parts:
+            output.err(", ".join(parts))
+
+    run_async(main, verbose=_verbose())
+
+
+# -- models and balance -----------------------------------------------------------------------
+
+
+def _size_key(size: str) -> str:
+    return size.replace("*", "x")
+
+
+def _capabilities(model: Any) -> str:
+    caps = model.capabilities
+    names = [
+        ("text-to-image", caps.image_generation),
+        ("image-to-image", caps.image_to_image),
+        ("inpainting", caps.inpainting),
+        ("nsfw", caps.nsfw),
+    ]
+    return ", ".join(name for name, on in names if on) or "-"
+
+
+def _prices(model: Any) -> str:
+    if not model.pricing:
+        return "-"
+    return ", ".join(f"{_size_key(k)} ${v:g}" for k, v in model.pricing.items())
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
+@api_options
+def models(
+    *,
+    as_json: bool,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float | None,
+    max_retries: int | None,
+) -> None:
+    """List the image models: id, price per size (USD per image), capabilities."""
+    client = make_client(
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+    )
+
+    async def main() -> list[Any]:
+        async with client:
+            return await client.images.models()
+
+    catalogue = run_async(main, verbose=_verbose())
+    if as_json:
+        output.out(
+            json.dumps(
+                [
+                    {
+                        "id": m.id,
+                        "name": m.name,
+                        "pricing": {_size_key(k): v for k, v in m.pricing.items()},
+                        "currency": m.currency,
+                        "capabilities": {
+                            "image_generation": m.capabilities.image_generation,
+                            "image_to_image": m.capabilities.image_to_image,
+                            "inpainting": m.capabilities.inpainting,
+                            "nsfw": m.capabilities.nsfw,
+                        },
+                        "resolutions": list(m.resolutions),
+                        "max_images": m.max_images,
+                    }
+                    for m in catalogue
+                ],
+                indent=2,
+            )
+        )
+        return
+    rows = [
+        (m.id, m.name or "", _prices(m), _capabilities(m), str(m.max_images or "-"))
+        for m in catalogue
+    ]
+    headers = ("id", "name", "USD per image", "capabilities", "max n")
+    if sys.stdout.isatty():
+        from rich.console import Console  # noqa: PLC0415 - rich loads only when drawing
+        from rich.table import Table  # noqa: PLC0415
+
+        table = Table(*headers, title=f"{len(rows)} image models")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    # Not a terminal: tab-separated, one model per line, easy to grep/cut.
+    output.out("\t".join(headers))
+    for row in rows:
+        output.out("\t".join(row))
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the balance as JSON.")
+@api_options
+def balance(
+    *,
+    as_json: bool,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float | None,
+    max_retries: int | None,
+) -> None:
+    """Show the account balance (USD and Nano)."""
+    client = make_client(
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+    )
+
+    async def main() -> Any:
+        async with client:
+            return await client.balance()
+
+    result = run_async(main, verbose=_verbose())
+
+    def text(value: Decimal | None) -> str | None:
+        return None if value is None else str(value)
+
+    if as_json:
+        output.out(
+            json.dumps(
+                {"usd_balance": text(result.usd_balance), "nano_balance": text(result.nano_balance)}
+            )
+        )
+        return
+    output.out(f"USD  {text(result.usd_balance) or '-'}")
+    output.out(f"XNO  {text(result.nano_balance) or '-'}")
+
+
+# -- batch ------------------------------------------------------------------------------------
+
+
+def progress_options(func: _F) -> _F:
+    """How progress is shown."""
+    options = [
+        click.option(
+            "--progress",
+            type=click.Choice(["auto", "bar", "plain", "none"]),
+            default="auto",
+            show_default=True,
+            help="auto: a live bar on a terminal, plain periodic lines otherwise.",
+        ),
+        click.option(
+            "--progress-interval",
+            type=click.FloatRange(min=0),
+            default=2.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="Seconds between plain progress lines.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("prompts", metavar="PROMPTS", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder: images plus manifest.jsonl. Re-running into it resumes.",
+)
+@click.option(
+    "--format",
+    "prompt_format",
+    type=click.Choice(["auto", "text", "jsonl", "csv"]),
+    default="auto",
+    show_default=True,
+    help="Prompt file format; auto goes by extension, then by the first line.",
+)
+@generation_options
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Requests in flight at most.",
+)
+@click.option(
+    "--rps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=25.0,
+    show_default=True,
+    help="Requests per second at most (NanoGPT allows 25 by default).",
+)
+@click.option(
+    "--download-concurrency",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Signed-URL downloads in flight at most.",
+)
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    metavar="USD",
+    help="Stop starting requests once this much is spent or in flight.",
+)
+@click.option(
+    "--retry-failed/--no-retry-failed",
+    default=True,
+    show_default=True,
+    help="On resume, run again the items that failed last time.",
+)
+@progress_options
+@api_options
+def batch(
+    prompts: str,
+    *,
+    out: Path,
+    prompt_format: str,
+    concurrency: int,
+    rps: float,
+    download_concurrency: int,
+    max_cost: float | None,
+    retry_failed: bool,
+    progress: str,
+    progress_interval: float,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float | None,
+    max_retries: int | None,
+    **fields: Any,
+) -> None:
+    """Generate an image set for every prompt in PROMPTS into a folder, with a manifest.
+
+    PROMPTS is a text file (one prompt per line), JSONL (one request object per line:
+    "prompt", optional "id", any API field) or CSV (a "prompt" column; optional "id", "model",
+    "size", "n", "seed", ...); "-" reads standard input. Options give defaults that each
+    line's own fields override. Finished items go to OUT/manifest.jsonl; running the same
+    command again skips them.
+
+    \b
+    Examples:
+      nanogpt-async batch prompts.txt -o out/ --model flux-schnell --max-cost 5
+      cat prompts.jsonl | nanogpt-async batch - -o out/ -f url
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    from nanogpt_async._cli._batchrun import (  # noqa: PLC0415 - the batch machinery loads on use
+        BatchSettings,
+        prompt_items,
+        run_batch,
+    )
+
+    items = prompt_items(prompts, prompt_format)
+    client = make_client(
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=max_retries,
+        max_connections=max(concurrency, download_concurrency),
+    )
+    settings = BatchSettings(
+        out=out,
+        concurrency=concurrency,
+        rps=rps,
+        download_concurrency=download_concurrency,
+        max_cost=max_cost,
+        retry_failed=retry_failed,
+        progress=progress,
+        progress_interval=progress_interval,
+        defaults=_drop_none(**fields),
+    )
+    code = run_async(functools.partial(run_batch, client, items, settings), verbose=_verbose())
+    sys.exit(code)
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("nanogpt-demo"),
+    show_default=True,
+    help="Output folder; run again to see the batch resume.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1, max=10_000),
+    default=100,
+    show_default=True,
+    help="How many prompts to generate.",
+)
+@click.option(
+    "--fast",
+    is_flag=True,
+    hidden=True,
+    help="No latency, limits or faults (for tests of the command itself).",
+)
+@progress_options
+def demo(*, out: Path, count: int, fast: bool, progress: str, progress_interval: float) -> None:
+    """Run a batch on the built-in fake NanoGPT server: no key, no network, no cost.
+
+    The fake behaves like the real thing: generation latency, a 25 requests/second limit,
+    occasional 5xx errors, some signed URLs falling back to base64, URLs that expire after
+    20 seconds. The batch runs through the same code as `nanogpt-async batch`.
+    """
+    from nanogpt_async._cli._batchrun import (  # noqa: PLC0415
+        BatchSettings,
+        PromptSource,
+        aiter_sync,
+        run_batch,
+    )
+    from nanogpt_async._demo import demo_fake, demo_items  # noqa: PLC0415
+
+    fake = demo_fake(fast=fast)
+    settings = BatchSettings(
+        out=out,
+        concurrency=64,
+        rps=25.0,
+        download_concurrency=32,
+        max_cost=None,
+        retry_failed=True,
+        progress=progress,
+        progress_interval=progress_interval,
+        defaults={},
+    )
+    with fake.run_in_thread() as server:
+        output.err(
+            f"demo: a fake NanoGPT server runs at {server.base_url} (loopback only); "
+            f"generating {count} images into {out}/"
+        )
+        client = make_client(api_key=server.api_key, base_url=server.base_url)
+        code = run_async(
+            functools.partial(
+                run_batch,
+                client,
+                PromptSource(items=aiter_sync(demo_items(count)), total=count),
+                settings,
+                demo=True,
+            ),
+            verbose=_verbose(),
+        )
+    sys.exit(code)
+
+
+# -- fake-server ------------------------------------------------------------------------------
+
+_FAKE_KNOBS: Sequence[tuple[str, Any, Any, str]] = (
+    # (option, type, default, help); names match FakeNanoGPT's arguments.
+    ("--latency", click.FloatRange(min=0), 0.0, "Seconds each generation takes."),
+    ("--latency-jitter", click.FloatRange(min=0), 0.0, "Latency varies by +- this."),
+    ("--rate-limit", click.FloatRange(min=0, min_open=True), None, "Requests/second allowed."),
+    ("--burst", click.IntRange(min=1), None, "Token bucket size [default: the rate limit]."),
+    ("--daily-request-cap", click.IntRange(min=0), None, "Generation requests per UTC day."),
+    ("--daily-usd-cap", click.FloatRange(min=0), None, "USD charged per UTC day."),
+    ("--balance", click.FloatRange(min=0), 100.0, "Account balance in USD."),
+    ("--price-per-image", click.FloatRange(min=0), 0.005, "USD charged per image."),
+    ("--error-rate", click.FloatRange(0, 1), 0.0, "Fraction of requests answered 5xx."),
+    ("--reset-rate", click.FloatRange(0, 1), 0.0, "Fraction charged, then connection reset."),
+    ("--url-fallback-rate", click.FloatRange(0, 1), 0.0, "Fraction of url items sent as b64."),
+    ("--url-ttl", click.FloatRange(min=0), 3600.0, "Seconds a signed URL stays valid."),
+    ("--file-ttl", click.FloatRange(min=0), 86400.0, "Seconds until a stored file is deleted."),
+    ("--download-latency", click.FloatRange(min=0), 0.0, "Seconds before a download answers."),
+    ("--image-bytes", click.IntRange(min=1), None, "Approximate PNG size [default: tiny]."),
+    ("--seed", int, 0, "Seed of all randomness."),
+)
+
+
+def fake_knob_options(func: _F) -> _F:
+    """One option per `FakeNanoGPT` knob."""
+    for name, kind, default, text in reversed(_FAKE_KNOBS):
+        func = click.option(
+            name, type=kind, default=default, show_default=default is not None, help=text
+        )(func)
+    return func
+
+
+@cli.command("fake-server")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on."
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0, help="API port [default: any free port]."
+)
+@click.option(
+    "--download-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Signed-URL port [default: any free port].",
+)
+@click.option(
+    "--accept-key",
+    default="test-key",
+    show_default=True,
+    help="The API key the fake accepts; an empty string accepts any key.",
+)
+@fake_knob_options
+def fake_server(*, host: str, port: int, download_port: int, accept_key: str, **knobs: Any) -> None:
+    """Run the fake NanoGPT server on loopback until Ctrl-C, to test your own code offline.
+
+    Prints NANOGPT_BASE_URL=... on stdout once it listens (a line scripts can wait for),
+    then how to point a client at it on stderr.
+
+    \b
+    Example:
+      nanogpt-async fake-server --port 8765 --latency 1 --rate-limit 25 --error-rate 0.05
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    from nanogpt_async.testing import FakeNanoGPT, run_forever  # noqa: PLC0415 - aiohttp app
+
+    try:
+        fake = FakeNanoGPT(api_key=accept_key or None, **knobs)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    def announce(server: Any) -> None:
+        click.echo(f"NANOGPT_BASE_URL={server.base_url}")
+        sys.stdout.flush()
+        click.echo(
+            f"fake NanoGPT listening on {server.base_url} (downloads on "
+            f"{server.download_base_url}). Point your code at it:\n"
+            f"  export NANOGPT_BASE_URL={server.base_url} NANOGPT_API_KEY={server.api_key}\n"
+            "Ctrl-C to stop.",
+            err=True,
+        )
+
+    try:
+        run_forever(fake, host, port, download_port=download_port, ready_callback=announce)
+    except (ValueError, OSError) as exc:
+        output.error(exc)
+        sys.exit(EXIT_USAGE)
+    output.err("fake NanoGPT stopped")

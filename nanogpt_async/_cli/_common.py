@@ -1,0 +1,208 @@
+"""What every command shares: exit codes, one-line errors, the client, running async code."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import IO, Any, NoReturn, TypeVar
+
+import anyio
+import click
+
+from nanogpt_async._client import AsyncNanoGPT
+from nanogpt_async._errors import (
+    AuthenticationError,
+    DailyLimitExceededError,
+    InsufficientBalanceError,
+    InvalidInputError,
+    NanoGPTError,
+    PermissionDeniedError,
+)
+
+__all__ = [
+    "EXIT_BUDGET",
+    "EXIT_FAILED",
+    "EXIT_FATAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Output",
+    "exit_code_for",
+    "make_client",
+    "run_async",
+]
+
+_T = TypeVar("_T")
+
+#: Everything asked for succeeded (a resumed batch whose items were all done before counts).
+EXIT_OK = 0
+#: Some requests failed (a batch finished, but items failed); the rest were saved.
+EXIT_FAILED = 1
+#: Bad usage: unknown option, bad value, unreadable prompt file, no API key (click's own code).
+EXIT_USAGE = 2
+#: Fatal for the account: bad key, no balance, not permitted, daily cap. Nothing more would work.
+EXIT_FATAL = 3
+#: ``--max-cost`` was reached: the batch stopped before starting every item.
+EXIT_BUDGET = 4
+#: Interrupted with Ctrl-C (128 + SIGINT, the shell convention).
+EXIT_INTERRUPTED = 130
+
+# Errors no retry or next item can fix: the key, the money, the permission, the day's cap.
+FATAL_ERRORS: tuple[type[NanoGPTError], ...] = (
+    AuthenticationError,
+    InsufficientBalanceError,
+    PermissionDeniedError,
+    DailyLimitExceededError,
+)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code for an error that ended a command."""
+    if isinstance(exc, FATAL_ERRORS):
+        return EXIT_FATAL
+    if isinstance(exc, InvalidInputError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+class Output:
+    """stdout/stderr writers that never let the API key through.
+
+    The library already keeps the key out of its messages; this is the belt to those braces,
+    because a command line's output ends up in CI logs and bug reports.
+    """
+
+    def __init__(self) -> None:
+        """Start with nothing to hide."""
+        self._secrets: list[str] = []
+
+    def hide(self, secret: str | None) -> None:
+        """Never print ``secret`` (replaced with ``<hidden>``)."""
+        if secret and len(secret.strip()) >= 4:  # noqa: PLR2004 - shorter would redact noise
+            self._secrets.append(secret.strip())
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every hidden secret replaced."""
+        for secret in self._secrets:
+            text = text.replace(secret, "<hidden>")
+        return text
+
+    def out(self, text: str = "") -> None:
+        """A line on stdout."""
+        click.echo(self.scrub(text))
+
+    def err(self, text: str = "") -> None:
+        """A line on stderr."""
+        click.echo(self.scrub(text), err=True)
+
+    def error(self, exc: BaseException | str) -> None:
+        """``error: <one line>`` on stderr (the request id is already part of the message)."""
+        message = exc if isinstance(exc, str) else str(exc) or type(exc).__name__
+        self.err("error: " + " ".join(message.split()))
+
+    def show_warning(  # noqa: PLR0917 - warnings.showwarning's signature
+        self,
+        message: Warning | str,
+        category: type[Warning],  # noqa: ARG002 - warnings.showwarning's signature
+        filename: str,  # noqa: ARG002
+        lineno: int,  # noqa: ARG002
+        file: IO[str] | None = None,  # noqa: ARG002
+        line: str | None = None,  # noqa: ARG002
+    ) -> None:
+        """Print warnings as ``warning: ...`` lines, not with a source location."""
+        self.err(f"warning: {message}")
+
+
+#: The one output of this process (commands are short-lived, tests use CliRunner per call).
+output = Output()
+
+
+def make_client(
+    *,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    max_connections: int | None = None,
+) -> AsyncNanoGPT:
+    """Build the client from options (which already fell back to the environment)."""
+    if not api_key or not api_key.strip():
+        raise click.UsageError(
+            "no NanoGPT API key: pass --api-key or set NANOGPT_API_KEY "
+            "(create one at https://nano-gpt.com/api). To try things without one: "
+            "nanogpt-async demo"
+        )
+    output.hide(api_key)
+    kwargs: dict[str, Any] = {}
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    if max_retries is not None:
+        kwargs["max_retries"] = max_retries
+    if max_connections is not None:
+        kwargs["max_connections"] = max_connections
+    try:
+        return AsyncNanoGPT(api_key=api_key, base_url=base_url, **kwargs)
+    except InvalidInputError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The error inside task-group wrappers: the first library error, else the first one."""
+    while True:
+        inner = getattr(exc, "exceptions", None)
+        if not isinstance(inner, tuple) or not inner:
+            return exc
+        exc = next((e for e in inner if isinstance(e, NanoGPTError)), inner[0])
+
+
+def run_async(func: Callable[[], Awaitable[_T]], *, verbose: bool = False) -> _T:
+    """Run ``func`` on asyncio; turn any error into one line and the documented exit code."""
+    try:
+        return anyio.run(func, backend="asyncio")
+    except click.ClickException:
+        raise
+    except (KeyboardInterrupt, Exception) as raised:  # noqa: BLE001 - no traceback reaches users
+        exc = _leaf(raised)
+        if isinstance(exc, KeyboardInterrupt):
+            output.err("interrupted")
+            _exit(EXIT_INTERRUPTED)
+        if isinstance(exc, click.ClickException):
+            raise exc from None
+        if isinstance(exc, NanoGPTError):
+            output.error(exc)
+            _exit(exit_code_for(exc))
+        if isinstance(exc, OSError):
+            output.error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+            _exit(EXIT_FAILED)
+        # A bug, not a user's mistake: still one line, with the traceback on request.
+        if verbose:
+            output.err("".join(traceback.format_exception(raised)))
+        output.error(
+            f"unexpected {type(exc).__name__}: {exc} (run with --verbose for the traceback "
+            "and report it)"
+        )
+        _exit(EXIT_FAILED)
+
+
+def _exit(code: int) -> NoReturn:
+    sys.stdout.flush()
+    raise click.exceptions.Exit(code)
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return output.scrub(super().format(record))
+
+
+def configure(*, verbose: bool) -> None:
+    """Process-wide set-up: one-line warnings, and the library's log on stderr if asked."""
+    warnings.showwarning = output.show_warning
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_ScrubbingFormatter("%(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("nanogpt_async")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

@@ -1,0 +1,409 @@
+"""``nanogpt-async batch`` and ``demo``: files, manifest, resume, inputs, exit codes, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from nanogpt_async._cli._commands import cli
+from nanogpt_async.testing import FakeServer, Fault
+
+SECRET = "ngk_BATCH_SECRET_never_print_7781"
+secret_fake = pytest.mark.fake_nanogpt(api_key=SECRET)
+
+
+def run(server: FakeServer, *args: str, key: str = SECRET, stdin: str | None = None) -> Result:
+    env = {"NANOGPT_API_KEY": key, "NANOGPT_BASE_URL": server.base_url}
+    result = CliRunner().invoke(cli, list(args), env=env, input=stdin, catch_exceptions=False)
+    assert SECRET not in result.output
+    return result
+
+
+def manifest(folder: Path) -> list[dict[str, Any]]:
+    lines = (folder / "manifest.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def prompts_file(tmp_path: Path, count: int, name: str = "prompts.txt") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(f"prompt number {i}\n\n" for i in range(count)))
+    return path
+
+
+def summary_value(stdout: str, label: str) -> str:
+    for line in stdout.splitlines():
+        if line.strip().startswith(label):
+            return line.strip()[len(label) :].strip()
+    raise AssertionError(f"no {label!r} in {stdout!r}")
+
+
+@secret_fake
+def test_batch_writes_every_image_and_a_manifest_line_each(fake_nanogpt, tmp_path):
+    out = tmp_path / "out"
+    result = run(fake_nanogpt, "batch", str(prompts_file(tmp_path, 12)), "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    records = manifest(out)
+    assert len(records) == 12
+    assert {r["status"] for r in records} == {"ok"}
+    for record in records:
+        assert (out / record["files"][0]["path"]).read_bytes().startswith(b"\x89PNG")
+    # Not a terminal: plain progress lines ending with the final counts, then the summary.
+    assert "done 12/12 failed 0 in-flight 0 cost $0.0600" in result.stderr
+    assert summary_value(result.stdout, "ok") == "12"
+    assert summary_value(result.stdout, "manifest") == str(out / "manifest.jsonl")
+
+
+@secret_fake
+def test_running_the_same_batch_again_resumes_and_pays_nothing(fake_nanogpt, tmp_path):
+    prompts = prompts_file(tmp_path, 8)
+    out = tmp_path / "out"
+    assert run(fake_nanogpt, "batch", str(prompts), "-o", str(out)).exit_code == 0
+    charged = fake_nanogpt.fake.stats.generations
+    again = run(fake_nanogpt, "batch", str(prompts), "-o", str(out))
+    assert again.exit_code == 0
+    assert summary_value(again.stdout, "skipped (done before)") == "8"
+    assert fake_nanogpt.fake.stats.generations == charged
+
+
+@secret_fake
+def test_some_failed_items_exit_1_and_a_rerun_retries_only_them(fake_nanogpt, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\nsomething forbidden\na cat\n")
+    out = tmp_path / "out"
+    result = run(fake_nanogpt, "batch", str(prompts), "-o", str(out))
+    assert result.exit_code == 1
+    assert "failed: item 1" in result.stderr
+    assert "content_policy_violation" in result.stderr
+    statuses = {r["prompt"]: r["status"] for r in manifest(out)}
+    assert statuses == {"a fox": "ok", "something forbidden": "failed", "a cat": "ok"}
+    requests = fake_nanogpt.fake.stats.generation_requests
+    again = run(fake_nanogpt, "batch", str(prompts), "-o", str(out))
+    assert again.exit_code == 1
+    assert fake_nanogpt.fake.stats.generation_requests == requests + 1
+    skipped = run(fake_nanogpt, "batch", str(prompts), "-o", str(out), "--no-retry-failed")
+    assert skipped.exit_code == 0
+    assert fake_nanogpt.fake.stats.generation_requests == requests + 1
+
+
+@secret_fake
+def test_a_bad_key_stops_the_batch_with_exit_3_after_a_handful_of_requests(fake_nanogpt, tmp_path):
+    wrong = "ngk_wrong_key_for_the_batch_0001"
+    result = run(
+        fake_nanogpt,
+        "batch",
+        str(prompts_file(tmp_path, 200)),
+        "-o",
+        str(tmp_path / "o"),
+        key=wrong,
+    )
+    assert result.exit_code == 3
+    assert "401" in result.stderr
+    assert wrong not in result.output
+    assert fake_nanogpt.fake.stats.generation_requests < 50
+
+
+@secret_fake
+def test_no_balance_is_fatal_exit_3(fake_nanogpt, tmp_path):
+    fake_nanogpt.fake.balance = 0.0
+    result = run(fake_nanogpt, "batch", str(prompts_file(tmp_path, 5)), "-o", str(tmp_path / "o"))
+    assert result.exit_code == 3
+    assert "402" in result.stderr
+
+
+@secret_fake
+def test_transient_server_errors_are_retried_and_the_batch_succeeds(fake_nanogpt, tmp_path):
+    fake_nanogpt.fake.enqueue(Fault.status(503), count=3)
+    result = run(fake_nanogpt, "batch", str(prompts_file(tmp_path, 5)), "-o", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.stderr
+    assert summary_value(result.stdout, "requests (with retries)") == "8"
+
+
+@secret_fake
+def test_max_cost_stops_early_with_exit_4(fake_nanogpt, tmp_path):
+    result = run(
+        fake_nanogpt,
+        "batch",
+        str(prompts_file(tmp_path, 40)),
+        "-o",
+        str(tmp_path / "o"),
+        "--max-cost",
+        "0.05",
+        "--concurrency",
+        "2",
+    )
+    assert result.exit_code == 4, result.stderr
+    assert "--max-cost" in result.stderr
+    assert fake_nanogpt.fake.stats.charged_usd <= 0.05 + 2 * 0.005
+
+
+@secret_fake
+def test_jsonl_from_stdin_with_ids_and_per_item_fields(fake_nanogpt, tmp_path):
+    lines = [
+        {"id": "fox", "prompt": "a fox", "n": 2},
+        {"id": "cat", "prompt": "a cat", "response_format": "url"},
+    ]
+    out = tmp_path / "out"
+    result = run(
+        fake_nanogpt,
+        "batch",
+        "-",
+        "-o",
+        str(out),
+        "--size",
+        "1024x1024",
+        stdin="".join(json.dumps(line) + "\n" for line in lines),
+    )
+    assert result.exit_code == 0, result.stderr
+    by_id = {r["id"]: r for r in manifest(out)}
+    assert len(by_id["fox"]["files"]) == 2
+    assert by_id["cat"]["params"]["response_format"] == "url"
+    assert by_id["fox"]["params"]["size"] == "1024x1024"
+    assert fake_nanogpt.fake.stats.downloads == 1
+    # stdin has no known length: the progress total is "?"
+    assert "done 2/? " in result.stderr
+
+
+@secret_fake
+def test_text_from_stdin(fake_nanogpt, tmp_path):
+    out = tmp_path / "out"
+    result = run(fake_nanogpt, "batch", "-", "-o", str(out), stdin="one\n\ntwo\n")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(r["prompt"] for r in manifest(out)) == ["one", "two"]
+
+
+@secret_fake
+def test_csv_input_with_a_prompt_column(fake_nanogpt, tmp_path):
+    prompts = tmp_path / "p.csv"
+    prompts.write_text('id,prompt,seed,n\nx1,"a fox, at night",7,1\nx2,a cat,,2\n')
+    out = tmp_path / "out"
+    result = run(fake_nanogpt, "batch", str(prompts), "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    by_id = {r["id"]: r for r in manifest(out)}
+    assert by_id["x1"]["prompt"] == "a fox, at night"
+    assert by_id["x1"]["params"]["seed"] == 7
+    assert len(by_id["x2"]["files"]) == 2
+
+
+@secret_fake
+def test_a_bad_line_fails_before_anything_is_sent(fake_nanogpt, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "fine"}\n{"prompt": "x", "n": "two"}\n')
+    result = run(fake_nanogpt, "batch", str(prompts), "-o", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert "line 2" in result.stderr
+    assert fake_nanogpt.fake.stats.generation_requests == 0
+
+
+@secret_fake
+def test_a_bad_line_on_stdin_stops_the_batch_with_exit_2_and_its_line_number(
+    fake_nanogpt, tmp_path
+):
+    stdin = '{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c", "n": "x"}\n'
+    result = run(fake_nanogpt, "batch", "-", "-o", str(tmp_path / "o"), stdin=stdin)
+    assert result.exit_code == 2
+    assert "error: <stdin> line 3: n must be a whole number" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_missing_prompt_file_is_a_usage_error(tmp_path):
+    env = {"NANOGPT_API_KEY": SECRET, "NANOGPT_BASE_URL": "http://127.0.0.1:9/api/v1"}
+    result = CliRunner().invoke(cli, ["batch", str(tmp_path / "nope.txt"), "-o", "o"], env=env)
+    assert result.exit_code == 2
+    assert "cannot read" in result.stderr
+
+
+def test_out_is_required():
+    result = CliRunner().invoke(cli, ["batch", "-"], env={"NANOGPT_API_KEY": SECRET})
+    assert result.exit_code == 2
+    assert "--out" in result.stderr
+
+
+@secret_fake
+def test_progress_none_prints_only_the_summary(fake_nanogpt, tmp_path):
+    result = run(
+        fake_nanogpt,
+        "batch",
+        str(prompts_file(tmp_path, 3)),
+        "-o",
+        str(tmp_path / "o"),
+        "--progress",
+        "none",
+    )
+    assert result.exit_code == 0
+    assert result.stderr == ""
+    assert "summary:" in result.stdout
+
+
+# -- as a process -----------------------------------------------------------------------------
+
+
+def process_env(server: FakeServer) -> dict[str, str]:
+    return {**os.environ, "NANOGPT_API_KEY": SECRET, "NANOGPT_BASE_URL": server.base_url}
+
+
+@secret_fake
+def test_python_dash_m_batch_with_plain_output_and_resume(fake_nanogpt, tmp_path):
+    prompts = prompts_file(tmp_path, 10, "prompts.jsonl")
+    prompts.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(10)))
+    argv = [sys.executable, "-m", "nanogpt_async", "batch", str(prompts), "-o", "out", "-f", "url"]
+    first = subprocess.run(
+        argv,
+        env=process_env(fake_nanogpt),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert first.returncode == 0, first.stderr
+    assert "done 10/10 failed 0" in first.stderr
+    assert len(manifest(tmp_path / "out")) == 10
+    second = subprocess.run(
+        argv,
+        env=process_env(fake_nanogpt),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 0
+    assert "skipped 10" in second.stderr
+    for text in (first.stdout, first.stderr, second.stdout, second.stderr):
+        assert SECRET not in text
+        assert "Traceback" not in text
+
+
+@pytest.mark.fake_nanogpt(api_key=SECRET, latency=0.3)
+def test_ctrl_c_finishes_in_flight_items_keeps_the_manifest_and_exits_130(fake_nanogpt, tmp_path):
+    prompts = prompts_file(tmp_path, 400)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nanogpt_async",
+            "batch",
+            str(prompts),
+            "-o",
+            str(out),
+            "--concurrency",
+            "4",
+            "--progress",
+            "none",
+        ],
+        env=process_env(fake_nanogpt),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Wait (bounded) for the first finished item, then press Ctrl-C.
+        deadline = time.monotonic() + 30
+        manifest_file = out / "manifest.jsonl"
+        while not (manifest_file.exists() and manifest_file.read_text().strip()):
+            assert time.monotonic() < deadline, "no item finished"
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "stopping: finishing" in stderr
+    assert "Traceback" not in stderr
+    records = manifest(out)
+    assert 0 < len(records) < 400
+    assert all(r["status"] == "ok" for r in records)
+    assert int(summary_value(stdout, "not started")) > 0
+    # What was paid for is on disk and recorded; nothing else.
+    assert fake_nanogpt.fake.stats.generations == len(records)
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+def test_demo_runs_on_the_built_in_fake_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        cli, ["demo", "--count", "12", "--fast", "-o", str(out)], env={"NANOGPT_API_KEY": None}
+    )
+    assert result.exit_code == 0, result.output
+    assert len(manifest(out)) == 12
+    assert len(list(out.glob("*.png"))) == 12
+    assert "done 12/12" in result.stderr
+    assert f"images in {out}" in result.stderr
+    again = CliRunner().invoke(cli, ["demo", "--count", "12", "--fast", "-o", str(out)])
+    assert again.exit_code == 0
+    assert "resumed: all 12 items" in again.stderr
+
+
+def test_demo_as_a_process_needs_no_key_and_no_network(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOGPT_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "nanogpt_async", "demo", "--count", "6", "--fast"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(manifest(tmp_path / "nanogpt-demo")) == 6
+    assert "manifest" in done.stdout
+
+
+@pytest.mark.fake_nanogpt(api_key=SECRET, latency=0.2)
+def test_a_second_ctrl_c_aborts_in_flight_items_and_exits_130(fake_nanogpt, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nanogpt_async",
+            "batch",
+            str(prompts_file(tmp_path, 400)),
+            "-o",
+            str(out),
+            "--concurrency",
+            "4",
+            "--progress",
+            "none",
+        ],
+        env=process_env(fake_nanogpt),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        manifest_file = out / "manifest.jsonl"
+        while not (manifest_file.exists() and manifest_file.read_text().strip()):
+            assert time.monotonic() < deadline, "no item finished"
+            time.sleep(0.05)
+        # Slow the server down so the stop cannot complete before the second Ctrl-C.
+        fake_nanogpt.fake.latency = 30.0
+        process.send_signal(signal.SIGINT)
+        assert process.stderr is not None
+        assert "stopping: finishing" in process.stderr.readline()
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "aborting" in stderr
+    assert "Traceback" not in stderr
+    assert all(r["status"] == "ok" for r in manifest(out))
+    assert "summary:" in stdout
