@@ -34,6 +34,7 @@ FAULTS: dict[str, Any] = {
     "reset_rate": 0.002,  # charged, then reset mid-response: recorded failed, not retried
     "url_fallback_rate": 0.1,
     "seed": 7,
+    "balance": 1e9,  # the fake's default $100 is exactly 20,000 images: the resume would 402
 }
 
 
@@ -115,6 +116,7 @@ async def main(count: int, concurrency: int) -> dict[str, Any]:
             "rate_per_s": round(first.rate, 1),
             "ok": first.ok,
             "failed": first.failed,
+            "stopped_reason": first.stopped_reason,
             "manifest": dict(after_first),
             "accounted_for": sum(after_first.values()) == count,
             **_memory_report(samples),
@@ -124,6 +126,7 @@ async def main(count: int, concurrency: int) -> dict[str, Any]:
             "skipped": second.skipped,
             "ok": second.ok,
             "failed": second.failed,
+            "stopped_reason": second.stopped_reason,
             "manifest": dict(after_second),
         },
         "files_written": files,

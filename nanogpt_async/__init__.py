@@ -10,60 +10,58 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from nanogpt_async._batch import Batch
-from nanogpt_async._batch_models import (
-    BatchItem,
-    BatchProgress,
-    BatchSummary,
-    ItemResult,
-    OutputWriteError,
-)
-from nanogpt_async._client import AsyncNanoGPT
-from nanogpt_async._errors import (
-    APIConnectionError,
-    APIError,
-    APIResponseValidationError,
-    APIStatusError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    ConflictError,
-    ContentPolicyViolationError,
-    DailyLimitExceededError,
-    ImageDownloadError,
-    ImageError,
-    ImageInputError,
-    ImageURLExpiredError,
-    InsufficientBalanceError,
-    InternalServerError,
-    InvalidImageError,
-    InvalidInputError,
-    NanoGPTError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    RateLimitError,
-    RequestTimeoutError,
-    UnprocessableEntityError,
-)
-from nanogpt_async._images import Images
-from nanogpt_async._inputs import (
-    MAX_INPUT_IMAGE_BYTES,
-    fetch_image_data_url,
-    image_data_url,
-)
-from nanogpt_async._models import (
-    Balance,
-    GeneratedImage,
-    ImageModel,
-    ImagesResponse,
-    ModelCapabilities,
-)
-from nanogpt_async._prompts import PromptFileError, read_prompts
-from nanogpt_async._retry import RetryPolicy
-from nanogpt_async._types import NOT_GIVEN, NotGiven
+if TYPE_CHECKING:
+    from nanogpt_async._batch import Batch
+    from nanogpt_async._batch_models import (
+        BatchItem,
+        BatchProgress,
+        BatchSummary,
+        ItemResult,
+        OutputWriteError,
+    )
+    from nanogpt_async._client import AsyncNanoGPT
+    from nanogpt_async._errors import (
+        APIConnectionError,
+        APIError,
+        APIResponseValidationError,
+        APIStatusError,
+        APITimeoutError,
+        AuthenticationError,
+        BadRequestError,
+        ConflictError,
+        ContentPolicyViolationError,
+        DailyLimitExceededError,
+        ImageDownloadError,
+        ImageError,
+        ImageInputError,
+        ImageURLExpiredError,
+        InsufficientBalanceError,
+        InternalServerError,
+        InvalidImageError,
+        InvalidInputError,
+        NanoGPTError,
+        NotFoundError,
+        PayloadTooLargeError,
+        PermissionDeniedError,
+        RateLimitError,
+        RequestTimeoutError,
+        UnprocessableEntityError,
+    )
+    from nanogpt_async._images import Images
+    from nanogpt_async._inputs import MAX_INPUT_IMAGE_BYTES, fetch_image_data_url, image_data_url
+    from nanogpt_async._models import (
+        Balance,
+        GeneratedImage,
+        ImageModel,
+        ImagesResponse,
+        ModelCapabilities,
+    )
+    from nanogpt_async._prompts import PromptFileError, read_prompts
+    from nanogpt_async._retry import RetryPolicy
+    from nanogpt_async._types import NOT_GIVEN, NotGiven
 
 __version__ = "0.1.0"
 
@@ -117,10 +115,71 @@ __all__ = [
     "read_prompts",
 ]
 
-# Users see nanogpt_async.X in reprs and tracebacks, not the private module it lives in.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("nanogpt_async._"):
-        with contextlib.suppress(AttributeError, TypeError):  # constants have no __module__
-            _obj.__module__ = __name__
-del _name, _obj, contextlib
+# Names are loaded on first use (PEP 562): `import nanogpt_async` stays cheap, which matters
+# because the pytest plugin in nanogpt_async.testing is loaded by every test session of every
+# project that has this package installed.
+_HOME = {
+    "APIConnectionError": "nanogpt_async._errors",
+    "APIError": "nanogpt_async._errors",
+    "APIResponseValidationError": "nanogpt_async._errors",
+    "APIStatusError": "nanogpt_async._errors",
+    "APITimeoutError": "nanogpt_async._errors",
+    "AsyncNanoGPT": "nanogpt_async._client",
+    "AuthenticationError": "nanogpt_async._errors",
+    "BadRequestError": "nanogpt_async._errors",
+    "Balance": "nanogpt_async._models",
+    "Batch": "nanogpt_async._batch",
+    "BatchItem": "nanogpt_async._batch_models",
+    "BatchProgress": "nanogpt_async._batch_models",
+    "BatchSummary": "nanogpt_async._batch_models",
+    "ConflictError": "nanogpt_async._errors",
+    "ContentPolicyViolationError": "nanogpt_async._errors",
+    "DailyLimitExceededError": "nanogpt_async._errors",
+    "GeneratedImage": "nanogpt_async._models",
+    "ImageDownloadError": "nanogpt_async._errors",
+    "ImageError": "nanogpt_async._errors",
+    "ImageInputError": "nanogpt_async._errors",
+    "ImageModel": "nanogpt_async._models",
+    "ImageURLExpiredError": "nanogpt_async._errors",
+    "Images": "nanogpt_async._images",
+    "ImagesResponse": "nanogpt_async._models",
+    "InsufficientBalanceError": "nanogpt_async._errors",
+    "InternalServerError": "nanogpt_async._errors",
+    "InvalidImageError": "nanogpt_async._errors",
+    "InvalidInputError": "nanogpt_async._errors",
+    "ItemResult": "nanogpt_async._batch_models",
+    "MAX_INPUT_IMAGE_BYTES": "nanogpt_async._inputs",
+    "ModelCapabilities": "nanogpt_async._models",
+    "NOT_GIVEN": "nanogpt_async._types",
+    "NanoGPTError": "nanogpt_async._errors",
+    "NotFoundError": "nanogpt_async._errors",
+    "NotGiven": "nanogpt_async._types",
+    "OutputWriteError": "nanogpt_async._batch_models",
+    "PayloadTooLargeError": "nanogpt_async._errors",
+    "PermissionDeniedError": "nanogpt_async._errors",
+    "PromptFileError": "nanogpt_async._prompts",
+    "RateLimitError": "nanogpt_async._errors",
+    "RequestTimeoutError": "nanogpt_async._errors",
+    "RetryPolicy": "nanogpt_async._retry",
+    "UnprocessableEntityError": "nanogpt_async._errors",
+    "fetch_image_data_url": "nanogpt_async._inputs",
+    "image_data_url": "nanogpt_async._inputs",
+    "read_prompts": "nanogpt_async._prompts",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        home = _HOME[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(home), name)
+    # Users see nanogpt_async.X in reprs and tracebacks, not the private module it lives in.
+    if getattr(value, "__module__", "").startswith("nanogpt_async._"):
+        value.__module__ = __name__
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

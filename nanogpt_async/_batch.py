@@ -35,6 +35,7 @@ from typing_extensions import Self
 from nanogpt_async._batch_budget import Budget, Sample
 from nanogpt_async._batch_manifest import (
     FileEntry,
+    ManifestIndex,
     ManifestWriter,
     RecordedItem,
     files_intact,
@@ -278,7 +279,7 @@ class Batch:
         self._stop_reason: str | None = None
         self._fatal_error: NanoGPTError | None = None
         self._aborting = False
-        self._recorded: dict[str, RecordedItem] = {}
+        self._recorded: ManifestIndex | None = None
         self._writer: ManifestWriter | None = None
         self._ids = IdentityCounter()
         self._waiting: set[anyio.CancelScope] = set()
@@ -437,7 +438,7 @@ class Batch:
 
     # -- the run ------------------------------------------------------------------------
 
-    def _open_folder(self) -> tuple[dict[str, RecordedItem], ManifestWriter]:
+    def _open_folder(self) -> tuple[ManifestIndex, ManifestWriter]:
         assert self._folder is not None  # noqa: S101 - only called with a folder
         assert self._manifest_path is not None  # noqa: S101
         self._folder.mkdir(parents=True, exist_ok=True)
@@ -579,16 +580,11 @@ class Batch:
             )
         item_id = user_id if user_id is not None else self._ids.next_id(request_digest(body))
         job = _Job(index, item_id, body, started)
-        recorded = self._recorded.get(item_id)
+        if self._recorded is None or not len(self._recorded):
+            return job
+        recorded = await anyio.to_thread.run_sync(self._earlier_run, item_id)
         if recorded is None:
             return job
-        if recorded.status == "failed" and self._retry_failed:
-            return job
-        if recorded.status == "ok":
-            assert self._folder is not None  # noqa: S101 - a manifest implies a folder
-            intact = await anyio.to_thread.run_sync(files_intact, self._folder, recorded.files)
-            if not intact:
-                return job
         folder = self._folder or Path()
         return ItemResult(
             id=item_id,
@@ -600,6 +596,21 @@ class Batch:
             finished_at=time.time(),
             request_id=recorded.request_id,
         )
+
+    def _earlier_run(self, item_id: str) -> RecordedItem | None:
+        """What an earlier run did that this one should not redo (blocking: a worker thread).
+
+        ``None`` when the item must run: never recorded, recorded failed with ``retry_failed``,
+        or recorded ok but a file has gone or changed size since.
+        """
+        assert self._recorded is not None  # noqa: S101 - only called when resuming
+        assert self._folder is not None  # noqa: S101 - a manifest implies a folder
+        recorded = self._recorded.get(item_id)
+        if recorded is None:
+            return None
+        if recorded.status == "failed":
+            return None if self._retry_failed else recorded
+        return recorded if files_intact(self._folder, recorded.files) else None
 
     # -- one item -----------------------------------------------------------------------
 

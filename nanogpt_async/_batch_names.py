@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -108,15 +109,68 @@ def request_digest(body: Mapping[str, Any]) -> str:
 class IdentityCounter:
     """Gives identical requests distinct, stable ids: ``{digest}-{occurrence}``.
 
-    Holds one small entry per distinct request, the only per-item state kept for the whole run.
+    Counting occurrences exactly would mean remembering every distinct request: a dict entry
+    (~120 bytes) per item, over a gigabyte for ten million prompts. Instead the digests met so
+    far live in a scalable Bloom filter (a few bytes per item), and only digests the filter
+    reports as met before get an exact counter. A false positive (below 1 in 100 overall) makes
+    a first occurrence start at ``-1`` instead of ``-0``; ids stay unique (each digest's numbers
+    only increase) and, for the same input in the same order, identical from run to run, since
+    the filter's state depends on nothing but the digests before it.
     """
+
+    #: Items the first filter layer holds; each further layer holds twice the one before.
+    FIRST_CAPACITY = 1 << 13
+    #: False-positive rate of the first layer; halved for each further layer, so the rates sum
+    #: to at most twice this however many layers there are.
+    FIRST_ERROR = 0.005
 
     def __init__(self) -> None:
         """Start with no request seen."""
-        self._seen: dict[str, int] = {}
+        self._layers: list[tuple[bytearray, int, int]] = []  # (bits, bit count, hash count)
+        self._capacity = 0
+        self._in_layer = 0
+        self._again: dict[int, int] = {}
+        self._add_layer()
+
+    def _add_layer(self) -> None:
+        number = len(self._layers)
+        capacity = self.FIRST_CAPACITY << number
+        error = self.FIRST_ERROR / 2**number
+        hashes = math.ceil(math.log2(1 / error))
+        bits = math.ceil(capacity * hashes / math.log(2))
+        self._layers.append((bytearray((bits + 7) // 8), bits, hashes))
+        self._capacity = capacity
+        self._in_layer = 0
+
+    def _maybe_seen(self, first: int, step: int) -> bool:
+        # Double hashing (Kirsch-Mitzenmacher): two 32-bit halves of the digest make k probes.
+        # Plain loops with early exits: most probes of an unseen digest stop at the first bit.
+        for layer, bits, hashes in self._layers:
+            for i in range(hashes):
+                p = (first + i * step) % bits
+                if not layer[p >> 3] & (1 << (p & 7)):
+                    break
+            else:
+                return True
+        return False
+
+    def _remember(self, first: int, step: int) -> None:
+        if self._in_layer >= self._capacity:
+            self._add_layer()
+        layer, bits, hashes = self._layers[-1]
+        for i in range(hashes):
+            p = (first + i * step) % bits
+            layer[p >> 3] |= 1 << (p & 7)
+        self._in_layer += 1
 
     def next_id(self, digest: str) -> str:
         """The id of the next occurrence of ``digest`` (``-0`` for the first)."""
-        occurrence = self._seen.get(digest, 0)
-        self._seen[digest] = occurrence + 1
+        key = int(digest, 16)
+        first, step = key & 0xFFFFFFFF, (key >> 32) | 1
+        if self._maybe_seen(first, step):
+            occurrence = self._again.get(key, 1)
+            self._again[key] = occurrence + 1
+        else:
+            occurrence = 0
+            self._remember(first, step)
         return f"{digest}-{occurrence}"

@@ -115,8 +115,12 @@ def test_manifest_reader_skips_a_torn_last_line_and_garbage(tmp_path: Path) -> N
         + b'{"id": "c", "status": "ok", "fil'
     )
     recorded = read_manifest(manifest)
-    assert set(recorded) == {"a"}
-    assert recorded["a"].request_id == "req_1"
+    assert len(recorded) == 1
+    item = recorded.get("a")
+    assert item is not None
+    assert item.request_id == "req_1"
+    assert recorded.get("b") is None
+    assert recorded.get("c") is None
 
 
 def test_manifest_later_lines_win(tmp_path: Path) -> None:
@@ -125,7 +129,9 @@ def test_manifest_later_lines_win(tmp_path: Path) -> None:
     writer.append({"id": "a", "status": "failed", "files": []})
     writer.append({"id": "a", "status": "ok", "files": []})
     writer.close()
-    assert read_manifest(manifest)["a"].status == "ok"
+    item = read_manifest(manifest).get("a")
+    assert item is not None
+    assert item.status == "ok"
 
 
 def test_manifest_writer_ends_a_torn_line_before_appending(tmp_path: Path) -> None:
@@ -134,11 +140,16 @@ def test_manifest_writer_ends_a_torn_line_before_appending(tmp_path: Path) -> No
     writer = ManifestWriter(manifest)
     writer.append({"id": "b", "status": "ok", "files": []})
     writer.close()
-    assert set(read_manifest(manifest)) == {"a", "b"}
+    recorded = read_manifest(manifest)
+    assert len(recorded) == 2
+    assert recorded.get("a") is not None
+    assert recorded.get("b") is not None
 
 
 def test_missing_manifest_reads_as_empty(tmp_path: Path) -> None:
-    assert read_manifest(tmp_path / "nope.jsonl") == {}
+    recorded = read_manifest(tmp_path / "nope.jsonl")
+    assert len(recorded) == 0
+    assert recorded.get("a") is None
 
 
 def test_sweep_removes_only_temp_files(tmp_path: Path) -> None:
@@ -153,8 +164,43 @@ def test_written_files_are_intact_until_changed(tmp_path: Path) -> None:
     entries = write_images(tmp_path, [("000000-x-0.png", png)])
     assert entries == [FileEntry("000000-x-0.png", entries[0].sha256, len(png))]
     assert files_intact(tmp_path, entries)
-    (tmp_path / "000000-x-0.png").write_bytes(png[:-1] + b"\x00")
+    (tmp_path / "000000-x-0.png").write_bytes(png[:-1])  # truncated
     assert not files_intact(tmp_path, entries)
     (tmp_path / "000000-x-0.png").unlink()
     assert not files_intact(tmp_path, entries)
     assert not files_intact(tmp_path, [])
+
+
+def test_manifest_index_holds_many_items_and_later_lines_win(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.jsonl"
+    writer = ManifestWriter(manifest)
+    for i in range(3000):  # several times the index's first capacity
+        writer.append({"id": f"item-{i}", "status": "failed", "files": []})
+    for i in range(0, 3000, 2):
+        writer.append({"id": f"item-{i}", "status": "ok", "files": [], "request_id": f"r{i}"})
+    writer.close()
+
+    recorded = read_manifest(manifest)
+
+    assert len(recorded) == 3000
+    statuses = {i: recorded.get(f"item-{i}") for i in (0, 1, 1500, 2999)}
+    assert {i: (item.status if item else None) for i, item in statuses.items()} == {
+        0: "ok",
+        1: "failed",
+        1500: "ok",
+        2999: "failed",
+    }
+    assert recorded.get("item-3000") is None
+
+
+def test_identity_counter_numbers_duplicates_in_order() -> None:
+    counter = IdentityCounter()
+    ids = [counter.next_id(d) for d in ["00000000000000aa", "00000000000000bb"] * 3]
+    assert ids == [
+        "00000000000000aa-0",
+        "00000000000000bb-0",
+        "00000000000000aa-1",
+        "00000000000000bb-1",
+        "00000000000000aa-2",
+        "00000000000000bb-2",
+    ]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanogpt_async._batch_manifest import read_manifest
-from nanogpt_async._batch_names import image_file_name, safe_path, slugify
+from nanogpt_async._batch_names import IdentityCounter, image_file_name, safe_path, slugify
 
 #: Text that tries to escape: separators, dot-dot, NUL, reserved names, any unicode, long.
 hostile_text = st.one_of(
@@ -68,11 +68,31 @@ def test_the_manifest_reader_tolerates_any_truncation(count, data):
 
         recorded = read_manifest(path)
 
-    complete = whole[:cut].count(b"\n")
+        complete = whole[:cut].count(b"\n")
+        found = {i: recorded.get(f"item-{i}") for i in range(count)}
+
     # Every complete line is read; the torn one (if any) is dropped, never misread.
-    assert set(recorded) >= {f"item-{i}" for i in range(complete)}
-    assert set(recorded) <= {f"item-{i}" for i in range(complete + 1)}
-    for item_id, item in recorded.items():
-        original = _record(int(item_id.split("-")[1]))
-        assert item.status == original["status"]
-        assert item.request_id == original["request_id"]
+    assert complete <= len(recorded) <= complete + 1
+    for i, item in found.items():
+        if i < complete:
+            assert item is not None
+        if item is not None:
+            assert i <= complete
+            assert item.status == _record(i)["status"]
+            assert item.request_id == _record(i)["request_id"]
+
+
+@settings(max_examples=100)
+@given(st.lists(st.integers(0, 40), max_size=400))
+def test_item_ids_are_unique_and_the_same_on_every_run(choices):
+    digests = [f"{c:016x}" for c in choices]  # few distinct values: many duplicates
+
+    counter_a, counter_b = IdentityCounter(), IdentityCounter()
+    run_a = [counter_a.next_id(d) for d in digests]
+    run_b = [counter_b.next_id(d) for d in digests]
+
+    assert run_a == run_b
+    assert len(set(run_a)) == len(run_a)
+    for digest in set(digests):
+        numbers = [int(i.rsplit("-", 1)[1]) for i in run_a if i.startswith(digest)]
+        assert numbers == sorted(numbers)
