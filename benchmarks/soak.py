@@ -84,12 +84,17 @@ def _manifest_status(out: Path) -> Counter[str]:
     return Counter(latest.values())
 
 
-def _memory_report(samples: list[tuple[float, int]]) -> dict[str, float]:
+def _memory_report(samples: list[tuple[float, int]]) -> dict[str, float | list[float]]:
     rss = [value for _, value in samples]
     tenth = max(1, len(rss) // 10)
     early = statistics.median(rss[tenth : 2 * tenth] or rss[:1])
     late = statistics.median(rss[-tenth:])
+    quarters = [
+        _mb(statistics.median(rss[q * len(rss) // 4 : (q + 1) * len(rss) // 4] or rss[-1:]))
+        for q in range(4)
+    ]
     return {
+        "rss_by_quarter_median_mb": quarters,  # flat, or still climbing?
         "rss_start_mb": _mb(rss[0]),
         "rss_early_median_mb": _mb(early),
         "rss_late_median_mb": _mb(late),
