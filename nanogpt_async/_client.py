@@ -8,9 +8,11 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping
+from http.cookiejar import CookieJar
 from types import TracebackType
 from typing import Any
 
+import anyio
 import httpx
 from typing_extensions import Self
 
@@ -47,6 +49,26 @@ DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+_PARSED_URLS_MAX = 64
+#: Answers bigger than this are read and parsed at most `BIG_BODY_SLOTS` at a time per client.
+#: Benchmark W4 (200 answers of 16 MB, 32 in flight): unbounded, peak RSS 0.9-1.2 GB; 4 slots,
+#: 280-330 MB; 2 slots, 200-250 MB with the same makespan and less loop lag. A transfer holds
+#: its slot, but two connections already fill a link that can only carry a few such answers
+#: per second anyway.
+BIG_BODY_BYTES = 1024 * 1024
+BIG_BODY_SLOTS = 2
+
+
+class _NoCookies(CookieJar):
+    """A jar that never stores anything.
+
+    NanoGPT's API sets no cookies and a storage host's cookies must not follow us around; yet
+    httpx parses every response for them through ``http.cookiejar`` (a URL parse and header
+    scans): about 0.1 ms of CPU per request, 10-20% of the whole request path (benchmark W1).
+    """
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """Ignore ``Set-Cookie``."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -143,7 +165,9 @@ class AsyncNanoGPT:
         )
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
-            transport=AutoTransport(limits=limits, verify=verify), timeout=self.timeout
+            transport=AutoTransport(limits=limits, verify=verify),
+            timeout=self.timeout,
+            cookies=_NoCookies(),
         )
         self._owns_download_http = download_client is None
         # A separate pool for signed URLs: it has no credentials to leak, and downloads never
@@ -151,6 +175,7 @@ class AsyncNanoGPT:
         self._download_http = download_client or httpx.AsyncClient(
             transport=AutoTransport(limits=limits, verify=verify),
             timeout=self.download_timeout,
+            cookies=_NoCookies(),
             follow_redirects=True,
             max_redirects=5,
         )
@@ -162,6 +187,8 @@ class AsyncNanoGPT:
             "User-Agent": "nanogpt-async/0.1.0",
         }
         self._generations_url = f"{self.base_url}/images/generations"
+        self._parsed_urls: dict[str, httpx.URL] = {}
+        self._big_bodies = anyio.Semaphore(BIG_BODY_SLOTS)
         self._models_url = f"{self.base_url}/image-models"
         self._balance_url = self._api_root(self.base_url) + "/check-balance"
         self.images = Images(self)
@@ -255,12 +282,19 @@ class AsyncNanoGPT:
         content = dumps(json_body) if json_body is not None else None
         request_headers = headers if headers is not None else self._auth_headers
         effective_timeout = self.timeout if isinstance(timeout, NotGiven) else _as_timeout(timeout)
-        describe = f"{method} {httpx.URL(url).path}"
+        parsed = self._parsed_urls.get(url)
+        if parsed is None:
+            # Parsing a URL costs httpx ~0.1 ms, twice per request (here and in the client);
+            # the API has a handful of URLs: parse each once.
+            parsed = httpx.URL(url)
+            if len(self._parsed_urls) < _PARSED_URLS_MAX:
+                self._parsed_urls[url] = parsed
+        describe = f"{method} {parsed.path}"
 
         async def attempt() -> tuple[Any, str | None]:
             return await self._attempt(
                 method,
-                url,
+                parsed,
                 content=content,
                 headers=request_headers,
                 timeout=effective_timeout,
@@ -274,40 +308,51 @@ class AsyncNanoGPT:
     async def _attempt(
         self,
         method: str,
-        url: str,
+        url: httpx.URL,
         *,
         content: bytes | None,
         headers: Mapping[str, str],
         timeout: httpx.Timeout,
         describe: str,
     ) -> tuple[Any, str | None]:
+        holding = False
         try:
-            async with self._http.stream(
-                method, url, content=content, headers=headers, timeout=timeout
-            ) as response:
-                body = await _read_capped(response, self.max_response_bytes, describe)
-        except httpx.TransportError as exc:
-            raise _connection_error(exc, describe, self.base_url) from exc
-        request_id = response.headers.get("x-request-id")
-        if response.status_code >= 300:  # noqa: PLR2004 - redirects are not followed with a key
-            raise status_error(
-                response.status_code,
-                body,
-                content_type=response.headers.get("content-type", ""),
-                request_id=request_id,
-                retry_after=parse_retry_after(response.headers),
-            )
-        try:
-            return await loads_maybe_offloaded(body), request_id
-        except ValueError:
-            snippet = body[:200].decode("utf-8", "replace")
-            raise APIResponseValidationError(
-                f"{describe} answered {response.status_code} with a body that is not JSON "
-                f"({len(body)} bytes, starting {snippet!r}); if it was a generation it may "
-                "have been charged",
-                request_id=request_id,
-                body=snippet,
-            ) from None
+            try:
+                async with self._http.stream(
+                    method, url, content=content, headers=headers, timeout=timeout
+                ) as response:
+                    if _declared_length(response) > BIG_BODY_BYTES:
+                        # Big answers (n=4 x 3 MB images: 16 MB of JSON) are read and parsed a
+                        # few at a time. Unbounded, 32 of them in flight held 1.1 GB (benchmark
+                        # W4); waiting ones stay in the socket buffers meanwhile.
+                        await self._big_bodies.acquire()
+                        holding = True
+                    body = await _read_capped(response, self.max_response_bytes, describe)
+            except httpx.TransportError as exc:
+                raise _connection_error(exc, describe, self.base_url) from exc
+            request_id = response.headers.get("x-request-id")
+            if response.status_code >= 300:  # noqa: PLR2004 - redirects are not followed with a key
+                raise status_error(
+                    response.status_code,
+                    body,
+                    content_type=response.headers.get("content-type", ""),
+                    request_id=request_id,
+                    retry_after=parse_retry_after(response.headers),
+                )
+            try:
+                return await loads_maybe_offloaded(body), request_id
+            except ValueError:
+                snippet = body[:200].decode("utf-8", "replace")
+                raise APIResponseValidationError(
+                    f"{describe} answered {response.status_code} with a body that is not JSON "
+                    f"({len(body)} bytes, starting {snippet!r}); if it was a generation it may "
+                    "have been charged",
+                    request_id=request_id,
+                    body=snippet,
+                ) from None
+        finally:
+            if holding:
+                self._big_bodies.release()
 
     # -- downloads --------------------------------------------------------------------------
 
@@ -378,6 +423,11 @@ class AsyncNanoGPT:
             "POST", self._balance_url, headers=headers, idempotent=True
         )
         return Balance.from_api(payload, request_id=request_id)
+
+
+def _declared_length(response: httpx.Response) -> int:
+    declared = response.headers.get("content-length")
+    return int(declared) if declared and declared.isdigit() else 0
 
 
 def _expired_error(shown: str, status: int, head: bytes) -> ImageURLExpiredError:

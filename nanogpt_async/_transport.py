@@ -66,11 +66,26 @@ def _reclassify(exc: httpx.TransportError, *, response_started: bool) -> httpx.T
 class _ReclassifyingStream(httpx.AsyncByteStream):
     def __init__(self, inner: httpx.AsyncByteStream) -> None:
         self._inner = inner
+        # httpx-aiohttp reads in 16 KB slices (aiohttp re-copies the rest of each 256 KB
+        # socket read per slice; a 16 MB answer makes 1000 trips through the generators);
+        # ``iter_any`` hands over what arrived: 15% less CPU per 16 MB answer (benchmark W4).
+        content = getattr(getattr(inner, "_aiohttp_response", None), "content", None)
+        self._iter_any = getattr(content, "iter_any", None)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._inner:
-                yield chunk
+            if self._iter_any is None:
+                async for chunk in self._inner:
+                    yield chunk
+                return
+            import aiohttp  # noqa: PLC0415 - loaded already: this wraps aiohttp responses
+
+            try:
+                async for chunk in self._iter_any():
+                    yield chunk
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                # What httpx-aiohttp's own stream raises; _reclassify refines it below.
+                raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
         except httpx.TransportError as exc:
             raise _reclassify(exc, response_started=True) from exc.__cause__
 

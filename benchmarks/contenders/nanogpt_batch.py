@@ -1,0 +1,53 @@
+"""nanogpt-async's batch runner: ``client.images.generate_many(..., output_dir=None)``.
+
+Concurrency matched to the others; ``rps`` is the workload's (``None``, i.e. unpaced, except in
+W3 where pacing at 25 req/s is the point); other settings are the defaults (downloads and
+decodes at most 32 at once, burst 1). Images stay in memory (``ItemResult.images``) and are
+dropped as soon as they are counted, as with every contender. The generation-to-download delay
+is the runner's own ``ItemResult.download_delay`` (answer received to bytes in hand).
+"""
+
+from __future__ import annotations
+
+import aiohttp  # noqa: F401 - imported before the clock starts, as every contender's stack is
+import httpx_aiohttp  # noqa: F401 - (nanogpt_async imports them lazily, at the first request)
+
+from benchmarks._job import MAX_ATTEMPTS, Job, Probe
+from benchmarks.contenders.nanogpt_generate import count_429s
+from nanogpt_async import AsyncNanoGPT, ImageURLExpiredError
+from nanogpt_async._images import Images
+
+if not hasattr(Images, "generate_many"):  # the batch runner has not landed in this checkout
+    raise ImportError("nanogpt_async has no images.generate_many yet")
+
+import nanogpt_async._batch  # noqa: F401 - loaded lazily by generate_many; warm it
+
+
+async def run(job: Job, probe: Probe) -> None:
+    async with AsyncNanoGPT(
+        api_key=job.api_key,
+        base_url=job.base_url,
+        max_connections=job.concurrency,
+        max_retries=MAX_ATTEMPTS - 1,
+    ) as client:
+        count_429s(client, probe)
+        batch = client.images.generate_many(
+            (job.prompt(i) for i in range(job.generations)),
+            output_dir=None,
+            concurrency=job.concurrency,
+            rps=job.rps,
+            total=job.generations,
+            n=job.n,
+            response_format=job.response_format,
+        )
+        async with batch:
+            async for result in batch:
+                probe.generated()
+                for data in result.images:
+                    if job.response_format == "url" and result.download_delay is not None:
+                        probe.gen_to_download.append(result.download_delay)
+                    probe.image(data)
+                if isinstance(result.error, ImageURLExpiredError):
+                    probe.url_expired()
+                elif result.error is not None:
+                    probe.failed(result.error)
