@@ -184,6 +184,7 @@ class AsyncNanoGPT:
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
+            "Accept-Encoding": "gzip, deflate",
             "User-Agent": "nanogpt-async/0.1.0",
         }
         self._generations_url = f"{self.base_url}/images/generations"
@@ -318,9 +319,23 @@ class AsyncNanoGPT:
         holding = False
         try:
             try:
-                async with self._http.stream(
-                    method, url, content=content, headers=headers, timeout=timeout
-                ) as response:
+                if self._owns_http:
+                    # Our own pool has no defaults to merge: build the request directly and skip
+                    # httpx's per-call header/cookie/parameter merging (~8% of the request path
+                    # at fan-out, benchmark W1). A pool you pass in keeps its defaults.
+                    request = httpx.Request(
+                        method,
+                        url,
+                        content=content,
+                        headers=headers,
+                        extensions={"timeout": timeout.as_dict()},
+                    )
+                else:
+                    request = self._http.build_request(
+                        method, url, content=content, headers=headers, timeout=timeout
+                    )
+                response = await self._http.send(request, stream=True)
+                try:
                     if _declared_length(response) > BIG_BODY_BYTES:
                         # Big answers (n=4 x 3 MB images: 16 MB of JSON) are read and parsed a
                         # few at a time. Unbounded, 32 of them in flight held 1.1 GB (benchmark
@@ -328,6 +343,8 @@ class AsyncNanoGPT:
                         await self._big_bodies.acquire()
                         holding = True
                     body = await _read_capped(response, self.max_response_bytes, describe)
+                finally:
+                    await response.aclose()
             except httpx.TransportError as exc:
                 raise _connection_error(exc, describe, self.base_url) from exc
             request_id = response.headers.get("x-request-id")

@@ -340,6 +340,24 @@ async def test_a_user_supplied_http_client_is_used_and_not_closed(png_b64):
     await mine.aclose()
 
 
+async def test_a_user_supplied_http_client_keeps_its_default_headers(png_b64):
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=ok_body(png_b64))
+
+    mine = httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), headers={"X-Proxy-Token": "proxy-secret"}
+    )
+    async with AsyncNanoGPT(api_key=KEY, base_url=BASE, http_client=mine) as client:
+        await client.images.generate(prompt="x")
+    await mine.aclose()
+
+    assert seen[0].headers["x-proxy-token"] == "proxy-secret"
+    assert seen[0].headers["authorization"] == f"Bearer {KEY}"
+
+
 def test_max_retries_argument_overrides_the_policy():
     client = AsyncNanoGPT(
         api_key=KEY, base_url=BASE, max_retries=7, retry_policy=RetryPolicy(backoff_max=1)
