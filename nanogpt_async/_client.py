@@ -16,7 +16,7 @@ import anyio
 import httpx
 from typing_extensions import Self
 
-from nanogpt_async._codec import dumps, loads_maybe_offloaded
+from nanogpt_async._codec import dumps, loads_chunks_maybe_offloaded
 from nanogpt_async._errors import (
     APIConnectionError,
     APIError,
@@ -342,7 +342,7 @@ class AsyncNanoGPT:
                         # W4); waiting ones stay in the socket buffers meanwhile.
                         await self._big_bodies.acquire()
                         holding = True
-                    body = await _read_capped(response, self.max_response_bytes, describe)
+                    chunks = await _read_chunks(response, self.max_response_bytes, describe)
                 finally:
                     await response.aclose()
             except httpx.TransportError as exc:
@@ -351,14 +351,17 @@ class AsyncNanoGPT:
             if response.status_code >= 300:  # noqa: PLR2004 - redirects are not followed with a key
                 raise status_error(
                     response.status_code,
-                    body,
+                    b"".join(chunks),
                     content_type=response.headers.get("content-type", ""),
                     request_id=request_id,
                     retry_after=parse_retry_after(response.headers),
                 )
             try:
-                return await loads_maybe_offloaded(body), request_id
+                # The chunks are joined in the worker thread too: a 16 MB join is a copy the
+                # event loop need not make.
+                return await loads_chunks_maybe_offloaded(chunks), request_id
             except ValueError:
+                body = b"".join(chunks)
                 snippet = body[:200].decode("utf-8", "replace")
                 raise APIResponseValidationError(
                     f"{describe} answered {response.status_code} with a body that is not JSON "
@@ -470,6 +473,13 @@ async def _read_capped(
     response: httpx.Response, limit: int, describe: str, *, truncate: bool = False
 ) -> bytes:
     """Read the body, refusing (or truncating) past ``limit`` bytes."""
+    return b"".join(await _read_chunks(response, limit, describe, truncate=truncate))
+
+
+async def _read_chunks(
+    response: httpx.Response, limit: int, describe: str, *, truncate: bool = False
+) -> list[bytes]:
+    """The body as received, refusing (or truncating) past ``limit`` bytes."""
     declared = response.headers.get("content-length")
     if not truncate and declared and declared.isdigit() and int(declared) > limit:
         raise APIResponseValidationError(
@@ -491,7 +501,7 @@ async def _read_capped(
                 request_id=response.headers.get("x-request-id"),
             )
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks
 
 
 _NOT_SENT = (

@@ -21,8 +21,8 @@ __all__ = [
     "b64encode",
     "dumps",
     "loads",
+    "loads_chunks_maybe_offloaded",
     "loads_generations",
-    "loads_maybe_offloaded",
 ]
 
 #: Payloads larger than this are parsed/decoded in a worker thread, not on the event loop.
@@ -140,11 +140,15 @@ def loads_generations(data: bytes) -> Any:
     return skeleton
 
 
-async def loads_maybe_offloaded(data: bytes) -> Any:
-    """Parse JSON, in a worker thread when the body is big enough to stall the event loop."""
-    if len(data) > OFFLOAD_THRESHOLD:
-        return await anyio.to_thread.run_sync(loads_generations, data)
-    return loads(data)
+def _join_and_load(chunks: list[bytes]) -> Any:
+    return loads_generations(b"".join(chunks))
+
+
+async def loads_chunks_maybe_offloaded(chunks: list[bytes]) -> Any:
+    """Parse a body received in chunks; join and parse in a worker thread when it is big."""
+    if sum(map(len, chunks)) > OFFLOAD_THRESHOLD:
+        return await anyio.to_thread.run_sync(_join_and_load, chunks)
+    return loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
 async def b64decode_maybe_offloaded(data: str) -> bytes:
