@@ -283,37 +283,36 @@ def test_python_dash_m_batch_with_plain_output_and_resume(fake_nanogpt, tmp_path
         assert "Traceback" not in text
 
 
-@pytest.mark.fake_nanogpt(api_key=SECRET, latency=0.3)
-def test_ctrl_c_finishes_in_flight_items_keeps_the_manifest_and_exits_130(fake_nanogpt, tmp_path):
-    prompts = prompts_file(tmp_path, 400)
-    out = tmp_path / "out"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nanogpt_async",
-            "batch",
-            str(prompts),
-            "-o",
-            str(out),
-            "--concurrency",
-            "4",
-            "--progress",
-            "none",
-        ],
+def start_batch_process(
+    fake_nanogpt: FakeServer, prompts: Path, out: Path
+) -> subprocess.Popen[str]:
+    """The real CLI as a subprocess: a batch at concurrency 4, no progress output."""
+    command = [sys.executable, "-m", "nanogpt_async", "batch", str(prompts), "-o", str(out)]
+    return subprocess.Popen(
+        [*command, "--concurrency", "4", "--progress", "none"],
         env=process_env(fake_nanogpt),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def wait_for_first_item(process: subprocess.Popen[str], out: Path) -> None:
+    """Wait (bounded) until the batch has recorded an item; no timing is asserted."""
+    deadline = time.monotonic() + 30
+    manifest_file = out / "manifest.jsonl"
+    while not (manifest_file.exists() and manifest_file.read_text().strip()):
+        assert time.monotonic() < deadline, "no item finished"
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+
+
+@pytest.mark.fake_nanogpt(api_key=SECRET, latency=0.3)
+def test_ctrl_c_finishes_in_flight_items_keeps_the_manifest_and_exits_130(fake_nanogpt, tmp_path):
+    out = tmp_path / "out"
+    process = start_batch_process(fake_nanogpt, prompts_file(tmp_path, 400), out)
     try:
-        # Wait (bounded) for the first finished item, then press Ctrl-C.
-        deadline = time.monotonic() + 30
-        manifest_file = out / "manifest.jsonl"
-        while not (manifest_file.exists() and manifest_file.read_text().strip()):
-            assert time.monotonic() < deadline, "no item finished"
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.05)
+        wait_for_first_item(process, out)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=30)
     finally:
@@ -367,31 +366,9 @@ def test_demo_as_a_process_needs_no_key_and_no_network(tmp_path):
 @pytest.mark.fake_nanogpt(api_key=SECRET, latency=0.2)
 def test_a_second_ctrl_c_aborts_in_flight_items_and_exits_130(fake_nanogpt, tmp_path):
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nanogpt_async",
-            "batch",
-            str(prompts_file(tmp_path, 400)),
-            "-o",
-            str(out),
-            "--concurrency",
-            "4",
-            "--progress",
-            "none",
-        ],
-        env=process_env(fake_nanogpt),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_batch_process(fake_nanogpt, prompts_file(tmp_path, 400), out)
     try:
-        deadline = time.monotonic() + 30
-        manifest_file = out / "manifest.jsonl"
-        while not (manifest_file.exists() and manifest_file.read_text().strip()):
-            assert time.monotonic() < deadline, "no item finished"
-            time.sleep(0.05)
+        wait_for_first_item(process, out)
         # Slow the server down so the stop cannot complete before the second Ctrl-C.
         fake_nanogpt.fake.latency = 30.0
         process.send_signal(signal.SIGINT)
