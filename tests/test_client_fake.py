@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -17,7 +17,7 @@ from nanogpt_async import (
     RateLimitError,
 )
 from nanogpt_async._sniff import sniff_image
-from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault, ManualClock
+from nanogpt_async.testing import FakeServer, Fault, ManualClock
 
 KEY = "ngk_fake_server_key_777"
 
@@ -27,10 +27,15 @@ def clock() -> ManualClock:
     return ManualClock(1000.0)
 
 
+# The project's own pytest plugin serves the fake (fixture `fake_nanogpt`) with this key.
+pytestmark = pytest.mark.fake_nanogpt(api_key=KEY)
+
+
 @pytest.fixture
-def server(clock: ManualClock) -> Iterator[FakeServer]:
-    with FakeNanoGPT(api_key=KEY, clock=clock).run_in_thread() as running:
-        yield running
+def server(fake_nanogpt: FakeServer, clock: ManualClock) -> FakeServer:
+    # The clock is read on every use, so a test can drive URL expiry without sleeping.
+    fake_nanogpt.fake.clock = clock
+    return fake_nanogpt
 
 
 @pytest.fixture
