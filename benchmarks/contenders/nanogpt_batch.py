@@ -12,25 +12,15 @@ from __future__ import annotations
 import aiohttp  # noqa: F401 - imported before the clock starts, as every contender's stack is
 import httpx_aiohttp  # noqa: F401 - (nanogpt_async imports them lazily, at the first request)
 
-from benchmarks._job import MAX_ATTEMPTS, Job, Probe
-from benchmarks.contenders.nanogpt_generate import count_429s
-from nanogpt_async import AsyncNanoGPT, ImageURLExpiredError
-from nanogpt_async._images import Images
-
-if not hasattr(Images, "generate_many"):  # the batch runner has not landed in this checkout
-    raise ImportError("nanogpt_async has no images.generate_many yet")
-
-import nanogpt_async._batch  # noqa: F401 - loaded lazily by generate_many; warm it
+# generate_many loads the runner lazily; load it before the clock starts, as every stack is.
+import nanogpt_async._batch  # noqa: F401
+from benchmarks._job import Job, Probe
+from benchmarks.contenders.nanogpt_generate import benchmark_client
+from nanogpt_async import ImageURLExpiredError
 
 
 async def run(job: Job, probe: Probe) -> None:
-    async with AsyncNanoGPT(
-        api_key=job.api_key,
-        base_url=job.base_url,
-        max_connections=job.concurrency,
-        max_retries=MAX_ATTEMPTS - 1,
-    ) as client:
-        count_429s(client, probe)
+    async with benchmark_client(job, probe) as client:
         batch = client.images.generate_many(
             (job.prompt(i) for i in range(job.generations)),
             output_dir=None,

@@ -16,8 +16,18 @@ from benchmarks.contenders._common import bounded
 from nanogpt_async import AsyncNanoGPT, ImageURLExpiredError
 
 
-def count_429s(client: AsyncNanoGPT, probe: Probe) -> None:
-    """Count the 429s the client receives (its retries hide them otherwise)."""
+def benchmark_client(job: Job, probe: Probe) -> AsyncNanoGPT:
+    """The client both nanogpt-async contenders use: pool sized to the job, 429s counted.
+
+    ``max_retries`` is raised so every image completes; an httpx response hook counts the 429s
+    the client's retries would otherwise hide.
+    """
+    client = AsyncNanoGPT(
+        api_key=job.api_key,
+        base_url=job.base_url,
+        max_connections=job.concurrency,
+        max_retries=MAX_ATTEMPTS - 1,
+    )
 
     async def hook(response: httpx.Response) -> None:
         if response.status_code == 429:
@@ -25,16 +35,11 @@ def count_429s(client: AsyncNanoGPT, probe: Probe) -> None:
 
     http = client._http  # noqa: SLF001 - the benchmark looks inside on purpose
     http.event_hooks = {"request": [], "response": [hook]}
+    return client
 
 
 async def run(job: Job, probe: Probe) -> None:
-    async with AsyncNanoGPT(
-        api_key=job.api_key,
-        base_url=job.base_url,
-        max_connections=job.concurrency,
-        max_retries=MAX_ATTEMPTS - 1,
-    ) as client:
-        count_429s(client, probe)
+    async with benchmark_client(job, probe) as client:
 
         async def one(index: int) -> None:
             response = await client.images.generate(
