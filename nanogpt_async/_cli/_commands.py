@@ -6,10 +6,10 @@ import functools
 import glob
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
@@ -31,7 +31,11 @@ from nanogpt_async._cli._common import (
 
 __all__ = ["cli"]
 
+if TYPE_CHECKING:
+    from nanogpt_async import AsyncNanoGPT
+
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 _EXIT_CODES_HELP = (
     f"Exit codes: {EXIT_OK} all ok; {EXIT_FAILED} some requests or items failed; "
@@ -247,6 +251,16 @@ def _capabilities(model: Any) -> str:
     return ", ".join(name for name, on in names if on) or "-"
 
 
+def _call(client: AsyncNanoGPT, call: Callable[[AsyncNanoGPT], Awaitable[_T]]) -> _T:
+    """One API call with the client open; errors become one line and the exit code."""
+
+    async def main() -> _T:
+        async with client:
+            return await call(client)
+
+    return run_async(main, verbose=_verbose())
+
+
 def _prices(model: Any) -> str:
     if not model.pricing:
         return "-"
@@ -268,12 +282,7 @@ def models(
     client = make_client(
         api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
     )
-
-    async def main() -> list[Any]:
-        async with client:
-            return await client.images.models()
-
-    catalogue = run_async(main, verbose=_verbose())
+    catalogue = _call(client, lambda c: c.images.models())
     if as_json:
         output.out(
             json.dumps(
@@ -333,12 +342,7 @@ def balance(
     client = make_client(
         api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
     )
-
-    async def main() -> Any:
-        async with client:
-            return await client.balance()
-
-    result = run_async(main, verbose=_verbose())
+    result = _call(client, lambda c: c.balance())
 
     def text(value: Decimal | None) -> str | None:
         return None if value is None else str(value)
