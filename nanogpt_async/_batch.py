@@ -53,9 +53,9 @@ from nanogpt_async._batch_models import (
 )
 from nanogpt_async._batch_names import (
     IdentityCounter,
+    describe_request,
+    has_input_images,
     image_file_name,
-    public_request,
-    request_digest,
 )
 from nanogpt_async._batch_pacing import Pacer
 from nanogpt_async._errors import (
@@ -107,11 +107,18 @@ class _Job:
 
     __slots__ = ("body", "holds_slot", "id", "index", "n", "request", "started_at")
 
-    def __init__(self, index: int, item_id: str, body: dict[str, Any], started_at: float) -> None:
+    def __init__(
+        self,
+        index: int,
+        item_id: str,
+        body: dict[str, Any],
+        request: dict[str, Any],
+        started_at: float,
+    ) -> None:
         self.index = index
         self.id = item_id
         self.body = body
-        self.request = public_request(body)
+        self.request = request
         n = body.get("n", 1)
         self.n = n if isinstance(n, int) and n > 0 else 1
         self.started_at = started_at
@@ -578,8 +585,13 @@ class Batch:
                 finished_at=time.time(),
                 error=error,
             )
-        item_id = user_id if user_id is not None else self._ids.next_id(request_digest(body))
-        job = _Job(index, item_id, body, started)
+        if has_input_images(body):
+            # Hashing megabytes of data URLs would stall the event loop: a worker thread.
+            digest, request = await anyio.to_thread.run_sync(describe_request, body)
+        else:
+            digest, request = describe_request(body)
+        item_id = user_id if user_id is not None else self._ids.next_id(digest)
+        job = _Job(index, item_id, body, request, started)
         if self._recorded is None or not len(self._recorded):
             return job
         recorded = await anyio.to_thread.run_sync(self._earlier_run, item_id)

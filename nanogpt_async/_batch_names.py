@@ -14,6 +14,8 @@ from typing import Any
 __all__ = [
     "IMAGE_BODY_FIELDS",
     "IdentityCounter",
+    "describe_request",
+    "has_input_images",
     "image_file_name",
     "public_request",
     "request_digest",
@@ -66,44 +68,55 @@ def _data_url_digest(url: object) -> str:
     return "sha256:" + hashlib.sha256(str(url).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _data_url_placeholder(url: object) -> str:
+def _data_url_placeholder(url: object, digest: str) -> str:
     text = str(url)
     mime = text[5 : text.find(";")] if text.startswith("data:") and ";" in text else "image"
     approx_bytes = max(0, len(text) - text.find(",") - 1) * 3 // 4
-    return f"<{mime}, ~{approx_bytes} bytes, {_data_url_digest(text)[:23]}>"
+    return f"<{mime}, ~{approx_bytes} bytes, {digest[:23]}>"
+
+
+def has_input_images(body: Mapping[str, Any]) -> bool:
+    """Whether ``body`` carries input images (whose hashing is worth a worker thread)."""
+    return any(body.get(name) is not None for name in IMAGE_BODY_FIELDS)
+
+
+def describe_request(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(digest, public request)`` of a body, hashing each input image once.
+
+    The digest is a stable hash of what the item asks for (prompt, effective parameters, input
+    images by content); delivery-only fields (``response_format``, ``user``) do not count, so a
+    re-run asking for URLs instead of base64 still resumes. The public request is the body as
+    shown in results and the manifest, data URLs replaced by short placeholders. Input images
+    can be megabytes each: call this in a worker thread when :func:`has_input_images`.
+    """
+    canonical: dict[str, Any] = {}
+    shown = dict(body)
+    for name, value in body.items():
+        if name in IMAGE_BODY_FIELDS:
+            urls = value if isinstance(value, list) else [value]
+            digests = [_data_url_digest(url) for url in urls]
+            placeholders = [
+                _data_url_placeholder(url, digest)
+                for url, digest in zip(urls, digests, strict=True)
+            ]
+            multiple = isinstance(value, list)
+            canonical[name] = digests if multiple else digests[0]
+            shown[name] = placeholders if multiple else placeholders[0]
+        elif name not in _DELIVERY_FIELDS:
+            canonical[name] = value
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return digest, shown
 
 
 def public_request(body: Mapping[str, Any]) -> dict[str, Any]:
     """The body as shown in results and the manifest: data URLs become short placeholders."""
-    shown = dict(body)
-    for name in IMAGE_BODY_FIELDS:
-        value = shown.get(name)
-        if isinstance(value, list):
-            shown[name] = [_data_url_placeholder(item) for item in value]
-        elif value is not None:
-            shown[name] = _data_url_placeholder(value)
-    return shown
+    return describe_request(body)[1]
 
 
 def request_digest(body: Mapping[str, Any]) -> str:
-    """A stable hash of what an item asks for (prompt, effective parameters, input images).
-
-    Input images count by content; delivery-only fields (``response_format``, ``user``) do not.
-    """
-    canonical: dict[str, Any] = {}
-    for name, value in body.items():
-        if name in _DELIVERY_FIELDS:
-            continue
-        if name in IMAGE_BODY_FIELDS:
-            canonical[name] = (
-                [_data_url_digest(v) for v in value]
-                if isinstance(value, list)
-                else _data_url_digest(value)
-            )
-        else:
-            canonical[name] = value
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    """A stable hash of what an item asks for; see :func:`describe_request`."""
+    return describe_request(body)[0]
 
 
 class IdentityCounter:
