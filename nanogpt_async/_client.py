@@ -16,7 +16,7 @@ import anyio
 import httpx
 from typing_extensions import Self
 
-from nanogpt_async._codec import dumps, loads_chunks_maybe_offloaded
+from nanogpt_async._codec import dumps_maybe_offloaded, loads_chunks_maybe_offloaded
 from nanogpt_async._errors import (
     APIConnectionError,
     APIError,
@@ -280,7 +280,8 @@ class AsyncNanoGPT:
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
     ) -> tuple[Any, str | None]:
         """Send one API call through the retry engine; return ``(parsed JSON, request id)``."""
-        content = dumps(json_body) if json_body is not None else None
+        # Image-to-image bodies carry megabytes of data URLs: encoded off the event loop.
+        content = await dumps_maybe_offloaded(json_body) if json_body is not None else None
         request_headers = headers if headers is not None else self._auth_headers
         effective_timeout = self.timeout if isinstance(timeout, NotGiven) else _as_timeout(timeout)
         parsed = self._parsed_urls.get(url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -20,6 +21,7 @@ __all__ = [
     "b64decode_maybe_offloaded",
     "b64encode",
     "dumps",
+    "dumps_maybe_offloaded",
     "loads",
     "loads_chunks_maybe_offloaded",
     "loads_generations",
@@ -149,6 +151,24 @@ async def loads_chunks_maybe_offloaded(chunks: list[bytes]) -> Any:
     if sum(map(len, chunks)) > OFFLOAD_THRESHOLD:
         return await anyio.to_thread.run_sync(_join_and_load, chunks)
     return loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+
+def _text_size(body: Mapping[str, Any]) -> int:
+    """Characters in the body's top-level strings (and lists of strings): where data URLs sit."""
+    size = 0
+    for value in body.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, list):
+            size += sum(len(item) for item in value if isinstance(item, str))
+    return size
+
+
+async def dumps_maybe_offloaded(body: Mapping[str, Any]) -> bytes:
+    """Serialise a request body, in a worker thread when it carries megabytes (input images)."""
+    if _text_size(body) > OFFLOAD_THRESHOLD:
+        return await anyio.to_thread.run_sync(dumps, body)
+    return dumps(body)
 
 
 async def b64decode_maybe_offloaded(data: str) -> bytes:

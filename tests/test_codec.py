@@ -79,3 +79,23 @@ async def test_big_answers_are_read_a_few_at_a_time_and_all_arrive():
     assert all(len(response.data) == 2 for response in responses)
     assert 1 <= counter.most <= 2
     assert counter.holders == 0
+
+
+@pytest.mark.parametrize("size", [10, 2_000_000])
+async def test_request_bodies_encode_the_same_and_big_ones_leave_the_loop(monkeypatch, size):
+    from nanogpt_async import _codec  # noqa: PLC0415
+
+    offloaded: list[object] = []
+    real = anyio.to_thread.run_sync
+
+    async def spy(func, *args):
+        offloaded.append(func)
+        return await real(func, *args)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", spy)
+    body = {"prompt": "x", "imageDataUrls": ["data:image/png;base64," + "A" * size]}
+
+    encoded = await _codec.dumps_maybe_offloaded(body)
+
+    assert json.loads(encoded) == body
+    assert offloaded == ([_codec.dumps] if size > _codec.OFFLOAD_THRESHOLD else [])
