@@ -57,7 +57,6 @@ from nanogpt_async._batch_names import (
     has_input_images,
     image_file_name,
 )
-from nanogpt_async._batch_pacing import Pacer
 from nanogpt_async._errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -66,13 +65,19 @@ from nanogpt_async._errors import (
     ImageError,
     InsufficientBalanceError,
     InvalidInputError,
+    LocalRateLimitError,
     NanoGPTError,
     PermissionDeniedError,
+    RateLimitError,
 )
+from nanogpt_async._pacing import AIMD
 from nanogpt_async._request import build_generation_body, check_generation_fields
 from nanogpt_async._sniff import sniff_image
+from nanogpt_async._types import NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._models import GeneratedImage, ImagesResponse
 
@@ -126,7 +131,11 @@ class _Job:
 
 
 class _Attempts:
-    """The per-item :class:`~nanogpt_async._retry.AttemptHooks`: pacing and counting."""
+    """The per-item :class:`~nanogpt_async._pacing.TurnHooks`: when to take turns, counting.
+
+    Turns come from the client's pacer (one limiter per key, shared with every other call the
+    client makes); the batch only decides whether an attempt may still go.
+    """
 
     def __init__(self, batch: Batch) -> None:
         self._batch = batch
@@ -134,12 +143,12 @@ class _Attempts:
         self.last_error: NanoGPTError | None = None
         self.last_started = time.monotonic()
 
-    async def before_attempt(self) -> None:
-        await self._batch._before_attempt(self)  # noqa: SLF001 - the runner's own helper
+    async def take_turn(self, wait_turn: Callable[[], Awaitable[None]]) -> None:
+        await self._batch._before_attempt(self, wait_turn)  # noqa: SLF001 - the runner's own
         self.count += 1
         self.last_started = time.monotonic()
 
-    def after_attempt(self, error: BaseException | None) -> None:
+    async def after_attempt(self, error: BaseException | None) -> None:
         if isinstance(error, NanoGPTError):
             self.last_error = error
         self._batch._after_attempt(error)  # noqa: SLF001
@@ -181,6 +190,13 @@ def _error_json(error: NanoGPTError | None) -> dict[str, Any] | None:
     }
 
 
+def _check_rps(rps: object) -> None:
+    if isinstance(rps, NotGiven) or rps is None:
+        return
+    if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < math.inf:
+        raise InvalidInputError(f"rps must be a positive number or None, got {rps!r}")
+
+
 def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidInputError(f"{name} must be a whole number of at least 1, got {value!r}")
@@ -209,7 +225,7 @@ class Batch:
         *,
         output_dir: str | PathLike[str] | None = None,
         concurrency: int = 64,
-        rps: float | None = 25.0,
+        rps: float | NotGiven | None = NOT_GIVEN,
         burst: int | None = None,
         download_concurrency: int = 32,
         max_cost: float | Decimal | None = None,
@@ -236,10 +252,7 @@ class Batch:
             )
         # Downloads have a pool of the same size of their own; more workers would only queue.
         self._download_concurrency = min(self._download_concurrency, limit)
-        if rps is not None and (
-            isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < math.inf
-        ):
-            raise InvalidInputError(f"rps must be a positive number or None, got {rps!r}")
+        _check_rps(rps)
         if burst is not None:
             _check_positive_int("burst", burst)
         if max_cost is not None:
@@ -271,8 +284,11 @@ class Batch:
             self._total = len(items)  # type: ignore[arg-type]
         self._folder = Path(output_dir) if output_dir is not None else None
         self._manifest_path = self._folder / manifest_name if self._folder is not None else None
-        self._rps = float(rps) if rps is not None else None
-        self._burst = burst
+        if not isinstance(rps, NotGiven) or burst is not None:
+            # An explicit pace for this batch alone: a pacer of its own (see generate_many).
+            own_rps = client.pacing.max_rate if isinstance(rps, NotGiven) else rps
+            self._client = client._with_own_pacer(rps=own_rps, burst=burst or 1)  # noqa: SLF001
+        self._paced = self._client.pacing.max_rate is not None
         self._max_cost = Decimal(str(max_cost)) if max_cost is not None else None
         self._retry_failed = retry_failed
         self._on_progress = on_progress
@@ -295,6 +311,7 @@ class Batch:
         self._ok = self._failed = self._skipped = 0
         self._in_flight = 0
         self._attempts = 0
+        self._rate_limited = 0
         self._cost = Decimal(0)
         self._latency = Sample()
         self._delay = Sample()
@@ -336,7 +353,7 @@ class Batch:
             download_delay_p99=self._delay.quantile(0.99),
             download_delay_max=self._delay.max,
             attempts=self._attempts,
-            rate_limited=self._pacer.rate_limited if self._entered else 0,
+            rate_limited=self._rate_limited,
             stopped_reason=self._stop_reason,
             fatal_error=self._fatal_error,
             manifest=self._manifest_path,
@@ -379,12 +396,7 @@ class Batch:
             raise RuntimeError("a Batch runs once; call generate_many() again for another run")
         self._entered = True
         self._started = time.monotonic()
-        self._pacer = Pacer(
-            concurrency=self._concurrency,
-            rps=self._rps,
-            burst=self._burst,
-            on_concurrency=self._set_concurrency,
-        )
+        self._concurrency_control = AIMD(self._concurrency, floor=1, beta=0.5)
         self._generation_slots = anyio.CapacityLimiter(self._concurrency)
         self._save_slots = anyio.CapacityLimiter(self._download_concurrency)
         self._pipeline = anyio.Semaphore(self._concurrency + self._download_concurrency)
@@ -457,8 +469,24 @@ class Batch:
         end = self._ended if self._ended is not None else time.monotonic()
         return max(0.0, end - self._started)
 
-    def _set_concurrency(self, value: int) -> None:
-        self._generation_slots.total_tokens = value
+    def _adapt_concurrency(self, error: BaseException | None) -> None:
+        """AIMD over the generation limit: up on success, halved on a 429 when unpaced.
+
+        With a rate limit, a 429 is the pacer's business (it holds every caller for the
+        cooldown and lowers the rate): cutting the concurrency too starved the batch, down to
+        2.8 items/s against a server allowing 10 req/s (issue 10, item 15). Without one, the
+        concurrency is the only lever.
+        """
+        control = self._concurrency_control
+        before = int(control.value)
+        if error is None:
+            control.increase()
+        elif isinstance(error, RateLimitError) and not self._paced:
+            control.hold = max(error.retry_after or 1.0, 0.5)
+            control.decrease(time.monotonic())
+        after = max(1, int(control.value))
+        if after != before:
+            self._generation_slots.total_tokens = after
 
     def _halt(self) -> None:
         """Stop starting items and wake attempts waiting for their turn."""
@@ -626,13 +654,22 @@ class Batch:
 
     # -- one item -----------------------------------------------------------------------
 
-    async def _before_attempt(self, attempts: _Attempts) -> None:
+    async def _before_attempt(
+        self, attempts: _Attempts, wait_turn: Callable[[], Awaitable[None]]
+    ) -> None:
         while True:
             self._check_may_send(attempts)
             with anyio.CancelScope() as scope:
                 self._waiting.add(scope)
                 try:
-                    await self._pacer.wait_turn()
+                    await wait_turn()
+                except (LocalRateLimitError, DailyLimitExceededError) as exc:
+                    # Refused by the pacer before sending (a cooldown longer than max_wait,
+                    # e.g. a Retry-After of 99999999; or the daily cap): waiting would only
+                    # freeze the batch behind an ETA. Stop it; unsent items stay not_started
+                    # and a later run does them.
+                    self._fail_fast(exc)
+                    raise _Abandoned from exc
                 finally:
                     self._waiting.discard(scope)
             if not scope.cancelled_caught:
@@ -646,7 +683,9 @@ class Batch:
             raise _Abandoned
 
     def _after_attempt(self, error: BaseException | None) -> None:
-        self._pacer.observe(error)
+        if isinstance(error, RateLimitError):
+            self._rate_limited += 1
+        self._adapt_concurrency(error)
         if isinstance(error, _FATAL):
             self._fail_fast(error)
 

@@ -18,7 +18,8 @@ Every exception is a :class:`NanoGPTError`; catch that to catch them all::
     │   │   ├── PayloadTooLargeError        413
     │   │   ├── UnprocessableEntityError    422
     │   │   ├── RateLimitError              429 (retried)
-    │   │   │   └── DailyLimitExceededError 429 daily cap: not retried, says when it resets
+    │   │   │   ├── DailyLimitExceededError 429 daily cap: not retried, says when it resets
+    │   │   │   └── LocalRateLimitError     our own pacer's turn is too far away: nothing sent
     │   │   └── InternalServerError         5xx (retried)
     │   ├── APIConnectionError          no usable answer: refused, reset, protocol error
     │   │   └── APITimeoutError         the request timed out
@@ -58,6 +59,7 @@ __all__ = [
     "InternalServerError",
     "InvalidImageError",
     "InvalidInputError",
+    "LocalRateLimitError",
     "NanoGPTError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -248,6 +250,26 @@ class DailyLimitExceededError(RateLimitError):
             f"The daily cap resets at {self.resets_at:%Y-%m-%d %H:%M} UTC; "
             "raise the key's cap on nano-gpt.com or try again then"
         )
+
+
+class LocalRateLimitError(RateLimitError):
+    """Raised before sending: this client's pacer would make the call wait too long.
+
+    The wait (a queue of calls ahead of it, or a 429 cooldown another call received) is longer
+    than the client's ``max_wait``. Nothing was sent and nothing was charged. A web backend
+    maps it to its own 429 with ``Retry-After: ceil(retry_after)``.
+
+    Attributes:
+        retry_after: The seconds the call would have had to wait.
+    """
+
+    hint = "Nothing was sent. Try again after that wait, or raise max_wait on the client"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, status_code=429, retry_after=retry_after)
+
+    def __str__(self) -> str:
+        return f"{self.message}. {self.hint}"
 
 
 class InternalServerError(APIStatusError):

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from nanogpt_async._batch import Batch, BatchInput
     from nanogpt_async._batch_models import BatchProgress
     from nanogpt_async._client import AsyncNanoGPT
-    from nanogpt_async._retry import AttemptHooks
+    from nanogpt_async._pacing import TurnHooks
 
 __all__ = ["Images"]
 
@@ -105,11 +105,12 @@ class Images:
         body: dict[str, Any],
         *,
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        hooks: AttemptHooks | None = None,
+        hooks: TurnHooks | None = None,
     ) -> ImagesResponse:
         """Send an already built and checked JSON body (the batch runner's entry point).
 
-        ``hooks`` are awaited before every attempt (retries included) and told each outcome.
+        Every attempt takes its turn from the client's pacer; ``hooks`` decide when to take
+        it (the batch runner waits inside a scope it can cancel) and are told each outcome.
         """
         client = self._client
         payload, request_id = await client._request(  # noqa: SLF001 - the resource's own client
@@ -128,7 +129,7 @@ class Images:
         *,
         output_dir: str | PathLike[str] | None = None,
         concurrency: int = 64,
-        rps: float | None = 25.0,
+        rps: float | NotGiven | None = NOT_GIVEN,
         burst: int | None = None,
         download_concurrency: int = 32,
         max_cost: float | Decimal | None = None,
@@ -153,9 +154,13 @@ class Images:
                 keeps the images in memory (``ItemResult.images``).
             concurrency: Most generations in flight (lowered temporarily after 429s); at most
                 the client's ``max_connections``.
-            rps: Requests per second across all attempts (NanoGPT's limit is 25); ``None``
-                for no rate limit.
-            burst: Requests that may go at once after a quiet spell (default 1: evenly spaced).
+            rps: Leave it out: the batch takes its turns from the client's pacer
+                (``AsyncNanoGPT(rps=...)``, 25 by default), shared with every other call the
+                client makes, and with other processes through ``limits_url``. Given, this
+                batch gets a pacer of its own at that rate (``None``: unpaced), in this
+                process only, separate from the client's: for tests and isolated tools.
+            burst: Like ``rps`` (a pacer of its own): requests that may go at once after a
+                quiet spell.
             download_concurrency: Most downloads/decodes/writes at once.
             max_cost: USD budget: no new request once spent plus in-flight estimate would pass
                 it.
@@ -199,7 +204,10 @@ class Images:
         """The image-model catalogue: ids, price per size, capabilities, sizes, max images."""
         client = self._client
         url = client._models_url + ("?detailed=true" if detailed else "")  # noqa: SLF001
-        payload, _ = await client._request("GET", url, idempotent=True)  # noqa: SLF001
+        # Not paced: a rare, free call, which must still work while a daily cap blocks.
+        payload, _ = await client._request(  # noqa: SLF001
+            "GET", url, idempotent=True, paced=False
+        )
         items = payload.get("data") if isinstance(payload, dict) else payload
         if not isinstance(items, list):
             return []

@@ -32,7 +32,9 @@ from nanogpt_async._errors import (
     APIConnectionError,
     APIStatusError,
     DailyLimitExceededError,
+    LocalRateLimitError,
 )
+from nanogpt_async._pacing import _clock as pacing_clock
 
 __all__ = [
     "AttemptHooks",
@@ -84,13 +86,13 @@ class RetryPolicy:
 
 
 class AttemptHooks(Protocol):
-    """Lets a caller (the batch runner) pace every attempt, retries included."""
+    """Lets the client pace every attempt, retries included (see ``nanogpt_async._pacing``)."""
 
     async def before_attempt(self) -> None:
         """Wait until this attempt may be sent (rate limit, shared cooldown)."""
 
-    def after_attempt(self, error: BaseException | None) -> None:
-        """Learn how the attempt went (``None`` on success)."""
+    async def after_attempt(self, error: BaseException | None) -> None:
+        """Learn how the attempt went (``None`` on success); may tell a shared store."""
 
 
 def parse_retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:
@@ -147,18 +149,20 @@ def recorded_backoff() -> Iterator[list[float]]:
 
     async def record(seconds: float) -> None:
         waits.append(seconds)
+        pacing_clock.advance(seconds)  # the pacer's cooldown passes with the recorded wait
         await anyio.lowlevel.checkpoint()
 
     _sleep = record
     try:
-        yield waits
+        with pacing_clock.instant():  # and the client's pacing waits are instant too
+            yield waits
     finally:
         _sleep = previous
 
 
 def should_retry(policy: RetryPolicy, exc: BaseException, *, idempotent: bool) -> bool:
     """Whether ``exc`` is worth another attempt under ``policy``."""
-    if isinstance(exc, DailyLimitExceededError):
+    if isinstance(exc, (DailyLimitExceededError, LocalRateLimitError)):
         return False
     if isinstance(exc, APIStatusError):
         if exc.status_code not in policy.retry_statuses:
@@ -185,9 +189,9 @@ async def _attempt_once(attempt: Callable[[], Awaitable[_T]], hooks: AttemptHook
     try:
         result = await attempt()
     except Exception as exc:
-        hooks.after_attempt(exc)
+        await hooks.after_attempt(exc)
         raise
-    hooks.after_attempt(None)
+    await hooks.after_attempt(None)
     return result
 
 

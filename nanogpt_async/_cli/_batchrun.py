@@ -53,7 +53,6 @@ class BatchSettings:
 
     out: Path
     concurrency: int
-    rps: float
     download_concurrency: int
     max_cost: float | None
     retry_failed: bool
@@ -441,7 +440,6 @@ async def run_batch(
             source.items,
             output_dir=settings.out,
             concurrency=settings.concurrency,
-            rps=settings.rps,
             download_concurrency=settings.download_concurrency,
             max_cost=settings.max_cost,
             retry_failed=settings.retry_failed,

@@ -416,7 +416,22 @@ def progress_options(func: _F) -> _F:
     type=click.FloatRange(min=0, min_open=True),
     default=25.0,
     show_default=True,
-    help="Requests per second at most (NanoGPT allows 25 by default).",
+    help="Requests per second at most, retries included (NanoGPT allows 25 per key).",
+)
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Stop the batch when the next turn is further away (e.g. a long 429 cooldown).",
+)
+@click.option(
+    "--limits-url",
+    envvar="NANOGPT_LIMITS_URL",
+    show_envvar=True,
+    metavar="URL",
+    help="redis://host:port/db: share the key's pacing with every process using it.",
 )
 @click.option(
     "--download-concurrency",
@@ -446,6 +461,8 @@ def batch(
     prompt_format: str,
     concurrency: int,
     rps: float,
+    max_wait: float,
+    limits_url: str | None,
     download_concurrency: int,
     max_cost: float | None,
     retry_failed: bool,
@@ -483,11 +500,13 @@ def batch(
         timeout=timeout,
         max_retries=max_retries,
         max_connections=max(concurrency, download_concurrency),
+        rps=rps,
+        max_wait=max_wait,
+        limits_url=limits_url,
     )
     settings = BatchSettings(
         out=out,
         concurrency=concurrency,
-        rps=rps,
         download_concurrency=download_concurrency,
         max_cost=max_cost,
         retry_failed=retry_failed,
@@ -544,7 +563,6 @@ def demo(*, out: Path, count: int, fast: bool, progress: str, progress_interval:
     settings = BatchSettings(
         out=out,
         concurrency=64,
-        rps=25.0,
         download_concurrency=32,
         max_cost=None,
         retry_failed=True,

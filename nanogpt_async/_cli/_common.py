@@ -127,8 +127,12 @@ def make_client(
     timeout: float | None = None,
     max_retries: int | None = None,
     max_connections: int | None = None,
+    **pacing: Any,
 ) -> AsyncNanoGPT:
-    """Build the client from options (which already fell back to the environment)."""
+    """Build the client from options (which already fell back to the environment).
+
+    ``pacing``: ``rps``, ``max_wait``, ``limits_url`` when the command has those options.
+    """
     if not api_key or not api_key.strip():
         raise click.UsageError(
             "no NanoGPT API key: pass --api-key or set NANOGPT_API_KEY "
@@ -143,6 +147,7 @@ def make_client(
         kwargs["max_retries"] = max_retries
     if max_connections is not None:
         kwargs["max_connections"] = max_connections
+    kwargs.update({name: value for name, value in pacing.items() if value is not None})
     try:
         return AsyncNanoGPT(api_key=api_key, base_url=base_url, **kwargs)
     except InvalidInputError as exc:
