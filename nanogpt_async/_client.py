@@ -226,7 +226,14 @@ class AsyncNanoGPT:
         url = limits_url if limits_url is not None else os.environ.get("NANOGPT_LIMITS_URL")
         backend: PacingBackend | None = None
         if url:
-            raise InvalidInputError(f"limits_url {key[:0]}is not supported yet")
+            # Imported only when asked for: redis is an optional extra. The connection itself
+            # is made on first use, inside the running loop (never here, never before a fork).
+            from nanogpt_async._pacing._redis import RedisBackend  # noqa: PLC0415
+
+            try:
+                backend = RedisBackend(url, key=key)
+            except ValueError as exc:
+                raise InvalidInputError(str(exc)) from None
         try:
             return Pacer(rps=rps, burst=burst, max_wait=max_wait, backend=backend)
         except ValueError as exc:

@@ -23,7 +23,10 @@ class MemoryBackend:
         0.0
     """
 
-    name = "memory"
+    @property
+    def name(self) -> str:
+        """Always ``memory``."""
+        return "memory"
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         """Start with no queue, no cooldown and no block."""

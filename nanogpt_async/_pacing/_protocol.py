@@ -16,7 +16,10 @@ class PacingBackend(Protocol):
     shared backend measures them on its own clock, so hosts' clock skew does not matter.
     """
 
-    name: str
+    @property
+    def name(self) -> str:
+        """``memory``, ``redis``, or what the backend falls back to."""
+        ...
 
     async def reserve(
         self, *, interval: float, burst: int, max_wait: float, recheck: bool = False
