@@ -204,8 +204,11 @@ async def test_unreachable_redis_falls_back_warns_once_and_recovers(
 
     fallback = [await reserve(backend, interval=0.04) for _ in range(3)]
     assert backend.name == "memory (redis unreachable)"
-    # Alone at a fifth of the rate: slots 0.2 s apart on the local clock.
-    assert [g.delay for g in fallback] == pytest.approx([0.0, 0.2, 0.4])
+    # Alone at a fifth of the rate: slots 0.2 s apart on the local clock, after the slots
+    # already handed out in the shared queue (five of 0.1 s).
+    first = fallback[0].delay
+    assert 0.3 <= first <= 0.5
+    assert [g.delay for g in fallback] == pytest.approx([first, first + 0.2, first + 0.4])
     calls = backend.calls
     await reserve(backend)
     assert backend.calls == calls  # no new attempt before the probe interval
@@ -310,8 +313,10 @@ def test_worker_processes_sharing_redis_stay_within_the_servers_limit(
         outputs = [json.loads(out) for out, _ in finished]
         stats = server.fake.stats
     assert all(proc.returncode == 0 for proc in procs), [err for _, err in finished]
-    assert stats.generations == workers * calls
-    assert stats.rate_limited <= 0.01 * stats.generation_requests
+    assert stats.generations == workers * calls, [err[-2000:] for _, err in finished]
+    # Unshared, about half would be refused; shared, none but for loop-lag clumps on a busy
+    # machine (the suite runs beside other work on 2 cores).
+    assert stats.rate_limited <= 0.02 * stats.generation_requests, (stats, finished)
     sent = sorted(t for out in outputs for t in out["sent"])
     # Slots 1/40 s apart on Redis's clock: 160 answers take 4 s, less a second's worth for the
     # slow first answers of 4 processes starting at once (unshared they took about one).
@@ -349,3 +354,43 @@ def test_the_cli_batch_paces_through_redis_given_limits_url(
         return keys
 
     assert anyio.run(shared_state)  # the batch's reservations went through Redis
+
+
+def test_a_backend_used_in_a_second_event_loop_connects_again(redis_server: RedisProcess) -> None:
+    # A connection belongs to the loop (and the process) that made it: a web server that
+    # restarts its loop, or a forked worker, must not reuse it.
+    backend = backend_for(redis_server)
+
+    async def once() -> float:
+        return (await reserve(backend)).delay
+
+    anyio.run(once)
+    first = backend._client
+    anyio.run(once)
+    assert backend._client is not first
+    assert backend.name == "redis"
+
+
+async def test_falling_back_starts_after_the_shared_queue_and_recovery_after_the_local_one(
+    redis_server: RedisProcess,
+) -> None:
+    # Slots already handed out keep being used while the schedule moves between Redis and
+    # memory: neither side may start from scratch, or the two add up (W9: 53 requests in one
+    # second against 25 allowed).
+    clock = FakeTime()
+    backend = RedisBackend(redis_server.url, key=KEY, clock=clock)
+    for _ in range(10):  # a shared queue of 10 slots of 0.1 s
+        await reserve(backend)
+    redis_server.stop()
+    local = await reserve(backend)
+    assert backend.name == "memory (redis unreachable)"
+    assert local.delay >= 0.9  # after the shared queue, not at once
+    for _ in range(5):
+        await reserve(backend)  # a local queue up to ~1.0 + 6 x 0.1 x 1/share
+    local_end = backend._fallback.queued()
+    redis_server.start()  # empty: it lost the shared schedule
+    clock.now += 1.0
+    await reserve(backend)  # the probe: back on Redis
+    assert backend.name == "redis"
+    shared = await reserve(backend)
+    assert shared.delay >= local_end - 1.0 - 0.05  # after the local queue, not alongside it
