@@ -37,7 +37,13 @@ class MemoryBackend:
         self._daily_code: str | None = None
 
     async def reserve(
-        self, *, interval: float, burst: int, max_wait: float, recheck: bool = False
+        self,
+        *,
+        interval: float,
+        burst: int,
+        max_wait: float,
+        recheck: bool = False,
+        shared: bool = False,  # noqa: ARG002 - every slot here is this process's
     ) -> Grant:
         """See :meth:`PacingBackend.reserve`."""
         return self.reserve_now(interval=interval, burst=burst, max_wait=max_wait, recheck=recheck)
@@ -90,24 +96,14 @@ class MemoryBackend:
             self._daily_until = until
             self._daily_code = code
 
-    def queued(self) -> float:
-        """Seconds of slots handed out ahead of now."""
-        return max(0.0, self._tat - self._clock())
-
     async def aclose(self) -> None:
         """Nothing to release."""
 
-    def seed(
-        self, *, cooldown: float, daily: float, daily_code: str | None, queued: float = 0.0
-    ) -> None:
-        """Start from another backend's last known state (Redis fallback).
-
-        ``queued``: the shared queue's length; slots already handed out there are still being
-        used, so local slots start after it (or the two schedules would add up).
-        """
+    def seed(self, *, cooldown: float, daily: float, daily_code: str | None) -> None:
+        """Start from another backend's last known cooldown and block (Redis fallback)."""
         now = self._clock()
         self._cooldown_until = max(self._cooldown_until, now + cooldown)
-        self._tat = max(self._tat, self._cooldown_until, now + queued)
+        self._tat = max(self._tat, self._cooldown_until)
         if daily > 0:
             self._daily_until = max(self._daily_until, now + daily)
             self._daily_code = daily_code

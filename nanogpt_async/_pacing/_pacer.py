@@ -159,7 +159,11 @@ class Pacer:
                 return
             # A cooldown that began while we slept covers our slot: take a new one after it.
             grant = await self.backend.reserve(
-                interval=interval, burst=self.burst, max_wait=self.max_wait, recheck=True
+                interval=interval,
+                burst=self.burst,
+                max_wait=self.max_wait,
+                recheck=True,
+                shared=grant.shared,
             )
 
     def _too_long(self, grant: Grant) -> LocalRateLimitError:

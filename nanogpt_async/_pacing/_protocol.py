@@ -22,12 +22,19 @@ class PacingBackend(Protocol):
         ...
 
     async def reserve(
-        self, *, interval: float, burst: int, max_wait: float, recheck: bool = False
+        self,
+        *,
+        interval: float,
+        burst: int,
+        max_wait: float,
+        recheck: bool = False,
+        shared: bool = False,
     ) -> Grant:
         """Reserve the next free send slot (GCRA: one slot every ``interval`` seconds).
 
-        With ``recheck`` the caller already holds a slot that is due now: a new slot is only
-        taken when a cooldown or daily block began meanwhile (else ``new_slot`` is false).
+        With ``recheck`` the caller already holds a slot that is due now (``shared``: the
+        grant's own flag): a new slot is only taken when a cooldown or daily block began
+        meanwhile (else ``new_slot`` is false), or when the slot is from another schedule.
         A slot further than ``max_wait`` away is not reserved (``too_long``).
         """
         ...

@@ -142,18 +142,6 @@ return tostring(cd - now)
 """
 )
 
-# KEYS: state hash. ARGV: seconds ms. Moves the schedule past slots handed out elsewhere
-# (a process's local queue from a fallback) so the two do not add up. Grow-only.
-_PUSH = (
-    _PRELUDE
-    + """
-local tat = math.max(tonumber(redis.call('HGET', KEYS[1], 'tat')) or 0, now + tonumber(ARGV[1]))
-redis.call('HSET', KEYS[1], 'tat', tostring(tat))
-keep(KEYS[1], tat)
-return tostring(tat - now)
-"""
-)
-
 # KEYS: state hash. ARGV: seconds ms, code. Grow-only.
 _DAILY = (
     _PRELUDE
@@ -238,7 +226,6 @@ class RedisBackend:
         self._members = 0
         self._cooldown_left = 0.0
         self._daily_left = 0.0
-        self._queue_end = 0.0  # local clock time when the shared queue last known ends
         self._daily_code: str | None = None
         self.calls = 0
 
@@ -281,7 +268,6 @@ class RedisBackend:
                 "reserve": client.register_script(_RESERVE),
                 "cooldown": client.register_script(_COOLDOWN),
                 "daily": client.register_script(_DAILY),
-                "push": client.register_script(_PUSH),
             }
         return self._client
 
@@ -312,12 +298,6 @@ class RedisBackend:
             logger.warning(
                 "nanogpt-async: Redis at %s answers again: pacing is shared", self.display
             )
-            # The slots this process handed out alone are still to be used: the shared
-            # schedule goes on after them (benchmark W9: without this, 53 requests in one
-            # second against 25 allowed right after Redis came back).
-            local = self._fallback.queued()
-            if local > 0:
-                await self._run("push", [self._key("state")], [_ms(local)])
         return result
 
     def _went_down(self, exc: BaseException) -> None:
@@ -326,13 +306,8 @@ class RedisBackend:
             return
         self._down = True
         # Carry over what we knew, so a cooldown running when Redis went away still holds.
-        # And the shared queue: its slots are still being used by every process, so local
-        # slots start after it (W9: else 53 requests in one second when Redis froze).
         self._fallback.seed(
-            cooldown=self._cooldown_left,
-            daily=self._daily_left,
-            daily_code=self._daily_code,
-            queued=max(0.0, self._queue_end - self._clock()),
+            cooldown=self._cooldown_left, daily=self._daily_left, daily_code=self._daily_code
         )
         if not self._warned:
             self._warned = True
@@ -349,9 +324,22 @@ class RedisBackend:
     # -- the backend protocol ----------------------------------------------------------------
 
     async def reserve(
-        self, *, interval: float, burst: int, max_wait: float, recheck: bool = False
+        self,
+        *,
+        interval: float,
+        burst: int,
+        max_wait: float,
+        recheck: bool = False,
+        shared: bool = False,
     ) -> Grant:
-        """See :meth:`PacingBackend.reserve`; one round trip."""
+        """See :meth:`PacingBackend.reserve`; one round trip.
+
+        A slot is only valid in the schedule it came from. A recheck of a shared slot that
+        cannot reach Redis takes a local one (its shared slot passed while Redis was silent;
+        sending at once would burst: W9 saw 43 requests in one second when Redis froze); a
+        recheck of a local slot once Redis is back takes a shared one (else the local queue
+        and the shared schedule would add up).
+        """
         result = await self._run(
             "reserve",
             [self._key("state"), self._key("members"), self._key(f"t:{uuid.uuid4().hex}")],
@@ -359,7 +347,7 @@ class RedisBackend:
                 _ms(interval),
                 burst,
                 _ms(max_wait),
-                int(recheck),
+                int(recheck and shared),
                 self._member,
                 TOKEN_TTL_MS,
                 MEMBER_WINDOW_MS,
@@ -368,11 +356,13 @@ class RedisBackend:
         if result is None:
             # Alone, at this process's share of the rate.
             return self._fallback.reserve_now(
-                interval=interval / self.share, burst=1, max_wait=max_wait, recheck=recheck
+                interval=interval / self.share,
+                burst=1,
+                max_wait=max_wait,
+                recheck=recheck and not shared,
             )
         kind, delay, cooldown, daily, queued, code, new_slot, members = result
         self._members = int(members)
-        self._queue_end = self._clock() + float(queued) / 1000
         self._cooldown_left = float(cooldown) / 1000
         self._daily_left = float(daily) / 1000
         code_text = code.decode() if isinstance(code, bytes) else str(code)
@@ -386,6 +376,7 @@ class RedisBackend:
             queued=float(queued) / 1000,
             daily_code=self._daily_code if self._daily_left > 0 else None,
             new_slot=bool(int(new_slot)),
+            shared=True,
         )
 
     def should_recheck(self, delay: float, interval: float) -> bool:

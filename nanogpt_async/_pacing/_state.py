@@ -27,6 +27,7 @@ class Grant:
         daily_code: The daily cap's error code, when blocked.
         new_slot: Whether this answer took a send slot (a recheck that found no cooldown
             takes none).
+        shared: Whether the slot is in a shared schedule (Redis) rather than this process's.
     """
 
     kind: GrantKind
@@ -36,6 +37,7 @@ class Grant:
     queued: float = 0.0
     daily_code: str | None = None
     new_slot: bool = True
+    shared: bool = False
 
 
 @dataclass(frozen=True)
