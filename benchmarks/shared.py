@@ -9,6 +9,10 @@
   30 s and restarted at 40 s. Bars: no call fails because of it, the rate stays <= 25 req/s
   + 5% while falling back, every process back on Redis within 2 s of its return.
 
+Each caller starts at a random moment within one trip round the shared queue (processes x
+concurrency / 25 s: 20 s for W8), as a web app's requests arrive, rather than all 512 at one
+instant; the figures are taken once every caller has been through the queue once.
+
 Run: ``python -m benchmarks.shared --workload W8`` (or ``W9``; ``--seconds``, ``--processes``,
 ``--concurrency`` to scale it). The fake server and redis-server run in their own processes;
 each worker records its send times (an httpx request hook), its 429s, its time in the pacer
