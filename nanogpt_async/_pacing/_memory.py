@@ -43,7 +43,7 @@ class MemoryBackend:
         burst: int,
         max_wait: float,
         recheck: bool = False,
-        shared: bool = False,  # noqa: ARG002 - every slot here is this process's
+        schedule: str | None = None,  # noqa: ARG002 - every slot here is this process's
     ) -> Grant:
         """See :meth:`PacingBackend.reserve`."""
         return self.reserve_now(interval=interval, burst=burst, max_wait=max_wait, recheck=recheck)

@@ -163,7 +163,7 @@ class Pacer:
                 burst=self.burst,
                 max_wait=self.max_wait,
                 recheck=True,
-                shared=grant.shared,
+                schedule=grant.schedule,
             )
 
     def _too_long(self, grant: Grant) -> LocalRateLimitError:

@@ -28,12 +28,12 @@ class PacingBackend(Protocol):
         burst: int,
         max_wait: float,
         recheck: bool = False,
-        shared: bool = False,
+        schedule: str | None = None,
     ) -> Grant:
         """Reserve the next free send slot (GCRA: one slot every ``interval`` seconds).
 
-        With ``recheck`` the caller already holds a slot that is due now (``shared``: the
-        grant's own flag): a new slot is only taken when a cooldown or daily block began
+        With ``recheck`` the caller already holds a slot that is due now (``schedule``: the
+        grant's own): a new slot is only taken when a cooldown or daily block began
         meanwhile (else ``new_slot`` is false), or when the slot is from another schedule.
         A slot further than ``max_wait`` away is not reserved (``too_long``).
         """

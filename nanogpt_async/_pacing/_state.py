@@ -27,7 +27,9 @@ class Grant:
         daily_code: The daily cap's error code, when blocked.
         new_slot: Whether this answer took a send slot (a recheck that found no cooldown
             takes none).
-        shared: Whether the slot is in a shared schedule (Redis) rather than this process's.
+        schedule: Which shared schedule (Redis) the slot is in, or ``None`` for this
+            process's own. A slot is only valid in its schedule: one from before Redis lost
+            its data, or from this process alone, is replaced when rechecked.
     """
 
     kind: GrantKind
@@ -37,7 +39,12 @@ class Grant:
     queued: float = 0.0
     daily_code: str | None = None
     new_slot: bool = True
-    shared: bool = False
+    schedule: str | None = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether the slot is in a shared schedule."""
+        return self.schedule is not None
 
 
 @dataclass(frozen=True)
