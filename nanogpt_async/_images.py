@@ -237,7 +237,9 @@ class Images:
         Args:
             items: Prompts (``str``), :class:`~nanogpt_async.BatchItem` s, or dicts with
                 ``prompt`` and optionally ``id`` and any ``generate()`` field; an iterable or
-                async iterable, read lazily.
+                async iterable, read lazily. An item with ``"operation": "edit"`` (and an
+                ``image``/``images``, optionally a ``mask``) is sent to the edits endpoint,
+                like :meth:`edit`.
             output_dir: Write files and ``manifest.jsonl`` here (and resume from it); ``None``
                 keeps the images in memory (``ItemResult.images``).
             concurrency: Most generations in flight (lowered temporarily after 429s); at most

@@ -213,9 +213,11 @@ def _validate_data_url(value: object, param: str) -> _Invalid | None:
     if len(value) > MAX_INPUT_IMAGE_BYTES:
         return _too_large(param, len(value))
     try:
-        base64.b64decode(match["data"], validate=True)
+        decoded = base64.b64decode(match["data"], validate=True)
     except binascii.Error:
         return _Invalid(400, f"'{param}' is not valid base64", param, "invalid_image_data_url")
+    if not decoded:
+        return _Invalid(400, f"'{param}' holds no image data", param, "invalid_image_data_url")
     return None
 
 
