@@ -258,6 +258,36 @@ async def test_a_batch_mixes_generations_and_edits_and_resumes(
     assert stats.generation_requests == 4  # the resume sent nothing
 
 
+async def test_batch_edits_cut_off_after_the_charge_are_recorded_failed_not_paid_twice(
+    server: FakeServer, tmp_path: Path, png: bytes
+) -> None:
+    server.fake.enqueue(Fault.reset_after_charge(), count=2, route="edits")
+    server.fake.enqueue(Fault.status(503), count=2, route="edits")
+    items = [
+        {"id": f"e{i}", "prompt": f"edit {i}", "operation": "edit", "image": png} for i in range(6)
+    ]
+
+    async with fake_client(server) as client:
+        summary = await client.images.generate_many(
+            items, output_dir=tmp_path, rps=None, concurrency=1, model="flux-kontext"
+        ).run()
+
+    stats = server.fake.stats
+    # 6 charged once each (the two cut off included); the 503s were retried, never charged.
+    assert stats.generations_by_prompt == {f"edit {i}": 1 for i in range(6)}
+    assert stats.edit_requests == 8
+    lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert (summary.ok, summary.failed) == (4, 2)
+    failed = [line for line in lines if line["status"] == "failed"]
+    assert [line["error"]["type"] for line in failed] == ["APIConnectionError"] * 2
+    assert all(line["attempts"] == 1 for line in failed)
+    recorded = sum(line["cost"] or 0 for line in lines)
+    # What the manifest could see is what was answered; the two lost answers are the gap, and
+    # they are recorded as failed (re-running would pay again: the user decides).
+    assert recorded == pytest.approx(stats.charged_usd - 2 * server.fake.price_per_image)
+    assert sum(len(line["files"]) for line in lines) == 4
+
+
 async def test_a_batch_edit_row_without_an_image_or_with_generation_fields_fails_alone(
     server: FakeServer, png: bytes
 ) -> None:
