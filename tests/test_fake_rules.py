@@ -332,3 +332,53 @@ def test_edit_with_several_input_images_and_a_mask_on_gpt_image_1(http: httpx.Cl
     assert response.status_code == 200
     assert [set(item) for item in response.json()["data"]] == [{"url"}, {"url"}]
     assert json.loads(response.content)["cost"] == pytest.approx(0.01)
+
+
+# -- multipart edits (what the OpenAI SDK sends) -----------------------------------------------
+
+
+def test_a_multipart_edit_is_converted_and_checked_like_json(
+    http: httpx.Client, server: FakeServer
+) -> None:
+    png = make_png("photo")
+    files = [("image[]", ("a.png", png, "image/png")), ("image[]", ("b.png", png, "image/png"))]
+    fields = {"prompt": "merge", "model": "gpt-image-1", "n": "2", "size": "1024x1024"}
+
+    response = http.post("/images/edits", data=fields, files=files, headers=AUTH)
+    not_an_image = http.post(
+        "/images/edits",
+        data={"prompt": "x", "model": "flux-kontext"},
+        files={"image": ("a.txt", b"hello", "text/plain")},
+        headers=AUTH,
+    )
+    no_key = http.post("/images/edits", data=fields, files=files)
+
+    assert response.status_code == 200
+    assert len(response.json()["data"]) == 2
+    assert not_an_image.status_code == 400
+    assert error_of(not_an_image)["param"] == "imageDataUrl"
+    assert no_key.status_code == 401
+    assert server.fake.stats.images_generated == 2
+
+
+async def test_the_openai_sdk_edits_images_on_the_fake(server: FakeServer) -> None:
+    openai = pytest.importorskip("openai")
+    png = make_png("photo")
+    server.fake.reset_stats()
+
+    async with openai.AsyncOpenAI(api_key=KEY, base_url=server.v1_base_url) as sdk:
+        edited = await sdk.images.edit(
+            image=("photo.png", png, "image/png"),
+            mask=("mask.png", png, "image/png"),
+            prompt="a red balloon",
+            model="flux-lora/inpainting",
+        )
+        with pytest.raises(openai.BadRequestError, match="needs both an input image and a mask"):
+            await sdk.images.edit(
+                image=("photo.png", png, "image/png"), prompt="x", model="flux-lora/inpainting"
+            )
+
+    assert edited.data is not None
+    assert edited.data[0].b64_json is not None
+    assert base64.b64decode(edited.data[0].b64_json).startswith(b"\x89PNG")
+    assert (server.fake.stats.edit_requests, server.fake.stats.generations) == (2, 1)

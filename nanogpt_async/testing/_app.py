@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from nanogpt_async._sniff import sniff_image
 from nanogpt_async.testing._catalog import (
     MODELS,
     check_model_rules,
@@ -88,6 +89,49 @@ def parse_json(text: str) -> Any:
         return json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
         raise ValueError("the JSON is nested too deeply") from None
+
+
+async def _read_body(request: web.Request, *, edit: bool) -> Any:
+    """The request's JSON body; an edit may also come as multipart (what the OpenAI SDK sends).
+
+    Raises:
+        ValueError: the body cannot be parsed.
+    """
+    if edit and request.content_type == "multipart/form-data":
+        return await _multipart_edit(request)
+    return parse_json(await request.text())
+
+
+async def _multipart_edit(request: web.Request) -> dict[str, Any]:
+    """Convert a multipart edit to the JSON body, as NanoGPT does for authenticated callers.
+
+    Files ``image`` (or ``image[]``, repeated) and ``mask`` become data URLs typed from their
+    bytes; ``n`` becomes an integer; other fields stay strings.
+    """
+    form = await request.post()
+    body: dict[str, Any] = {}
+    images: list[str] = []
+    for name, value in form.items():
+        if isinstance(value, web.FileField):
+            url = _file_data_url(value.file.read())
+            if name in {"image", "image[]"}:
+                images.append(url)
+            elif name == "mask":
+                body["maskDataUrl"] = url
+            continue
+        text = value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
+        body[name] = int(text) if name == "n" and text.strip().isdecimal() else text
+    if len(images) == 1:
+        body["imageDataUrl"] = images[0]
+    elif images:
+        body["imageDataUrls"] = images
+    return body
+
+
+def _file_data_url(data: bytes) -> str:
+    kind = sniff_image(data)
+    mime = kind.mime if kind is not None else "application/octet-stream"  # refused later
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
 def _whole(value: object) -> object:
@@ -578,7 +622,7 @@ class FakeApps:
             return self._daily_cap(rid, cap)
 
         try:
-            body = parse_json(await request.text())
+            body = await _read_body(request, edit=edit)
         except ValueError as exc:
             return json_response(
                 rid,
