@@ -32,7 +32,14 @@ import anyio.lowlevel
 import anyio.to_thread
 from typing_extensions import Self
 
-from nanogpt_async._batch_budget import Budget, Sample
+from nanogpt_async._batch_budget import (
+    DEFAULT_MODEL,
+    Budget,
+    PriceList,
+    Reservation,
+    Sample,
+    known_cost,
+)
 from nanogpt_async._batch_manifest import (
     FileEntry,
     ManifestIndex,
@@ -105,7 +112,7 @@ class _Abandoned(Exception):  # noqa: N818 - internal signal, never escapes
 class _Job:
     """One item on its way: who it is and the body to send."""
 
-    __slots__ = ("body", "holds_slot", "id", "index", "n", "request", "started_at")
+    __slots__ = ("body", "holds_slot", "id", "index", "n", "per_image", "request", "started_at")
 
     def __init__(
         self,
@@ -123,6 +130,7 @@ class _Job:
         self.n = n if isinstance(n, int) and n > 0 else 1
         self.started_at = started_at
         self.holds_slot = True
+        self.per_image: Decimal | None = None  # the budget's estimate, with max_cost
 
 
 class _Attempts:
@@ -388,7 +396,7 @@ class Batch:
         self._generation_slots = anyio.CapacityLimiter(self._concurrency)
         self._save_slots = anyio.CapacityLimiter(self._download_concurrency)
         self._pipeline = anyio.Semaphore(self._concurrency + self._download_concurrency)
-        self._budget = Budget(self._max_cost)
+        self._budget = Budget(self._max_cost, await self._price_list())
         self._manifest_lock = anyio.Lock()
         self._send, self._receive = anyio.create_memory_object_stream[ItemResult](
             self._download_concurrency
@@ -444,6 +452,35 @@ class Batch:
         )
 
     # -- the run ------------------------------------------------------------------------
+
+    async def _price_list(self) -> PriceList | None:
+        """The image-models pricing, fetched once for a budgeted run (``None`` without one).
+
+        Raises:
+            InvalidInputError: a budget is set and there is no price estimate for the batch's
+                model: the run refuses to start rather than spend blind.
+        """
+        if not self._max_cost:
+            return None  # no budget, or one of 0: nothing will be sent, no estimate needed
+        model = self._defaults.get("model")
+        model = model if isinstance(model, str) else None
+        try:
+            prices = PriceList(await self._client.images.models())
+        except NanoGPTError as exc:
+            raise InvalidInputError(
+                "max_cost needs a price estimate, but the image-models list (its pricing) could "
+                f"not be read: {exc}. Try again, or run without max_cost"
+            ) from exc
+        # Items may name their own model; the batch-wide one (or, with none, any price at
+        # all) must be there, else nothing could be estimated.
+        if not len(prices) or (model is not None and not prices.has_model(model)):
+            what = f"model {model!r}" if len(prices) else "any model"
+            raise InvalidInputError(
+                f"max_cost needs a price estimate, but the image-models list has no price for "
+                f"{what}. Check the model name (`nanogpt-async models` lists them), or run "
+                "without max_cost"
+            )
+        return prices
 
     def _open_folder(self) -> tuple[ManifestIndex, ManifestWriter]:
         assert self._folder is not None  # noqa: S101 - only called with a folder
@@ -542,7 +579,7 @@ class Batch:
                 # now are started (and reserve budget); the task hands it back.
                 await self._generation_slots.acquire_on_behalf_of(prepared)
                 try:
-                    reservation = await self._budget.admit(prepared.n)
+                    reservation = await self._budget.admit(prepared.per_image, prepared.n)
                 except BaseException:
                     self._generation_slots.release_on_behalf_of(prepared)
                     raise
@@ -592,11 +629,11 @@ class Batch:
             digest, request = describe_request(body)
         item_id = user_id if user_id is not None else self._ids.next_id(digest)
         job = _Job(index, item_id, body, request, started)
-        if self._recorded is None or not len(self._recorded):
-            return job
-        recorded = await anyio.to_thread.run_sync(self._earlier_run, item_id)
+        recorded = None
+        if self._recorded is not None and len(self._recorded):
+            recorded = await anyio.to_thread.run_sync(self._earlier_run, item_id)
         if recorded is None:
-            return job
+            return self._priced(job)
         folder = self._folder or Path()
         return ItemResult(
             id=item_id,
@@ -607,6 +644,31 @@ class Batch:
             started_at=started,
             finished_at=time.time(),
             request_id=recorded.request_id,
+        )
+
+    def _priced(self, job: _Job) -> _Job | ItemResult:
+        """Give a budgeted job its price estimate; an item with none fails, unsent."""
+        if not self._max_cost:
+            return job  # no budget, or nothing may be spent: the budget stops it unsent
+        model, size = job.body.get("model"), job.body.get("size")
+        job.per_image = self._budget.estimate(
+            model if isinstance(model, str) else None, size if isinstance(size, str) else None
+        )
+        if job.per_image is not None:
+            return job
+        return ItemResult(
+            id=job.id,
+            index=job.index,
+            request=job.request,
+            status="failed",
+            started_at=job.started_at,
+            finished_at=time.time(),
+            error=InvalidInputError(
+                f"no price estimate for model {model or DEFAULT_MODEL!r}: the image-models list "
+                "has no price for it and no answer has stated a price yet, so max_cost cannot "
+                "be kept. Check the model name (a dry run lists the known ones), or run "
+                "without max_cost"
+            ),
         )
 
     def _earlier_run(self, item_id: str) -> RecordedItem | None:
@@ -650,7 +712,7 @@ class Batch:
         if isinstance(error, _FATAL):
             self._fail_fast(error)
 
-    async def _process(self, job: _Job, reservation: Decimal) -> None:
+    async def _process(self, job: _Job, reservation: Reservation) -> None:
         try:
             try:
                 result = await self._generate_and_save(job, reservation)
@@ -663,7 +725,7 @@ class Batch:
         finally:
             self._pipeline.release()
 
-    async def _generate_and_save(self, job: _Job, reservation: Decimal) -> ItemResult | None:
+    async def _generate_and_save(self, job: _Job, reservation: Reservation) -> ItemResult | None:
         attempts = _Attempts(self)
         response: ImagesResponse | None = None
         error: NanoGPTError | None = None
@@ -681,18 +743,17 @@ class Batch:
                 job.holds_slot = False
                 self._generation_slots.release_on_behalf_of(job)
             answered = time.monotonic()
-            maybe_charged = isinstance(error, APIResponseValidationError) or (
-                isinstance(error, APIConnectionError) and error.request_sent
-            )
-            cost = response.cost if response is not None else None
+            # An answer means a charge, stated or not; a lost answer to a sent request may be one.
+            charged = response is not None or _maybe_charged(error)
+            cost = known_cost(response.cost) if response is not None else None
             images = len(response.data) if response is not None else job.n
-            self._budget.settle(reservation, cost, images, maybe_charged=maybe_charged)
+            self._budget.settle(reservation, cost, images, charged=charged)
             settled = True
             if cost is not None:
-                self._cost += Decimal(str(cost))
+                self._cost += cost
         finally:
             if not settled:
-                self._budget.settle(reservation, None, job.n, maybe_charged=True)
+                self._budget.settle(reservation, None, job.n, charged=True)
         latency = answered - attempts.last_started if response is not None else None
         return await self._save(
             job,
@@ -745,7 +806,7 @@ class Batch:
             status=status,
             images=images if self._folder is None else [],
             files=[folder / entry.path for entry in entries],
-            cost=response.cost if response is not None else None,
+            cost=_stated_cost(response),
             attempts=attempts.count,
             started_at=job.started_at,
             finished_at=time.time(),
@@ -856,6 +917,18 @@ async def _read_image(image: GeneratedImage) -> bytes | ImageError:
         return await image.read()
     except ImageError as exc:
         return exc
+
+
+def _stated_cost(response: ImagesResponse | None) -> float | None:
+    """The cost an answer stated, as a number the manifest can hold (never NaN or negative)."""
+    cost = known_cost(response.cost) if response is not None else None
+    return float(cost) if cost is not None else None
+
+
+def _maybe_charged(error: NanoGPTError | None) -> bool:
+    return isinstance(error, APIResponseValidationError) or (
+        isinstance(error, APIConnectionError) and error.request_sent
+    )
 
 
 def _request_id(error: NanoGPTError | None) -> str | None:
