@@ -834,7 +834,8 @@ class Batch:
         for number, data in fetched:
             kind = sniff_image(data)
             extension = kind.extension if kind is not None else ".bin"
-            named.append((image_file_name(job.index, job.body["prompt"], number, extension), data))
+            name = image_file_name(job.index, job.body["prompt"], job.id, number, extension)
+            named.append((name, data))
         try:
             entries = await anyio.to_thread.run_sync(write_images, self._folder, named)
         except OSError as exc:
