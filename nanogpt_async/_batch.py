@@ -65,6 +65,8 @@ from nanogpt_async._batch_names import (
     image_file_name,
 )
 from nanogpt_async._batch_pacing import Pacer
+from nanogpt_async._batch_plan import BatchPlan, Planner
+from nanogpt_async._batch_streak import ErrorStreak
 from nanogpt_async._errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -288,6 +290,7 @@ class Batch:
 
         # Run state (sync primitives need a running event loop: made in __aenter__).
         self._entered = False
+        self._dry = False
         self._halted = False
         self._producer_finished = False
         self._main_finished = False
@@ -297,6 +300,7 @@ class Batch:
         self._recorded: ManifestIndex | None = None
         self._writer: ManifestWriter | None = None
         self._ids = IdentityCounter()
+        self._streak = ErrorStreak()
         self._waiting: set[anyio.CancelScope] = set()
         self._saving: set[anyio.CancelScope] = set()
         self._consumed = 0
@@ -344,7 +348,7 @@ class Batch:
             download_delay_p99=self._delay.quantile(0.99),
             download_delay_max=self._delay.max,
             attempts=self._attempts,
-            rate_limited=self._pacer.rate_limited if self._entered else 0,
+            rate_limited=self._pacer.rate_limited if self._entered and not self._dry else 0,
             stopped_reason=self._stop_reason,
             fatal_error=self._fatal_error,
             manifest=self._manifest_path,
@@ -373,6 +377,43 @@ class Batch:
             eta=eta,
             elapsed=elapsed,
         )
+
+    async def dry_run(self) -> BatchPlan:
+        """Check every item and estimate the cost, sending no paid request; see :class:`BatchPlan`.
+
+        Reads the whole input (instead of running it) and the image-models list (one free
+        ``GET``), checks each item's model, size and ``n`` against that list, and prices it from
+        the list's pricing. Items an earlier run finished into ``output_dir`` count as skipped;
+        the folder is only read. A batch is either dry-run or run, not both: build another with
+        ``generate_many()`` to run it.
+
+        Example:
+            >>> batch = client.images.generate_many(prompts, model="hidream")  # doctest: +SKIP
+            >>> plan = await batch.dry_run()  # doctest: +SKIP
+            >>> plan.problems, plan.estimated_cost  # doctest: +SKIP
+            ([], Decimal('0.50'))
+        """
+        if self._entered:
+            raise RuntimeError("a Batch runs once; call generate_many() again for another run")
+        self._entered = self._dry = True
+        planner = Planner(await self._client.images.models())
+        self._budget = Budget(None)
+        if self._manifest_path is not None:
+            self._recorded = await anyio.to_thread.run_sync(read_manifest, self._manifest_path)
+        entries = _entries(self._items)
+        index = 0
+        while (entry := await _next_entry(entries)) is not _END:
+            self._consumed += 1
+            prepared = await self._prepare(entry, index)
+            index += 1
+            if isinstance(prepared, _Job):
+                planner.add_request(prepared.body, prepared.n)
+            elif prepared.status == "skipped":
+                planner.add_skipped()
+            else:
+                planner.add_invalid(str(prepared.error))
+        self._ended = time.monotonic()
+        return planner.plan()
 
     async def run(self) -> BatchSummary:
         """Run the whole batch, discarding per-item results; return the summary."""
@@ -505,10 +546,10 @@ class Batch:
         for scope in list(self._waiting):
             scope.cancel()
 
-    def _fail_fast(self, error: NanoGPTError) -> None:
+    def _fail_fast(self, error: NanoGPTError, reason: str | None = None) -> None:
         if self._fatal_error is None:
             self._fatal_error = error
-            self._stop_reason = f"fatal: {type(error).__name__}: {error}"
+            self._stop_reason = f"fatal: {reason or f'{type(error).__name__}: {error}'}"
         self._halt()
 
     async def _aux(self) -> None:
@@ -555,11 +596,7 @@ class Batch:
             self._report_progress()
 
     async def _produce(self, work: anyio.abc.TaskGroup) -> None:
-        entries: Iterator[Any] | AsyncIterator[Any]
-        if isinstance(self._items, AsyncIterable):
-            entries = self._items.__aiter__()
-        else:
-            entries = iter(self._items)
+        entries = _entries(self._items)
         index = 0
         while not self._halted:
             entry = await _next_entry(entries)
@@ -648,8 +685,8 @@ class Batch:
 
     def _priced(self, job: _Job) -> _Job | ItemResult:
         """Give a budgeted job its price estimate; an item with none fails, unsent."""
-        if not self._max_cost:
-            return job  # no budget, or nothing may be spent: the budget stops it unsent
+        if not self._max_cost or self._dry:
+            return job  # no budget, or nothing may be spent (the budget stops it), or a plan
         model, size = job.body.get("model"), job.body.get("size")
         job.per_image = self._budget.estimate(
             model if isinstance(model, str) else None, size if isinstance(size, str) else None
@@ -749,6 +786,8 @@ class Batch:
             images = len(response.data) if response is not None else job.n
             self._budget.settle(reservation, cost, images, charged=charged)
             settled = True
+            if self._streak.observe(error if response is None else None) and error is not None:
+                self._fail_fast(error, self._streak.describe())
             if cost is not None:
                 self._cost += cost
         finally:
@@ -890,6 +929,12 @@ class Batch:
 
 
 _END = object()
+
+
+def _entries(items: BatchInput) -> Iterator[Any] | AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        return items.__aiter__()
+    return iter(items)
 
 
 async def _next_entry(entries: Iterator[Any] | AsyncIterator[Any]) -> object:
