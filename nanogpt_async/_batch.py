@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from os import PathLike
@@ -40,6 +41,7 @@ from nanogpt_async._batch_budget import (
     Sample,
     known_cost,
 )
+from nanogpt_async._batch_expiry import DeadlineGate, describe_expiry, url_expiry, urls_expiry
 from nanogpt_async._batch_manifest import (
     FileEntry,
     ManifestIndex,
@@ -73,6 +75,7 @@ from nanogpt_async._errors import (
     AuthenticationError,
     DailyLimitExceededError,
     ImageError,
+    ImageURLExpiredError,
     InsufficientBalanceError,
     InvalidInputError,
     NanoGPTError,
@@ -435,7 +438,7 @@ class Batch:
             on_concurrency=self._set_concurrency,
         )
         self._generation_slots = anyio.CapacityLimiter(self._concurrency)
-        self._save_slots = anyio.CapacityLimiter(self._download_concurrency)
+        self._save_gate = DeadlineGate(self._download_concurrency)
         self._pipeline = anyio.Semaphore(self._concurrency + self._download_concurrency)
         self._budget = Budget(self._max_cost, await self._price_list())
         self._manifest_lock = anyio.Lock()
@@ -824,7 +827,8 @@ class Batch:
             self._saving.add(scope)
             try:
                 with scope:
-                    async with self._save_slots:
+                    expiry = urls_expiry(image.url for image in response.data)
+                    async with self._save_gate.slot(expiry):  # soonest-expiring URLs first
                         images, entries, error = await self._fetch_and_write(job, response)
             finally:
                 self._saving.discard(scope)
@@ -863,6 +867,8 @@ class Batch:
         fetched: list[tuple[int, bytes]] = []
         for image in response.data:
             data = await _read_image(image)
+            if isinstance(data, ImageURLExpiredError) and image.url is not None:
+                data = _paid_url_expired(data, image.url, response)
             if isinstance(data, ImageError):  # one bad item does not throw away the others
                 error = error or data
             else:
@@ -963,6 +969,30 @@ async def _read_image(image: GeneratedImage) -> bytes | ImageError:
         return await image.read()
     except ImageError as exc:
         return exc
+
+
+def _paid_url_expired(
+    error: ImageURLExpiredError, url: str, response: ImagesResponse
+) -> ImageURLExpiredError:
+    """The storage host's refusal, restated: which host, when the URL expired, that it was paid."""
+    host = urllib.parse.urlsplit(url).hostname or "the storage host"
+    charged = (
+        f"NanoGPT charged ${response.cost} for this request"
+        if known_cost(response.cost) is not None
+        else "NanoGPT charged for this request"
+    )
+    request = f" (request id {response.request_id})" if response.request_id else ""
+    paid = ImageURLExpiredError(
+        f"a paid image was lost: its signed URL on {host} {describe_expiry(url_expiry(url))} "
+        f"before it was downloaded (HTTP {error.status_code}). {charged}{request}; the image "
+        "cannot be fetched any more. Saving fell behind generation: raise "
+        "download_concurrency (--download-concurrency) or lower concurrency. Original error: "
+        f"{error}",
+        url=error.url,
+        status_code=error.status_code,
+    )
+    paid.__cause__ = error
+    return paid
 
 
 def _stated_cost(response: ImagesResponse | None) -> float | None:
