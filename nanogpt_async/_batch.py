@@ -20,6 +20,7 @@ import contextlib
 import math
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from os import PathLike
@@ -410,6 +411,8 @@ class Batch:
             prepared = await self._prepare(entry, index)
             index += 1
             if isinstance(prepared, _Job):
+                prepared = await self._resumed(prepared)
+            if isinstance(prepared, _Job):
                 planner.add_request(prepared.body, prepared.n)
             elif prepared.status == "skipped":
                 planner.add_skipped()
@@ -601,43 +604,76 @@ class Batch:
     async def _produce(self, work: anyio.abc.TaskGroup) -> None:
         entries = _entries(self._items)
         index = 0
-        while not self._halted:
-            entry = await _next_entry(entries)
-            if entry is _END:
-                break
-            self._consumed += 1
-            prepared = await self._prepare(entry, index)
-            index += 1
-            if isinstance(prepared, ItemResult):
-                if prepared.status == "failed":
-                    await self._record(prepared, None)
-                await self._emit(prepared)
-                continue
-            await self._pipeline.acquire()
-            try:
-                # The slot is taken here, not in the item's task, so only items that can go
-                # now are started (and reserve budget); the task hands it back.
-                await self._generation_slots.acquire_on_behalf_of(prepared)
+        ahead: deque[_Ahead] = deque()
+        exhausted = False
+        async with anyio.create_task_group() as checks:
+            while not self._halted:
+                # Read on while the next item's resume check runs: checks overlap (threads).
+                while not exhausted and len(ahead) < _LOOKAHEAD and not _head_ready(ahead):
+                    entry = await _next_entry(entries)
+                    if entry is _END:
+                        exhausted = True
+                        break
+                    self._consumed += 1
+                    ahead.append(self._look_up(await self._prepare(entry, index), checks))
+                    index += 1
+                if not ahead:
+                    break
+                prepared = await ahead.popleft().result()
+                if isinstance(prepared, _Job):
+                    prepared = self._priced(prepared)
+                if isinstance(prepared, ItemResult):
+                    if prepared.status == "failed":
+                        await self._record(prepared, None)
+                    await self._emit(prepared)
+                    continue
+                if not await self._start(prepared, work):
+                    break
+            checks.cancel_scope.cancel()
+
+    def _look_up(self, prepared: _Job | ItemResult, checks: anyio.abc.TaskGroup) -> _Ahead:
+        """Start the resume check of a prepared job (if an earlier run recorded anything)."""
+        ahead = _Ahead(prepared)
+        if isinstance(prepared, _Job) and self._recorded is not None and len(self._recorded):
+            done = ahead.done = anyio.Event()
+
+            async def check() -> None:
                 try:
-                    reservation = await self._budget.admit(prepared.per_image, prepared.n)
-                except BaseException:
-                    self._generation_slots.release_on_behalf_of(prepared)
-                    raise
+                    ahead.value = await self._resumed(prepared)
+                finally:
+                    done.set()
+
+            checks.start_soon(check)
+        return ahead
+
+    async def _start(self, prepared: _Job, work: anyio.abc.TaskGroup) -> bool:
+        """Admit a job (pipeline slot, generation slot, budget) and start it; ``False``: stop."""
+        await self._pipeline.acquire()
+        try:
+            # The slot is taken here, not in the item's task, so only items that can go
+            # now are started (and reserve budget); the task hands it back.
+            await self._generation_slots.acquire_on_behalf_of(prepared)
+            try:
+                reservation = await self._budget.admit(prepared.per_image, prepared.n)
             except BaseException:
-                self._pipeline.release()
-                raise
-            if reservation is None:
                 self._generation_slots.release_on_behalf_of(prepared)
-                self._pipeline.release()
-                if self._stop_reason is None:
-                    self._stop_reason = "budget"
-                self._halt()
-                break
-            self._in_flight += 1
-            work.start_soon(self._process, prepared, reservation)
+                raise
+        except BaseException:
+            self._pipeline.release()
+            raise
+        if reservation is None:
+            self._generation_slots.release_on_behalf_of(prepared)
+            self._pipeline.release()
+            if self._stop_reason is None:
+                self._stop_reason = "budget"
+            self._halt()
+            return False
+        self._in_flight += 1
+        work.start_soon(self._process, prepared, reservation)
+        return True
 
     async def _prepare(self, entry: object, index: int) -> _Job | ItemResult:
-        """Normalise an entry, give it its id, and decide whether an earlier run did it."""
+        """Normalise an entry and give it its id (in input order: ids count occurrences)."""
         started = time.time()
         user_id: str | None = None
         try:
@@ -668,20 +704,23 @@ class Batch:
         else:
             digest, request = describe_request(body)
         item_id = user_id if user_id is not None else self._ids.next_id(digest)
-        job = _Job(index, item_id, body, request, started)
-        recorded = None
-        if self._recorded is not None and len(self._recorded):
-            recorded = await anyio.to_thread.run_sync(self._earlier_run, item_id)
+        return _Job(index, item_id, body, request, started)
+
+    async def _resumed(self, job: _Job) -> _Job | ItemResult:
+        """``job``, or its ``skipped`` result when an earlier run did it (checked in a thread)."""
+        if self._recorded is None or not len(self._recorded):
+            return job
+        recorded = await anyio.to_thread.run_sync(self._earlier_run, job.id)
         if recorded is None:
-            return self._priced(job)
+            return job
         folder = self._folder or Path()
         return ItemResult(
-            id=item_id,
-            index=index,
+            id=job.id,
+            index=job.index,
             request=job.request,
             status="skipped",
             files=[folder / entry.path for entry in recorded.files],
-            started_at=started,
+            started_at=job.started_at,
             finished_at=time.time(),
             request_id=recorded.request_id,
         )
@@ -935,6 +974,34 @@ class Batch:
 
 
 _END = object()
+#: Items read ahead while the next one's resume check runs: checks (a thread hop, a manifest
+#: read, hashing the item's files) overlap instead of queueing one behind the other. Measured
+#: (500 recorded items of 1 MB, loaded 2-core machine, best of 3): 0.97 ms/item with, 1.0 to
+#: 2.2 ms/item without; small files: about 0.25-0.3 ms/item either way.
+_LOOKAHEAD = 8
+
+
+class _Ahead:
+    """A prepared item whose resume check may still be running."""
+
+    __slots__ = ("done", "value")
+
+    def __init__(self, value: _Job | ItemResult) -> None:
+        self.value = value
+        self.done: anyio.Event | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.done is None or self.done.is_set()
+
+    async def result(self) -> _Job | ItemResult:
+        if self.done is not None:
+            await self.done.wait()
+        return self.value
+
+
+def _head_ready(ahead: deque[_Ahead]) -> bool:
+    return bool(ahead) and ahead[0].ready
 
 
 def _entries(items: BatchInput) -> Iterator[Any] | AsyncIterator[Any]:
