@@ -356,6 +356,7 @@ class Batch:
             stopped_reason=self._stop_reason,
             fatal_error=self._fatal_error,
             manifest=self._manifest_path,
+            unpriced=self._budget.unpriced if self._entered else 0,
         )
 
     @property

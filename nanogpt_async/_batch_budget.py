@@ -181,6 +181,8 @@ class Budget:
         self.in_flight = 0
         #: Highest price per image observed in an answer so far.
         self.largest_per_image: Decimal | None = None
+        #: Requests charged (or maybe charged) whose price was not stated: counted at estimates.
+        self.unpriced = 0
         self._changed = anyio.Event()
 
     def estimate(self, model: str | None, size: str | None) -> Decimal | None:
@@ -233,5 +235,6 @@ class Budget:
                 self.largest_per_image = per_image
         elif charged:
             self.spent += reservation.per_image * images
+            self.unpriced += 1
         self._changed.set()
         self._changed = anyio.Event()

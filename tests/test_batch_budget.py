@@ -15,9 +15,11 @@ from typing import Any
 
 import anyio
 import pytest
+from click.testing import CliRunner
 
 from nanogpt_async import AsyncNanoGPT, ImageModel, InvalidInputError
 from nanogpt_async._batch_budget import Budget, PriceList, Reservation, known_cost
+from nanogpt_async._cli._commands import cli
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault
 
 KEY = "ngk_budget_SECRET_77"
@@ -140,6 +142,7 @@ def test_a_charge_of_unknown_price_counts_at_its_estimate_and_no_charge_at_nothi
     budget.settle(Reservation(D("0.01"), 1), None, 1, charged=False)
     assert budget.spent == D("0.03")
     assert budget.in_flight == 0
+    assert budget.unpriced == 1
 
 
 def test_the_estimate_falls_back_to_the_highest_price_per_image_seen() -> None:
@@ -206,6 +209,7 @@ async def test_a_budget_holds_when_answers_do_not_state_a_real_price(
     assert summary.stopped_reason == "budget"
     assert summary.ok == 5
     assert summary.not_started == 25
+    assert (summary.cost, summary.unpriced) == (0.0, 5)
     rows = manifest(tmp_path)  # json.loads of every line: no NaN written
     assert [row["cost"] for row in rows] == [None] * 5
     assert all(row["status"] == "ok" for row in rows)
@@ -223,7 +227,28 @@ async def test_a_budget_holds_when_every_answer_is_lost_after_the_charge(
     assert server.fake.stats.generations == 5
     assert summary.stopped_reason == "budget"
     assert summary.failed == 5
+    assert summary.unpriced == 5
     assert len(manifest(tmp_path)) == 5  # every charged request is recorded
+
+
+def test_the_cli_budget_holds_without_prices_and_says_what_was_not_priced(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve(price_per_image=0.01)
+    state_cost_as(server.fake, None)
+    source = tmp_path / "prompts.txt"
+    source.write_text("".join(f"prompt {i}\n" for i in range(30)))
+    env = {"NANOGPT_API_KEY": KEY, "NANOGPT_BASE_URL": server.base_url}
+    result = CliRunner().invoke(
+        cli,
+        ["batch", str(source), "-o", str(tmp_path / "out"), "--max-cost", "0.05", "-c", "8"],
+        env=env,
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 4, result.output
+    assert server.fake.stats.generations == 5
+    assert len(manifest(tmp_path / "out")) == 5
+    assert "$0.0000 + 5 charged request(s) whose price was not stated" in result.stdout
 
 
 async def test_a_budget_of_zero_sends_no_request(serve: Serve) -> None:
