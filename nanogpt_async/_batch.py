@@ -755,7 +755,7 @@ class Batch:
         """What an earlier run did that this one should not redo (blocking: a worker thread).
 
         ``None`` when the item must run: never recorded, recorded failed with ``retry_failed``,
-        or recorded ok but a file has gone or changed size since.
+        or recorded ok but a file has gone or changed since (size, then SHA-256).
         """
         assert self._recorded is not None  # noqa: S101 - only called when resuming
         assert self._folder is not None  # noqa: S101 - a manifest implies a folder

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from nanogpt_async import AsyncNanoGPT, ImageModel, InvalidInputError
-from nanogpt_async._batch_budget import Budget, PriceList, Reservation, known_cost
+from nanogpt_async._batch_budget import Budget, PriceList, Reservation, Sample, known_cost
 from nanogpt_async._cli._commands import cli
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault
 
@@ -188,6 +188,19 @@ def test_a_size_without_its_own_price_takes_the_models_highest() -> None:
 )
 def test_only_a_finite_non_negative_number_is_a_known_cost(stated: object, known: object) -> None:
     assert known_cost(stated) == known
+
+
+def test_latency_percentiles_come_from_the_sample_and_none_without_one() -> None:
+    sample = Sample(size=1000)
+    assert (sample.quantile(0.5), sample.max) == (None, None)
+    for value in range(100, 0, -1):
+        sample.add(float(value))
+    assert (sample.quantile(0.5), sample.quantile(0.99), sample.max) == (50.0, 99.0, 100.0)
+    small = Sample(size=10)  # a reservoir: bounded memory, still the exact maximum
+    for value in range(1000):
+        small.add(float(value))
+    assert small.max == 999.0
+    assert len(small._values) == 10
 
 
 # -- money against the fake -------------------------------------------------------------------
