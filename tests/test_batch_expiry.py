@@ -153,3 +153,31 @@ async def test_an_expired_paid_url_says_where_when_and_that_it_was_paid(tmp_path
     assert sum(row["cost"] for row in rows) == pytest.approx(fake.stats.charged_usd)
     assert [row["status"] for row in rows] == ["failed"] * 3
     assert all("expired at" in row["error"]["message"] for row in rows)
+
+
+async def test_a_waiter_cancelled_as_it_is_handed_the_slot_passes_it_on() -> None:
+    gate = DeadlineGate(1)
+    served: list[str] = []
+    scopes: list[anyio.CancelScope] = []
+
+    async def doomed() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            async with gate.slot(1.0):
+                await anyio.lowlevel.checkpoint()  # a save awaits: cancelled here or before
+                served.append("doomed")
+
+    async def other() -> None:
+        async with gate.slot(2.0):
+            served.append("other")
+
+    async with anyio.create_task_group() as group:
+        async with gate.slot(0.0):
+            group.start_soon(doomed)
+            await anyio.wait_all_tasks_blocked()
+            group.start_soon(other)
+            await anyio.wait_all_tasks_blocked()
+        scopes[0].cancel()  # the slot was just handed to it; it has not run yet
+    assert served == ["other"]
+    async with gate.slot(3.0):  # and the slot came back afterwards
+        assert gate.waiting == 0
