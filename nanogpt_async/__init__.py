@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         ItemResult,
         OutputWriteError,
     )
+    from nanogpt_async._batch_plan import BatchPlan
     from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._errors import (
         APIConnectionError,
@@ -79,6 +80,7 @@ __all__ = [
     "Balance",
     "Batch",
     "BatchItem",
+    "BatchPlan",
     "BatchProgress",
     "BatchSummary",
     "ConflictError",
@@ -130,6 +132,7 @@ _HOME = {
     "Balance": "nanogpt_async._models",
     "Batch": "nanogpt_async._batch",
     "BatchItem": "nanogpt_async._batch_models",
+    "BatchPlan": "nanogpt_async._batch_plan",
     "BatchProgress": "nanogpt_async._batch_models",
     "BatchSummary": "nanogpt_async._batch_models",
     "ConflictError": "nanogpt_async._errors",

@@ -11,9 +11,13 @@ Every function here does blocking I/O: call them through ``anyio.to_thread.run_s
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
+import secrets
+import stat
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ from typing import IO, Any
 
 from nanogpt_async._batch_names import safe_path
 from nanogpt_async._codec import loads
-from nanogpt_async._files import TEMP_SUFFIX, write_atomic
+from nanogpt_async._files import TEMP_SUFFIX
 
 __all__ = [
     "FileEntry",
@@ -33,7 +37,25 @@ __all__ = [
     "read_manifest",
     "sweep_temp_files",
     "write_images",
+    "write_new",
 ]
+
+logger = logging.getLogger("nanogpt_async")
+
+#: Line numbers of unreadable manifest lines quoted in the warning.
+_LINES_SHOWN = 5
+#: Resume hashes files in pieces of this size: memory stays flat whatever the image size.
+_HASH_CHUNK = 1 << 20
+#: ``{stem}-v{k}`` names tried before giving up on a name.
+_MAX_VERSIONS = 100
+#: ``link`` failing with these means "no hard links here", not "name taken".
+_NO_HARD_LINKS = frozenset(
+    code
+    for code in (
+        getattr(errno, name, None) for name in ("EPERM", "EOPNOTSUPP", "ENOTSUP", "ENOSYS")
+    )
+    if code is not None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +103,7 @@ def _id_key(item_id: str) -> int:
 def _parse_record(line: bytes) -> dict[str, Any] | None:
     try:
         record = loads(line)
-    except ValueError:  # torn by a crash, or not ours: that line only is lost
+    except (ValueError, RecursionError):  # torn by a crash, or not ours: that line only is lost
         return None
     if not isinstance(record, dict):
         return None
@@ -115,13 +137,27 @@ class ManifestIndex:
             file = path.open("rb")
         except FileNotFoundError:
             return index
+        skipped: list[int] = []
         with file:
             offset = 0
-            for line in file:
+            for number, line in enumerate(file, start=1):
                 record = _parse_record(line)
                 if record is not None:
                     index._put(_id_key(record["id"]), offset)
+                elif line.strip():
+                    skipped.append(number)
                 offset += len(line)
+        if skipped:
+            shown = ", ".join(map(str, skipped[:_LINES_SHOWN]))
+            more = f" and {len(skipped) - _LINES_SHOWN} more" if len(skipped) > _LINES_SHOWN else ""
+            logger.warning(
+                "%s: skipped %d line(s) that are not a manifest record (line %s%s): a line torn "
+                "by a crash, or edited by hand. Items recorded only there will be run again",
+                path,
+                len(skipped),
+                shown,
+                more,
+            )
         return index
 
     def __len__(self) -> int:
@@ -194,29 +230,108 @@ def sweep_temp_files(folder: Path) -> int:
 
 
 def files_intact(folder: Path, files: Sequence[FileEntry]) -> bool:
-    """Whether every recorded file is still there with its recorded size.
+    """Whether every recorded file is still there, with its recorded size and SHA-256.
 
-    A size check, not a SHA-256 one: resuming must not re-read every image already written
-    (terabytes for a large batch). Truncated or deleted files are caught; the manifest keeps
-    each file's SHA-256 for a full verification when you want one.
+    Sizes first, for all the files (one ``stat`` each): a missing or truncated file is found
+    without reading anything. Only when every size matches are the files read and hashed, so
+    a resume reads the images it skips once, and never those it is about to redo.
     """
-    return bool(files) and all(_file_intact(folder, entry) for entry in files)
-
-
-def _file_intact(folder: Path, entry: FileEntry) -> bool:
-    try:
-        return safe_path(folder, entry.path).stat().st_size == entry.bytes
-    except (OSError, ValueError):
+    if not files:
         return False
+    paths = [_sized_path(folder, entry) for entry in files]
+    if any(path is None for path in paths):
+        return False
+    return all(
+        path is not None and _sha256_of(path) == entry.sha256
+        for path, entry in zip(paths, files, strict=True)
+    )
+
+
+def _sized_path(folder: Path, entry: FileEntry) -> Path | None:
+    """The recorded file's path if it is a regular file of the recorded size, else ``None``."""
+    try:
+        path = safe_path(folder, entry.path)
+        info = path.lstat()  # a symlink swapped in for a recorded file is not that file
+    except (OSError, ValueError):
+        return None
+    return path if stat.S_ISREG(info.st_mode) and info.st_size == entry.bytes else None
+
+
+def _sha256_of(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            while chunk := file.read(_HASH_CHUNK):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def write_images(folder: Path, named: Sequence[tuple[str, bytes]]) -> list[FileEntry]:
-    """Write each ``(name, data)`` atomically into ``folder``; return the manifest entries."""
+    """Write each ``(name, data)`` into ``folder`` as a new file; return the manifest entries.
+
+    Nothing already there is ever replaced (a paid image of an earlier run, a file of the
+    user's, a symlink): when ``name`` is taken, the next free ``{stem}-v{k}{ext}`` (k = 2,
+    3, ...) is used, and the entry records the name actually written.
+    """
     entries = []
     for name, data in named:
-        write_atomic(safe_path(folder, name), data)
-        entries.append(FileEntry(name, hashlib.sha256(data).hexdigest(), len(data)))
+        written = _write_new_version(folder, name, data)
+        entries.append(FileEntry(written, hashlib.sha256(data).hexdigest(), len(data)))
     return entries
+
+
+def _write_new_version(folder: Path, name: str, data: bytes) -> str:
+    stem, extension = os.path.splitext(name)  # noqa: PTH122 - a name, not a path
+    for version in range(1, _MAX_VERSIONS + 1):
+        candidate = name if version == 1 else f"{stem}-v{version}{extension}"
+        try:
+            write_new(safe_path(folder, candidate), data)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(
+        errno.EEXIST,
+        f"{_MAX_VERSIONS} files named like {name!r} already exist; move them away",
+        str(folder / name),
+    )
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, only if nothing is there (else FileExistsError).
+
+    The bytes go to a temp file (fsynced), then a hard link gives them the final name: ``link``
+    fails if the name exists, even as a dangling symlink, so no check-then-write race can
+    replace anything. File systems without hard links get an exclusive create and a direct
+    write instead (a crash mid-write may leave a partial file, never recorded in the manifest).
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        with tmp.open("xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            _write_exclusive(path, data)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _write_exclusive(path: Path, data: bytes) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, 0o666)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 class ManifestWriter:

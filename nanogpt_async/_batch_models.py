@@ -150,6 +150,9 @@ class BatchSummary:
             batch was cancelled.
         fatal_error: The error that stopped the batch, for ``"fatal: ..."``.
         manifest: The manifest file, with ``output_dir``.
+        unpriced: Requests charged, or maybe charged, whose answer stated no real price
+            (``cost`` missing, not a number, negative; or the answer was lost). ``cost``
+            leaves them out; ``max_cost`` counted each at its estimate.
 
     Percentiles are computed from a uniform sample of at most 10,000 items.
     """
@@ -172,3 +175,4 @@ class BatchSummary:
     stopped_reason: StoppedReason | None
     fatal_error: NanoGPTError | None
     manifest: Path | None
+    unpriced: int = 0

@@ -286,6 +286,10 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}s"
 
 
+def _unpriced(count: int) -> str:
+    return f" + {count} charged request(s) whose price was not stated" if count else ""
+
+
 def summary_rows(summary: BatchSummary, out: Path) -> list[tuple[str, str]]:
     """The summary as (label, value) rows, shared by the table and the plain output."""
     rows = [
@@ -297,7 +301,7 @@ def summary_rows(summary: BatchSummary, out: Path) -> list[tuple[str, str]]:
     if summary.not_started:
         rows.append(("not started", str(summary.not_started)))
     rows += [
-        ("cost", f"${summary.cost:.4f}"),
+        ("cost", f"${summary.cost:.4f}" + _unpriced(summary.unpriced)),
         ("elapsed", _elapsed(summary.elapsed)),
         ("rate", f"{summary.rate:.1f} items/s"),
         ("latency p50 / p99", f"{_seconds(summary.latency_p50)} / {_seconds(summary.latency_p99)}"),

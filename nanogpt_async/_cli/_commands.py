@@ -523,6 +523,12 @@ def progress_options(func: _F) -> _F:
     show_default=True,
     help="On resume, run again the items that failed last time.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check models and sizes against the image-models list and print the estimated "
+    "cost; send no paid request (exit 2 if the input has problems).",
+)
 @progress_options
 @api_options
 def batch(
@@ -535,6 +541,7 @@ def batch(
     download_concurrency: int,
     max_cost: float | None,
     retry_failed: bool,
+    dry_run: bool,
     progress: str,
     progress_interval: float,
     api_key: str | None,
@@ -581,7 +588,13 @@ def batch(
         progress_interval=progress_interval,
         defaults=_drop_none(**fields),
     )
-    code = run_async(functools.partial(run_batch, client, items, settings), verbose=_verbose())
+    if dry_run:
+        from nanogpt_async._cli._dryrun import dry_run_batch  # noqa: PLC0415
+
+        runner = functools.partial(dry_run_batch, client, items, settings)
+    else:
+        runner = functools.partial(run_batch, client, items, settings)
+    code = run_async(runner, verbose=_verbose())
     sys.exit(code)
 
 
