@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +30,7 @@ __all__ = [
     "ManifestWriter",
     "RecordedItem",
     "files_intact",
+    "iter_records",
     "read_manifest",
     "sweep_temp_files",
     "write_images",
@@ -179,6 +180,23 @@ class ManifestIndex:
 def read_manifest(path: Path) -> ManifestIndex:
     """Index the items recorded in ``path``; an empty index if there is no file."""
     return ManifestIndex.build(path)
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Every parsable record of ``path`` in file order (a bad or torn line is skipped).
+
+    Nothing if there is no file. Later records of an id supersede earlier ones; the caller
+    decides what that means (the gallery shows the latest and counts every cost).
+    """
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return
+    with file:
+        for line in file:
+            record = _parse_record(line)
+            if record is not None:
+                yield record
 
 
 def sweep_temp_files(folder: Path) -> int:

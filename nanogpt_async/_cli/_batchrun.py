@@ -29,6 +29,7 @@ from nanogpt_async._cli._common import (
     EXIT_OK,
     output,
 )
+from nanogpt_async._cli._gallery import refresh_gallery
 from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._prompts import PromptFormat, read_prompts
 
@@ -60,6 +61,8 @@ class BatchSettings:
     progress: str
     progress_interval: float
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: Write or refresh ``out/index.html`` at the end (``--no-gallery`` turns it off).
+    gallery: bool = True
 
 
 @dataclass
@@ -468,6 +471,8 @@ async def run_batch(
         output.error(summary.fatal_error)
     print_summary(summary, settings.out)
     code = exit_code(summary, interrupted=ctrl_c.pressed > 0)
+    if settings.gallery and code != EXIT_INTERRUPTED:  # Ctrl-C means "stop now"
+        await refresh_gallery(settings.out, quiet=settings.progress == "none")
     _epilogue(code, settings, summary, demo=demo)
     return code
 
