@@ -353,7 +353,7 @@ async def test_without_pillow_the_error_says_which_extra_to_install(tmp_path, mo
     monkeypatch.setitem(sys.modules, "PIL", None)
     monkeypatch.setitem(sys.modules, "PIL.Image", None)
 
-    with pytest.raises(ImportError, match=r"nanogpt-async\[gallery\]"):
+    with pytest.raises(ImportError, match=r"\[gallery\] or \[cli\] extra"):
         await write_gallery(tmp_path)
 
 
@@ -458,5 +458,5 @@ def test_batch_without_pillow_still_succeeds_and_says_how_to_get_a_gallery(
 
     assert result.exit_code == 0, result.output
     assert "no gallery written" in result.stderr
-    assert "nanogpt-async[gallery]" in result.stderr
+    assert "[gallery] or [cli] extra, or pip install 'pillow>=10'" in result.stderr
     assert len((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()) == 3

@@ -122,8 +122,8 @@ async def write_gallery(
     size, seed, cost and status; failed items with their error; a text filter, a status filter
     and sorting by cost or time; and the totals (items ok and failed, total cost) at the top.
 
-    Thumbnails go to ``.thumbs/`` in the folder, made with Pillow (`pip install
-    'nanogpt-async[gallery]'`) a few at a time in worker threads. Only missing ones are made,
+    Thumbnails go to ``.thumbs/`` in the folder, made with Pillow (the ``gallery`` extra) a
+    few at a time in worker threads. Only missing ones are made,
     so refreshing the gallery of a resumed batch costs only its new images. The manifest is
     read as the batch's resume reads it: a torn line is skipped, the latest line of an item
     wins, and the total cost counts every recorded charge.

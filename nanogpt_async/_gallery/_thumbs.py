@@ -42,7 +42,8 @@ def require_pillow() -> None:
         import PIL.Image  # noqa: F401, PLC0415 - only checking it is there
     except ImportError as exc:
         raise ImportError(
-            "the gallery needs Pillow to make thumbnails: pip install 'nanogpt-async[gallery]'",
+            "the gallery needs Pillow to make thumbnails: install nanogpt-async with its "
+            "[gallery] or [cli] extra, or pip install 'pillow>=10'",
             name="PIL",
         ) from exc
 
