@@ -102,7 +102,7 @@ class ManifestIndex:
     """
 
     def __init__(self, path: Path) -> None:
-        """An empty index of ``path``; :meth:`build` fills it."""
+        """An empty index of ``path``; `build` fills it."""
         self.path = path
         self._keys = array("Q", bytes(8 * 1024))
         self._offsets = array("Q", bytes(8 * 1024))

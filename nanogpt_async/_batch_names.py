@@ -55,7 +55,7 @@ def image_file_name(index: int, prompt: str, image_number: int, extension: str) 
 def safe_path(folder: Path, name: str) -> Path:
     """``folder / name``, refusing anything that would resolve outside ``folder``.
 
-    Names come from :func:`image_file_name`, so this never fires; it is the belt to its braces.
+    Names come from `image_file_name`, so this never fires; it is the belt to its braces.
     """
     root = folder.resolve()
     target = (root / name).resolve()
@@ -87,7 +87,7 @@ def describe_request(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     images by content); delivery-only fields (``response_format``, ``user``) do not count, so a
     re-run asking for URLs instead of base64 still resumes. The public request is the body as
     shown in results and the manifest, data URLs replaced by short placeholders. Input images
-    can be megabytes each: call this in a worker thread when :func:`has_input_images`.
+    can be megabytes each: call this in a worker thread when `has_input_images`.
     """
     canonical: dict[str, Any] = {}
     shown = dict(body)
@@ -115,7 +115,7 @@ def public_request(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def request_digest(body: Mapping[str, Any]) -> str:
-    """A stable hash of what an item asks for; see :func:`describe_request`."""
+    """A stable hash of what an item asks for; see `describe_request`."""
     return describe_request(body)[0]
 
 

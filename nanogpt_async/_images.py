@@ -55,7 +55,7 @@ class Images:
 
         Args:
             prompt: What to draw.
-            model: Model id (see :meth:`models`).
+            model: Model id (see [models][nanogpt_async.Images.models]).
             n: Images per request (the model's ``max_images`` at most).
             size: Model-specific size such as ``"1024x1024"`` or ``"auto"``.
             response_format: ``"b64_json"`` or ``"url"`` (signed, expires in about an hour).
@@ -70,6 +70,7 @@ class Images:
             kontext_max_mode: flux-kontext's enhanced context mode.
             extra_body: More JSON fields, sent as given (for fields this library predates).
             timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+                Default: `client.timeout`, the client's.
 
         Returns:
             The typed response; ``await response.data[0].read()`` gives the bytes.
@@ -109,7 +110,11 @@ class Images:
     ) -> ImagesResponse:
         """Send an already built and checked JSON body (the batch runner's entry point).
 
-        ``hooks`` are awaited before every attempt (retries included) and told each outcome.
+        Args:
+            body: The JSON body, checked and with input images as data URLs.
+            timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+                Default: `client.timeout`, the client's.
+            hooks: Awaited before every attempt (retries included) and told each outcome.
         """
         client = self._client
         payload, request_id = await client._request(  # noqa: SLF001 - the resource's own client
@@ -139,14 +144,14 @@ class Images:
         total: int | None = None,
         **defaults: Any,
     ) -> Batch:
-        """Generate many images at the account's pace: a :class:`~nanogpt_async.Batch`.
+        """Generate many images at the account's pace: a [Batch][nanogpt_async.Batch].
 
         Nothing runs until you enter it (``async with batch:`` then ``async for result in
         batch``) or await ``batch.run()``. See the "Batch generation" guide for resume, budget
         and pacing semantics.
 
         Args:
-            items: Prompts (``str``), :class:`~nanogpt_async.BatchItem` s, or dicts with
+            items: Prompts (``str``), [BatchItem][nanogpt_async.BatchItem]s, or dicts with
                 ``prompt`` and optionally ``id`` and any ``generate()`` field; an iterable or
                 async iterable, read lazily.
             output_dir: Write files and ``manifest.jsonl`` here (and resume from it); ``None``
@@ -160,7 +165,7 @@ class Images:
             max_cost: USD budget: no new request once spent plus in-flight estimate would pass
                 it.
             retry_failed: On resume, retry items recorded as failed (else skip them).
-            on_progress: Called with a :class:`~nanogpt_async.BatchProgress` at most every
+            on_progress: Called with a [BatchProgress][nanogpt_async.BatchProgress] at most every
                 ``progress_interval`` seconds, and once at the end.
             progress_interval: Seconds between progress calls.
             manifest_name: File name of the manifest inside ``output_dir``.

@@ -113,7 +113,7 @@ def check_generation_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def build_generation_body(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The full JSON body: :func:`check_generation_fields` plus input images as data URLs.
+    """The full JSON body: `check_generation_fields` plus input images as data URLs.
 
     File reads and base64 encoding of large input images run in worker threads.
     """

@@ -1,6 +1,6 @@
 """The batch command's engine room, shared with ``demo``: prompts in, progress, Ctrl-C, summary.
 
-``batch`` and ``demo`` both end in :func:`run_batch`, so the demo shows exactly what a real
+``batch`` and ``demo`` both end in `run_batch`, so the demo shows exactly what a real
 batch does.
 """
 
@@ -50,7 +50,7 @@ _MAX_FAILURE_LINES = 20
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """What ``batch`` and ``demo`` pass to :func:`run_batch`."""
+    """What ``batch`` and ``demo`` pass to `run_batch`."""
 
     out: Path
     concurrency: int
@@ -507,6 +507,6 @@ def _epilogue(code: int, settings: BatchSettings, summary: BatchSummary, *, demo
 
 
 async def aiter_sync(items: Iterator[Any]) -> AsyncIterator[Any]:
-    """An in-memory iterator as an async one (the shape :class:`PromptSource` holds)."""
+    """An in-memory iterator as an async one (the shape `PromptSource` holds)."""
     for item in items:
         yield item

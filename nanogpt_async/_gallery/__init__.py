@@ -37,7 +37,7 @@ PAGE_NAME = "index.html"
 
 @dataclass(frozen=True)
 class GalleryReport:
-    """What :func:`build_gallery` did (the CLI prints it)."""
+    """What `build_gallery` did (the CLI prints it)."""
 
     page: Path
     totals: Totals
@@ -89,7 +89,7 @@ async def build_gallery(
     manifest_name: str = "manifest.jsonl",
     thumbnail_size: int = 384,
 ) -> GalleryReport:
-    """:func:`write_gallery`, returning what it did (how many thumbnails it made)."""
+    """`write_gallery`, returning what it did (how many thumbnails it made)."""
     require_pillow()
     if not 16 <= thumbnail_size <= 2048:  # noqa: PLR2004 - sane bounds for a thumbnail
         raise ValueError(f"thumbnail_size must be 16-2048 pixels, not {thumbnail_size!r}")

@@ -1,6 +1,6 @@
 """The gallery's HTML: one static, self-contained page, every piece of user text escaped.
 
-Prompts, ids and error messages are user text: each goes through :func:`html.escape` (quotes
+Prompts, ids and error messages are user text: each goes through `html.escape` (quotes
 included), file names are percent-encoded before they become links, and the page's Content
 Security Policy runs only its own script and style (by hash) and loads nothing from a network,
 so even a mistake in escaping could not run a script or phone home.
