@@ -408,6 +408,19 @@ def test_gallery_command_on_a_folder_without_a_manifest_is_a_usage_error(tmp_pat
     assert "-o of `nanogpt-async batch`" in result.stderr
 
 
+def test_gallery_command_without_pillow_is_a_usage_error_naming_the_extra(tmp_path, monkeypatch):
+    write_manifest(tmp_path, [record(0, "p", files=[image(tmp_path, "000000-p-0.png")])])
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+
+    result = CliRunner().invoke(_commands.cli, ["gallery", str(tmp_path)])
+
+    assert result.exit_code == 2
+    assert "the gallery needs Pillow" in result.stderr
+    assert "[gallery] or [cli] extra" in result.stderr
+    assert not (tmp_path / "index.html").exists()
+
+
 def _batch(fake: Any, tmp_path: Path, *extra: str) -> Result:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red fox\n<script>alert(1)</script>\na blue fox\n")

@@ -542,7 +542,7 @@ def gallery(*, out: Path, manifest_name: str, thumbnail_size: int) -> None:
       nanogpt-async gallery out/ && xdg-open out/index.html
     """  # noqa: D301 - "\b" is click's keep-line-breaks marker
     from nanogpt_async._cli._gallery import describe  # noqa: PLC0415 - Pillow loads on use
-    from nanogpt_async._gallery import build_gallery  # noqa: PLC0415
+    from nanogpt_async._gallery import build_gallery, require_pillow  # noqa: PLC0415
 
     if not (out / manifest_name).is_file():
         raise click.BadParameter(
@@ -551,14 +551,15 @@ def gallery(*, out: Path, manifest_name: str, thumbnail_size: int) -> None:
             param_hint="OUT",
         )
     try:
-        report = run_async(
-            functools.partial(
-                build_gallery, out, manifest_name=manifest_name, thumbnail_size=thumbnail_size
-            ),
-            verbose=_verbose(),
-        )
+        require_pillow()
     except ImportError as exc:
         raise click.UsageError(str(exc)) from None
+    report = run_async(
+        functools.partial(
+            build_gallery, out, manifest_name=manifest_name, thumbnail_size=thumbnail_size
+        ),
+        verbose=_verbose(),
+    )
     output.err(describe(report))
     output.out(str(report.page))
 

@@ -29,7 +29,7 @@ from nanogpt_async._gallery._thumbs import (
     sweep,
 )
 
-__all__ = ["GalleryReport", "build_gallery", "write_gallery"]
+__all__ = ["GalleryReport", "build_gallery", "require_pillow", "write_gallery"]
 
 #: The page's file name in the output folder.
 PAGE_NAME = "index.html"

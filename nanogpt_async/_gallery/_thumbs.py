@@ -112,7 +112,9 @@ def _make_one(job: Job, size: int) -> bool:
     source, target = job
     try:
         data = thumbnail_bytes(source, size)
-    except (OSError, ValueError):  # not an image, unreadable, or a bomb: the card says so
+    except Exception:  # noqa: BLE001 - see below
+        # Pillow's decoders raise many types on odd input (OSError, ValueError, SyntaxError,
+        # EOFError, struct.error...): one bad file costs its preview, never the whole page.
         return False
     _write(target, data)
     return True
