@@ -69,7 +69,7 @@ from nanogpt_async._errors import (
     NanoGPTError,
     PermissionDeniedError,
 )
-from nanogpt_async._request import build_generation_body, check_generation_fields
+from nanogpt_async._request import build_item_body, check_generation_fields
 from nanogpt_async._sniff import sniff_image
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class _Abandoned(Exception):  # noqa: N818 - internal signal, never escapes
 class _Job:
     """One item on its way: who it is and the body to send."""
 
-    __slots__ = ("body", "holds_slot", "id", "index", "n", "request", "started_at")
+    __slots__ = ("body", "edit", "holds_slot", "id", "index", "n", "request", "started_at")
 
     def __init__(
         self,
@@ -123,6 +123,7 @@ class _Job:
         self.n = n if isinstance(n, int) and n > 0 else 1
         self.started_at = started_at
         self.holds_slot = True
+        self.edit = False  # an "operation": "edit" item goes to POST /images/edits
 
 
 class _Attempts:
@@ -569,7 +570,7 @@ class Batch:
             prompt = merged.get("prompt")
             if isinstance(prompt, str):
                 prompt.encode("utf-8")  # a lone surrogate cannot be sent as JSON
-            body = await build_generation_body(merged)
+            operation, body = await build_item_body(merged)
         except (InvalidInputError, UnicodeEncodeError) as exc:
             error = (
                 exc
@@ -585,13 +586,16 @@ class Batch:
                 finished_at=time.time(),
                 error=error,
             )
+        # An edit's id and manifest line say so; a generation's stay as before (resume works).
+        described = body if operation == "generate" else {**body, "operation": operation}
         if has_input_images(body):
             # Hashing megabytes of data URLs would stall the event loop: a worker thread.
-            digest, request = await anyio.to_thread.run_sync(describe_request, body)
+            digest, request = await anyio.to_thread.run_sync(describe_request, described)
         else:
-            digest, request = describe_request(body)
+            digest, request = describe_request(described)
         item_id = user_id if user_id is not None else self._ids.next_id(digest)
         job = _Job(index, item_id, body, request, started)
+        job.edit = operation == "edit"
         if self._recorded is None or not len(self._recorded):
             return job
         recorded = await anyio.to_thread.run_sync(self._earlier_run, item_id)
@@ -670,7 +674,9 @@ class Batch:
         settled = False
         try:
             try:
-                response = await self._client.images.generate_from_body(job.body, hooks=attempts)
+                api = self._client.images
+                send = api.edit_from_body if job.edit else api.generate_from_body
+                response = await send(job.body, hooks=attempts)
             except _Abandoned:
                 if attempts.count == 0:
                     return None  # never sent: counted in not_started, a later run does it

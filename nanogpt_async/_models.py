@@ -315,9 +315,26 @@ class ImageModel:
                 for r in (resolutions if isinstance(resolutions, list) else [])
             ),
             max_images=max_images if isinstance(max_images, int) else None,
-            fixed_image_count=fixed if isinstance(fixed, int) else None,
+            fixed_image_count=_image_count(fixed, max_images),
             raw=item,
         )
+
+
+def _image_count(value: object, max_images: object) -> int | None:
+    """``fixed_image_count`` read liberally (an int, ``"2"``, ``2.0``), else ``None``.
+
+    ``True`` (what a catalogue sending a flag means) is a count fixed at ``max_images``.
+    """
+    if value is True:
+        value = max_images
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        value = int(value) if value.isdecimal() else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _decimal(value: object) -> Decimal | None:

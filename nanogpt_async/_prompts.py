@@ -2,9 +2,10 @@
 
 * **text**: one prompt per line; blank lines are skipped, trailing whitespace is dropped.
 * **JSONL**: one JSON object per line with ``"prompt"``, an optional ``"id"`` and any
-  ``images.generate`` field (``"model"``, ``"n"``, ``"size"``, ``"seed"``...).
-* **CSV**: a header row with a ``prompt`` column; optional ``id`` and generate-field columns.
-  Empty cells mean "not set"; numbers are converted.
+  ``images.generate`` field (``"model"``, ``"n"``, ``"size"``, ``"seed"``...); with
+  ``"operation": "edit"`` and an ``"image"`` the line is an edit (``images.edit``).
+* **CSV**: a header row with a ``prompt`` column; optional ``id``, ``operation`` and
+  generate-field columns. Empty cells mean "not set"; numbers are converted.
 
 Every record is checked as it is read, so a typo on line 90 000 fails with its line number
 before that line's request is sent, not after a confusing server error.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from nanogpt_async._errors import InvalidInputError
-from nanogpt_async._request import GENERATE_FIELDS, IMAGE_FIELDS, check_generation_fields
+from nanogpt_async._request import ITEM_FIELDS, check_generation_fields
 
 __all__ = ["PromptFileError", "PromptFormat", "read_prompts"]
 
@@ -31,7 +32,8 @@ __all__ = ["PromptFileError", "PromptFormat", "read_prompts"]
 PromptFormat = Literal["auto", "text", "jsonl", "csv"]
 
 _JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
-_KNOWN_FIELDS = frozenset({*GENERATE_FIELDS, *IMAGE_FIELDS, "extra_body", "id"})
+# ITEM_FIELDS includes "operation": "edit" rows go to the edits endpoint.
+_KNOWN_FIELDS = frozenset({*ITEM_FIELDS, "id"})
 # CSV cells are strings; these say how to turn one into the value generate() takes.
 _TRUE = frozenset({"1", "true", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "no", "n", "off"})

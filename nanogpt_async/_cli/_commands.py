@@ -1,4 +1,4 @@
-"""The commands: generate, batch, gallery, models, balance, fake-server, demo."""
+"""The commands: generate, edit, batch, gallery, models, balance, fake-server, demo."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from nanogpt_async._cli._common import (
 __all__ = ["cli"]
 
 if TYPE_CHECKING:
-    from nanogpt_async import AsyncNanoGPT
+    from nanogpt_async import AsyncNanoGPT, ImagesResponse
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
@@ -80,36 +80,49 @@ def api_options(func: _F) -> _F:
     return func
 
 
-def generation_options(func: _F) -> _F:
-    """The request fields shared by ``generate`` and ``batch`` (defaults for every item)."""
-    options = [
-        click.option("-m", "--model", help="Model id (see `nanogpt-async models`).", metavar="ID"),
-        click.option("-s", "--size", help="Size such as 1024x1024 or auto (model-specific)."),
-        click.option(
-            "-n", "--n", "n", type=click.IntRange(min=1), help="Images per request [default: 1]."
-        ),
-        click.option(
-            "-f",
-            "--response-format",
-            type=click.Choice(["b64_json", "url"]),
-            help="How NanoGPT returns images; both end up as files [default: b64_json].",
-        ),
-        click.option("--seed", type=int, help="Seed, where the model supports one."),
-        click.option(
-            "--steps",
-            "num_inference_steps",
-            type=click.IntRange(1, 100),
-            help="Denoising steps (1-100).",
-        ),
-        click.option(
-            "--guidance-scale",
-            type=click.FloatRange(0, 20),
-            help="How closely to follow the prompt (0-20).",
-        ),
-    ]
+def _apply(options: Sequence[Callable[[_F], _F]], func: _F) -> _F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def request_options(func: _F) -> _F:
+    """The request fields every image call takes: model, size, n, response format."""
+    return _apply(_REQUEST_OPTIONS, func)
+
+
+def generation_options(func: _F) -> _F:
+    """The request fields shared by ``generate`` and ``batch`` (defaults for every item)."""
+    return _apply([*_REQUEST_OPTIONS, *_GENERATION_ONLY_OPTIONS], func)
+
+
+_REQUEST_OPTIONS: Sequence[Callable[[Any], Any]] = [
+    click.option("-m", "--model", help="Model id (see `nanogpt-async models`).", metavar="ID"),
+    click.option("-s", "--size", help="Size such as 1024x1024 or auto (model-specific)."),
+    click.option(
+        "-n", "--n", "n", type=click.IntRange(min=1), help="Images per request [default: 1]."
+    ),
+    click.option(
+        "-f",
+        "--response-format",
+        type=click.Choice(["b64_json", "url"]),
+        help="How NanoGPT returns images; both end up as files [default: b64_json].",
+    ),
+]
+_GENERATION_ONLY_OPTIONS: Sequence[Callable[[Any], Any]] = [
+    click.option("--seed", type=int, help="Seed, where the model supports one."),
+    click.option(
+        "--steps",
+        "num_inference_steps",
+        type=click.IntRange(1, 100),
+        help="Denoising steps (1-100).",
+    ),
+    click.option(
+        "--guidance-scale",
+        type=click.FloatRange(0, 20),
+        help="How closely to follow the prompt (0-20).",
+    ),
+]
 
 
 @click.group(
@@ -137,7 +150,20 @@ def _drop_none(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None and v != ()}
 
 
-# -- generate ---------------------------------------------------------------------------------
+# -- generate and edit ------------------------------------------------------------------------
+
+_OUT_OPTION = click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(),
+    show_default=True,
+    help="Folder to save into (created if missing).",
+)
+_NAME_OPTION = click.option(
+    "--name", metavar="STEM", help="File name stem [default: a slug of the prompt]."
+)
+_INPUT_IMAGE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def _free_stem(folder: Path, stem: str) -> str:
@@ -152,15 +178,8 @@ def _free_stem(folder: Path, stem: str) -> str:
 @cli.command(epilog=_EXIT_CODES_HELP)
 @click.argument("prompt")
 @generation_options
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(),
-    show_default=True,
-    help="Folder to save into (created if missing).",
-)
-@click.option("--name", metavar="STEM", help="File name stem [default: a slug of the prompt].")
+@_OUT_OPTION
+@_NAME_OPTION
 @click.option(
     "--image",
     "images",
@@ -206,14 +225,26 @@ def generate(
         request["images"] = list(images)
     if mask is not None:
         request["mask"] = mask
-    stem = slugify(name, max_length=200) if name else slugify(prompt, max_length=48)
     client = make_client(
         api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
     )
+    _call_and_save(client, lambda c: c.images.generate(**request), out=out, name=name, text=prompt)
+
+
+def _call_and_save(
+    client: AsyncNanoGPT,
+    call: Callable[[AsyncNanoGPT], Awaitable[ImagesResponse]],
+    *,
+    out: Path,
+    name: str | None,
+    text: str,
+) -> None:
+    """Run one paid call, save its images into ``out``, print their paths, cost and balance."""
+    stem = slugify(name, max_length=200) if name else slugify(text, max_length=48)
 
     async def main() -> None:
         async with client:
-            response = await client.images.generate(**request)
+            response = await call(client)
             many = len(response.data) > 1
             await anyio.Path(out).mkdir(parents=True, exist_ok=True)
             free = _free_stem(out, stem)
@@ -231,6 +262,61 @@ def generate(
             output.err(", ".join(parts))
 
     run_async(main, verbose=_verbose())
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("image", type=_INPUT_IMAGE)
+@click.argument("prompt")
+@click.option(
+    "--mask",
+    type=_INPUT_IMAGE,
+    help="Mask, white where to edit (inpainting models such as flux-lora/inpainting need one).",
+)
+@click.option(
+    "--image",
+    "more_images",
+    multiple=True,
+    type=_INPUT_IMAGE,
+    help="Another input image, for models that take several; repeat as needed.",
+)
+@request_options
+@_OUT_OPTION
+@_NAME_OPTION
+@click.option("--user", metavar="ID", help="Your end user's id, passed to NanoGPT.")
+@api_options
+def edit(
+    image: Path,
+    prompt: str,
+    *,
+    mask: Path | None,
+    more_images: tuple[Path, ...],
+    out: Path,
+    name: str | None,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float | None,
+    max_retries: int | None,
+    **fields: Any,
+) -> None:
+    """Edit IMAGE as PROMPT says (POST /images/edits), save the results, print their paths.
+
+    IMAGE is a PNG, JPEG, WebP or GIF file of at most 4 MB as a data URL (about 3 MB of
+    image). Prints the cost and the balance on stderr, like generate.
+
+    \b
+    Examples:
+      nanogpt-async edit street.jpg "make it snow" -m flux-kontext -o out/
+      nanogpt-async edit room.png "a red sofa" --mask sofa-mask.png -m flux-lora/inpainting
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    request = _drop_none(prompt=prompt, mask=mask, **fields)
+    if more_images:
+        request["images"] = [image, *more_images]
+    else:
+        request["image"] = image
+    client = make_client(
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+    )
+    _call_and_save(client, lambda c: c.images.edit(**request), out=out, name=name, text=prompt)
 
 
 # -- models and balance -----------------------------------------------------------------------
