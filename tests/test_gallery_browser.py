@@ -54,7 +54,7 @@ HOSTILE = (
 REFUSED = "a fox the server refuses: no such model"
 PROMPTS: list[dict[str, Any]] = [
     {"prompt": "a red fox in snow", "seed": 7},
-    {"prompt": "a lighthouse at dusk", "n": 2, "size": "1376x768"},
+    {"prompt": "a lighthouse at dusk", "n": 2, "size": "1360x768"},
     {"prompt": "a blue fox at night", "model": "gpt-image-1"},
     *({"prompt": text} for text in HOSTILE),
     *({"prompt": f"a field of tulips, style {i}"} for i in range(5)),
