@@ -58,7 +58,6 @@ class Totals:
     cost: float = 0.0
     #: The part of ``cost`` on records a later run replaced (a failed item retried, say).
     superseded_cost: float = 0.0
-    records: int = 0
 
 
 def _text(value: object) -> str:
@@ -144,7 +143,6 @@ def read_cards(folder: Path, manifest: Path, size: int) -> tuple[list[Card], Tot
     totals = Totals()
     costs: list[float] = []
     for record in iter_records(manifest):
-        totals.records += 1
         item_id = record["id"]
         previous = latest.get(item_id)
         if previous is not None:
