@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         RequestTimeoutError,
         UnprocessableEntityError,
     )
+    from nanogpt_async._gallery import write_gallery
     from nanogpt_async._images import Images
     from nanogpt_async._inputs import MAX_INPUT_IMAGE_BYTES, fetch_image_data_url, image_data_url
     from nanogpt_async._models import (
@@ -115,6 +116,7 @@ __all__ = [
     "fetch_image_data_url",
     "image_data_url",
     "read_prompts",
+    "write_gallery",
 ]
 
 # Names are loaded on first use (PEP 562): `import nanogpt_async` stays cheap, which matters
@@ -168,6 +170,7 @@ _HOME = {
     "fetch_image_data_url": "nanogpt_async._inputs",
     "image_data_url": "nanogpt_async._inputs",
     "read_prompts": "nanogpt_async._prompts",
+    "write_gallery": "nanogpt_async._gallery",
 }
 
 

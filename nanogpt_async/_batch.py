@@ -91,7 +91,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SAVE_TIMEOUT", "Batch", "BatchInput", "ProgressCallback"]
 
-#: One input item: a prompt, a :class:`BatchItem`, or a dict with ``prompt`` (and ``id``, fields).
+#: One input item: a prompt, a `BatchItem`, or a dict with ``prompt`` (and ``id``, fields).
 BatchEntry = str | BatchItem | Mapping[str, Any]
 #: What ``generate_many`` reads from, lazily.
 BatchInput = Iterable[BatchEntry] | AsyncIterable[BatchEntry]
@@ -151,7 +151,7 @@ class _Job:
 
 
 class _Attempts:
-    """The per-item :class:`~nanogpt_async._retry.AttemptHooks`: pacing and counting."""
+    """The per-item `AttemptHooks`: pacing and counting."""
 
     def __init__(self, batch: Batch) -> None:
         self._batch = batch
@@ -216,8 +216,8 @@ class Batch:
     """Many generations, paced to the account's limits; build it with ``generate_many()``.
 
     Use it as an async context manager and iterate it for results as items finish, or await
-    :meth:`run` for the summary alone. Leaving the ``async with`` block before the input is
-    exhausted stops the batch the way :meth:`stop` does.
+    [run][nanogpt_async.Batch.run] for the summary alone. Leaving the ``async with`` block
+    before the input is exhausted stops the batch the way [stop][nanogpt_async.Batch.stop] does.
 
     Example:
         >>> batch = client.images.generate_many(prompts, output_dir="out")  # doctest: +SKIP
@@ -245,7 +245,7 @@ class Batch:
         total: int | None = None,
         defaults: Mapping[str, Any] | None = None,
     ) -> None:
-        """See :meth:`nanogpt_async.Images.generate_many` for the arguments."""
+        """See [Images.generate_many][nanogpt_async.Images.generate_many] for the arguments."""
         self._client = client
         self._concurrency = _check_positive_int("concurrency", concurrency)
         self._download_concurrency = _check_positive_int(
@@ -395,7 +395,7 @@ class Batch:
         )
 
     async def dry_run(self) -> BatchPlan:
-        """Check every item and estimate the cost, sending no paid request; see :class:`BatchPlan`.
+        """Check every item and estimate the cost, sending no paid request; see `BatchPlan`.
 
         Reads the whole input (instead of running it) and the image-models list (one free
         ``GET``), checks each item's model, size and ``n`` against that list, and prices it from

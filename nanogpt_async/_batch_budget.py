@@ -218,7 +218,7 @@ class Budget:
         """An admitted request ended: turn its reservation into what it cost.
 
         Args:
-            reservation: What :meth:`admit` gave it.
+            reservation: What `admit` gave it.
             cost: The price the answer stated, when it stated a real one.
             images: Images in the answer (or asked for, when there was none).
             charged: Whether it was (or may have been) charged: an answer came, or the

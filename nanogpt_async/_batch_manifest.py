@@ -19,7 +19,7 @@ import os
 import secrets
 import stat
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +34,7 @@ __all__ = [
     "ManifestWriter",
     "RecordedItem",
     "files_intact",
+    "iter_records",
     "read_manifest",
     "sweep_temp_files",
     "write_images",
@@ -123,7 +124,7 @@ class ManifestIndex:
     """
 
     def __init__(self, path: Path) -> None:
-        """An empty index of ``path``; :meth:`build` fills it."""
+        """An empty index of ``path``; `build` fills it."""
         self.path = path
         self._keys = array("Q", bytes(8 * 1024))
         self._offsets = array("Q", bytes(8 * 1024))
@@ -215,6 +216,23 @@ class ManifestIndex:
 def read_manifest(path: Path) -> ManifestIndex:
     """Index the items recorded in ``path``; an empty index if there is no file."""
     return ManifestIndex.build(path)
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Every parsable record of ``path`` in file order (a bad or torn line is skipped).
+
+    Nothing if there is no file. Later records of an id supersede earlier ones; the caller
+    decides what that means (the gallery shows the latest and counts every cost).
+    """
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return
+    with file:
+        for line in file:
+            record = _parse_record(line)
+            if record is not None:
+                yield record
 
 
 def sweep_temp_files(folder: Path) -> int:

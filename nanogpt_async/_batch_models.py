@@ -146,8 +146,8 @@ class BatchSummary:
         rate_limited: 429 answers seen.
         stopped_reason: ``None`` when the input was exhausted; ``"fatal: ..."`` after an error
             no retry fixes (bad key, no balance, daily cap...), ``"budget"`` when ``max_cost``
-            was reached, ``"stopped"`` after :meth:`Batch.stop`, ``"cancelled"`` when the
-            batch was cancelled.
+            was reached, ``"stopped"`` after [Batch.stop][nanogpt_async.Batch.stop],
+            ``"cancelled"`` when the batch was cancelled.
         fatal_error: The error that stopped the batch, for ``"fatal: ..."``.
         manifest: The manifest file, with ``output_dir``.
         unpriced: Requests charged, or maybe charged, whose answer stated no real price

@@ -62,7 +62,7 @@ def image_file_name(
 ) -> str:
     """``{index:06d}-{slug}-{tag}-{k}{ext}``: sorted like the input, readable, one per item id.
 
-    ``tag`` is :func:`item_tag` of the item id, which changes with what the item asks for
+    ``tag`` is `item_tag` of the item id, which changes with what the item asks for
     (prompt, model, size, seed...): a re-run asking for something else never lands on an
     earlier run's files. Should the name be taken anyway (a damaged file being regenerated, a
     file of the user's), the writer picks ``...-{k}-v2{ext}`` and so on; it never replaces one.
@@ -75,7 +75,7 @@ def image_file_name(
 def safe_path(folder: Path, name: str) -> Path:
     """``folder / name``, refusing anything that would resolve outside ``folder``.
 
-    Names come from :func:`image_file_name`, so this never fires; it is the belt to its braces.
+    Names come from `image_file_name`, so this never fires; it is the belt to its braces.
     The name itself is not resolved: a symlink placed at it is a taken name (the writer never
     follows or replaces it), not a way out of the folder.
     """
@@ -109,7 +109,7 @@ def describe_request(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     images by content); delivery-only fields (``response_format``, ``user``) do not count, so a
     re-run asking for URLs instead of base64 still resumes. The public request is the body as
     shown in results and the manifest, data URLs replaced by short placeholders. Input images
-    can be megabytes each: call this in a worker thread when :func:`has_input_images`.
+    can be megabytes each: call this in a worker thread when `has_input_images`.
     """
     canonical: dict[str, Any] = {}
     shown = dict(body)
@@ -137,7 +137,7 @@ def public_request(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def request_digest(body: Mapping[str, Any]) -> str:
-    """A stable hash of what an item asks for; see :func:`describe_request`."""
+    """A stable hash of what an item asks for; see `describe_request`."""
     return describe_request(body)[0]
 
 

@@ -26,7 +26,7 @@ _MAX_PROBLEMS = 20
 
 @dataclass(frozen=True, slots=True)
 class PlanLine:
-    """The requests of one model and size in a :class:`BatchPlan`.
+    """The requests of one model and size in a `BatchPlan`.
 
     Attributes:
         model: The model id (NanoGPT's default when the items name none).
@@ -47,7 +47,7 @@ class PlanLine:
 
 @dataclass(frozen=True, slots=True)
 class BatchPlan:
-    """What a batch would do, from :meth:`Batch.dry_run`; nothing was sent.
+    """What a batch would do, from `Batch.dry_run`; nothing was sent.
 
     Attributes:
         items: Items read from the input.
@@ -79,7 +79,7 @@ class BatchPlan:
 
 
 class Planner:
-    """Accumulates a :class:`BatchPlan` one item at a time, in memory bounded by the variety."""
+    """Accumulates a `BatchPlan` one item at a time, in memory bounded by the variety."""
 
     def __init__(self, models: Iterable[ImageModel]) -> None:
         """Check and price against ``models`` (the image-models list)."""

@@ -1,14 +1,14 @@
 """The exceptions nanogpt-async raises.
 
-Every exception is a :class:`NanoGPTError`; catch that to catch them all::
+Every exception is a `NanoGPTError`; catch that to catch them all:
 
     NanoGPTError
-    ├── InvalidInputError               bad input, refused before any request is sent (or paid)
-    │   └── ImageInputError             an input image that is unreadable, too big or not an image
+    ├── InvalidInputError               bad input, refused before anything is paid
+    │   └── ImageInputError             input image unreadable, too big, no image
     ├── APIError                        something went wrong talking to NanoGPT
     │   ├── APIStatusError              NanoGPT answered with an error status
     │   │   ├── BadRequestError             400
-    │   │   │   └── ContentPolicyViolationError 400 content_policy_violation (not charged)
+    │   │   │   └── ContentPolicyViolationError 400 refused prompt, not charged
     │   │   ├── AuthenticationError         401
     │   │   ├── InsufficientBalanceError    402
     │   │   ├── PermissionDeniedError       403
@@ -18,15 +18,15 @@ Every exception is a :class:`NanoGPTError`; catch that to catch them all::
     │   │   ├── PayloadTooLargeError        413
     │   │   ├── UnprocessableEntityError    422
     │   │   ├── RateLimitError              429 (retried)
-    │   │   │   └── DailyLimitExceededError 429 daily cap: not retried, says when it resets
+    │   │   │   └── DailyLimitExceededError 429 daily cap: not retried
     │   │   └── InternalServerError         5xx (retried)
-    │   ├── APIConnectionError          no usable answer: refused, reset, protocol error
+    │   ├── APIConnectionError          no usable answer: refused, reset, garbled
     │   │   └── APITimeoutError         the request timed out
-    │   └── APIResponseValidationError  a 2xx answer we cannot understand (bad JSON, wrong shape)
-    └── ImageError                      a generated image could not be turned into bytes
-        ├── InvalidImageError           the bytes are not an image (bad base64, an HTML page)
+    │   └── APIResponseValidationError  a 2xx answer that cannot be read
+    └── ImageError                      no bytes for a generated image
+        ├── InvalidImageError           not an image (bad base64, HTML page)
         └── ImageDownloadError          a signed URL could not be downloaded
-            └── ImageURLExpiredError    the signed URL expired or the file was deleted (403/404)
+            └── ImageURLExpiredError    the signed URL expired or the file is gone
 
 Messages say what happened and what to do, carry the status, server message, error code and
 request id, and never contain the API key.
@@ -397,7 +397,7 @@ def status_error(
     retry_after: float | None = None,
     now: dt.datetime | None = None,
 ) -> APIStatusError:
-    """Build the right :class:`APIStatusError` subclass for an error response."""
+    """Build the right `APIStatusError` subclass for an error response."""
     message, fields = parse_error_body(content, content_type)
     code = fields.get("code")
     kwargs: dict[str, Any] = {

@@ -36,5 +36,5 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 async def write_atomic_async(path: Path, data: bytes) -> None:
-    """:func:`write_atomic` in a worker thread, so disk latency never blocks the event loop."""
+    """`write_atomic` in a worker thread, so disk latency never blocks the event loop."""
     await anyio.to_thread.run_sync(write_atomic, path, data)

@@ -55,7 +55,7 @@ class Images:
 
         Args:
             prompt: What to draw.
-            model: Model id (see :meth:`models`).
+            model: Model id (see [models][nanogpt_async.Images.models]).
             n: Images per request (the model's ``max_images`` at most).
             size: Model-specific size such as ``"1024x1024"`` or ``"auto"``.
             response_format: ``"b64_json"`` or ``"url"`` (signed, expires in about an hour).
@@ -70,6 +70,7 @@ class Images:
             kontext_max_mode: flux-kontext's enhanced context mode.
             extra_body: More JSON fields, sent as given (for fields this library predates).
             timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+                Default: `client.timeout`, the client's.
 
         Returns:
             The typed response; ``await response.data[0].read()`` gives the bytes.
@@ -109,7 +110,11 @@ class Images:
     ) -> ImagesResponse:
         """Send an already built and checked JSON body (the batch runner's entry point).
 
-        ``hooks`` are awaited before every attempt (retries included) and told each outcome.
+        Args:
+            body: The JSON body, checked and with input images as data URLs.
+            timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+                Default: `client.timeout`, the client's.
+            hooks: Awaited before every attempt (retries included) and told each outcome.
         """
         client = self._client
         payload, request_id = await client._request(  # noqa: SLF001 - the resource's own client
@@ -141,11 +146,12 @@ class Images:
 
         The input image (``image``, or several as ``images``) and the optional ``mask`` may be
         paths, bytes or data URLs; they are checked (type from the bytes, at most 4 MB as a
-        data URL) before anything is sent. The answer has the same shape as :meth:`generate`'s,
-        and the same retry and money policy applies: a request that may have reached the
-        server is not retried unless the retry policy says so. Check the model's
-        ``capabilities`` in :meth:`models` (``image_to_image``, ``inpainting``); an inpainting
-        model such as ``flux-lora/inpainting`` needs a mask.
+        data URL) before anything is sent. The answer has the same shape as
+        [generate][nanogpt_async.Images.generate]'s, and the same retry and money policy
+        applies: a request that may have reached the server is not retried unless the retry
+        policy says so. Check the model's ``capabilities`` in
+        [models][nanogpt_async.Images.models] (``image_to_image``, ``inpainting``); an
+        inpainting model such as ``flux-lora/inpainting`` needs a mask.
 
         Args:
             prompt: What to change.
@@ -159,6 +165,7 @@ class Images:
             user: Your end user's id.
             extra_body: More JSON fields, sent as given.
             timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+                Default: `client.timeout`, the client's.
 
         Returns:
             The typed response; ``await response.data[0].save("edited")`` writes the file.
@@ -198,7 +205,11 @@ class Images:
     ) -> ImagesResponse:
         """Send an already built and checked edit body (the batch runner's entry point).
 
-        ``hooks`` are awaited before every attempt (retries included) and told each outcome.
+        Args:
+            body: The JSON body, checked and with input images as data URLs.
+            timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+                Default: `client.timeout`, the client's.
+            hooks: Awaited before every attempt (retries included) and told each outcome.
         """
         client = self._client
         payload, request_id = await client._request(  # noqa: SLF001 - the resource's own client
@@ -228,18 +239,18 @@ class Images:
         total: int | None = None,
         **defaults: Any,
     ) -> Batch:
-        """Generate many images at the account's pace: a :class:`~nanogpt_async.Batch`.
+        """Generate many images at the account's pace: a [Batch][nanogpt_async.Batch].
 
         Nothing runs until you enter it (``async with batch:`` then ``async for result in
         batch``) or await ``batch.run()``. See the "Batch generation" guide for resume, budget
         and pacing semantics.
 
         Args:
-            items: Prompts (``str``), :class:`~nanogpt_async.BatchItem` s, or dicts with
+            items: Prompts (``str``), [BatchItem][nanogpt_async.BatchItem]s, or dicts with
                 ``prompt`` and optionally ``id`` and any ``generate()`` field; an iterable or
                 async iterable, read lazily. An item with ``"operation": "edit"`` (and an
                 ``image``/``images``, optionally a ``mask``) is sent to the edits endpoint,
-                like :meth:`edit`.
+                like [edit][nanogpt_async.Images.edit].
             output_dir: Write files and ``manifest.jsonl`` here (and resume from it); ``None``
                 keeps the images in memory (``ItemResult.images``).
             concurrency: Most generations in flight (lowered temporarily after 429s); at most
@@ -251,7 +262,7 @@ class Images:
             max_cost: USD budget: no new request once spent plus in-flight estimate would pass
                 it.
             retry_failed: On resume, retry items recorded as failed (else skip them).
-            on_progress: Called with a :class:`~nanogpt_async.BatchProgress` at most every
+            on_progress: Called with a [BatchProgress][nanogpt_async.BatchProgress] at most every
                 ``progress_interval`` seconds, and once at the end.
             progress_interval: Seconds between progress calls.
             manifest_name: File name of the manifest inside ``output_dir``.

@@ -133,7 +133,7 @@ def image_data_url(image: ImageInput, what: str = "image") -> str:
 
 
 async def image_data_url_async(image: ImageInput, what: str = "image") -> str:
-    """:func:`image_data_url` in a worker thread: file reads and base64 never block the loop."""
+    """`image_data_url` in a worker thread: file reads and base64 never block the loop."""
     if isinstance(image, (bytes, str)) and len(image) < 64 * 1024:
         return image_data_url(image, what)
     return await anyio.to_thread.run_sync(image_data_url, image, what)

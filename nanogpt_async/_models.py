@@ -60,7 +60,7 @@ def _float_or_none(value: object) -> float | None:
 
 
 def checked_image(data: bytes, what: str) -> ImageKind:
-    """The kind of ``data``, or :class:`InvalidImageError` saying what it looks like instead."""
+    """The kind of ``data``, or `InvalidImageError` saying what it looks like instead."""
     kind = sniff_image(data)
     if kind is None:
         head = data[:64].decode("utf-8", "replace").strip()

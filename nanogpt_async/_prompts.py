@@ -67,7 +67,7 @@ def read_prompts(
 ) -> Generator[dict[str, Any], None, None]:
     r"""Yield one request per prompt of a text, JSONL or CSV file, lazily.
 
-    Each request is a dict for :meth:`Images.generate_many <nanogpt_async.Images>` (or for
+    Each request is a dict for [Images.generate_many][nanogpt_async.Images.generate_many] (or for
     ``client.images.generate(**request)`` once ``"id"`` is removed): ``{"prompt": ...}`` plus,
     for JSONL and CSV, an optional ``"id"`` and any generate field. The file is opened when
     iteration starts and read one line at a time, so a file of millions of prompts costs

@@ -173,7 +173,7 @@ def check_generation_fields(
     """Validate the plain fields (by Python name) and return them by JSON name, unset omitted.
 
     ``operation`` (default: the ``"operation"`` field, else ``"generate"``) says which endpoint
-    the body is for; an edit takes fewer fields (:data:`EDIT_FIELDS`).
+    the body is for; an edit takes fewer fields (`EDIT_FIELDS`).
 
     Raises:
         InvalidInputError: a value NanoGPT would refuse, or an unknown field name.
@@ -235,7 +235,7 @@ async def _add_images(body: dict[str, Any], fields: Mapping[str, Any]) -> dict[s
 
 
 async def build_generation_body(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The full generations body: :func:`check_generation_fields` plus input images.
+    """The full generations body: `check_generation_fields` plus input images.
 
     File reads and base64 encoding of large input images run in worker threads.
     """

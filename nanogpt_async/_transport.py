@@ -10,7 +10,7 @@ constructed anywhere (module level, app factory) and still pick right.
 ``httpx-aiohttp`` maps *every* aiohttp connection error, including "server disconnected" halfway
 through a response, to ``httpx.ConnectTimeout``. For paid POSTs that difference is money: a
 connect timeout means the request never left, a reset mid-response means it may have been
-generated and charged. :func:`_reclassify` restores the distinction from the aiohttp cause.
+generated and charged. `_reclassify` restores the distinction from the aiohttp cause.
 """
 
 from __future__ import annotations

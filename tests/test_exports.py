@@ -71,6 +71,12 @@ def test_every_public_class_and_function_has_a_docstring(package: ModuleType) ->
     assert undocumented == []
 
 
+def test_every_export_of_the_package_is_in_the_api_reference() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "reference" / "api.md").read_text()
+    missing = [n for n in _public_names(nanogpt_async) if f"::: nanogpt_async.{n}\n" not in page]
+    assert missing == []
+
+
 def test_an_unknown_name_raises_attribute_error_naming_it() -> None:
     with pytest.raises(AttributeError, match="no_such_thing"):
         _ = nanogpt_async.no_such_thing

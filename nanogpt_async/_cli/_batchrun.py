@@ -1,6 +1,6 @@
 """The batch command's engine room, shared with ``demo``: prompts in, progress, Ctrl-C, summary.
 
-``batch`` and ``demo`` both end in :func:`run_batch`, so the demo shows exactly what a real
+``batch`` and ``demo`` both end in `run_batch`, so the demo shows exactly what a real
 batch does.
 """
 
@@ -29,6 +29,7 @@ from nanogpt_async._cli._common import (
     EXIT_OK,
     output,
 )
+from nanogpt_async._cli._gallery import refresh_gallery
 from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._prompts import PromptFormat, read_prompts
 
@@ -49,7 +50,7 @@ _MAX_FAILURE_LINES = 20
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """What ``batch`` and ``demo`` pass to :func:`run_batch`."""
+    """What ``batch`` and ``demo`` pass to `run_batch`."""
 
     out: Path
     concurrency: int
@@ -60,6 +61,8 @@ class BatchSettings:
     progress: str
     progress_interval: float
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: Write or refresh ``out/index.html`` at the end (``--no-gallery`` turns it off).
+    gallery: bool = True
 
 
 @dataclass
@@ -472,6 +475,8 @@ async def run_batch(
         output.error(summary.fatal_error)
     print_summary(summary, settings.out)
     code = exit_code(summary, interrupted=ctrl_c.pressed > 0)
+    if settings.gallery and code != EXIT_INTERRUPTED:  # Ctrl-C means "stop now"
+        await refresh_gallery(settings.out, quiet=settings.progress == "none")
     _epilogue(code, settings, summary, demo=demo)
     return code
 
@@ -506,6 +511,6 @@ def _epilogue(code: int, settings: BatchSettings, summary: BatchSummary, *, demo
 
 
 async def aiter_sync(items: Iterator[Any]) -> AsyncIterator[Any]:
-    """An in-memory iterator as an async one (the shape :class:`PromptSource` holds)."""
+    """An in-memory iterator as an async one (the shape `PromptSource` holds)."""
     for item in items:
         yield item

@@ -1,4 +1,4 @@
-"""The commands: generate, edit, batch, models, balance, fake-server, demo."""
+"""The commands: generate, edit, batch, gallery, models, balance, fake-server, demo."""
 
 from __future__ import annotations
 
@@ -530,6 +530,12 @@ def progress_options(func: _F) -> _F:
     "cost; send no paid request (exit 2 if the input has problems).",
 )
 @progress_options
+@click.option(
+    "--gallery/--no-gallery",
+    default=True,
+    show_default=True,
+    help="At the end, write or refresh OUT/index.html (see `nanogpt-async gallery`).",
+)
 @api_options
 def batch(
     prompts: str,
@@ -544,6 +550,7 @@ def batch(
     dry_run: bool,
     progress: str,
     progress_interval: float,
+    gallery: bool,
     api_key: str | None,
     base_url: str | None,
     timeout: float | None,
@@ -587,6 +594,7 @@ def batch(
         progress=progress,
         progress_interval=progress_interval,
         defaults=_drop_none(**fields),
+        gallery=gallery,
     )
     if dry_run:
         from nanogpt_async._cli._dryrun import dry_run_batch  # noqa: PLC0415
@@ -596,6 +604,63 @@ def batch(
         runner = functools.partial(run_batch, client, items, settings)
     code = run_async(runner, verbose=_verbose())
     sys.exit(code)
+
+
+# -- gallery ----------------------------------------------------------------------------------
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--manifest",
+    "manifest_name",
+    default="manifest.jsonl",
+    show_default=True,
+    metavar="NAME",
+    help="The manifest's file name in OUT.",
+)
+@click.option(
+    "--thumbnail-size",
+    type=click.IntRange(16, 2048),
+    default=384,
+    show_default=True,
+    metavar="PIXELS",
+    help="Longest side of the thumbnails.",
+)
+def gallery(*, out: Path, manifest_name: str, thumbnail_size: int) -> None:
+    """Write OUT/index.html to review a batch folder: every image with its prompt and cost.
+
+    A static page that opens from disk (no server, nothing from the network): thumbnails,
+    each item's prompt, model, size, seed, cost and status, failed items with their error, a
+    filter, sorting by cost or time, and the totals. `batch` refreshes it at the end; run this
+    after copying a folder or to change the thumbnail size. Only missing thumbnails are made
+    (in OUT/.thumbs/). Prints the page's path.
+
+    \b
+    Example:
+      nanogpt-async gallery out/ && xdg-open out/index.html
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    from nanogpt_async._cli._gallery import describe  # noqa: PLC0415 - Pillow loads on use
+    from nanogpt_async._gallery import build_gallery, require_pillow  # noqa: PLC0415
+
+    if not (out / manifest_name).is_file():
+        raise click.BadParameter(
+            f"no {manifest_name} in {str(out)!r}: point it at a batch's output folder "
+            "(the -o of `nanogpt-async batch`)",
+            param_hint="OUT",
+        )
+    try:
+        require_pillow()
+    except ImportError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = run_async(
+        functools.partial(
+            build_gallery, out, manifest_name=manifest_name, thumbnail_size=thumbnail_size
+        ),
+        verbose=_verbose(),
+    )
+    output.err(describe(report))
+    output.out(str(report.page))
 
 
 # -- demo -------------------------------------------------------------------------------------
