@@ -109,13 +109,13 @@ def _pictures(folder: Path, files: object, size: int) -> tuple[Picture, ...]:
             path = safe_path(folder, name)
             # safe_path checks the name; a symlink at it may still point out of the folder,
             # and the page must show nothing it did not write itself.
-            if path.is_symlink():
-                raise ValueError(name)
+            escapes = path.is_symlink()
         except (ValueError, OSError):
+            escapes = True
+        if escapes:
             problem = "outside the folder: not shown"
-        else:
-            if not path.is_file():
-                problem = "file missing"
+        elif not path.is_file():
+            problem = "file missing"
         pictures.append(Picture(name, thumbnail_name(entry, size), problem))
     return tuple(pictures)
 
