@@ -18,6 +18,7 @@ from nanogpt_async import __version__
 from nanogpt_async._batch_names import slugify
 from nanogpt_async._cli._common import (
     EXIT_BUDGET,
+    EXIT_BUSY,
     EXIT_FAILED,
     EXIT_FATAL,
     EXIT_INTERRUPTED,
@@ -41,7 +42,8 @@ _EXIT_CODES_HELP = (
     f"Exit codes: {EXIT_OK} all ok; {EXIT_FAILED} some requests or items failed; "
     f"{EXIT_USAGE} bad usage or input; {EXIT_FATAL} fatal for the account (bad key, no "
     f"balance, not permitted, daily cap); {EXIT_BUDGET} --max-cost reached before every item "
-    f"ran; {EXIT_INTERRUPTED} interrupted (Ctrl-C)."
+    f"ran; {EXIT_BUSY} the output folder is in use by another run; {EXIT_INTERRUPTED} "
+    "interrupted (Ctrl-C; 143 SIGTERM, 129 SIGHUP)."
 )
 
 
@@ -78,6 +80,18 @@ def api_options(func: _F) -> _F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def retry_ambiguous_option(func: _F) -> _F:
+    """``--retry-ambiguous``: retry paid requests that may have been charged (money risk)."""
+    return click.option(
+        "--retry-ambiguous",
+        is_flag=True,
+        help=(
+            "Also retry a generation that may already have reached NanoGPT (a read timeout, a "
+            "reset mid-answer, a gateway error): it may be CHARGED TWICE. Off by default."
+        ),
+    )(func)
 
 
 def generation_options(func: _F) -> _F:
@@ -178,6 +192,7 @@ def _free_stem(folder: Path, stem: str) -> str:
     "--kontext-max-mode", is_flag=True, default=None, help="flux-kontext's enhanced context."
 )
 @click.option("--user", metavar="ID", help="Your end user's id, passed to NanoGPT.")
+@retry_ambiguous_option
 @api_options
 def generate(
     prompt: str,
@@ -190,6 +205,7 @@ def generate(
     base_url: str | None,
     timeout: float | None,
     max_retries: int | None,
+    retry_ambiguous: bool,
     **fields: Any,
 ) -> None:
     """Generate images for PROMPT, save them, print their paths, the cost and the balance.
@@ -208,7 +224,11 @@ def generate(
         request["mask"] = mask
     stem = slugify(name, max_length=200) if name else slugify(prompt, max_length=48)
     client = make_client(
-        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=max_retries,
+        retry_ambiguous=retry_ambiguous,
     )
 
     async def main() -> None:
@@ -437,6 +457,7 @@ def progress_options(func: _F) -> _F:
     show_default=True,
     help="On resume, run again the items that failed last time.",
 )
+@retry_ambiguous_option
 @progress_options
 @api_options
 def batch(
@@ -455,6 +476,7 @@ def batch(
     base_url: str | None,
     timeout: float | None,
     max_retries: int | None,
+    retry_ambiguous: bool,
     **fields: Any,
 ) -> None:
     """Generate an image set for every prompt in PROMPTS into a folder, with a manifest.
@@ -483,6 +505,7 @@ def batch(
         timeout=timeout,
         max_retries=max_retries,
         max_connections=max(concurrency, download_concurrency),
+        retry_ambiguous=retry_ambiguous,
     )
     settings = BatchSettings(
         out=out,

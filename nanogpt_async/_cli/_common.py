@@ -12,6 +12,7 @@ from typing import IO, Any, NoReturn, TypeVar
 import anyio
 import click
 
+from nanogpt_async._batch_models import FolderInUseError
 from nanogpt_async._client import AsyncNanoGPT
 from nanogpt_async._errors import (
     AuthenticationError,
@@ -21,9 +22,11 @@ from nanogpt_async._errors import (
     NanoGPTError,
     PermissionDeniedError,
 )
+from nanogpt_async._retry import RetryPolicy
 
 __all__ = [
     "EXIT_BUDGET",
+    "EXIT_BUSY",
     "EXIT_FAILED",
     "EXIT_FATAL",
     "EXIT_INTERRUPTED",
@@ -47,8 +50,11 @@ EXIT_USAGE = 2
 EXIT_FATAL = 3
 #: ``--max-cost`` was reached: the batch stopped before starting every item.
 EXIT_BUDGET = 4
-#: Interrupted with Ctrl-C (128 + SIGINT, the shell convention).
+#: Interrupted with Ctrl-C (128 + SIGINT, the shell convention). SIGTERM and SIGHUP stop a
+#: batch the same way and exit 128 + their number: 143 and 129.
 EXIT_INTERRUPTED = 130
+#: The output folder is in use by another run (sysexits' EX_TEMPFAIL: try again later).
+EXIT_BUSY = 75
 
 # Errors no retry or next item can fix: the key, the money, the permission, the day's cap.
 FATAL_ERRORS: tuple[type[NanoGPTError], ...] = (
@@ -63,6 +69,8 @@ def exit_code_for(exc: BaseException) -> int:
     """The exit code for an error that ended a command."""
     if isinstance(exc, FATAL_ERRORS):
         return EXIT_FATAL
+    if isinstance(exc, FolderInUseError):
+        return EXIT_BUSY
     if isinstance(exc, InvalidInputError):
         return EXIT_USAGE
     return EXIT_FAILED
@@ -127,8 +135,13 @@ def make_client(
     timeout: float | None = None,
     max_retries: int | None = None,
     max_connections: int | None = None,
+    retry_ambiguous: bool = False,
 ) -> AsyncNanoGPT:
-    """Build the client from options (which already fell back to the environment)."""
+    """Build the client from options (which already fell back to the environment).
+
+    ``retry_ambiguous`` is ``--retry-ambiguous``: retry paid requests that may already have
+    been charged (:class:`~nanogpt_async.RetryPolicy`'s ``retry_ambiguous``).
+    """
     if not api_key or not api_key.strip():
         raise click.UsageError(
             "no NanoGPT API key: pass --api-key or set NANOGPT_API_KEY "
@@ -141,6 +154,8 @@ def make_client(
         kwargs["timeout"] = timeout
     if max_retries is not None:
         kwargs["max_retries"] = max_retries
+    if retry_ambiguous:
+        kwargs["retry_policy"] = RetryPolicy(retry_ambiguous=True)
     if max_connections is not None:
         kwargs["max_connections"] = max_connections
     try:
