@@ -402,3 +402,35 @@ def test_generate_takes_retry_ambiguous_too(fake_nanogpt, tmp_path):
     assert result.exit_code == 0, result.output
     assert fake_nanogpt.fake.stats.generations == 2
     assert len(list(tmp_path.glob("a-fox*"))) == 1
+
+
+@posix_only
+@pytest.mark.fake_nanogpt(api_key=SECRET, latency=0.5)
+def test_a_hang_up_that_takes_the_terminal_away_still_records_every_charged_item(
+    fake_nanogpt, tmp_path
+):
+    # A dropped ssh session: SIGHUP, and every later write to the terminal fails. Here the
+    # terminal is a pipe whose reader is gone (EPIPE), the way a closed pty answers EIO.
+    out = tmp_path / "out"
+    command = batch_command(str(prompts_file(tmp_path, 400)), out)
+    command[command.index("none")] = "plain"
+    process = subprocess.Popen(
+        [*command, "--progress-interval", "0"],
+        env=env_for(fake_nanogpt),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: fake_nanogpt.fake.stats.in_flight >= 2, "generations in flight")
+        assert process.stderr is not None
+        process.stderr.close()
+        process.send_signal(signal.SIGHUP)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 129
+    settle(fake_nanogpt)
+    charged = fake_nanogpt.fake.stats.generations_by_prompt
+    assert charged
+    assert sorted(charged) == ok_prompts(out)

@@ -6,6 +6,7 @@ batch does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -279,14 +280,16 @@ class BarReporter:
         )
 
     def message(self, text: str) -> None:
-        """Print above the bar."""
-        self._bar.console.print(output.scrub(text), markup=False, highlight=False)
+        """Print above the bar (nothing once the terminal is gone: see ``Output.err``)."""
+        with contextlib.suppress(OSError):
+            self._bar.console.print(output.scrub(text), markup=False, highlight=False)
 
     def close(self, last: BatchProgress | None) -> None:
         """Draw the final state and stop redrawing."""
         if last is not None:
             self.progress(last)
-        self._bar.stop()
+        with contextlib.suppress(OSError):  # a hung-up terminal must not hide the summary
+            self._bar.stop()
 
 
 def make_reporter(mode: str, interval: float) -> Reporter:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
 
 import anyio
@@ -103,8 +105,19 @@ class Output:
         click.echo(self.scrub(text))
 
     def err(self, text: str = "") -> None:
-        """A line on stderr."""
-        click.echo(self.scrub(text), err=True)
+        """A line on stderr; nothing once stderr is gone.
+
+        A dropped ssh session (SIGHUP) leaves a terminal that answers every write with EIO, a
+        closed pipe answers EPIPE. A batch must still finish saving what it paid for, so a
+        failed write silences stderr for the rest of the run instead of raising: the manifest
+        and the exit code still tell what happened.
+        """
+        try:
+            click.echo(self.scrub(text), err=True)
+        except OSError:
+            # Later lines go nowhere. Python also flushes sys.stderr at exit, and a failing
+            # flush there would change the exit code to 120: the stuck buffer goes with it.
+            sys.stderr = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115 - till exit
 
     def error(self, exc: BaseException | str) -> None:
         """``error: <one line>`` on stderr (the request id is already part of the message)."""
