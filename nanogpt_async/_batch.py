@@ -866,7 +866,10 @@ class Batch:
         try:
             entries = await anyio.to_thread.run_sync(write_images, self._folder, named)
         except OSError as exc:
-            failure = OutputWriteError(f"cannot write images into {str(self._folder)!r}: {exc}")
+            failure = OutputWriteError(
+                f"cannot write images into {str(self._folder)!r}: "
+                f"{describe_write_error(self._folder, exc)}"
+            )
             self._fail_fast(failure)
             return [], [], failure
         return [], entries, error

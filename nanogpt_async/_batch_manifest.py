@@ -179,8 +179,17 @@ class ManifestIndex:
 
 
 def _open_for_reading(path: Path) -> IO[bytes]:
-    """The manifest, opened for reading without following a symbolic link."""
-    return os.fdopen(open_no_follow(path, os.O_RDONLY), "rb")
+    """The manifest, opened for reading without following a symbolic link.
+
+    O_NONBLOCK: a FIFO planted at the name must not hang the batch before it starts.
+    """
+    fd = open_no_follow(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        _check_regular(path, os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 def read_manifest(path: Path) -> ManifestIndex:

@@ -214,3 +214,15 @@ async def test_a_batch_keeps_running_under_trio_with_the_folder_lock(tmp_path: P
 
         assert await anyio.to_thread.run_sync(lambda: anyio.run(main, backend="trio")) == 1
     FolderLock.acquire(tmp_path).release()
+
+
+@posix_only
+async def test_a_fifo_at_the_manifests_name_is_refused_instead_of_hanging(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+    os.mkfifo(tmp_path / "manifest.jsonl")
+    async with client_for(server) as client:
+        with pytest.raises(OutputWriteError, match="not a regular file"):
+            await client.images.generate_many(["a"], output_dir=tmp_path).run()
+    assert server.fake.stats.generation_requests == 0
