@@ -104,7 +104,7 @@ def _symlink_error(path: Path) -> OutputWriteError:
 
 def describe_write_error(folder: Path, exc: OSError) -> str:
     """``exc`` as one line, with the free space of ``folder``'s disk when that is the cause."""
-    text = f"{exc.strerror or exc}" if exc.strerror else str(exc)
+    text = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         try:
             free = shutil.disk_usage(folder).free

@@ -89,7 +89,7 @@ def retry_ambiguous_option(func: _F) -> _F:
         is_flag=True,
         help=(
             "Also retry a generation that may already have reached NanoGPT (a read timeout, a "
-            "reset mid-answer, a gateway error): it may be CHARGED TWICE. Off by default."
+            "connection reset after sending): it may be CHARGED TWICE. Off by default."
         ),
     )(func)
 
