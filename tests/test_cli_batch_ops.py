@@ -434,3 +434,45 @@ def test_a_hang_up_that_takes_the_terminal_away_still_records_every_charged_item
     charged = fake_nanogpt.fake.stats.generations_by_prompt
     assert charged
     assert sorted(charged) == ok_prompts(out)
+
+
+@pytest.mark.fake_nanogpt(api_key=SECRET)
+def test_a_bad_line_in_a_streamed_big_file_stops_there_and_saves_what_was_sent(
+    fake_nanogpt, tmp_path, monkeypatch
+):
+    # Files over PRECOUNT_MAX_BYTES are streamed in chunks of 256 records: the good records
+    # read before the bad line in the same chunk are handed to the batch, which stops at the
+    # bad one (items not yet sent then are not started: a re-run does them).
+    monkeypatch.setattr(_batchrun, "PRECOUNT_MAX_BYTES", 0)
+    prompts = tmp_path / "big.jsonl"
+    lines = [json.dumps({"prompt": f"p{i}"}) for i in range(10)]
+    lines += ['{"prompt": "bad", "seed": "x"}', '{"prompt": "after"}']
+    prompts.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["batch", str(prompts), "-o", str(out)], env=env_for(fake_nanogpt)
+    )
+    assert result.exit_code == 2, result.output
+    assert f"error: {prompts} line 11: seed" in result.stderr
+    assert "summary:" in result.stdout
+    charged = fake_nanogpt.fake.stats.generations_by_prompt
+    assert charged
+    assert sorted(charged) == ok_prompts(out)
+    assert set(charged) <= {f"p{i}" for i in range(10)}
+
+
+@posix_only
+@pytest.mark.fake_nanogpt(api_key=SECRET)
+def test_a_symlinked_manifest_is_refused_by_the_cli_before_anything_is_sent(fake_nanogpt, tmp_path):
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text("")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").symlink_to(elsewhere)
+    result = CliRunner().invoke(
+        cli, ["batch", str(prompts_file(tmp_path, 2)), "-o", str(out)], env=env_for(fake_nanogpt)
+    )
+    assert result.exit_code == 1
+    assert "is a symbolic link; refusing to follow it" in result.stderr
+    assert fake_nanogpt.fake.stats.generation_requests == 0
+    assert elsewhere.read_text() == ""
