@@ -6,6 +6,8 @@ import contextlib
 import errno
 import json
 import os
+import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -77,11 +79,30 @@ async def test_a_second_batch_into_a_running_batchs_folder_is_refused_before_it_
     assert len(rows(tmp_path)) == 2
 
 
-def test_the_lock_is_an_os_lock_that_a_dead_holder_does_not_keep(tmp_path: Path) -> None:
-    held = FolderLock.acquire(tmp_path)
-    with pytest.raises(FolderInUseError):
-        FolderLock.acquire(tmp_path)
-    held.release()
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from nanogpt_async._files import FolderLock
+FolderLock.acquire(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(600)  # until the test kills it
+"""
+
+
+def test_the_lock_is_an_os_lock_that_a_killed_holder_does_not_keep(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(FolderInUseError) as caught:
+            FolderLock.acquire(tmp_path)
+        assert caught.value.pid == holder.pid
+        assert caught.value.host == socket.gethostname()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code of the holder runs
+        holder.wait()
     FolderLock.acquire(tmp_path).release()
     # The file stays (unlinking a locked file breaks exclusion); it carries no stale holder.
     assert (tmp_path / LOCK_NAME).read_bytes() == b""
