@@ -417,12 +417,14 @@ def test_a_hang_up_that_takes_the_terminal_away_still_records_every_charged_item
     process = subprocess.Popen(
         [*command, "--progress-interval", "0"],
         env=env_for(fake_nanogpt),
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
         wait_until(lambda: fake_nanogpt.fake.stats.in_flight >= 2, "generations in flight")
+        assert process.stdout is not None
         assert process.stderr is not None
+        process.stdout.close()  # the summary has nowhere to go either
         process.stderr.close()
         process.send_signal(signal.SIGHUP)
         process.wait(timeout=60)

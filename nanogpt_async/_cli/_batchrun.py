@@ -6,7 +6,6 @@ batch does.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import stat
@@ -31,6 +30,7 @@ from nanogpt_async._cli._common import (
     EXIT_OK,
     EXIT_USAGE,
     output,
+    silence,
 )
 from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._prompts import PromptFormat, read_prompts
@@ -281,15 +281,19 @@ class BarReporter:
 
     def message(self, text: str) -> None:
         """Print above the bar (nothing once the terminal is gone: see ``Output.err``)."""
-        with contextlib.suppress(OSError):
+        try:
             self._bar.console.print(output.scrub(text), markup=False, highlight=False)
+        except OSError:
+            silence(stderr=True)
 
     def close(self, last: BatchProgress | None) -> None:
         """Draw the final state and stop redrawing."""
         if last is not None:
             self.progress(last)
-        with contextlib.suppress(OSError):  # a hung-up terminal must not hide the summary
+        try:
             self._bar.stop()
+        except OSError:  # a hung-up terminal must not hide the summary or the exit code
+            silence(stderr=True)
 
 
 def make_reporter(mode: str, interval: float) -> Reporter:
@@ -365,7 +369,10 @@ def print_summary(summary: BatchSummary, out: Path) -> None:
         table.add_column()
         for label, value in rows:
             table.add_row(label, output.scrub(value))
-        Console().print(table)
+        try:
+            Console().print(table)
+        except OSError:  # the terminal is gone (a hang-up): the exit code still tells
+            silence(stderr=False)
         return
     width = max(len(label) for label, _ in rows)
     output.out("summary:")

@@ -38,6 +38,7 @@ __all__ = [
     "exit_code_for",
     "make_client",
     "run_async",
+    "silence",
 ]
 
 _T = TypeVar("_T")
@@ -101,23 +102,24 @@ class Output:
         return text
 
     def out(self, text: str = "") -> None:
-        """A line on stdout."""
-        click.echo(self.scrub(text))
+        """A line on stdout (nothing once stdout is gone: see :meth:`err`)."""
+        try:
+            click.echo(self.scrub(text))
+        except OSError:
+            silence(stderr=False)
 
     def err(self, text: str = "") -> None:
         """A line on stderr; nothing once stderr is gone.
 
         A dropped ssh session (SIGHUP) leaves a terminal that answers every write with EIO, a
         closed pipe answers EPIPE. A batch must still finish saving what it paid for, so a
-        failed write silences stderr for the rest of the run instead of raising: the manifest
-        and the exit code still tell what happened.
+        failed write silences the stream for the rest of the run instead of raising: the
+        manifest and the exit code still tell what happened.
         """
         try:
             click.echo(self.scrub(text), err=True)
         except OSError:
-            # Later lines go nowhere. Python also flushes sys.stderr at exit, and a failing
-            # flush there would change the exit code to 120: the stuck buffer goes with it.
-            sys.stderr = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115 - till exit
+            silence(stderr=True)
 
     def error(self, exc: BaseException | str) -> None:
         """``error: <one line>`` on stderr (the request id is already part of the message)."""
@@ -135,6 +137,19 @@ class Output:
     ) -> None:
         """Print warnings as ``warning: ...`` lines, not with a source location."""
         self.err(f"warning: {message}")
+
+
+def silence(*, stderr: bool) -> None:
+    """Send what this process writes later to stderr (or stdout) to the null device.
+
+    For a stream that is gone (EIO, EPIPE). Python flushes both at exit, and a failing flush
+    there would turn the exit code into 120: the stuck buffer is dropped with the stream.
+    """
+    null = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115 - lives until exit
+    if stderr:
+        sys.stderr = null
+    else:
+        sys.stdout = null
 
 
 #: The one output of this process (commands are short-lived, tests use CliRunner per call).
