@@ -17,6 +17,7 @@ batch is being cancelled) because its generation is already paid for.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -906,11 +907,13 @@ class Batch:
     def _manifest_failed(self, writer: ManifestWriter, exc: OSError) -> OutputWriteError:
         """A manifest write failed (disk full...): fatal, with what to do and what was lost."""
         folder = self._folder or writer.path.parent
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         failure = OutputWriteError(
             f"cannot write to the manifest {str(writer.path)!r}: "
             f"{describe_write_error(folder, exc)}. The batch stops; items finishing now keep "
-            "their images in the folder but are not recorded. Free some space and run the same "
-            "batch again: recorded items are skipped, the rest are generated again"
+            "their images in the folder but are not recorded. "
+            f"{'Free some space' if full else 'Fix that'} and run the same batch again: "
+            "recorded items are skipped, the rest are generated again"
         )
         self._fail_fast(failure)
         return failure
