@@ -14,12 +14,12 @@ before that line's request is sent, not after a confusing server error. So is th
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import itertools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -35,6 +35,8 @@ __all__ = ["PromptFileError", "PromptFormat", "numbered_prompts", "read_prompts"
 PromptFormat = Literal["auto", "text", "jsonl", "csv"]
 
 _JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+#: What ``surrogateescape`` turns an undecodable byte into (valid UTF-8 never decodes to it).
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _KNOWN_FIELDS = frozenset({*GENERATE_FIELDS, *IMAGE_FIELDS, "extra_body", "id"})
 # CSV cells are strings; these say how to turn one into the value generate() takes.
 _TRUE = frozenset({"1", "true", "yes", "y", "on"})
@@ -131,47 +133,27 @@ def numbered_prompts(
 
 
 def _stdin_lines() -> Iterator[str]:
-    # Decode stdin as UTF-8 whatever the locale says (prompt files are UTF-8 in practice), line
-    # by line so a bad byte is reported with its line, and never close the real stdin.
+    # Decode stdin as UTF-8 whatever the locale says (prompt files are UTF-8 in practice).
     buffer = getattr(sys.stdin, "buffer", None)
     if buffer is None:
         return _text_lines(sys.stdin, "<stdin>")
     return _decoded_lines(buffer, "<stdin>")
 
 
-def _decoded_lines(stream: Iterable[bytes], name: str) -> Iterator[str]:
-    r"""Lines of a binary stream as text, each decoded on its own (UTF-8, a BOM dropped).
+def _decoded_lines(stream: IO[bytes], name: str) -> Iterator[str]:
+    r"""Lines of a binary stream as UTF-8 text (a BOM dropped); a bad byte names its line.
 
-    Lines end at ``\n``, ``\r\n`` or a lone ``\r`` and keep their ending, as a text file
-    opened with ``newline=""`` gives them (what the csv module needs for quoted newlines).
+    Decoding stays in C (``TextIOWrapper``): invalid bytes become lone surrogates
+    (``surrogateescape``), which valid UTF-8 can never produce, and each non-ASCII line is
+    searched for one. Lines end at ``\n``, ``\r\n`` or a lone ``\r`` and keep their ending
+    (``newline=""``, what the csv module needs for quoted newlines).
     """
-    number = 0
-    for raw in stream:
-        if number == 0:
-            raw = raw.removeprefix(codecs.BOM_UTF8)  # noqa: PLW2901 - only the first line's
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            # A binary line ends at its only "\n"; a lone "\r" before the bad byte is a line too.
-            before = raw[: exc.start].decode("utf-8")
-            column = len(before) - before.rfind("\r")
-            raise PromptFileError(
-                f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); save the "
-                "file as UTF-8",
-                source=name,
-                line=number + 1 + before.count("\r"),
-            ) from None
-        if "\r" in text:
-            parts = io.StringIO(text, newline="").readlines()
-            number += len(parts)
-            yield from parts
-        else:
-            number += 1
-            yield text
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return _text_lines(text, name)
 
 
 def _text_lines(stream: Iterable[str], name: str) -> Iterator[str]:
-    """An already decoded stream's lines; a decoding error names the line it stopped at."""
+    """The lines of a decoded stream, refusing a line with bytes that were not UTF-8."""
     number = 0
     lines = iter(stream)
     while True:
@@ -179,13 +161,20 @@ def _text_lines(stream: Iterable[str], name: str) -> Iterator[str]:
             line = next(lines)
         except StopIteration:
             return
-        except UnicodeDecodeError as exc:
+        except UnicodeDecodeError as exc:  # a stream opened without surrogateescape
             raise PromptFileError(
-                f"not valid text ({exc.reason}); save the file as UTF-8",
+                f"not valid UTF-8 ({exc.reason}); save the file as UTF-8",
                 source=name,
                 line=number + 1,
             ) from None
         number += 1
+        if not line.isascii() and (bad := _ESCAPED_BYTE.search(line)):
+            raise PromptFileError(
+                f"not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} at column "
+                f"{bad.start() + 1}); save the file as UTF-8",
+                source=name,
+                line=number,
+            )
         yield line
 
 
