@@ -485,7 +485,8 @@ def batch(
     "prompt", optional "id", any API field) or CSV (a "prompt" column; optional "id", "model",
     "size", "n", "seed", ...); "-" reads standard input. Options give defaults that each
     line's own fields override. Finished items go to OUT/manifest.jsonl; running the same
-    command again skips them.
+    command again skips them. One run per OUT at a time (a second one exits 75). Ctrl-C,
+    SIGTERM or SIGHUP stop starting items and save the ones in flight; a second one aborts.
 
     \b
     Examples:
