@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         BatchItem,
         BatchProgress,
         BatchSummary,
+        FolderInUseError,
         ItemResult,
         OutputWriteError,
     )
@@ -87,6 +88,7 @@ __all__ = [
     "ConflictError",
     "ContentPolicyViolationError",
     "DailyLimitExceededError",
+    "FolderInUseError",
     "GeneratedImage",
     "ImageDownloadError",
     "ImageError",
@@ -159,6 +161,7 @@ _HOME = {
     "NanoGPTError": "nanogpt_async._errors",
     "NotFoundError": "nanogpt_async._errors",
     "NotGiven": "nanogpt_async._types",
+    "FolderInUseError": "nanogpt_async._batch_models",
     "OutputWriteError": "nanogpt_async._batch_models",
     "PayloadTooLargeError": "nanogpt_async._errors",
     "PermissionDeniedError": "nanogpt_async._errors",

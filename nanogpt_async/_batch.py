@@ -17,6 +17,7 @@ batch is being cancelled) because its generation is already paid for.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import time
 import urllib.parse
@@ -43,6 +44,7 @@ from nanogpt_async._batch_budget import (
     known_cost,
 )
 from nanogpt_async._batch_expiry import DeadlineGate, describe_expiry, url_expiry, urls_expiry
+from nanogpt_async._batch_ids import RepeatedIds
 from nanogpt_async._batch_manifest import (
     FileEntry,
     ManifestIndex,
@@ -82,6 +84,7 @@ from nanogpt_async._errors import (
     NanoGPTError,
     PermissionDeniedError,
 )
+from nanogpt_async._files import FolderLock, describe_write_error
 from nanogpt_async._request import build_item_body, check_generation_fields
 from nanogpt_async._sniff import sniff_image
 
@@ -113,6 +116,10 @@ _FATAL = (
 
 class _Abandoned(Exception):  # noqa: N818 - internal signal, never escapes
     """An attempt not sent because the batch is stopping."""
+
+
+class _RepeatedIdError(InvalidInputError):
+    """Two input items carry the same user id."""
 
 
 class _Job:
@@ -314,8 +321,11 @@ class Batch:
         self._aborting = False
         self._recorded: ManifestIndex | None = None
         self._writer: ManifestWriter | None = None
+        self._lock: FolderLock | None = None
         self._ids = IdentityCounter()
         self._streak = ErrorStreak()
+        self._user_ids = RepeatedIds()
+        self._input_error: Exception | None = None
         self._waiting: set[anyio.CancelScope] = set()
         self._saving: set[anyio.CancelScope] = set()
         self._consumed = 0
@@ -467,10 +477,16 @@ class Batch:
                 self._recorded, self._writer = await anyio.to_thread.run_sync(self._open_folder)
             except OSError as exc:
                 raise OutputWriteError(
-                    f"cannot prepare the output folder {str(self._folder)!r}: {exc}"
+                    f"cannot prepare the output folder {str(self._folder)!r}: "
+                    f"{describe_write_error(self._folder, exc)}"
                 ) from exc
         self._group = anyio.create_task_group()
-        await self._group.__aenter__()
+        try:
+            await self._group.__aenter__()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close_folder, self._writer)
+            raise
         self._group.start_soon(self._aux)
         self._group.start_soon(self._main)
         return self
@@ -481,7 +497,12 @@ class Batch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        """Wait for the batch (stopping it first if the block was left early)."""
+        """Wait for the batch (stopping it first if the block was left early).
+
+        Raises:
+            Exception: what the input raised while being read (a bad line of a prompt file,
+                a repeated item id), once the items in flight were saved.
+        """
         if exc is None:
             try:
                 if not self._main_finished:
@@ -494,7 +515,10 @@ class Batch:
                 ):
                     raise
                 return None
-        return await self._group.__aexit__(exc_type, exc, tb)
+        suppressed = await self._group.__aexit__(exc_type, exc, tb)
+        if exc is None and self._input_error is not None:
+            raise self._input_error
+        return suppressed
 
     def __aiter__(self) -> AsyncIterator[ItemResult]:
         """Results as items finish (ok, failed, or skipped because done before)."""
@@ -542,12 +566,36 @@ class Batch:
         return prices
 
     def _open_folder(self) -> tuple[ManifestIndex, ManifestWriter]:
+        """Lock the folder, then sweep temp files and read the manifest (blocking: a thread).
+
+        The lock comes first: a second run must neither sweep the temp files of a running one
+        (it would lose images being written) nor read a manifest that is still growing.
+        """
         assert self._folder is not None  # noqa: S101 - only called with a folder
         assert self._manifest_path is not None  # noqa: S101
         self._folder.mkdir(parents=True, exist_ok=True)
-        sweep_temp_files(self._folder)
-        recorded = read_manifest(self._manifest_path)
-        return recorded, ManifestWriter(self._manifest_path)
+        self._lock = FolderLock.acquire(self._folder)
+        try:
+            sweep_temp_files(self._folder)
+            recorded = read_manifest(self._manifest_path)
+            return recorded, ManifestWriter(self._manifest_path)
+        except BaseException:
+            self._close_folder(None)
+            raise
+
+    def _close_folder(self, writer: ManifestWriter | None) -> OSError | None:
+        """Close the manifest (fsync), then unlock the folder; the close's error, if any."""
+        failure = None
+        try:
+            if writer is not None:
+                writer.close()
+        except OSError as exc:
+            failure = exc
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+        return failure
 
     def _elapsed(self) -> float:
         end = self._ended if self._ended is not None else time.monotonic()
@@ -607,9 +655,11 @@ class Batch:
             self._main_finished = True
             self._ended = time.monotonic()
             self._aux_scope.cancel()
-            if self._writer is not None:
+            if self._folder is not None:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._writer.close)
+                    failure = await anyio.to_thread.run_sync(self._close_folder, self._writer)
+                if failure is not None and self._writer is not None:
+                    self._manifest_failed(self._writer, failure)
             self._send.close()
             self._report_progress()
 
@@ -622,12 +672,11 @@ class Batch:
             while not self._halted:
                 # Read on while the next item's resume check runs: checks overlap (threads).
                 while not exhausted and len(ahead) < _LOOKAHEAD and not _head_ready(ahead):
-                    entry = await _next_entry(entries)
-                    if entry is _END:
+                    prepared = await self._next_prepared(entries, index)
+                    if prepared is None:  # the end, or an input error (which halts)
                         exhausted = True
                         break
-                    self._consumed += 1
-                    ahead.append(self._look_up(await self._prepare(entry, index), checks))
+                    ahead.append(self._look_up(prepared, checks))
                     index += 1
                 if not ahead:
                     break
@@ -684,6 +733,24 @@ class Batch:
         work.start_soon(self._process, prepared, reservation)
         return True
 
+    async def _next_prepared(
+        self, entries: Iterator[Any] | AsyncIterator[Any], index: int
+    ) -> _Job | ItemResult | None:
+        """The next input item, prepared; ``None`` at the end of the input or on its error."""
+        try:
+            entry = await _next_entry(entries)
+        except Exception as exc:  # noqa: BLE001 - the input's own error, raised at the end
+            self._input_failed(exc)
+            return None
+        if entry is _END:
+            return None
+        self._consumed += 1
+        try:
+            return await self._prepare(entry, index)
+        except _RepeatedIdError as exc:
+            self._input_failed(exc)
+            return None
+
     async def _prepare(self, entry: object, index: int) -> _Job | ItemResult:
         """Normalise an entry and give it its id (in input order: ids count occurrences)."""
         started = time.time()
@@ -710,6 +777,8 @@ class Batch:
                 finished_at=time.time(),
                 error=error,
             )
+        if user_id is not None:
+            self._check_unique(user_id, index)
         # An edit's id and manifest line say so; a generation's stay as before (resume works).
         described = body if operation == "generate" else {**body, "operation": operation}
         if has_input_images(body):
@@ -765,6 +834,28 @@ class Batch:
                 "without max_cost"
             ),
         )
+
+    def _check_unique(self, item_id: str, index: int) -> None:
+        """Refuse a user id given twice: both items would share one manifest record."""
+        earlier = self._user_ids.add(item_id, index)
+        if earlier is not None:
+            where = f"item {earlier}" if earlier >= 0 else "an earlier item"
+            raise _RepeatedIdError(
+                f"item {index} has the id {item_id!r} of {where} (counting from 0); every id "
+                "must be unique, as a re-run finds finished items by id. The batch stopped "
+                "before sending it"
+            )
+
+    def _input_failed(self, error: Exception) -> None:
+        """The input raised (a bad line, a repeated id): stop as `stop` does.
+
+        In-flight items are paid for: they finish and are saved, then the error is raised
+        when the ``async with`` block exits.
+        """
+        self._input_error = error
+        if self._stop_reason is None:
+            self._stop_reason = f"input error: {error}"
+        self._halt()
 
     def _earlier_run(self, item_id: str) -> RecordedItem | None:
         """What an earlier run did that this one should not redo (blocking: a worker thread).
@@ -941,7 +1032,10 @@ class Batch:
         try:
             entries = await anyio.to_thread.run_sync(write_images, self._folder, named)
         except OSError as exc:
-            failure = OutputWriteError(f"cannot write images into {str(self._folder)!r}: {exc}")
+            failure = OutputWriteError(
+                f"cannot write images into {str(self._folder)!r}: "
+                f"{describe_write_error(self._folder, exc)}"
+            )
             self._fail_fast(failure)
             return [], [], failure
         return [], entries, error
@@ -972,12 +1066,22 @@ class Batch:
                     try:
                         await anyio.to_thread.run_sync(writer.append, record)
                     except OSError as exc:
-                        failure = OutputWriteError(
-                            f"cannot append to the manifest {str(writer.path)!r}: {exc}"
-                        )
-                        self._fail_fast(failure)
-                        result = _replace_failed(result, failure)
+                        result = _replace_failed(result, self._manifest_failed(writer, exc))
         return result
+
+    def _manifest_failed(self, writer: ManifestWriter, exc: OSError) -> OutputWriteError:
+        """A manifest write failed (disk full...): fatal, with what to do and what was lost."""
+        folder = self._folder or writer.path.parent
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        failure = OutputWriteError(
+            f"cannot write to the manifest {str(writer.path)!r}: "
+            f"{describe_write_error(folder, exc)}. The batch stops; items finishing now keep "
+            "their images in the folder but are not recorded. "
+            f"{'Free some space' if full else 'Fix that'} and run the same batch again: "
+            "recorded items are skipped, the rest are generated again"
+        )
+        self._fail_fast(failure)
+        return failure
 
     async def _emit(self, result: ItemResult) -> None:
         if result.status == "ok":

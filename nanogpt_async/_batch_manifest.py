@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from nanogpt_async._batch_models import OutputWriteError
 from nanogpt_async._batch_names import safe_path
 from nanogpt_async._codec import loads
-from nanogpt_async._files import TEMP_SUFFIX
+from nanogpt_async._files import TEMP_SUFFIX, open_no_follow
 
 __all__ = [
     "FileEntry",
@@ -135,7 +136,7 @@ class ManifestIndex:
         """Index every parsable line of ``path`` (none if the file does not exist)."""
         index = cls(path)
         try:
-            file = path.open("rb")
+            file = _open_for_reading(path)
         except FileNotFoundError:
             return index
         skipped: list[int] = []
@@ -198,7 +199,7 @@ class ManifestIndex:
         slot = self._slot(_id_key(item_id))
         if self._keys[slot] == 0:
             return None
-        with self.path.open("rb") as file:
+        with _open_for_reading(self.path) as file:
             file.seek(self._offsets[slot])
             record = _parse_record(file.readline())
         # The id check guards against a 64-bit hash collision, however unlikely.
@@ -211,6 +212,20 @@ class ManifestIndex:
         return RecordedItem(
             record["status"], files, request_id if isinstance(request_id, str) else None
         )
+
+
+def _open_for_reading(path: Path) -> IO[bytes]:
+    """The manifest, opened for reading without following a symbolic link.
+
+    O_NONBLOCK: a FIFO planted at the name must not hang the batch before it starts.
+    """
+    fd = open_no_follow(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        _check_regular(path, os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 def read_manifest(path: Path) -> ManifestIndex:
@@ -353,35 +368,82 @@ def _write_exclusive(path: Path, data: bytes) -> None:
 
 
 class ManifestWriter:
-    """Appends records to the manifest, one flushed line each."""
+    """Appends records to the manifest, one whole line per ``write`` to the OS.
+
+    Lines go straight to the file descriptor (no Python buffer), so a failed write leaves
+    nothing behind to be flushed later. A write that fails part-way (disk full) is cut back to
+    the last whole line, so the next line still parses; if even that fails, the next line starts
+    on a fresh line and only the torn one is lost.
+    """
 
     def __init__(self, path: Path) -> None:
-        """Open ``path`` for appending, first ending a torn last line so the next one parses."""
+        """Open ``path`` for appending (never through a symbolic link), ending a torn last line.
+
+        Raises:
+            OutputWriteError: ``path`` is a symbolic link or not a regular file.
+            OSError: it cannot be opened.
+        """
         self.path = path
-        self._file: IO[bytes] = path.open("ab")
+        # O_NONBLOCK: a FIFO planted at the name must not block the open; no effect on files.
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NONBLOCK", 0)
+        self._fd: int | None = open_no_follow(path, flags)
         try:
-            if self._file.tell() > 0:
-                with path.open("rb") as existing:
-                    existing.seek(-1, os.SEEK_END)
-                    if existing.read(1) != b"\n":
-                        self._file.write(b"\n")
+            info = os.fstat(self._fd)
+            _check_regular(path, info.st_mode)
+            self._end = info.st_size
+            self._torn = False
+            if self._end > 0:
+                os.lseek(self._fd, -1, os.SEEK_END)
+                self._torn = os.read(self._fd, 1) != b"\n"
         except BaseException:
-            self._file.close()
+            os.close(self._fd)
             raise
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Write one record as a JSON line and flush it to the OS."""
+        """Write one record as a JSON line (to the OS, not yet fsynced).
+
+        Raises:
+            OSError: the write failed (disk full...); the manifest still ends with a whole line
+                where the OS lets it be cut back.
+        """
+        if self._fd is None:
+            raise ValueError("the manifest writer is closed")
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
         # backslashreplace turns a stray surrogate into a valid JSON escape, never a bad line.
-        self._file.write(line.encode("utf-8", "backslashreplace") + b"\n")
-        self._file.flush()
+        data = line.encode("utf-8", "backslashreplace") + b"\n"
+        if self._torn:
+            data = b"\n" + data
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[_write(self._fd, view) :]
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self._end)
+            except OSError:
+                self._torn = True  # could not cut it back: start the next line afresh
+            raise
+        self._end += len(data)
+        self._torn = False
 
     def close(self) -> None:
         """Flush to disk (fsync) and close."""
-        if self._file.closed:
+        fd, self._fd = self._fd, None
+        if fd is None:
             return
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            os.fsync(fd)
         finally:
-            self._file.close()
+            os.close(fd)
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise OutputWriteError(
+            f"{str(path)!r} is not a regular file; the manifest must be one. Move it away or "
+            "use another output folder"
+        )
+
+
+#: ``os.write``, as a seam: tests inject a full disk here rather than filling one.
+_write = os.write

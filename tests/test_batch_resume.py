@@ -277,7 +277,7 @@ def test_closing_the_writer_flushes_to_disk_and_closes(
     writer.append({"id": "a", "status": "ok", "files": []})
     writer.close()
     assert synced
-    with pytest.raises(ValueError, match="closed file"):
+    with pytest.raises(ValueError, match="writer is closed"):
         writer.append({"id": "b", "status": "ok", "files": []})
     writer.close()  # twice is fine
     assert read_manifest(tmp_path / "manifest.jsonl").get("a") is not None

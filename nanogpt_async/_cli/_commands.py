@@ -18,6 +18,7 @@ from nanogpt_async import __version__
 from nanogpt_async._batch_names import slugify
 from nanogpt_async._cli._common import (
     EXIT_BUDGET,
+    EXIT_BUSY,
     EXIT_FAILED,
     EXIT_FATAL,
     EXIT_INTERRUPTED,
@@ -41,7 +42,8 @@ _EXIT_CODES_HELP = (
     f"Exit codes: {EXIT_OK} all ok; {EXIT_FAILED} some requests or items failed; "
     f"{EXIT_USAGE} bad usage or input; {EXIT_FATAL} fatal for the account (bad key, no "
     f"balance, not permitted, daily cap); {EXIT_BUDGET} --max-cost reached before every item "
-    f"ran; {EXIT_INTERRUPTED} interrupted (Ctrl-C)."
+    f"ran; {EXIT_BUSY} the output folder is in use by another run; {EXIT_INTERRUPTED} "
+    "interrupted (Ctrl-C; 143 SIGTERM, 129 SIGHUP)."
 )
 
 
@@ -78,6 +80,18 @@ def api_options(func: _F) -> _F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def retry_ambiguous_option(func: _F) -> _F:
+    """``--retry-ambiguous``: retry paid requests that may have been charged (money risk)."""
+    return click.option(
+        "--retry-ambiguous",
+        is_flag=True,
+        help=(
+            "Also retry a generation that may already have reached NanoGPT (a read timeout, a "
+            "connection reset after sending): it may be CHARGED TWICE. Off by default."
+        ),
+    )(func)
 
 
 def _apply(options: Sequence[Callable[[_F], _F]], func: _F) -> _F:
@@ -197,6 +211,7 @@ def _free_stem(folder: Path, stem: str) -> str:
     "--kontext-max-mode", is_flag=True, default=None, help="flux-kontext's enhanced context."
 )
 @click.option("--user", metavar="ID", help="Your end user's id, passed to NanoGPT.")
+@retry_ambiguous_option
 @api_options
 def generate(
     prompt: str,
@@ -209,6 +224,7 @@ def generate(
     base_url: str | None,
     timeout: float | None,
     max_retries: int | None,
+    retry_ambiguous: bool,
     **fields: Any,
 ) -> None:
     """Generate images for PROMPT, save them, print their paths, the cost and the balance.
@@ -226,7 +242,11 @@ def generate(
     if mask is not None:
         request["mask"] = mask
     client = make_client(
-        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=max_retries,
+        retry_ambiguous=retry_ambiguous,
     )
     _call_and_save(client, lambda c: c.images.generate(**request), out=out, name=name, text=prompt)
 
@@ -283,6 +303,7 @@ def _call_and_save(
 @_OUT_OPTION
 @_NAME_OPTION
 @click.option("--user", metavar="ID", help="Your end user's id, passed to NanoGPT.")
+@retry_ambiguous_option
 @api_options
 def edit(
     image: Path,
@@ -296,6 +317,7 @@ def edit(
     base_url: str | None,
     timeout: float | None,
     max_retries: int | None,
+    retry_ambiguous: bool,
     **fields: Any,
 ) -> None:
     """Edit IMAGE as PROMPT says (POST /images/edits), save the results, print their paths.
@@ -314,7 +336,11 @@ def edit(
     else:
         request["image"] = image
     client = make_client(
-        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=max_retries,
+        retry_ambiguous=retry_ambiguous,
     )
     _call_and_save(client, lambda c: c.images.edit(**request), out=out, name=name, text=prompt)
 
@@ -529,6 +555,7 @@ def progress_options(func: _F) -> _F:
     help="Check models and sizes against the image-models list and print the estimated "
     "cost; send no paid request (exit 2 if the input has problems).",
 )
+@retry_ambiguous_option
 @progress_options
 @click.option(
     "--gallery/--no-gallery",
@@ -555,6 +582,7 @@ def batch(
     base_url: str | None,
     timeout: float | None,
     max_retries: int | None,
+    retry_ambiguous: bool,
     **fields: Any,
 ) -> None:
     """Generate an image set for every prompt in PROMPTS into a folder, with a manifest.
@@ -563,7 +591,8 @@ def batch(
     "prompt", optional "id", any API field) or CSV (a "prompt" column; optional "id", "model",
     "size", "n", "seed", ...); "-" reads standard input. Options give defaults that each
     line's own fields override. Finished items go to OUT/manifest.jsonl; running the same
-    command again skips them.
+    command again skips them. One run per OUT at a time (a second one exits 75). Ctrl-C,
+    SIGTERM or SIGHUP stop starting items and save the ones in flight; a second one aborts.
 
     \b
     Examples:
@@ -583,6 +612,7 @@ def batch(
         timeout=timeout,
         max_retries=max_retries,
         max_connections=max(concurrency, download_concurrency),
+        retry_ambiguous=retry_ambiguous,
     )
     settings = BatchSettings(
         out=out,
