@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.to_thread
 import click
 
 from nanogpt_async import __version__
+from nanogpt_async._batch_budget import DEFAULT_MODEL
+from nanogpt_async._batch_manifest import FileEntry, write_images
 from nanogpt_async._batch_names import slugify
 from nanogpt_async._cli._common import (
     EXIT_BUDGET,
@@ -29,6 +32,7 @@ from nanogpt_async._cli._common import (
     output,
     run_async,
 )
+from nanogpt_async._models import checked_image
 
 __all__ = ["cli"]
 
@@ -178,15 +182,13 @@ _NAME_OPTION = click.option(
     "--name", metavar="STEM", help="File name stem [default: a slug of the prompt]."
 )
 _INPUT_IMAGE = click.Path(exists=True, dir_okay=False, path_type=Path)
-
-
-def _free_stem(folder: Path, stem: str) -> str:
-    """``stem``, or ``stem-2``, ``stem-3``... whichever no existing file starts with."""
-    candidate, number = stem, 1
-    while any(folder.glob(glob.escape(candidate) + "*")):
-        number += 1
-        candidate = f"{stem}-{number}"
-    return candidate
+_JSON_OPTION = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object per saved image on stdout (path, sha256, cost, request id...) "
+    "instead of its path.",
+)
 
 
 @cli.command(epilog=_EXIT_CODES_HELP)
@@ -194,6 +196,7 @@ def _free_stem(folder: Path, stem: str) -> str:
 @generation_options
 @_OUT_OPTION
 @_NAME_OPTION
+@_JSON_OPTION
 @click.option(
     "--image",
     "images",
@@ -218,6 +221,7 @@ def generate(
     *,
     out: Path,
     name: str | None,
+    as_json: bool,
     images: tuple[Path, ...],
     mask: Path | None,
     api_key: str | None,
@@ -248,29 +252,88 @@ def generate(
         max_retries=max_retries,
         retry_ambiguous=retry_ambiguous,
     )
-    _call_and_save(client, lambda c: c.images.generate(**request), out=out, name=name, text=prompt)
+    _call_and_save(
+        client,
+        lambda c: c.images.generate(**request),
+        _SaveSettings(out=out, name=name, as_json=as_json, operation="generate", request=request),
+    )
+
+
+@dataclass(frozen=True)
+class _SaveSettings:
+    """Where and how `generate` and `edit` save and report their images."""
+
+    out: Path
+    name: str | None
+    as_json: bool
+    operation: str
+    request: Mapping[str, Any]
+
+
+def _file_names(stem: str, images: Sequence[tuple[int, bytes]]) -> list[tuple[str, bytes]]:
+    """``stem.png`` for one image, ``stem-0.png``, ``stem-1.png``... for several.
+
+    Numbered from 0 like the library (``image.index``, ``save_all``) and ``batch``. The
+    extension comes from the bytes.
+    """
+    named = []
+    for index, data in images:
+        extension = checked_image(data, f"image {index}").extension
+        named.append((f"{stem}-{index}{extension}" if len(images) > 1 else stem + extension, data))
+    return named
+
+
+def _json_line(
+    settings: _SaveSettings, response: ImagesResponse, index: int, entry: FileEntry
+) -> str:
+    """One saved image as a JSON object, for scripts (``--json``)."""
+    count = len(response.data)
+    request = settings.request
+    return json.dumps(
+        {
+            "path": str(settings.out / entry.path),
+            "index": index,
+            "sha256": entry.sha256,
+            "bytes": entry.bytes,
+            # NanoGPT prices per image: each image's share, so summing the lines adds up.
+            "cost": None if response.cost is None else response.cost / count,
+            "request_cost": response.cost,
+            "request_id": response.request_id,
+            "remaining_balance": response.remaining_balance,
+            "operation": settings.operation,
+            "model": request.get("model", DEFAULT_MODEL),
+            "size": request.get("size"),
+            "seed": request.get("seed"),
+            "prompt": request.get("prompt"),
+        }
+    )
 
 
 def _call_and_save(
     client: AsyncNanoGPT,
     call: Callable[[AsyncNanoGPT], Awaitable[ImagesResponse]],
-    *,
-    out: Path,
-    name: str | None,
-    text: str,
+    settings: _SaveSettings,
 ) -> None:
-    """Run one paid call, save its images into ``out``, print their paths, cost and balance."""
-    stem = slugify(name, max_length=200) if name else slugify(text, max_length=48)
+    """Run one paid call, save its images into ``out``, print their paths, cost and balance.
+
+    Files are written like a batch's (`write_images`): a name already taken, by an earlier
+    run's image or anything else, is never replaced; the next free ``-v2``, ``-v3``... is used.
+    """
+    out = settings.out
+    prompt = str(settings.request.get("prompt", ""))
+    stem = slugify(settings.name, max_length=200) if settings.name else slugify(prompt, 48)
 
     async def main() -> None:
         async with client:
             response = await call(client)
-            many = len(response.data) > 1
+            images = [(image.index, await image.read()) for image in response.data]
             await anyio.Path(out).mkdir(parents=True, exist_ok=True)
-            free = _free_stem(out, stem)
-            for image in response.data:
-                target = out / (f"{free}-{image.index + 1}" if many else free)
-                output.out(str(await image.save(target)))
+            entries = await anyio.to_thread.run_sync(write_images, out, _file_names(stem, images))
+            for (index, _), entry in zip(images, entries, strict=True):
+                if settings.as_json:
+                    output.out(_json_line(settings, response, index, entry))
+                else:
+                    output.out(str(out / entry.path))
         parts = []
         if response.cost is not None:
             parts.append(f"cost ${response.cost:.4f}")
@@ -302,6 +365,7 @@ def _call_and_save(
 @request_options
 @_OUT_OPTION
 @_NAME_OPTION
+@_JSON_OPTION
 @click.option("--user", metavar="ID", help="Your end user's id, passed to NanoGPT.")
 @retry_ambiguous_option
 @api_options
@@ -313,6 +377,7 @@ def edit(
     more_images: tuple[Path, ...],
     out: Path,
     name: str | None,
+    as_json: bool,
     api_key: str | None,
     base_url: str | None,
     timeout: float | None,
@@ -342,7 +407,11 @@ def edit(
         max_retries=max_retries,
         retry_ambiguous=retry_ambiguous,
     )
-    _call_and_save(client, lambda c: c.images.edit(**request), out=out, name=name, text=prompt)
+    _call_and_save(
+        client,
+        lambda c: c.images.edit(**request),
+        _SaveSettings(out=out, name=name, as_json=as_json, operation="edit", request=request),
+    )
 
 
 # -- models and balance -----------------------------------------------------------------------
