@@ -384,3 +384,23 @@ def test_a_second_ctrl_c_aborts_in_flight_items_and_exits_130(fake_nanogpt, tmp_
     assert "Traceback" not in stderr
     assert all(r["status"] == "ok" for r in manifest(out))
     assert "summary:" in stdout
+
+
+# -- prompt files ----------------------------------------------------------------------------
+
+
+@secret_fake
+def test_comment_lines_in_a_text_prompt_file_are_not_sent(
+    fake_nanogpt: FakeServer, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# foxes, for the catalogue\na red fox\n  # TODO more\n\\#1 fox\n")
+    out = tmp_path / "out"
+
+    result = run(fake_nanogpt, "batch", str(prompts), "-o", str(out))
+
+    assert result.exit_code == 0, result.stderr
+    sent = sorted(json.loads(line)["prompt"] for line in (out / "manifest.jsonl").open())
+    assert sent == ["#1 fox", "a red fox"]
+    assert fake_nanogpt.fake.stats.generation_requests == 2
+    assert summary_value(result.stdout, "items") == "2"
