@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from nanogpt_async._cli._commands import cli
-from nanogpt_async.testing import FakeServer, make_png
+from nanogpt_async.testing import FakeServer, Fault, make_png
 
 SECRET = "ngk_GENERATE_FILES_SECRET_never_print_4410"
 secret_fake = pytest.mark.fake_nanogpt(api_key=SECRET)
@@ -147,3 +147,19 @@ def test_generate_json_failure_prints_nothing_on_stdout(
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr.startswith("error: NanoGPT answered 400")
+
+
+@secret_fake
+def test_an_unreadable_image_does_not_cost_the_others_of_its_request(
+    fake_nanogpt: FakeServer, tmp_path: Path
+) -> None:
+    fake_nanogpt.fake.enqueue(Fault.item_without_image())  # the first item has no image
+
+    result = run(fake_nanogpt, "generate", "a fox", "-n", "2", "-o", str(tmp_path))
+
+    assert result.exit_code == 1
+    assert names(result) == ["a-fox-1.png"]  # the second image, paid for, is saved
+    assert (tmp_path / "a-fox-1.png").read_bytes().startswith(b"\x89PNG")
+    assert "error: image 0 has neither 'url' nor 'b64_json'" in result.stderr
+    assert "cost $0.0100" in result.stderr
+    assert fake_nanogpt.fake.stats.images_generated == 2

@@ -32,6 +32,7 @@ from nanogpt_async._cli._common import (
     output,
     run_async,
 )
+from nanogpt_async._errors import ImageError
 from nanogpt_async._models import checked_image
 
 __all__ = ["cli"]
@@ -270,17 +271,14 @@ class _SaveSettings:
     request: Mapping[str, Any]
 
 
-def _file_names(stem: str, images: Sequence[tuple[int, bytes]]) -> list[tuple[str, bytes]]:
-    """``stem.png`` for one image, ``stem-0.png``, ``stem-1.png``... for several.
+def _file_name(stem: str, index: int, data: bytes, *, many: bool) -> str:
+    """``stem.png`` for a lone image, ``stem-0.png``, ``stem-1.png``... for several.
 
     Numbered from 0 like the library (``image.index``, ``save_all``) and ``batch``. The
     extension comes from the bytes.
     """
-    named = []
-    for index, data in images:
-        extension = checked_image(data, f"image {index}").extension
-        named.append((f"{stem}-{index}{extension}" if len(images) > 1 else stem + extension, data))
-    return named
+    extension = checked_image(data, f"image {index}").extension
+    return f"{stem}-{index}{extension}" if many else stem + extension
 
 
 def _json_line(
@@ -324,14 +322,23 @@ def _call_and_save(
     stem = slugify(settings.name, max_length=200) if settings.name else slugify(prompt, 48)
 
     async def main() -> None:
+        failures: list[ImageError] = []
         async with client:
             response = await call(client)
-            images = [(image.index, await image.read()) for image in response.data]
             await anyio.Path(out).mkdir(parents=True, exist_ok=True)
-            entries = await anyio.to_thread.run_sync(write_images, out, _file_names(stem, images))
-            for (index, _), entry in zip(images, entries, strict=True):
+            many = len(response.data) > 1
+            # One at a time, each printed once written; an image that cannot be read (bad
+            # data, an expired URL) does not cost the others, which are paid for too.
+            for image in response.data:
+                try:
+                    data = await image.read()
+                except ImageError as exc:
+                    failures.append(exc)
+                    continue
+                name = _file_name(stem, image.index, data, many=many)
+                (entry,) = await anyio.to_thread.run_sync(write_images, out, [(name, data)])
                 if settings.as_json:
-                    output.out(_json_line(settings, response, index, entry))
+                    output.out(_json_line(settings, response, image.index, entry))
                 else:
                     output.out(str(out / entry.path))
         parts = []
@@ -343,6 +350,8 @@ def _call_and_save(
             parts.append(f"request id {response.request_id}")
         if parts:
             output.err(", ".join(parts))
+        if failures:
+            raise failures[0]
 
     run_async(main, verbose=_verbose())
 
