@@ -180,7 +180,10 @@ _OUT_OPTION = click.option(
     help="Folder to save into (created if missing).",
 )
 _NAME_OPTION = click.option(
-    "--name", metavar="STEM", help="File name stem [default: a slug of the prompt]."
+    "--name",
+    metavar="STEM",
+    help="File name stem [default: a slug of the prompt]: STEM.png, or STEM-0.png, "
+    "STEM-1.png... for several images; a taken name gets -v2, -v3... (never overwritten).",
 )
 _INPUT_IMAGE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _JSON_OPTION = click.option(
@@ -665,11 +668,11 @@ def batch(
 ) -> None:
     """Generate an image set for every prompt in PROMPTS into a folder, with a manifest.
 
-    PROMPTS is a text file (one prompt per line), JSONL (one request object per line:
-    "prompt", optional "id", any API field) or CSV (a "prompt" column; optional "id", "model",
-    "size", "n", "seed", ...); "-" reads standard input. Options give defaults that each
-    line's own fields override. Finished items go to OUT/manifest.jsonl; running the same
-    command again skips them. One run per OUT at a time (a second one exits 75). Ctrl-C,
+    PROMPTS is a text file (one prompt per line; "#" lines are comments), JSONL (one request
+    object per line: "prompt", optional "id", any API field) or CSV (a "prompt" column; optional
+    "id", "model", "size", "n", "seed", ...); "-" reads standard input. Options give defaults
+    that each line's own fields override. Finished items go to OUT/manifest.jsonl; running the
+    same command again skips them. One run per OUT at a time (a second one exits 75). Ctrl-C,
     SIGTERM or SIGHUP stop starting items and save the ones in flight; a second one aborts.
 
     \b
