@@ -253,7 +253,7 @@ class DailyLimitExceededError(RateLimitError):
 class InternalServerError(APIStatusError):
     """5xx: a failure on NanoGPT's side (retried)."""
 
-    hint = "A NanoGPT-side failure that persisted through retries; try again later"
+    hint = "A failure on NanoGPT's side; try again later (retried first if the retry policy allows)"
 
 
 class APIConnectionError(APIError):
