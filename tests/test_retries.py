@@ -49,7 +49,10 @@ def ok(png_b64: str) -> httpx.Response:
 async def test_transient_statuses_are_retried_until_success(
     client, mock_api, png_b64, status, error
 ):
-    route = mock_api.post(GEN).mock(side_effect=[httpx.Response(status), ok(png_b64)])
+    # NanoGPT's own (JSON) error answers; a gateway's page on a paid POST is not retried
+    # (tests/test_hostile_http.py::test_a_gateway_page_on_a_paid_post_is_not_retried...).
+    answer = httpx.Response(status, json={"error": {"message": "try again"}})
+    route = mock_api.post(GEN).mock(side_effect=[answer, ok(png_b64)])
 
     response = await client.images.generate(prompt="x")
 
