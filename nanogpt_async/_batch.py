@@ -63,6 +63,7 @@ from nanogpt_async._errors import (
     APIResponseValidationError,
     AuthenticationError,
     DailyLimitExceededError,
+    GatewayError,
     ImageError,
     InsufficientBalanceError,
     InvalidInputError,
@@ -681,7 +682,7 @@ class Batch:
                 job.holds_slot = False
                 self._generation_slots.release_on_behalf_of(job)
             answered = time.monotonic()
-            maybe_charged = isinstance(error, APIResponseValidationError) or (
+            maybe_charged = isinstance(error, (APIResponseValidationError, GatewayError)) or (
                 isinstance(error, APIConnectionError) and error.request_sent
             )
             cost = response.cost if response is not None else None
