@@ -6,10 +6,12 @@ transport (aiohttp). docs/reliability.md maps each case to its test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -28,6 +30,7 @@ from nanogpt_async import (
     RetryPolicy,
 )
 from nanogpt_async._client import BIG_BODY_BYTES, MAX_REDIRECTS
+from nanogpt_async._exchange import attempt_deadline
 from nanogpt_async._transport import AutoTransport
 from tests import hostile_http as hostile
 from tests.conftest import KEY
@@ -403,3 +406,55 @@ def test_no_proxy_and_trust_env_decide_the_proxy(monkeypatch):
     assert transport.proxy_for("https://nano-gpt.com/api/v1") == "http://proxy.test:3128"
     assert transport.proxy_for("https://api.internal.test/x") is None
     assert untrusting.proxy_for("https://nano-gpt.com/api/v1") is None
+
+
+@pytest.mark.parametrize("cost", [b"NaN", b'"NaN"', b"Infinity", b"-1", b"1" + b"0" * 400])
+async def test_an_absurd_cost_is_recorded_as_unknown_and_a_resume_does_not_pay_again(
+    server, tmp_path: Path, png_b64, cost
+):
+    body = b'{"data": [{"b64_json": "%s"}], "cost": %s}' % (png_b64.encode(), cost)
+    answer = hostile.head("200 OK", [("Content-Length", str(len(body)))]) + body
+    server.always(hostile.raw(answer, keep=True))
+
+    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+        first = await client.images.generate_many(["a fox"], output_dir=tmp_path, rps=None).run()
+        again = await client.images.generate_many(["a fox"], output_dir=tmp_path, rps=None).run()
+
+    [line] = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert (line["status"], line["cost"]) == ("ok", None)
+    assert (first.ok, again.skipped) == (1, 1)
+    assert server.stats.charged == 1  # the manifest line was read back: not paid again
+
+
+@pytest.mark.parametrize(
+    ("timeout", "deadline"),
+    [
+        (httpx.Timeout(2.0), 2.0),
+        (httpx.Timeout(300.0, connect=10.0, pool=None), 300.0),
+        (httpx.Timeout(5.0, read=60.0), 60.0),
+        (httpx.Timeout(10.0, read=None), None),
+        (httpx.Timeout(None), None),
+    ],
+)
+def test_an_attempt_s_overall_deadline_comes_from_its_timeout(timeout, deadline):
+    assert attempt_deadline(timeout) == deadline
+
+
+async def test_a_slow_connection_pool_wait_is_not_reported_as_charged(server):
+    # Deadline passes while the only connection is busy: the request never left.
+    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url, max_connections=1) as client:
+        server.queue(hostile.drip(0.05))
+        async with anyio.create_task_group() as group:
+            group.start_soon(_swallow, client.images.generate(prompt="hog", timeout=2.0))
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(APITimeoutError) as info:
+                await client.with_options(max_retries=0).images.generate(prompt="x", timeout=0.3)
+            group.cancel_scope.cancel()
+
+    assert info.value.request_sent is False
+    assert server.stats.charged == 1  # only the hog
+
+
+async def _swallow(call: Any) -> None:
+    with contextlib.suppress(NanoGPTError):
+        await call

@@ -200,3 +200,49 @@ async def test_oversized_api_responses_are_refused(mock_api, png_b64):
     async with AsyncNanoGPT(api_key=KEY, base_url=BASE, max_response_bytes=1000) as client:
         with pytest.raises(APIResponseValidationError, match="over the 1000-byte cap"):
             await client.images.generate(prompt="x")
+
+
+@pytest.mark.parametrize(
+    ("raw_cost", "expected"),
+    [
+        (b"0.01", 0.01),
+        (b'"0.02"', 0.02),
+        (b"0", 0.0),
+        (b"-0.01", None),
+        (b'"-1"', None),
+        (b'"NaN"', None),
+        (b"NaN", None),
+        (b"Infinity", None),
+        (b"-Infinity", None),
+        (b'"Infinity"', None),
+        (b"1e400", None),
+        (b"1" + b"0" * 400, None),
+        (b'"1' + b"0" * 400 + b'"', None),
+        (b'"a dollar"', None),
+        (b"true", None),
+        (b"null", None),
+        (b"[0.01]", None),
+        (b'{"usd": 0.01}', None),
+    ],
+)
+async def test_cost_is_a_finite_non_negative_number_or_unknown_and_never_loses_the_images(
+    client, mock_api, png_b64, raw_cost, expected
+):
+    body = b'{"created": 1, "data": [{"b64_json": "%s"}], "cost": %s}' % (
+        png_b64.encode(),
+        raw_cost,
+    )
+    mock_api.post(GEN).respond(200, content=body, headers={"Content-Type": "application/json"})
+
+    response = await client.images.generate(prompt="x")
+
+    assert response.cost == expected
+    assert await response.data[0].read()
+
+
+async def test_a_missing_cost_is_unknown(client, mock_api, png_b64):
+    mock_api.post(GEN).respond(200, json={"data": [{"b64_json": png_b64}]})
+
+    response = await client.images.generate(prompt="x")
+
+    assert response.cost is None
