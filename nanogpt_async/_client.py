@@ -106,7 +106,9 @@ class AsyncNanoGPT:
     Args:
         api_key: Your NanoGPT key; defaults to the ``NANOGPT_API_KEY`` environment variable.
         base_url: API base; defaults to ``NANOGPT_BASE_URL`` or ``https://nano-gpt.com/api/v1``.
-        timeout: Seconds or an ``httpx.Timeout``; ``None`` means no timeout.
+        timeout: Seconds or an ``httpx.Timeout``; ``None`` means no timeout. Seconds are also
+            each attempt's overall deadline; for an ``httpx.Timeout`` the deadline is its
+            largest phase, or none when ``read`` is ``None``.
         max_retries: Retries after the first attempt (overrides ``retry_policy.max_retries``).
         retry_policy: The full retry policy; see :class:`RetryPolicy`.
         max_connections: Connection pool size; the batch runner keeps its concurrency within it.
@@ -114,9 +116,9 @@ class AsyncNanoGPT:
             It is not closed by :meth:`aclose`; you own it.
         download_client: Your own ``httpx.AsyncClient`` for signed-URL downloads. It must not
             carry credentials: the library never adds any to it. Not closed by :meth:`aclose`.
-        download_timeout: Timeout for each signed-URL download.
-        max_response_bytes: Largest API response body accepted.
-        max_download_bytes: Largest downloaded image accepted.
+        download_timeout: Timeout for each signed-URL download (the same deadline rule).
+        max_response_bytes: Largest API response body accepted, decompressed.
+        max_download_bytes: Largest downloaded image accepted, decompressed.
         verify: TLS verification for the pools this client creates (on by default).
 
     Example:

@@ -63,7 +63,8 @@ class RetryPolicy:
             raises, rather than sleeping for minutes inside a call.
         retry_statuses: HTTP statuses that are retried.
         retry_ambiguous: Retry paid requests that may already have reached the server (read
-            timeout, connection reset mid-response). Off by default because NanoGPT has no
+            timeout, the attempt's deadline, connection reset mid-response, a malformed answer,
+            a gateway's 502/504/520-524 page). Off by default because NanoGPT has no
             idempotency key: such a retry may generate, and charge, twice.
 
     Example:
