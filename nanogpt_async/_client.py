@@ -355,7 +355,7 @@ class AsyncNanoGPT:
                     describe=describe,
                 )
             if exchange.scope.cancelled_caught and result is None:
-                failure = deadline_error(describe, deadline or 0, sent=exchange.progress.sent)
+                failure = deadline_error(describe, deadline or 0, sent=exchange.progress.maybe_sent)
         except NanoGPTError as exc:
             failure = exc
         except Exception as exc:  # noqa: BLE001 - the boundary: every failure becomes ours
@@ -628,4 +628,4 @@ def _sent(exc: BaseException, exchange: Exchange) -> bool | None:
     """Whether a failure may have been charged when its class alone cannot say."""
     if isinstance(exc, httpx.TransportError):
         return None  # the class says (translated by our transport from what it saw)
-    return exchange.progress.sent
+    return exchange.progress.maybe_sent

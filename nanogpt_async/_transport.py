@@ -51,15 +51,24 @@ class Progress:
 
     ``sent`` turns true once the request's headers start to leave (httpcore's trace event, or
     aiohttp's ``on_request_headers_sent``): before that, the server cannot have seen it.
+    ``tracked`` says a transport reports progress at all (ours and httpx's own pool do; a mock
+    or a third-party transport may not): when it does not, a failure counts as maybe sent.
     """
 
-    __slots__ = ("sent",)
+    __slots__ = ("sent", "tracked")
 
     def __init__(self) -> None:
         self.sent = False
+        self.tracked = False
+
+    @property
+    def maybe_sent(self) -> bool:
+        """Whether the server may have seen the request (``True`` when nobody can tell)."""
+        return self.sent or not self.tracked
 
     async def trace(self, event: str, info: Mapping[str, Any]) -> None:  # noqa: ARG002
-        """Receive httpcore's ``trace`` extension events."""
+        """Receive httpcore's ``trace`` extension events (connecting comes first)."""
+        self.tracked = True
         if "send_request_headers" in event:
             self.sent = True
 
@@ -209,6 +218,7 @@ class _AiohttpCarrier:
         timeout = request.extensions.get("timeout", {})
         progress = request.extensions.get(PROGRESS_EXTENSION)
         progress = progress if isinstance(progress, Progress) else Progress()
+        progress.tracked = True
         proxy = environment_proxy(request.url, self._proxies)
         failure: httpx.TransportError | None = None
         try:
@@ -322,6 +332,10 @@ class AutoTransport(httpx.AsyncBaseTransport):
                     ),
                     proxies=self.proxies,
                 )
+        progress = request.extensions.get(PROGRESS_EXTENSION)
+        if isinstance(progress, Progress) and "trace" in request.extensions:
+            # Both pools report the headers leaving (aiohttp's signal, httpcore's trace).
+            progress.tracked = True
         if self._aiohttp is not None:
             return await self._aiohttp.send(request)
         return await self._native(

@@ -6,6 +6,7 @@ transport (aiohttp). docs/reliability.md maps each case to its test.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import tracemalloc
@@ -33,7 +34,7 @@ from nanogpt_async._client import BIG_BODY_BYTES, MAX_REDIRECTS
 from nanogpt_async._exchange import attempt_deadline
 from nanogpt_async._transport import AutoTransport
 from tests import hostile_http as hostile
-from tests.conftest import KEY
+from tests.conftest import BASE, KEY
 from tests.hostile_http import HostileServer
 from tests.test_codec import _CountingSemaphore
 
@@ -458,3 +459,47 @@ async def test_a_slow_connection_pool_wait_is_not_reported_as_charged(server):
 async def _swallow(call: Any) -> None:
     with contextlib.suppress(NanoGPTError):
         await call
+
+
+@pytest.mark.parametrize(
+    ("raised", "sent"),
+    [
+        (httpx.LocalProtocolError("illegal header"), False),
+        (httpx.ConnectError("refused"), False),
+        (httpx.DecodingError("bad gzip"), True),
+        (httpx.TooManyRedirects("loop"), True),
+        (httpx.InvalidURL("bad url"), True),
+        (httpx.RemoteProtocolError("garbage"), True),
+        (RuntimeError(f"a custom transport broke, Bearer {KEY}"), True),
+        (ValueError("anything else"), True),
+    ],
+)
+async def test_any_exception_from_any_transport_becomes_a_nanogpt_error(mock_api, raised, sent):
+    # A mocked transport reports no progress: what its exception cannot say counts as sent.
+    route = mock_api.post(f"{BASE}/images/generations").mock(side_effect=raised)
+
+    async with AsyncNanoGPT(api_key=KEY, base_url=BASE, max_retries=0) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await client.images.generate(prompt="x")
+
+    assert info.value.request_sent is sent
+    assert route.call_count == 1
+    assert_no_key(info.value)
+
+
+async def test_a_big_gzipped_answer_is_inflated_in_a_worker_thread(client, server, monkeypatch):
+    padded = hostile.PNG + b"\0" * (3 * 1024 * 1024)
+    server.queue(hostile.gzipped({"data": [{"b64_json": base64.b64encode(padded).decode()}]}))
+    offloaded: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def spy(func: Any, *args: Any) -> Any:
+        offloaded.append(func.__name__)
+        return await real(func, *args)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", spy)
+
+    response = await client.images.generate(prompt="x")
+
+    assert await response.data[0].read() == padded
+    assert "_take" in offloaded  # inflating past the first MiB happened off the event loop
