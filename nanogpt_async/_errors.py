@@ -42,6 +42,7 @@ the transport/client boundary, with ``request_sent`` saying whether it may have 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -450,17 +451,18 @@ def _parse_error_object(data: Mapping[str, Any], text: str) -> str:
     return message
 
 
-def _secret_forms(secrets: Iterable[str]) -> list[str]:
+@functools.lru_cache(maxsize=64)
+def _secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
     forms: set[str] = set()
     for secret in secrets:
         if len(secret) >= 4:  # noqa: PLR2004 - shorter "secrets" would redact ordinary text
             forms.update({secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)})
-    return sorted(forms, key=len, reverse=True)
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every secret (and its URL-encoded forms) and any bearer token replaced."""
-    for form in _secret_forms(secrets):
+    for form in _secret_forms(tuple(secrets)):
         if form in text:
             text = text.replace(form, REDACTED)
     if "earer" in text or "EARER" in text:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
@@ -88,9 +89,22 @@ def _bypass(host: str, proxies: Mapping[str, str]) -> bool:
     return bool(bypass(host, proxies))
 
 
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def environment_proxy(url: httpx.URL, proxies: Mapping[str, str]) -> str | None:
-    """The proxy URL for ``url`` from ``proxies`` (``urllib``'s environment map), or ``None``."""
-    if not proxies:
+    """The proxy URL for ``url`` from ``proxies`` (``urllib``'s environment map), or ``None``.
+
+    Loopback hosts never go through a proxy: no proxy can reach this machine's loopback, and a
+    CI runner's ``HTTP_PROXY`` must not break a local fake server.
+    """
+    if not proxies or _is_loopback(url.host):
         return None
     host = url.host
     if host and "no" in proxies and _bypass(host, proxies):

@@ -503,3 +503,15 @@ async def test_a_big_gzipped_answer_is_inflated_in_a_worker_thread(client, serve
 
     assert await response.data[0].read() == padded
     assert "_take" in offloaded  # inflating past the first MiB happened off the event loop
+
+
+def test_loopback_hosts_never_go_through_a_proxy(monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.test:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    transport = AutoTransport(limits=httpx.Limits(max_connections=1))
+
+    assert transport.proxy_for("http://127.0.0.1:8000/api/v1") is None
+    assert transport.proxy_for("http://localhost:8000/api/v1") is None
+    assert transport.proxy_for("http://[::1]:8000/api/v1") is None
+    assert transport.proxy_for("http://api.test/api/v1") == "http://proxy.test:3128"
