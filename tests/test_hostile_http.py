@@ -515,3 +515,20 @@ def test_loopback_hosts_never_go_through_a_proxy(monkeypatch):
     assert transport.proxy_for("http://localhost:8000/api/v1") is None
     assert transport.proxy_for("http://[::1]:8000/api/v1") is None
     assert transport.proxy_for("http://api.test/api/v1") == "http://proxy.test:3128"
+
+
+async def test_a_gateway_page_counts_against_the_budget_as_maybe_charged(server, tmp_path: Path):
+    # The origin may have charged before the gateway answered: the budget assumes it did.
+    server.queue(hostile.ok)
+    server.queue(hostile.gateway_page())
+    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+        summary = await client.images.generate_many(
+            ["one", "two", "three", "four"],
+            output_dir=tmp_path,
+            rps=None,
+            concurrency=1,
+            max_cost=0.02,
+        ).run()
+
+    assert server.stats.charged == 2  # before: the gateway page counted as free, a third was sent
+    assert (summary.ok, summary.failed, summary.stopped_reason) == (1, 1, "budget")
