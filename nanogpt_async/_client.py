@@ -193,6 +193,8 @@ class AsyncNanoGPT:
             transport=AutoTransport(limits=limits, verify=verify),
             timeout=self.download_timeout,
             cookies=_NoCookies(),
+            # What _exchange decodes (httpx would add br/zstd when those packages are installed).
+            headers={"Accept-Encoding": "gzip, deflate"},
             follow_redirects=True,
             max_redirects=MAX_REDIRECTS,
         )

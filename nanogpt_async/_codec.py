@@ -14,6 +14,8 @@ from typing import Any
 
 import anyio.to_thread
 
+from nanogpt_async._errors import InvalidInputError
+
 __all__ = [
     "OFFLOAD_THRESHOLD",
     "JSONDecodeError",
@@ -57,6 +59,10 @@ def _stdlib_loads(data: bytes | str) -> Any:
         raise ValueError("the JSON is nested too deeply to parse") from None
 
 
+def _stdlib_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 try:
     import orjson
 
@@ -76,8 +82,15 @@ try:
         return value
 
     def dumps(obj: Any) -> bytes:
-        """Serialise JSON to compact UTF-8 bytes (orjson)."""
-        return orjson.dumps(obj)
+        """Serialise JSON to compact UTF-8 bytes (orjson; the stdlib for what orjson refuses).
+
+        orjson refuses integers beyond 64 bits (a ``seed``, an ``extra_body`` field) that the
+        stdlib writes exactly; anything neither can write is a ``TypeError``/``ValueError``.
+        """
+        try:
+            return orjson.dumps(obj)
+        except orjson.JSONEncodeError:
+            return _stdlib_dumps(obj)
 
     JSONDecodeError: type[ValueError] = orjson.JSONDecodeError
 
@@ -89,7 +102,7 @@ except ImportError:  # pragma: no cover - exercised when the speed extra is abse
 
     def dumps(obj: Any) -> bytes:
         """Serialise JSON to compact UTF-8 bytes (stdlib)."""
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        return _stdlib_dumps(obj)
 
     JSONDecodeError = json.JSONDecodeError
 
@@ -225,10 +238,21 @@ def _text_size(body: Mapping[str, Any]) -> int:
 
 
 async def dumps_maybe_offloaded(body: Mapping[str, Any]) -> bytes:
-    """Serialise a request body, in a worker thread when it carries megabytes (input images)."""
-    if _text_size(body) > OFFLOAD_THRESHOLD:
-        return await anyio.to_thread.run_sync(dumps, body)
-    return dumps(body)
+    """Serialise a request body, in a worker thread when it carries megabytes (input images).
+
+    Raises:
+        InvalidInputError: a value JSON cannot carry (an object in ``extra_body``...): nothing
+            is sent.
+    """
+    try:
+        if _text_size(body) > OFFLOAD_THRESHOLD:
+            return await anyio.to_thread.run_sync(dumps, body)
+        return dumps(body)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInputError(
+            f"the request body cannot be written as JSON ({exc}); extra_body values must be "
+            "strings, numbers, booleans, None, lists or dicts. Nothing was sent"
+        ) from None
 
 
 async def b64decode_maybe_offloaded(data: str) -> bytes:

@@ -365,3 +365,22 @@ def test_max_retries_argument_overrides_the_policy():
 
     assert client.retry_policy.max_retries == 7
     assert client.retry_policy.backoff_max == 1
+
+
+async def test_a_body_json_cannot_carry_is_refused_before_sending(client, mock_api):
+    route = mock_api.post(f"{BASE}/images/generations")
+
+    with pytest.raises(InvalidInputError, match="cannot be written as JSON"):
+        await client.images.generate(prompt="x", extra_body={"when": object()})
+
+    assert not route.called
+
+
+async def test_integers_beyond_64_bits_are_sent_exactly(client, mock_api, png_b64):
+    route = mock_api.post(f"{BASE}/images/generations").respond(
+        200, json={"data": [{"b64_json": png_b64}]}
+    )
+
+    await client.images.generate(prompt="x", seed=2**70)
+
+    assert json.loads(route.calls[0].request.content)["seed"] == 2**70
