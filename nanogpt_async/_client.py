@@ -343,11 +343,12 @@ class AsyncNanoGPT:
         )
         failure: NanoGPTError | None = None
         result: tuple[Any, str | None] | None = None
+        received: tuple[httpx.Response, list[bytes]] | None = None
         try:
             with exchange.scope:
                 if deadline is not None:
                     exchange.scope.deadline = anyio.current_time() + deadline
-                result = await self._exchange(
+                received = await self._exchange(
                     exchange,
                     method,
                     url,
@@ -356,8 +357,12 @@ class AsyncNanoGPT:
                     timeout=timeout,
                     describe=describe,
                 )
-            if exchange.scope.cancelled_caught and result is None:
+            if received is None:
                 failure = deadline_error(describe, deadline or 0, sent=exchange.progress.maybe_sent)
+            else:
+                # Outside the deadline: an answer received in full is never thrown away because
+                # parsing it (in a worker thread, for big ones) ends after the deadline.
+                result = await self._interpret(*received, describe=describe)
         except NanoGPTError as exc:
             failure = exc
         except Exception as exc:  # noqa: BLE001 - the boundary: every failure becomes ours
@@ -385,7 +390,8 @@ class AsyncNanoGPT:
         headers: Mapping[str, str],
         timeout: httpx.Timeout,
         describe: str,
-    ) -> tuple[Any, str | None]:
+    ) -> tuple[httpx.Response, list[bytes]]:
+        """Send and receive: the response and its (decoded) body, or an error body's head."""
         if self._owns_http:
             # Our own pool has no defaults to merge: build the request directly and skip
             # httpx's per-call header/cookie/parameter merging (~8% of the request path at
@@ -407,33 +413,36 @@ class AsyncNanoGPT:
                 extensions=exchange.extensions(timeout),
             )
         response = await self._http.send(request, stream=True)
+        status = response.status_code
         try:
-            request_id = self._redact(response.headers.get("x-request-id"))
-            status = response.status_code
-            try:
-                if status >= 300:  # noqa: PLR2004 - redirects are not followed with a key
-                    # Only the head of an error body is looked at (parse_error_body): reading a
-                    # huge one would only cost memory.
-                    head = await exchange.read(
-                        response, ERROR_SCAN_BYTES + 1, describe, truncate=True
-                    )
-                else:
-                    chunks = await exchange.read(response, self.max_response_bytes, describe)
-            except UndecodableBody as exc:
-                if status >= 300:  # noqa: PLR2004
-                    head = [f"(an undecodable {status} body: {exc})".encode()]
-                else:
-                    raise APIResponseValidationError(
-                        f"{describe} answered {status} with a body that cannot be decoded "
-                        f"({exc}); if it was a generation it may have been charged",
-                        request_id=request_id,
-                    ) from None
+            if status >= 300:  # noqa: PLR2004 - redirects are not followed with a key
+                # Only the head of an error body is looked at (parse_error_body): reading a
+                # huge one would only cost memory.
+                return response, await exchange.read(
+                    response, ERROR_SCAN_BYTES + 1, describe, truncate=True
+                )
+            return response, await exchange.read(response, self.max_response_bytes, describe)
+        except UndecodableBody as exc:
+            if status >= 300:  # noqa: PLR2004
+                return response, [f"(an undecodable {status} body: {exc})".encode()]
+            raise APIResponseValidationError(
+                f"{describe} answered {status} with a body that cannot be decoded "
+                f"({exc}); if it was a generation it may have been charged",
+                request_id=self._redact(response.headers.get("x-request-id")),
+            ) from None
         finally:
             await response.aclose()
+
+    async def _interpret(
+        self, response: httpx.Response, chunks: list[bytes], *, describe: str
+    ) -> tuple[Any, str | None]:
+        """The parsed answer and request id, or the error the answer stands for."""
+        request_id = self._redact(response.headers.get("x-request-id"))
+        status = response.status_code
         if status >= 300:  # noqa: PLR2004
             raise status_error(
                 status,
-                b"".join(head),
+                b"".join(chunks),
                 content_type=response.headers.get("content-type", ""),
                 request_id=request_id,
                 retry_after=parse_retry_after(response.headers),

@@ -29,7 +29,9 @@ from nanogpt_async import (
     InternalServerError,
     NanoGPTError,
     RetryPolicy,
+    _codec,
 )
+from nanogpt_async import _client as client_module
 from nanogpt_async._client import BIG_BODY_BYTES, MAX_REDIRECTS
 from nanogpt_async._exchange import attempt_deadline
 from nanogpt_async._transport import AutoTransport
@@ -532,3 +534,21 @@ async def test_a_gateway_page_counts_against_the_budget_as_maybe_charged(server,
 
     assert server.stats.charged == 2  # before: the gateway page counted as free, a third was sent
     assert (summary.ok, summary.failed, summary.stopped_reason) == (1, 1, "budget")
+
+
+async def test_an_answer_received_in_full_is_kept_though_parsing_it_ends_past_the_deadline(
+    client, server, monkeypatch
+):
+    # A slow parse (a big answer in a busy worker thread) must not turn a received, paid
+    # answer into a timeout: the deadline covers the exchange on the wire only.
+    real = _codec.loads_chunks_maybe_offloaded
+
+    async def slow_parse(chunks: list[bytes]) -> Any:
+        await anyio.sleep(0.3)  # well past the 0.05 s deadline below
+        return await real(chunks)
+
+    monkeypatch.setattr(client_module, "loads_chunks_maybe_offloaded", slow_parse)
+
+    response = await client.images.generate(prompt="x", timeout=0.05)
+
+    assert await response.data[0].read()
