@@ -518,10 +518,11 @@ class AsyncNanoGPT:
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            reason = redact(str(exc), self._secrets)
             raise ImageDownloadError(
-                f"NanoGPT sent a malformed image URL {shown!r} ({redact(str(exc), self._secrets)}); "  # noqa: E501
-                "it cannot be downloaded. The generation may have been charged: quote the "
-                "request id to NanoGPT support",
+                f"NanoGPT sent a malformed image URL {shown!r} ({reason}); it cannot be "
+                "downloaded. The generation may have been charged: quote the request id to "
+                "NanoGPT support",
                 url=shown,
             ) from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
