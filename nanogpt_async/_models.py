@@ -180,7 +180,9 @@ class ImagesResponse:
     Attributes:
         created: Unix time of generation.
         data: The images, in order.
-        cost: What this request was charged (USD), when NanoGPT said.
+        cost: What this request was charged (USD): a finite number >= 0, or ``None`` when
+            NanoGPT did not say or said something unusable (not a number, negative, ``NaN``,
+            infinite, overflowing): see :func:`cost_or_none`.
         payment_source: Where the money came from (``"USD"``, ``"XNO"``...).
         remaining_balance: The balance after this request, when NanoGPT said.
         request_id: NanoGPT's ``X-Request-ID``.
