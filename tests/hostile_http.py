@@ -251,6 +251,16 @@ def drip(every: float, total: int = 10_000_000) -> Answer:
     return answer
 
 
+def silence() -> Answer:
+    """Read the request (charged), then never answer."""
+
+    async def answer(server: HostileServer, writer: asyncio.StreamWriter, request: Request) -> bool:
+        await asyncio.Event().wait()
+        return False
+
+    return answer
+
+
 def gateway_page(status: str = "502 Bad Gateway") -> Answer:
     body = b"<html><head><title>502 Bad Gateway</title></head><body>cloudflare</body></html>"
     return raw(

@@ -552,3 +552,17 @@ async def test_an_answer_received_in_full_is_kept_though_parsing_it_ends_past_th
     response = await client.images.generate(prompt="x", timeout=0.05)
 
     assert await response.data[0].read()
+
+
+@pytest.mark.parametrize("timeout", [0.3, httpx.Timeout(10.0, read=0.3)])
+async def test_a_request_sent_but_never_answered_times_out_as_maybe_charged_and_is_not_retried(
+    client, server, timeout
+):
+    # Whichever fires first (the read timeout or the deadline), the request had left.
+    server.queue(hostile.silence(), count=3)
+
+    with pytest.raises(APITimeoutError) as info:
+        await client.images.generate(prompt="x", timeout=timeout)
+
+    assert info.value.request_sent is True
+    assert server.stats.charged == 1
