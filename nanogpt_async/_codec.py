@@ -38,16 +38,18 @@ OFFLOAD_THRESHOLD = 256 * 1024
 _INEXACT_FLOAT = float(2**63)
 
 
-def _has_big_float(value: object, depth: int = 0) -> bool:
+def _has_big_float(value: object) -> bool:
     """Whether ``value`` holds a float of magnitude >= 2**63 (walks nodes, not bytes)."""
-    if isinstance(value, float):
-        return abs(value) >= _INEXACT_FLOAT
-    if depth > 64:  # noqa: PLR2004 - deeper than any real answer: let the stdlib decide
-        return True
-    if isinstance(value, dict):
-        return any(_has_big_float(v, depth + 1) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_big_float(v, depth + 1) for v in value)
+    pending: list[object] = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, float):
+            if abs(node) >= _INEXACT_FLOAT:
+                return True
+        elif isinstance(node, dict):
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
     return False
 
 

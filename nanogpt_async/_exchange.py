@@ -217,7 +217,8 @@ class Exchange:
         chunks: list[bytes] = []
         total = 0
         async for raw in response.aiter_raw():
-            source = decoder.feed(raw)
+            # Identity (the usual case) takes the received chunk as it is.
+            source = decoder.feed(raw) if decoder.stages else iter((raw,))
             while batch := await _next_batch(
                 source, encoded=bool(decoder.stages), total=total, limit=limit
             ):
