@@ -36,6 +36,7 @@ from nanogpt_async._exchange import (
     attempt_deadline,
     connection_error,
     deadline_error,
+    may_hold_secret,
     redact_payload,
     seal,
 )
@@ -461,6 +462,8 @@ class AsyncNanoGPT:
                 request_id=request_id,
                 body=snippet,
             ) from None
+        if len(chunks) == 1 and not may_hold_secret(chunks[0], self._secrets):
+            return payload, request_id
         return redact_payload(payload, self._secrets), request_id
 
     def _redact(self, text: str | None) -> str | None:

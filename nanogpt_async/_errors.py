@@ -78,6 +78,7 @@ __all__ = [
     "parse_error_body",
     "redact",
     "redact_error",
+    "secret_forms",
     "status_error",
 ]
 
@@ -452,7 +453,8 @@ def _parse_error_object(data: Mapping[str, Any], text: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
+def secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """Each secret as it may appear in text: as is and URL-encoded; longest first."""
     forms: set[str] = set()
     for secret in secrets:
         if len(secret) >= 4:  # noqa: PLR2004 - shorter "secrets" would redact ordinary text
@@ -462,7 +464,7 @@ def _secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every secret (and its URL-encoded forms) and any bearer token replaced."""
-    for form in _secret_forms(tuple(secrets)):
+    for form in secret_forms(tuple(secrets)):
         if form in text:
             text = text.replace(form, REDACTED)
     if "earer" in text or "EARER" in text:

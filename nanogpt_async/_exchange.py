@@ -34,6 +34,7 @@ from nanogpt_async._errors import (
     NanoGPTError,
     redact,
     redact_error,
+    secret_forms,
 )
 from nanogpt_async._transport import PROGRESS_EXTENSION, Progress
 
@@ -390,6 +391,25 @@ def seal(
     error.__context__ = None
     error.__suppress_context__ = True
     return error
+
+
+#: Raw bodies up to this size are searched for secrets before the parsed answer is walked.
+_RAW_SEARCH_BYTES = 64 * 1024
+
+
+def may_hold_secret(raw: bytes, secrets: Sequence[str]) -> bool:
+    """Whether a raw JSON body may hold a secret: ``False`` only when it certainly does not.
+
+    Without a backslash no JSON escape can spell a secret differently, so a plain search of a
+    small body is exact; it saves walking the parsed answer on every call (the common case).
+    Big bodies (base64 images) are not searched: walking their few nodes is cheaper.
+    """
+    if len(raw) > _RAW_SEARCH_BYTES or b"\\" in raw:
+        return True
+    lowered = raw.lower()
+    if b"bearer" in lowered:
+        return True
+    return any(form.encode().lower() in lowered for form in secret_forms(tuple(secrets)))
 
 
 def redact_payload(payload: object, secrets: Sequence[str], depth: int = 0) -> Any:

@@ -566,3 +566,25 @@ async def test_a_request_sent_but_never_answered_times_out_as_maybe_charged_and_
 
     assert info.value.request_sent is True
     assert server.stats.charged == 1
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [KEY, KEY.replace("_", "\\u005f"), f"Bearer {KEY}", KEY.replace("ngk", "\\u006egk")],
+)
+async def test_a_key_echoed_in_a_paid_answer_is_redacted_however_json_spells_it(
+    client, server, png_b64, spelled
+):
+    body = b'{"data": [{"b64_json": "%s", "revised_prompt": "%s"}], "note": "%s"}' % (
+        png_b64.encode(),
+        spelled.encode(),
+        spelled.encode(),
+    )
+    answer = hostile.head("200 OK", [("Content-Length", str(len(body)))]) + body
+    server.queue(hostile.raw(answer, keep=True))
+
+    response = await client.images.generate(prompt="x")
+
+    assert KEY not in json.dumps(response.raw)
+    assert response.raw["note"].endswith("<redacted>")
+    assert await response.data[0].read()
