@@ -19,9 +19,11 @@ if TYPE_CHECKING:
         BatchItem,
         BatchProgress,
         BatchSummary,
+        FolderInUseError,
         ItemResult,
         OutputWriteError,
     )
+    from nanogpt_async._batch_plan import BatchPlan
     from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._errors import (
         APIConnectionError,
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
         RequestTimeoutError,
         UnprocessableEntityError,
     )
+    from nanogpt_async._gallery import write_gallery
     from nanogpt_async._images import Images
     from nanogpt_async._inputs import MAX_INPUT_IMAGE_BYTES, fetch_image_data_url, image_data_url
     from nanogpt_async._models import (
@@ -80,11 +83,13 @@ __all__ = [
     "Balance",
     "Batch",
     "BatchItem",
+    "BatchPlan",
     "BatchProgress",
     "BatchSummary",
     "ConflictError",
     "ContentPolicyViolationError",
     "DailyLimitExceededError",
+    "FolderInUseError",
     "GatewayError",
     "GeneratedImage",
     "ImageDownloadError",
@@ -115,6 +120,7 @@ __all__ = [
     "fetch_image_data_url",
     "image_data_url",
     "read_prompts",
+    "write_gallery",
 ]
 
 # Names are loaded on first use (PEP 562): `import nanogpt_async` stays cheap, which matters
@@ -132,6 +138,7 @@ _HOME = {
     "Balance": "nanogpt_async._models",
     "Batch": "nanogpt_async._batch",
     "BatchItem": "nanogpt_async._batch_models",
+    "BatchPlan": "nanogpt_async._batch_plan",
     "BatchProgress": "nanogpt_async._batch_models",
     "BatchSummary": "nanogpt_async._batch_models",
     "ConflictError": "nanogpt_async._errors",
@@ -157,6 +164,7 @@ _HOME = {
     "NanoGPTError": "nanogpt_async._errors",
     "NotFoundError": "nanogpt_async._errors",
     "NotGiven": "nanogpt_async._types",
+    "FolderInUseError": "nanogpt_async._batch_models",
     "OutputWriteError": "nanogpt_async._batch_models",
     "PayloadTooLargeError": "nanogpt_async._errors",
     "PermissionDeniedError": "nanogpt_async._errors",
@@ -168,6 +176,7 @@ _HOME = {
     "fetch_image_data_url": "nanogpt_async._inputs",
     "image_data_url": "nanogpt_async._inputs",
     "read_prompts": "nanogpt_async._prompts",
+    "write_gallery": "nanogpt_async._gallery",
 }
 
 

@@ -1,11 +1,11 @@
 """Pacing for the batch runner: a request-rate limit, a shared 429 cooldown, and AIMD.
 
-* :class:`RateLimiter` is a token bucket handing out reservations in FIFO order: each caller
+* `RateLimiter` is a token bucket handing out reservations in FIFO order: each caller
   learns at once how long to wait, so many waiters cost no polling.
-* :class:`AIMD` is additive-increase / multiplicative-decrease (TCP's congestion control): each
+* `AIMD` is additive-increase / multiplicative-decrease (TCP's congestion control): each
   success adds ``1/value`` (about +1 per round of ``value`` successes), a 429 multiplies by
   ``beta``, at most once per ``hold`` seconds so one burst of 429s counts once.
-* :class:`Pacer` ties them together for a batch: every attempt (retries included) waits for the
+* `Pacer` ties them together for a batch: every attempt (retries included) waits for the
   cooldown and a token; a 429 starts a cooldown for everyone, empties the bucket and lowers both
   the request rate and the concurrency.
 

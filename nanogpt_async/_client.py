@@ -102,21 +102,24 @@ class AsyncNanoGPT:
     """An asyncio (and trio) client for NanoGPT's image API.
 
     One instance holds one connection pool for its whole life: create it once (for a web app,
-    in the app's lifespan) and share it. Use ``async with`` or call :meth:`aclose`.
+    in the app's lifespan) and share it. Use ``async with`` or call
+    [aclose][nanogpt_async.AsyncNanoGPT.aclose].
 
     Args:
         api_key: Your NanoGPT key; defaults to the ``NANOGPT_API_KEY`` environment variable.
         base_url: API base; defaults to ``NANOGPT_BASE_URL`` or ``https://nano-gpt.com/api/v1``.
-        timeout: Seconds or an ``httpx.Timeout``; ``None`` means no timeout. Seconds are also
-            each attempt's overall deadline; for an ``httpx.Timeout`` the deadline is its
+        timeout: Seconds or an ``httpx.Timeout``; ``None`` means no timeout. Default:
+            `httpx.Timeout(300.0, connect=10.0)`, 5 minutes (generation is slow). Seconds are
+            also each attempt's overall deadline; for an ``httpx.Timeout`` the deadline is its
             largest phase, or none when ``read`` is ``None``.
         max_retries: Retries after the first attempt (overrides ``retry_policy.max_retries``).
-        retry_policy: The full retry policy; see :class:`RetryPolicy`.
+            Default: `retry_policy.max_retries`, which is 2 for the default policy.
+        retry_policy: The full retry policy; see [RetryPolicy][nanogpt_async.RetryPolicy].
         max_connections: Connection pool size; the batch runner keeps its concurrency within it.
         http_client: Your own ``httpx.AsyncClient`` for API calls (proxies, custom TLS, mocks).
-            It is not closed by :meth:`aclose`; you own it.
+            It is not closed by `aclose()`; you own it.
         download_client: Your own ``httpx.AsyncClient`` for signed-URL downloads. It must not
-            carry credentials: the library never adds any to it. Not closed by :meth:`aclose`.
+            carry credentials: the library never adds any to it. Not closed by `aclose()`.
         download_timeout: Timeout for each signed-URL download (the same deadline rule).
         max_response_bytes: Largest API response body accepted, decompressed.
         max_download_bytes: Largest downloaded image accepted, decompressed.
@@ -270,6 +273,13 @@ class AsyncNanoGPT:
         """A view of this client with other timeout/retry settings, sharing its connection pool.
 
         Closing the view does not close the pool; close the original.
+
+        Args:
+            timeout: The view's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+                Default: `client.timeout`, this client's.
+            max_retries: The view's retries after the first attempt. Default:
+                `client.retry_policy.max_retries`, this client's.
+            retry_policy: The view's whole retry policy instead of this client's.
 
         Example:
             >>> patient = client.with_options(timeout=600, max_retries=5)  # doctest: +SKIP
@@ -476,7 +486,7 @@ class AsyncNanoGPT:
 
         Transient failures (5xx, 429, connection errors, timeouts) are retried: a GET costs
         nothing. 403 and 404 mean the signed URL expired or the file is gone. Each attempt has
-        the overall deadline of ``download_timeout`` (see :func:`attempt_deadline`).
+        the overall deadline of ``download_timeout`` (see `attempt_deadline`).
 
         Raises:
             ImageURLExpiredError: 403/404 from the storage host.

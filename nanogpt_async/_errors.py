@@ -1,14 +1,14 @@
 """The exceptions nanogpt-async raises.
 
-Every exception is a :class:`NanoGPTError`; catch that to catch them all::
+Every exception is a `NanoGPTError`; catch that to catch them all:
 
     NanoGPTError
-    ├── InvalidInputError               bad input, refused before any request is sent (or paid)
-    │   └── ImageInputError             an input image that is unreadable, too big or not an image
+    ├── InvalidInputError               bad input, refused before anything is paid
+    │   └── ImageInputError             input image unreadable, too big, no image
     ├── APIError                        something went wrong talking to NanoGPT
     │   ├── APIStatusError              NanoGPT answered with an error status
     │   │   ├── BadRequestError             400
-    │   │   │   └── ContentPolicyViolationError 400 content_policy_violation (not charged)
+    │   │   │   └── ContentPolicyViolationError 400 refused prompt, not charged
     │   │   ├── AuthenticationError         401
     │   │   ├── InsufficientBalanceError    402
     │   │   ├── PermissionDeniedError       403
@@ -18,20 +18,19 @@ Every exception is a :class:`NanoGPTError`; catch that to catch them all::
     │   │   ├── PayloadTooLargeError        413
     │   │   ├── UnprocessableEntityError    422
     │   │   ├── RateLimitError              429 (retried)
-    │   │   │   └── DailyLimitExceededError 429 daily cap: not retried, says when it resets
+    │   │   │   └── DailyLimitExceededError 429 daily cap: not retried
     │   │   └── InternalServerError         5xx (retried)
-    │   │       └── GatewayError            502/504/520-524 from a proxy, not NanoGPT: may have
-    │   │                                   been charged, so a paid POST is not retried
-    │   ├── APIConnectionError          no usable answer: refused, reset, protocol error
+    │   │       └── GatewayError            a proxy's 502/504/52x page: maybe charged
+    │   ├── APIConnectionError          no usable answer: refused, reset, garbled
     │   │   └── APITimeoutError         the request timed out
-    │   └── APIResponseValidationError  a 2xx answer we cannot understand (bad JSON, wrong shape)
-    └── ImageError                      a generated image could not be turned into bytes
-        ├── InvalidImageError           the bytes are not an image (bad base64, an HTML page)
+    │   └── APIResponseValidationError  a 2xx answer that cannot be read
+    └── ImageError                      no bytes for a generated image
+        ├── InvalidImageError           not an image (bad base64, HTML page)
         └── ImageDownloadError          a signed URL could not be downloaded
-            └── ImageURLExpiredError    the signed URL expired or the file was deleted (403/404)
+            └── ImageURLExpiredError    the signed URL expired or the file is gone
 
 Messages say what happened and what to do, carry the status, server message, error code and
-request id, and never contain the API key: the client redacts it (:func:`redact_error`) from every
+request id, and never contain the API key: the client redacts it (`redact_error`) from every
 error it raises, server-provided text included, before the error leaves the call.
 
 Nothing else escapes a client call: every failure of the HTTP layer (aiohttp's and httpx's
@@ -285,7 +284,7 @@ class GatewayError(InternalServerError):
     The gateway answered because the origin failed or was too slow, possibly *after* it got the
     request: like a reset mid-response, a generation may have been charged. So a paid POST is
     not retried unless ``RetryPolicy(retry_ambiguous=True)``; a JSON error from NanoGPT itself
-    (:class:`InternalServerError`) stays retryable.
+    (`InternalServerError`) stays retryable.
 
     Attributes:
         request_sent: Always ``True``: the request reached at least the gateway.
@@ -383,7 +382,7 @@ def parse_error_body(content: bytes, content_type: str = "") -> tuple[str, dict[
     ``{"error": "Insufficient balance", "status": 402, ...}``, the spec's
     ``{"error": 400, "message": "..."}``, bare ``{"message": ...}``/``{"detail": ...}``, and
     non-JSON bodies (HTML from a proxy, plain text, nothing at all). ``fields`` holds ``code``,
-    ``type``, ``param`` and ``body`` where found. Only the first :data:`ERROR_SCAN_BYTES` bytes
+    ``type``, ``param`` and ``body`` where found. Only the first `ERROR_SCAN_BYTES` bytes
     are looked at, so the work is bounded whatever the server sends.
     """
     from nanogpt_async._codec import loads  # noqa: PLC0415 - avoid an import cycle at load time
@@ -524,7 +523,7 @@ def status_error(
     retry_after: float | None = None,
     now: dt.datetime | None = None,
 ) -> APIStatusError:
-    """Build the right :class:`APIStatusError` subclass for an error response."""
+    """Build the right `APIStatusError` subclass for an error response."""
     message, fields = parse_error_body(content, content_type)
     code = fields.get("code")
     kwargs: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """One HTTP exchange, bounded, and every failure of it turned into a ``NanoGPTError``.
 
 Bounded means an overall deadline and a capped decompression done in small steps; every failure
-becomes a :class:`~nanogpt_async.NanoGPTError` with the key redacted.
+becomes a `NanoGPTError` with the key redacted.
 
 This is the boundary the client's calls cross: nothing but ``NanoGPTError`` (and cancellation)
 leaves it. What it guards against, each measured against a hostile server before the fix:
@@ -10,9 +10,9 @@ leaves it. What it guards against, each measured against a hostile server before
   used to escape as a raw aiohttp/httpx exception, crash a whole batch and cancel generations
   already charged; aiohttp's exception's repr carried ``Bearer <key>``.
 * Per-read timeouts only: a server dripping one byte every 0.25 s kept ``timeout=2`` busy 42 s.
-  Here the attempt as a whole has a deadline (:func:`attempt_deadline`).
+  Here the attempt as a whole has a deadline (`attempt_deadline`).
 * A 0.2 MB gzip bomb cost 1.26 GB, decompressed on the event loop by httpx in one call. Here
-  bodies are decompressed at most :data:`DECODE_STEP` bytes per call, and the decompressed size
+  bodies are decompressed at most `DECODE_STEP` bytes per call, and the decompressed size
   counts against the cap.
 """
 
@@ -80,7 +80,7 @@ class UndecodableBody(Exception):  # noqa: N818 - internal signal, translated be
 
 
 def _inflate(decoder: zlib._Decompress, data: bytes) -> Iterator[bytes]:
-    """Decompress ``data`` at most :data:`DECODE_STEP` bytes per call."""
+    """Decompress ``data`` at most `DECODE_STEP` bytes per call."""
     try:
         while data:
             piece = decoder.decompress(data, DECODE_STEP)

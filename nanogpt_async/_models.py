@@ -80,7 +80,7 @@ def cost_or_none(value: object) -> float | None:
 
 
 def checked_image(data: bytes, what: str) -> ImageKind:
-    """The kind of ``data``, or :class:`InvalidImageError` saying what it looks like instead."""
+    """The kind of ``data``, or `InvalidImageError` saying what it looks like instead."""
     kind = sniff_image(data)
     if kind is None:
         head = data[:64].decode("utf-8", "replace").strip()
@@ -182,7 +182,7 @@ class ImagesResponse:
         data: The images, in order.
         cost: What this request was charged (USD): a finite number >= 0, or ``None`` when
             NanoGPT did not say or said something unusable (not a number, negative, ``NaN``,
-            infinite, overflowing): see :func:`cost_or_none`.
+            infinite, overflowing): see `cost_or_none`.
         payment_source: Where the money came from (``"USD"``, ``"XNO"``...).
         remaining_balance: The balance after this request, when NanoGPT said.
         request_id: NanoGPT's ``X-Request-ID``.
@@ -209,7 +209,7 @@ class ImagesResponse:
         """Parse a generations answer; raise only when there is nothing usable in it.
 
         ``requested`` is the ``n`` asked for: an answer with more than ``max(n, 4)`` images is
-        refused (:class:`APIResponseValidationError`, which says it may have been charged), with
+        refused (`APIResponseValidationError`, which says it may have been charged), with
         the whole answer kept in the error's ``body`` so nothing paid for is lost to the caller.
         """
         if not isinstance(payload, Mapping):
@@ -357,9 +357,26 @@ class ImageModel:
                 for r in (resolutions if isinstance(resolutions, list) else [])
             ),
             max_images=max_images if isinstance(max_images, int) else None,
-            fixed_image_count=fixed if isinstance(fixed, int) else None,
+            fixed_image_count=_image_count(fixed, max_images),
             raw=item,
         )
+
+
+def _image_count(value: object, max_images: object) -> int | None:
+    """``fixed_image_count`` read liberally (an int, ``"2"``, ``2.0``), else ``None``.
+
+    ``True`` (what a catalogue sending a flag means) is a count fixed at ``max_images``.
+    """
+    if value is True:
+        value = max_images
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        value = int(value) if value.isdecimal() else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _decimal(value: object) -> Decimal | None:

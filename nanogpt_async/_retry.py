@@ -5,7 +5,7 @@ What is retried:
 * statuses 408, 429, 500, 502, 503, 504 (configurable), honouring ``retry-after-ms`` and
   ``Retry-After`` (seconds or an HTTP date) up to ``retry_after_max``; a server that asks for
   longer than that is not slept on: the error is raised with ``retry_after`` set;
-* a daily-cap 429 never (the cap resets at midnight UTC: :class:`DailyLimitExceededError`);
+* a daily-cap 429 never (the cap resets at midnight UTC: `DailyLimitExceededError`);
 * connection failures where the request certainly never left (refused, pool timeout) always;
 * failures after the request may have reached the server (read timeout, reset mid-response, a
   malformed answer, a gateway's 502/504/520-524 page instead of NanoGPT's JSON error) only for

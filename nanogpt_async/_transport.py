@@ -15,7 +15,7 @@ connection error becomes ``ConnectTimeout``, a malformed status line escapes as 
 ``aiohttp.ClientResponseError`` whose repr carries the ``Authorization`` header), which is why
 the aiohttp request is made here. The translated errors carry the aiohttp class name and message
 with any bearer token redacted, and no ``__cause__`` (aiohttp's exceptions hold the request
-headers); the client redacts the key itself on top (:func:`nanogpt_async._errors.redact_error`).
+headers); the client redacts the key itself on top (`redact_error`).
 
 Proxies: with ``trust_env`` (the default) ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` and
 ``NO_PROXY`` are honoured on both paths, read once when the transport is created, as httpx does.
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PROGRESS_EXTENSION", "AutoTransport", "Progress", "environment_proxy"]
 
-#: The request extension under which the client passes a :class:`Progress` to the transport.
+#: The request extension under which the client passes a `Progress` to the transport.
 PROGRESS_EXTENSION = "nanogpt_async.progress"
 #: aiohttp refuses status lines and header fields longer than 8,190 bytes by default. A proxy's
 #: long ``Set-Cookie`` or CSP header should not cost a paid answer, so a little more is allowed.
@@ -162,7 +162,7 @@ def translate_aiohttp(
     return new
 
 
-#: The request being sent by the current task, for :func:`_sending_request_class`.
+#: The request being sent by the current task, for `_sending_request_class`.
 _SENDING: contextvars.ContextVar[Progress | None] = contextvars.ContextVar(
     "nanogpt_async_sending", default=None
 )

@@ -8,8 +8,9 @@ without ``Content-Length``, a redirect loop, a gateway's HTML page, the key echo
 dripped one byte at a time. Raw bytes on a socket, so nothing a well-behaved framework would
 refuse to send is out of reach.
 
-Routes: ``POST /api/v1/images/generations`` (charged), ``GET /files/<name>`` (a signed-URL
-download, not charged). Anything not queued answers like NanoGPT would.
+Routes: ``POST /api/v1/images/generations`` (charged), ``GET /api/v1/image-models`` (the price
+list: hidream at $0.01), anything else a signed-URL download (not charged). Anything not queued
+answers like NanoGPT would.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Stats:
     charged: int = 0
     generation_requests: int = 0
     downloads: int = 0
+    model_lists: int = 0
     peers_gone: int = 0
     answers: list[str] = field(default_factory=list)
 
@@ -101,6 +103,12 @@ async def ok(server: HostileServer, writer: asyncio.StreamWriter, request: Reque
 
 async def ok_url(server: HostileServer, writer: asyncio.StreamWriter, request: Request) -> bool:
     writer.write(json_answer(generation(server, request, url=True)))
+    return True
+
+
+async def models(server: HostileServer, writer: asyncio.StreamWriter, request: Request) -> bool:
+    price = {"per_image": {"1024*1024": 0.01}, "currency": "USD"}
+    writer.write(json_answer({"data": [{"id": "hidream", "pricing": price}]}))
     return True
 
 
@@ -298,12 +306,16 @@ def urls(*values: str) -> Answer:
 
 
 class HostileServer:
-    """The server; queue answers per route with :meth:`queue`, read money in :attr:`stats`."""
+    """The server; queue answers per route with `queue`, read money in `stats`."""
 
     def __init__(self) -> None:
         self.stats = Stats()
-        self._queues: dict[str, deque[Answer]] = {"generate": deque(), "download": deque()}
-        self._default: dict[str, Answer] = {"generate": ok, "download": png}
+        self._queues: dict[str, deque[Answer]] = {
+            "generate": deque(),
+            "download": deque(),
+            "models": deque(),
+        }
+        self._default: dict[str, Answer] = {"generate": ok, "download": png, "models": models}
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
@@ -352,12 +364,16 @@ class HostileServer:
         try:
             while (request := await self._read(reader)) is not None:
                 route = "generate" if GENERATIONS in request.path else "download"
+                if "/image-models" in request.path:
+                    route = "models"
                 if route == "generate":
                     self.stats.generation_requests += 1
                     # Read in full: NanoGPT generates and charges whatever happens next.
                     self.stats.charged += 1
-                else:
+                elif route == "download":
                     self.stats.downloads += 1
+                else:
+                    self.stats.model_lists += 1
                 queued = self._queues[route]
                 answer = queued.popleft() if queued else self._default[route]
                 self.stats.answers.append(getattr(answer, "__qualname__", repr(answer)))

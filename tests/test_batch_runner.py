@@ -351,7 +351,7 @@ async def test_dict_and_batchitem_requests_keep_their_ids_and_fields(
 ) -> None:
     server = serve()
     items: list[Any] = [
-        {"id": "first", "prompt": "a fox", "n": 2, "size": "512x512"},
+        {"id": "first", "prompt": "a fox", "n": 2, "size": "1360x768"},
         BatchItem("a jay", id="second", params={"seed": 7}),
         {"prompt": "no id", "model": None},  # None means "use the default"
     ]
@@ -362,12 +362,12 @@ async def test_dict_and_batchitem_requests_keep_their_ids_and_fields(
     by_index = {r.index: r for r in results}
     assert by_index[0].id == "first"
     assert len(by_index[0].files) == 2
-    assert by_index[0].request["size"] == "512x512"
+    assert by_index[0].request["size"] == "1360x768"
     assert by_index[1].id == "second"
     assert by_index[1].request["seed"] == 7
     assert by_index[2].request["model"] == "hidream"
     lines = {line["id"]: line for line in manifest_lines(tmp_path)}
-    assert lines["first"]["params"] == {"model": "hidream", "n": 2, "size": "512x512"}
+    assert lines["first"]["params"] == {"model": "hidream", "n": 2, "size": "1360x768"}
     assert KEY not in (tmp_path / "manifest.jsonl").read_text("utf-8")
 
 

@@ -170,3 +170,57 @@ def test_reading_is_lazy_a_late_bad_line_does_not_stop_earlier_records(tmp_path)
 def test_unknown_format_is_a_value_error():
     with pytest.raises(ValueError, match="format must be"):
         list(read_prompts("x", format="yaml"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "column"),
+    [
+        (b"a fox\nan owl\ncaf\xe9\n", 3, 4),
+        (b'{"prompt": "a"}\n\n{"prompt": "\xff"}\n', 3, 13),
+        (b"prompt\nfine\n\xc3\n", 3, 1),
+        (b"old mac\rline two \xfe\rline three\r", 2, 10),
+    ],
+)
+def test_invalid_utf8_names_its_line_and_column(tmp_path, data, line, column):
+    path = tmp_path / ("p.csv" if data.startswith(b"prompt") else "p.dat")
+    path.write_bytes(data)
+    with pytest.raises(PromptFileError) as caught:
+        list(read_prompts(path))
+    assert caught.value.line == line
+    assert f"at column {column}" in str(caught.value)
+    assert "save the file as UTF-8" in str(caught.value)
+
+
+def test_invalid_utf8_on_standard_input_names_its_line(monkeypatch):
+    stdin = io.TextIOWrapper(io.BytesIO(b"good\nbad \x80 byte\n"))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    records = read_prompts("-")
+    assert next(records) == {"prompt": "good"}
+    with pytest.raises(PromptFileError, match=r"<stdin> line 2: not valid UTF-8 \(byte 0x80"):
+        next(records)
+
+
+def test_lone_carriage_returns_still_end_lines(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"one\rtwo\r\nthree\n")
+    assert [r["prompt"] for r in read_prompts(path)] == ["one", "two", "three"]
+
+
+def test_a_repeated_id_names_both_lines(tmp_path):
+    path = write(
+        tmp_path,
+        "p.jsonl",
+        '{"id": 7, "prompt": "a"}\n{"id": "x", "prompt": "b"}\n\n{"id": "7", "prompt": "c"}\n',
+    )
+    records = read_prompts(path)
+    assert [next(records)["id"], next(records)["id"]] == ["7", "x"]
+    with pytest.raises(PromptFileError) as caught:
+        next(records)
+    assert caught.value.line == 4
+    assert "the id '7' is already used on line 1" in str(caught.value)
+
+
+def test_a_repeated_id_in_csv_names_both_record_lines(tmp_path):
+    path = write(tmp_path, "p.csv", 'id,prompt\na,"two\nlines"\nb,x\na,y\n')
+    with pytest.raises(PromptFileError, match="line 5: the id 'a' is already used on line 2"):
+        list(read_prompts(path))

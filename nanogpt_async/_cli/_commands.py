@@ -1,4 +1,4 @@
-"""The commands: generate, batch, models, balance, fake-server, demo."""
+"""The commands: generate, edit, batch, gallery, models, balance, fake-server, demo."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from nanogpt_async import __version__
 from nanogpt_async._batch_names import slugify
 from nanogpt_async._cli._common import (
     EXIT_BUDGET,
+    EXIT_BUSY,
     EXIT_FAILED,
     EXIT_FATAL,
     EXIT_INTERRUPTED,
@@ -32,7 +33,7 @@ from nanogpt_async._cli._common import (
 __all__ = ["cli"]
 
 if TYPE_CHECKING:
-    from nanogpt_async import AsyncNanoGPT
+    from nanogpt_async import AsyncNanoGPT, ImagesResponse
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
@@ -41,7 +42,8 @@ _EXIT_CODES_HELP = (
     f"Exit codes: {EXIT_OK} all ok; {EXIT_FAILED} some requests or items failed; "
     f"{EXIT_USAGE} bad usage or input; {EXIT_FATAL} fatal for the account (bad key, no "
     f"balance, not permitted, daily cap); {EXIT_BUDGET} --max-cost reached before every item "
-    f"ran; {EXIT_INTERRUPTED} interrupted (Ctrl-C)."
+    f"ran; {EXIT_BUSY} the output folder is in use by another run; {EXIT_INTERRUPTED} "
+    "interrupted (Ctrl-C; 143 SIGTERM, 129 SIGHUP)."
 )
 
 
@@ -80,36 +82,61 @@ def api_options(func: _F) -> _F:
     return func
 
 
-def generation_options(func: _F) -> _F:
-    """The request fields shared by ``generate`` and ``batch`` (defaults for every item)."""
-    options = [
-        click.option("-m", "--model", help="Model id (see `nanogpt-async models`).", metavar="ID"),
-        click.option("-s", "--size", help="Size such as 1024x1024 or auto (model-specific)."),
-        click.option(
-            "-n", "--n", "n", type=click.IntRange(min=1), help="Images per request [default: 1]."
+def retry_ambiguous_option(func: _F) -> _F:
+    """``--retry-ambiguous``: retry paid requests that may have been charged (money risk)."""
+    return click.option(
+        "--retry-ambiguous",
+        is_flag=True,
+        help=(
+            "Also retry a generation that may already have reached NanoGPT (a read timeout, a "
+            "connection reset after sending): it may be CHARGED TWICE. Off by default."
         ),
-        click.option(
-            "-f",
-            "--response-format",
-            type=click.Choice(["b64_json", "url"]),
-            help="How NanoGPT returns images; both end up as files [default: b64_json].",
-        ),
-        click.option("--seed", type=int, help="Seed, where the model supports one."),
-        click.option(
-            "--steps",
-            "num_inference_steps",
-            type=click.IntRange(1, 100),
-            help="Denoising steps (1-100).",
-        ),
-        click.option(
-            "--guidance-scale",
-            type=click.FloatRange(0, 20),
-            help="How closely to follow the prompt (0-20).",
-        ),
-    ]
+    )(func)
+
+
+def _apply(options: Sequence[Callable[[_F], _F]], func: _F) -> _F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def request_options(func: _F) -> _F:
+    """The request fields every image call takes: model, size, n, response format."""
+    return _apply(_REQUEST_OPTIONS, func)
+
+
+def generation_options(func: _F) -> _F:
+    """The request fields shared by ``generate`` and ``batch`` (defaults for every item)."""
+    return _apply([*_REQUEST_OPTIONS, *_GENERATION_ONLY_OPTIONS], func)
+
+
+_REQUEST_OPTIONS: Sequence[Callable[[Any], Any]] = [
+    click.option("-m", "--model", help="Model id (see `nanogpt-async models`).", metavar="ID"),
+    click.option("-s", "--size", help="Size such as 1024x1024 or auto (model-specific)."),
+    click.option(
+        "-n", "--n", "n", type=click.IntRange(min=1), help="Images per request [default: 1]."
+    ),
+    click.option(
+        "-f",
+        "--response-format",
+        type=click.Choice(["b64_json", "url"]),
+        help="How NanoGPT returns images; both end up as files [default: b64_json].",
+    ),
+]
+_GENERATION_ONLY_OPTIONS: Sequence[Callable[[Any], Any]] = [
+    click.option("--seed", type=int, help="Seed, where the model supports one."),
+    click.option(
+        "--steps",
+        "num_inference_steps",
+        type=click.IntRange(1, 100),
+        help="Denoising steps (1-100).",
+    ),
+    click.option(
+        "--guidance-scale",
+        type=click.FloatRange(0, 20),
+        help="How closely to follow the prompt (0-20).",
+    ),
+]
 
 
 @click.group(
@@ -137,7 +164,20 @@ def _drop_none(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None and v != ()}
 
 
-# -- generate ---------------------------------------------------------------------------------
+# -- generate and edit ------------------------------------------------------------------------
+
+_OUT_OPTION = click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(),
+    show_default=True,
+    help="Folder to save into (created if missing).",
+)
+_NAME_OPTION = click.option(
+    "--name", metavar="STEM", help="File name stem [default: a slug of the prompt]."
+)
+_INPUT_IMAGE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def _free_stem(folder: Path, stem: str) -> str:
@@ -152,15 +192,8 @@ def _free_stem(folder: Path, stem: str) -> str:
 @cli.command(epilog=_EXIT_CODES_HELP)
 @click.argument("prompt")
 @generation_options
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(),
-    show_default=True,
-    help="Folder to save into (created if missing).",
-)
-@click.option("--name", metavar="STEM", help="File name stem [default: a slug of the prompt].")
+@_OUT_OPTION
+@_NAME_OPTION
 @click.option(
     "--image",
     "images",
@@ -178,6 +211,7 @@ def _free_stem(folder: Path, stem: str) -> str:
     "--kontext-max-mode", is_flag=True, default=None, help="flux-kontext's enhanced context."
 )
 @click.option("--user", metavar="ID", help="Your end user's id, passed to NanoGPT.")
+@retry_ambiguous_option
 @api_options
 def generate(
     prompt: str,
@@ -190,6 +224,7 @@ def generate(
     base_url: str | None,
     timeout: float | None,
     max_retries: int | None,
+    retry_ambiguous: bool,
     **fields: Any,
 ) -> None:
     """Generate images for PROMPT, save them, print their paths, the cost and the balance.
@@ -206,14 +241,30 @@ def generate(
         request["images"] = list(images)
     if mask is not None:
         request["mask"] = mask
-    stem = slugify(name, max_length=200) if name else slugify(prompt, max_length=48)
     client = make_client(
-        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=max_retries,
+        retry_ambiguous=retry_ambiguous,
     )
+    _call_and_save(client, lambda c: c.images.generate(**request), out=out, name=name, text=prompt)
+
+
+def _call_and_save(
+    client: AsyncNanoGPT,
+    call: Callable[[AsyncNanoGPT], Awaitable[ImagesResponse]],
+    *,
+    out: Path,
+    name: str | None,
+    text: str,
+) -> None:
+    """Run one paid call, save its images into ``out``, print their paths, cost and balance."""
+    stem = slugify(name, max_length=200) if name else slugify(text, max_length=48)
 
     async def main() -> None:
         async with client:
-            response = await client.images.generate(**request)
+            response = await call(client)
             many = len(response.data) > 1
             await anyio.Path(out).mkdir(parents=True, exist_ok=True)
             free = _free_stem(out, stem)
@@ -231,6 +282,67 @@ def generate(
             output.err(", ".join(parts))
 
     run_async(main, verbose=_verbose())
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("image", type=_INPUT_IMAGE)
+@click.argument("prompt")
+@click.option(
+    "--mask",
+    type=_INPUT_IMAGE,
+    help="Mask, white where to edit (inpainting models such as flux-lora/inpainting need one).",
+)
+@click.option(
+    "--image",
+    "more_images",
+    multiple=True,
+    type=_INPUT_IMAGE,
+    help="Another input image, for models that take several; repeat as needed.",
+)
+@request_options
+@_OUT_OPTION
+@_NAME_OPTION
+@click.option("--user", metavar="ID", help="Your end user's id, passed to NanoGPT.")
+@retry_ambiguous_option
+@api_options
+def edit(
+    image: Path,
+    prompt: str,
+    *,
+    mask: Path | None,
+    more_images: tuple[Path, ...],
+    out: Path,
+    name: str | None,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float | None,
+    max_retries: int | None,
+    retry_ambiguous: bool,
+    **fields: Any,
+) -> None:
+    """Edit IMAGE as PROMPT says (POST /images/edits), save the results, print their paths.
+
+    IMAGE is a PNG, JPEG, WebP or GIF file of at most 4 MB as a data URL (about 3 MB of
+    image). Prints the cost and the balance on stderr, like generate.
+
+    \b
+    Examples:
+      nanogpt-async edit street.jpg "make it snow" -m flux-kontext -o out/
+      nanogpt-async edit room.png "a red sofa" --mask sofa-mask.png -m flux-lora/inpainting
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    request = _drop_none(prompt=prompt, mask=mask, **fields)
+    if more_images:
+        request["images"] = [image, *more_images]
+    else:
+        request["image"] = image
+    client = make_client(
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=max_retries,
+        retry_ambiguous=retry_ambiguous,
+    )
+    _call_and_save(client, lambda c: c.images.edit(**request), out=out, name=name, text=prompt)
 
 
 # -- models and balance -----------------------------------------------------------------------
@@ -437,7 +549,20 @@ def progress_options(func: _F) -> _F:
     show_default=True,
     help="On resume, run again the items that failed last time.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check models and sizes against the image-models list and print the estimated "
+    "cost; send no paid request (exit 2 if the input has problems).",
+)
+@retry_ambiguous_option
 @progress_options
+@click.option(
+    "--gallery/--no-gallery",
+    default=True,
+    show_default=True,
+    help="At the end, write or refresh OUT/index.html (see `nanogpt-async gallery`).",
+)
 @api_options
 def batch(
     prompts: str,
@@ -449,12 +574,15 @@ def batch(
     download_concurrency: int,
     max_cost: float | None,
     retry_failed: bool,
+    dry_run: bool,
     progress: str,
     progress_interval: float,
+    gallery: bool,
     api_key: str | None,
     base_url: str | None,
     timeout: float | None,
     max_retries: int | None,
+    retry_ambiguous: bool,
     **fields: Any,
 ) -> None:
     """Generate an image set for every prompt in PROMPTS into a folder, with a manifest.
@@ -463,7 +591,8 @@ def batch(
     "prompt", optional "id", any API field) or CSV (a "prompt" column; optional "id", "model",
     "size", "n", "seed", ...); "-" reads standard input. Options give defaults that each
     line's own fields override. Finished items go to OUT/manifest.jsonl; running the same
-    command again skips them.
+    command again skips them. One run per OUT at a time (a second one exits 75). Ctrl-C,
+    SIGTERM or SIGHUP stop starting items and save the ones in flight; a second one aborts.
 
     \b
     Examples:
@@ -483,6 +612,7 @@ def batch(
         timeout=timeout,
         max_retries=max_retries,
         max_connections=max(concurrency, download_concurrency),
+        retry_ambiguous=retry_ambiguous,
     )
     settings = BatchSettings(
         out=out,
@@ -494,9 +624,73 @@ def batch(
         progress=progress,
         progress_interval=progress_interval,
         defaults=_drop_none(**fields),
+        gallery=gallery,
     )
-    code = run_async(functools.partial(run_batch, client, items, settings), verbose=_verbose())
+    if dry_run:
+        from nanogpt_async._cli._dryrun import dry_run_batch  # noqa: PLC0415
+
+        runner = functools.partial(dry_run_batch, client, items, settings)
+    else:
+        runner = functools.partial(run_batch, client, items, settings)
+    code = run_async(runner, verbose=_verbose())
     sys.exit(code)
+
+
+# -- gallery ----------------------------------------------------------------------------------
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--manifest",
+    "manifest_name",
+    default="manifest.jsonl",
+    show_default=True,
+    metavar="NAME",
+    help="The manifest's file name in OUT.",
+)
+@click.option(
+    "--thumbnail-size",
+    type=click.IntRange(16, 2048),
+    default=384,
+    show_default=True,
+    metavar="PIXELS",
+    help="Longest side of the thumbnails.",
+)
+def gallery(*, out: Path, manifest_name: str, thumbnail_size: int) -> None:
+    """Write OUT/index.html to review a batch folder: every image with its prompt and cost.
+
+    A static page that opens from disk (no server, nothing from the network): thumbnails,
+    each item's prompt, model, size, seed, cost and status, failed items with their error, a
+    filter, sorting by cost or time, and the totals. `batch` refreshes it at the end; run this
+    after copying a folder or to change the thumbnail size. Only missing thumbnails are made
+    (in OUT/.thumbs/). Prints the page's path.
+
+    \b
+    Example:
+      nanogpt-async gallery out/ && xdg-open out/index.html
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    from nanogpt_async._cli._gallery import describe  # noqa: PLC0415 - Pillow loads on use
+    from nanogpt_async._gallery import build_gallery, require_pillow  # noqa: PLC0415
+
+    if not (out / manifest_name).is_file():
+        raise click.BadParameter(
+            f"no {manifest_name} in {str(out)!r}: point it at a batch's output folder "
+            "(the -o of `nanogpt-async batch`)",
+            param_hint="OUT",
+        )
+    try:
+        require_pillow()
+    except ImportError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = run_async(
+        functools.partial(
+            build_gallery, out, manifest_name=manifest_name, thumbnail_size=thumbnail_size
+        ),
+        verbose=_verbose(),
+    )
+    output.err(describe(report))
+    output.out(str(report.page))
 
 
 # -- demo -------------------------------------------------------------------------------------

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
 
 import anyio
 import click
 
+from nanogpt_async._batch_models import FolderInUseError
 from nanogpt_async._client import AsyncNanoGPT
 from nanogpt_async._errors import (
     AuthenticationError,
@@ -21,9 +24,11 @@ from nanogpt_async._errors import (
     NanoGPTError,
     PermissionDeniedError,
 )
+from nanogpt_async._retry import RetryPolicy
 
 __all__ = [
     "EXIT_BUDGET",
+    "EXIT_BUSY",
     "EXIT_FAILED",
     "EXIT_FATAL",
     "EXIT_INTERRUPTED",
@@ -33,6 +38,7 @@ __all__ = [
     "exit_code_for",
     "make_client",
     "run_async",
+    "silence",
 ]
 
 _T = TypeVar("_T")
@@ -47,8 +53,11 @@ EXIT_USAGE = 2
 EXIT_FATAL = 3
 #: ``--max-cost`` was reached: the batch stopped before starting every item.
 EXIT_BUDGET = 4
-#: Interrupted with Ctrl-C (128 + SIGINT, the shell convention).
+#: Interrupted with Ctrl-C (128 + SIGINT, the shell convention). SIGTERM and SIGHUP stop a
+#: batch the same way and exit 128 + their number: 143 and 129.
 EXIT_INTERRUPTED = 130
+#: The output folder is in use by another run (sysexits' EX_TEMPFAIL: try again later).
+EXIT_BUSY = 75
 
 # Errors no retry or next item can fix: the key, the money, the permission, the day's cap.
 FATAL_ERRORS: tuple[type[NanoGPTError], ...] = (
@@ -63,6 +72,8 @@ def exit_code_for(exc: BaseException) -> int:
     """The exit code for an error that ended a command."""
     if isinstance(exc, FATAL_ERRORS):
         return EXIT_FATAL
+    if isinstance(exc, FolderInUseError):
+        return EXIT_BUSY
     if isinstance(exc, InvalidInputError):
         return EXIT_USAGE
     return EXIT_FAILED
@@ -91,12 +102,24 @@ class Output:
         return text
 
     def out(self, text: str = "") -> None:
-        """A line on stdout."""
-        click.echo(self.scrub(text))
+        """A line on stdout (nothing once stdout is gone: see `err`)."""
+        try:
+            click.echo(self.scrub(text))
+        except OSError:
+            silence(stderr=False)
 
     def err(self, text: str = "") -> None:
-        """A line on stderr."""
-        click.echo(self.scrub(text), err=True)
+        """A line on stderr; nothing once stderr is gone.
+
+        A dropped ssh session (SIGHUP) leaves a terminal that answers every write with EIO, a
+        closed pipe answers EPIPE. A batch must still finish saving what it paid for, so a
+        failed write silences the stream for the rest of the run instead of raising: the
+        manifest and the exit code still tell what happened.
+        """
+        try:
+            click.echo(self.scrub(text), err=True)
+        except OSError:
+            silence(stderr=True)
 
     def error(self, exc: BaseException | str) -> None:
         """``error: <one line>`` on stderr (the request id is already part of the message)."""
@@ -116,6 +139,19 @@ class Output:
         self.err(f"warning: {message}")
 
 
+def silence(*, stderr: bool) -> None:
+    """Send what this process writes later to stderr (or stdout) to the null device.
+
+    For a stream that is gone (EIO, EPIPE). Python flushes both at exit, and a failing flush
+    there would turn the exit code into 120: the stuck buffer is dropped with the stream.
+    """
+    null = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115 - lives until exit
+    if stderr:
+        sys.stderr = null
+    else:
+        sys.stdout = null
+
+
 #: The one output of this process (commands are short-lived, tests use CliRunner per call).
 output = Output()
 
@@ -127,8 +163,13 @@ def make_client(
     timeout: float | None = None,
     max_retries: int | None = None,
     max_connections: int | None = None,
+    retry_ambiguous: bool = False,
 ) -> AsyncNanoGPT:
-    """Build the client from options (which already fell back to the environment)."""
+    """Build the client from options (which already fell back to the environment).
+
+    ``retry_ambiguous`` is ``--retry-ambiguous``: retry paid requests that may already have
+    been charged (`nanogpt_async.RetryPolicy`'s ``retry_ambiguous``).
+    """
     if not api_key or not api_key.strip():
         raise click.UsageError(
             "no NanoGPT API key: pass --api-key or set NANOGPT_API_KEY "
@@ -141,6 +182,8 @@ def make_client(
         kwargs["timeout"] = timeout
     if max_retries is not None:
         kwargs["max_retries"] = max_retries
+    if retry_ambiguous:
+        kwargs["retry_policy"] = RetryPolicy(retry_ambiguous=True)
     if max_connections is not None:
         kwargs["max_connections"] = max_connections
     try:
