@@ -41,6 +41,7 @@ from nanogpt_async._exchange import (
     seal,
 )
 from nanogpt_async._images import Images
+from nanogpt_async._log_redaction import guard_library_logs
 from nanogpt_async._models import Balance, checked_image, redact_url
 from nanogpt_async._retry import AttemptHooks, RetryPolicy, parse_retry_after, run_with_retries
 from nanogpt_async._transport import AutoTransport
@@ -164,6 +165,7 @@ class AsyncNanoGPT:
         self._api_key = key
         #: What is redacted from every error and answer text (the key as sent).
         self._secrets = (key,)
+        guard_library_logs(key)
         self.base_url = self._check_base_url(
             base_url or os.environ.get("NANOGPT_BASE_URL") or DEFAULT_BASE_URL
         )

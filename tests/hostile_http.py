@@ -20,9 +20,10 @@ import base64
 import contextlib
 import gzip
 import json
+import threading
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from nanogpt_async.testing import make_png
@@ -388,6 +389,29 @@ class HostileServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    @contextlib.contextmanager
+    def in_thread(self) -> Iterator[HostileServer]:
+        """Serve from a thread with its own asyncio loop (for clients under trio)."""
+        ready = threading.Event()
+        stop: list[asyncio.Event] = []
+        loop_box: list[asyncio.AbstractEventLoop] = []
+
+        async def serve() -> None:
+            async with self.running():
+                stop.append(asyncio.Event())
+                loop_box.append(asyncio.get_running_loop())
+                ready.set()
+                await stop[0].wait()
+
+        thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+        thread.start()
+        ready.wait(10)
+        try:
+            yield self
+        finally:
+            loop_box[0].call_soon_threadsafe(stop[0].set)
+            thread.join(10)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[HostileServer]:

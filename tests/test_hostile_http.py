@@ -589,3 +589,54 @@ async def test_a_key_echoed_in_a_paid_answer_is_redacted_however_json_spells_it(
     assert KEY not in json.dumps(response.raw)
     assert response.raw["note"].endswith("<redacted>")
     assert await response.data[0].read()
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # h11 reads a 100 KB header that arrives at once; then "{}" has no image in it.
+        (hostile.huge_header(100_000), APIResponseValidationError),
+        (hostile.raw(b"NOPE\r\n\r\n"), APIConnectionError),
+        (hostile.echo_key_status_line(), APIConnectionError),
+        (hostile.encoded("gzip", b"not gzip"), APIResponseValidationError),
+        (hostile.gateway_page(), GatewayError),
+        (hostile.silence(), APITimeoutError),
+    ],
+)
+def test_under_trio_httpx_s_own_pool_classifies_malformed_answers_the_same_way(answer, expected):
+    server = HostileServer()
+    server.queue(answer)
+
+    async def call() -> NanoGPTError:
+        async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+            try:
+                await client.images.generate(prompt="x", timeout=0.5)
+            except NanoGPTError as exc:
+                assert client._http._transport.kind == "httpx"  # type: ignore[attr-defined]
+                return exc
+        raise AssertionError("no error")  # pragma: no cover
+
+    with server.in_thread():
+        error = anyio.run(call, backend="trio")
+
+    assert isinstance(error, expected)
+    assert getattr(error, "request_sent", True) is True
+    assert server.stats.charged == 1
+    assert_no_key(error)
+
+
+async def test_a_key_echoed_in_the_reason_phrase_stays_out_of_httpx_s_request_log(client, server):
+    # httpx logs every response's reason phrase at INFO; the autouse no_key_in_logs fixture
+    # fails this test if the echoed key gets into that line.
+    async def answer(server: HostileServer, writer: Any, request: hostile.Request) -> bool:
+        body = b'{"error": {"message": "no"}}'
+        status = f"400 {request.authorization}"
+        writer.write(hostile.head(status, [("Content-Length", str(len(body)))]) + body)
+        return True
+
+    server.queue(answer)
+
+    with pytest.raises(BadRequestError) as info:
+        await client.images.generate(prompt="x")
+
+    assert_no_key(info.value)
