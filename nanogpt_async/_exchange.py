@@ -393,8 +393,10 @@ def seal(
     return error
 
 
-#: Raw bodies up to this size are searched for secrets before the parsed answer is walked.
-_RAW_SEARCH_BYTES = 64 * 1024
+#: Raw bodies up to this size are searched for secrets before the parsed answer is walked. A
+#: URL answer or an error is a few hundred bytes; past a few KB (base64 images) four passes
+#: over the bytes cost more than walking the few nodes around the skipped image data.
+_RAW_SEARCH_BYTES = 4 * 1024
 
 
 def may_hold_secret(raw: bytes, secrets: Sequence[str]) -> bool:
@@ -402,7 +404,7 @@ def may_hold_secret(raw: bytes, secrets: Sequence[str]) -> bool:
 
     Without a backslash no JSON escape can spell a secret differently, so a plain search of a
     small body is exact; it saves walking the parsed answer on every call (the common case).
-    Big bodies (base64 images) are not searched: walking their few nodes is cheaper.
+    Bigger bodies (base64 images) are not searched: walking their few nodes is cheaper.
     """
     if len(raw) > _RAW_SEARCH_BYTES or b"\\" in raw:
         return True
