@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from nanogpt_async import (
     InvalidInputError,
 )
 from nanogpt_async._files import TEMP_SUFFIX
+from nanogpt_async._models import Balance, ImageModel
 from tests.conftest import BASE, KEY
 
 GEN = f"{BASE}/images/generations"
@@ -246,3 +248,30 @@ async def test_a_missing_cost_is_unknown(client, mock_api, png_b64):
     response = await client.images.generate(prompt="x")
 
     assert response.cost is None
+
+
+def test_model_prices_keep_only_finite_non_negative_numbers():
+    model = ImageModel.from_api(
+        {
+            "id": "m",
+            "pricing": {
+                "per_image": {
+                    "1024*1024": "NaN",
+                    "768*768": "Infinity",
+                    "512*512": -1,
+                    "256*256": 0.01,
+                    "128*128": "1" + "0" * 400,
+                }
+            },
+        }
+    )
+
+    assert model.pricing == {"256*256": 0.01}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("12.5", Decimal("12.5")), ("NaN", None), ("Infinity", None), ("lots", None), (None, None)],
+)
+def test_balance_amounts_are_finite_decimals_or_unknown(raw, expected):
+    assert Balance.from_api({"usd_balance": raw}).usd_balance == expected
