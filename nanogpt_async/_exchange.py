@@ -51,6 +51,7 @@ __all__ = [
     "attempt_deadline",
     "connection_error",
     "deadline_error",
+    "may_hold_secret",
     "redact_payload",
     "seal",
 ]
