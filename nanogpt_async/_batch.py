@@ -77,6 +77,7 @@ from nanogpt_async._errors import (
     APIResponseValidationError,
     AuthenticationError,
     DailyLimitExceededError,
+    GatewayError,
     ImageError,
     ImageURLExpiredError,
     InsufficientBalanceError,
@@ -1201,7 +1202,8 @@ def _stated_cost(response: ImagesResponse | None) -> float | None:
 
 
 def _maybe_charged(error: NanoGPTError | None) -> bool:
-    return isinstance(error, APIResponseValidationError) or (
+    # A gateway's page instead of NanoGPT's answer: the origin may have charged (issue 10.16).
+    return isinstance(error, (APIResponseValidationError, GatewayError)) or (
         isinstance(error, APIConnectionError) and error.request_sent
     )
 

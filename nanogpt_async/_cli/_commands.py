@@ -94,7 +94,8 @@ def retry_ambiguous_option(func: _F) -> _F:
         is_flag=True,
         help=(
             "Also retry a generation that may already have reached NanoGPT (a read timeout, a "
-            "connection reset after sending): it may be CHARGED TWICE. Off by default."
+            "connection reset after sending, a gateway's 502/504 page): it may be CHARGED "
+            "TWICE. Off by default."
         ),
     )(func)
 
