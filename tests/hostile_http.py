@@ -8,9 +8,9 @@ without ``Content-Length``, a redirect loop, a gateway's HTML page, the key echo
 dripped one byte at a time. Raw bytes on a socket, so nothing a well-behaved framework would
 refuse to send is out of reach.
 
-Routes: ``POST /api/v1/images/generations`` (charged), ``GET /api/v1/image-models`` (the price
-list: hidream at $0.01), anything else a signed-URL download (not charged). Anything not queued
-answers like NanoGPT would.
+Routes: ``POST /api/v1/images/generations`` and ``/edits`` (charged), ``GET
+/api/v1/image-models`` (the price list: hidream at $0.01), anything else a signed-URL download
+(not charged). Anything not queued answers like NanoGPT would.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from nanogpt_async.testing import make_png
 
 GENERATIONS = "/api/v1/images/generations"
+EDITS = "/api/v1/images/edits"
 PNG = make_png("hostile")
 
 
@@ -364,7 +365,8 @@ class HostileServer:
         self._tasks.add(task)
         try:
             while (request := await self._read(reader)) is not None:
-                route = "generate" if GENERATIONS in request.path else "download"
+                paid = GENERATIONS in request.path or EDITS in request.path
+                route = "generate" if paid else "download"
                 if "/image-models" in request.path:
                     route = "models"
                 if route == "generate":

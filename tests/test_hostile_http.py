@@ -344,6 +344,16 @@ async def test_more_images_than_asked_for_are_refused_with_the_paid_answer_kept(
     assert server.stats.downloads == 0
 
 
+async def test_an_edit_answer_with_more_images_than_asked_for_is_refused_too(client, server, png):
+    server.queue(hostile.urls(*[f"{server.base}/files/{i}.png" for i in range(6)]))
+
+    with pytest.raises(APIResponseValidationError, match="6 images for n=2") as info:
+        await client.images.edit(prompt="x", image=png, n=2)
+
+    assert "may have been charged" in str(info.value)
+    assert server.stats.downloads == 0
+
+
 # -- the batch never crashes, and every charge is on record ---------------------------------
 
 
