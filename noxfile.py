@@ -44,3 +44,24 @@ def bench(session: nox.Session) -> None:
     """Run the benchmarks against the peers (minutes; not part of the test suite)."""
     session.install("-e", ".[dev,bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python="3.11")
+def coverage(session: nox.Session) -> None:
+    """The test suite under coverage (branch), with a per-file report."""
+    session.install("-e", ".[dev]", "coverage[toml]>=7.5", "pytest-cov>=5")
+    session.run("pytest", "-q", "--cov", "--cov-report=term-missing:skip-covered", *session.posargs)
+
+
+@nox.session(python="3.11")
+def mutation(session: nox.Session) -> None:
+    """Mutation testing of the code that guards money and limits (not part of CI: minutes).
+
+    `nox -s mutation` runs every module listed in pyproject's [tool.mutmut]; pass mutant
+    globs to run one module quickly: `nox -s mutation -- "nanogpt_async._batch_budget*"`.
+    Prints the score per module, counting the equivalent mutants listed (with a reason each)
+    in tools/mutation_equivalents.txt.
+    """
+    session.install("-e", ".[dev]", "mutmut>=3.8")
+    session.run("mutmut", "run", *session.posargs)
+    session.run("python", "tools/mutation_score.py")

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
         BatchItem,
         BatchProgress,
         BatchSummary,
+        FolderInUseError,
         ItemResult,
         OutputWriteError,
     )
+    from nanogpt_async._batch_plan import BatchPlan
     from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._errors import (
         APIConnectionError,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
         ConflictError,
         ContentPolicyViolationError,
         DailyLimitExceededError,
+        GatewayError,
         ImageDownloadError,
         ImageError,
         ImageInputError,
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
         RequestTimeoutError,
         UnprocessableEntityError,
     )
+    from nanogpt_async._gallery import write_gallery
     from nanogpt_async._images import Images
     from nanogpt_async._inputs import MAX_INPUT_IMAGE_BYTES, fetch_image_data_url, image_data_url
     from nanogpt_async._models import (
@@ -81,11 +85,14 @@ __all__ = [
     "Balance",
     "Batch",
     "BatchItem",
+    "BatchPlan",
     "BatchProgress",
     "BatchSummary",
     "ConflictError",
     "ContentPolicyViolationError",
     "DailyLimitExceededError",
+    "FolderInUseError",
+    "GatewayError",
     "GeneratedImage",
     "ImageDownloadError",
     "ImageError",
@@ -117,6 +124,7 @@ __all__ = [
     "fetch_image_data_url",
     "image_data_url",
     "read_prompts",
+    "write_gallery",
 ]
 
 # Names are loaded on first use (PEP 562): `import nanogpt_async` stays cheap, which matters
@@ -134,11 +142,13 @@ _HOME = {
     "Balance": "nanogpt_async._models",
     "Batch": "nanogpt_async._batch",
     "BatchItem": "nanogpt_async._batch_models",
+    "BatchPlan": "nanogpt_async._batch_plan",
     "BatchProgress": "nanogpt_async._batch_models",
     "BatchSummary": "nanogpt_async._batch_models",
     "ConflictError": "nanogpt_async._errors",
     "ContentPolicyViolationError": "nanogpt_async._errors",
     "DailyLimitExceededError": "nanogpt_async._errors",
+    "GatewayError": "nanogpt_async._errors",
     "GeneratedImage": "nanogpt_async._models",
     "ImageDownloadError": "nanogpt_async._errors",
     "ImageError": "nanogpt_async._errors",
@@ -159,6 +169,7 @@ _HOME = {
     "NanoGPTError": "nanogpt_async._errors",
     "NotFoundError": "nanogpt_async._errors",
     "NotGiven": "nanogpt_async._types",
+    "FolderInUseError": "nanogpt_async._batch_models",
     "OutputWriteError": "nanogpt_async._batch_models",
     "PacerState": "nanogpt_async._pacing",
     "PayloadTooLargeError": "nanogpt_async._errors",
@@ -171,6 +182,7 @@ _HOME = {
     "fetch_image_data_url": "nanogpt_async._inputs",
     "image_data_url": "nanogpt_async._inputs",
     "read_prompts": "nanogpt_async._prompts",
+    "write_gallery": "nanogpt_async._gallery",
 }
 
 

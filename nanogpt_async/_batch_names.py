@@ -17,6 +17,7 @@ __all__ = [
     "describe_request",
     "has_input_images",
     "image_file_name",
+    "item_tag",
     "public_request",
     "request_digest",
     "safe_path",
@@ -29,6 +30,7 @@ IMAGE_BODY_FIELDS = ("imageDataUrl", "imageDataUrls", "maskDataUrl")
 #: so re-running with ``response_format="url"`` instead of ``b64_json`` still resumes.
 _DELIVERY_FIELDS = frozenset({"response_format", "user"})
 _SLUG_MAX = 40
+_TAG_LENGTH = 10
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -45,21 +47,41 @@ def slugify(text: str, max_length: int = _SLUG_MAX) -> str:
     return slug or "image"
 
 
-def image_file_name(index: int, prompt: str, image_number: int, extension: str) -> str:
-    """``{index:06d}-{slug}-{k}{ext}``: sorted like the input, readable, deterministic."""
+def item_tag(item_id: str) -> str:
+    """A short, file-name-safe fingerprint of an item id (10 hex digits of its SHA-256).
+
+    Example:
+        >>> item_tag("lighthouse-1")
+        '33273621ed'
+    """
+    return hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()[:_TAG_LENGTH]
+
+
+def image_file_name(
+    index: int, prompt: str, item_id: str, image_number: int, extension: str
+) -> str:
+    """``{index:06d}-{slug}-{tag}-{k}{ext}``: sorted like the input, readable, one per item id.
+
+    ``tag`` is `item_tag` of the item id, which changes with what the item asks for
+    (prompt, model, size, seed...): a re-run asking for something else never lands on an
+    earlier run's files. Should the name be taken anyway (a damaged file being regenerated, a
+    file of the user's), the writer picks ``...-{k}-v2{ext}`` and so on; it never replaces one.
+    """
     if not re.fullmatch(r"\.[a-z0-9]{1,5}", extension):
         raise ValueError(f"unexpected image extension {extension!r}")
-    return f"{index:06d}-{slugify(prompt)}-{image_number}{extension}"
+    return f"{index:06d}-{slugify(prompt)}-{item_tag(item_id)}-{image_number}{extension}"
 
 
 def safe_path(folder: Path, name: str) -> Path:
     """``folder / name``, refusing anything that would resolve outside ``folder``.
 
-    Names come from :func:`image_file_name`, so this never fires; it is the belt to its braces.
+    Names come from `image_file_name`, so this never fires; it is the belt to its braces.
+    The name itself is not resolved: a symlink placed at it is a taken name (the writer never
+    follows or replaces it), not a way out of the folder.
     """
     root = folder.resolve()
-    target = (root / name).resolve()
-    if target.parent != root:
+    target = root / name
+    if name == ".." or "\0" in name or target.name != name or target.parent.resolve() != root:
         raise ValueError(f"refusing to write {name!r} outside the output folder {str(root)!r}")
     return folder / name
 
@@ -87,7 +109,7 @@ def describe_request(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     images by content); delivery-only fields (``response_format``, ``user``) do not count, so a
     re-run asking for URLs instead of base64 still resumes. The public request is the body as
     shown in results and the manifest, data URLs replaced by short placeholders. Input images
-    can be megabytes each: call this in a worker thread when :func:`has_input_images`.
+    can be megabytes each: call this in a worker thread when `has_input_images`.
     """
     canonical: dict[str, Any] = {}
     shown = dict(body)
@@ -115,7 +137,7 @@ def public_request(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def request_digest(body: Mapping[str, Any]) -> str:
-    """A stable hash of what an item asks for; see :func:`describe_request`."""
+    """A stable hash of what an item asks for; see `describe_request`."""
     return describe_request(body)[0]
 
 

@@ -1,4 +1,4 @@
-"""The ``client.images`` resource: generate, and the image-model catalogue."""
+"""The ``client.images`` resource: generate, edit, and the image-model catalogue."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 from nanogpt_async._models import ImageModel, ImagesResponse
-from nanogpt_async._request import build_generation_body
+from nanogpt_async._request import build_edit_body, build_generation_body
 from nanogpt_async._types import NOT_GIVEN, ImageInput, NotGiven, ResponseFormat, TimeoutTypes
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ __all__ = ["Images"]
 
 
 class Images:
-    """Image generation calls; reach it as ``client.images``."""
+    """Image generation and edit calls; reach it as ``client.images``."""
 
     def __init__(self, client: AsyncNanoGPT) -> None:
         self._client = client
@@ -55,7 +55,7 @@ class Images:
 
         Args:
             prompt: What to draw.
-            model: Model id (see :meth:`models`).
+            model: Model id (see [models][nanogpt_async.Images.models]).
             n: Images per request (the model's ``max_images`` at most).
             size: Model-specific size such as ``"1024x1024"`` or ``"auto"``.
             response_format: ``"b64_json"`` or ``"url"`` (signed, expires in about an hour).
@@ -70,6 +70,7 @@ class Images:
             kontext_max_mode: flux-kontext's enhanced context mode.
             extra_body: More JSON fields, sent as given (for fields this library predates).
             timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+                Default: `client.timeout`, the client's.
 
         Returns:
             The typed response; ``await response.data[0].read()`` gives the bytes.
@@ -109,8 +110,14 @@ class Images:
     ) -> ImagesResponse:
         """Send an already built and checked JSON body (the batch runner's entry point).
 
-        Every attempt takes its turn from the client's pacer; ``hooks`` decide when to take
-        it (the batch runner waits inside a scope it can cancel) and are told each outcome.
+        Every attempt takes its turn from the client's pacer.
+
+        Args:
+            body: The JSON body, checked and with input images as data URLs.
+            timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+                Default: `client.timeout`, the client's.
+            hooks: Decide when each attempt takes its turn (the batch runner waits inside a
+                scope it can cancel) and are told each outcome.
         """
         client = self._client
         payload, request_id = await client._request(  # noqa: SLF001 - the resource's own client
@@ -121,7 +128,107 @@ class Images:
             hooks=hooks,
             timeout=timeout,
         )
-        return ImagesResponse.from_api(payload, request_id=request_id, downloader=client)
+        return ImagesResponse.from_api(
+            payload, request_id=request_id, downloader=client, requested=body.get("n")
+        )
+
+    async def edit(
+        self,
+        *,
+        prompt: str,
+        image: ImageInput | None = None,
+        images: Sequence[ImageInput] | None = None,
+        mask: ImageInput | None = None,
+        model: str | None = None,
+        n: int | None = None,
+        size: str | None = None,
+        response_format: ResponseFormat | None = None,
+        user: str | None = None,
+        extra_body: dict[str, Any] | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> ImagesResponse:
+        """Edit an image (``POST /images/edits``); one call, one charge.
+
+        The input image (``image``, or several as ``images``) and the optional ``mask`` may be
+        paths, bytes or data URLs; they are checked (type from the bytes, at most 4 MB as a
+        data URL) before anything is sent. The answer has the same shape as
+        [generate][nanogpt_async.Images.generate]'s, and the same retry and money policy
+        applies: a request that may have reached the server is not retried unless the retry
+        policy says so. Check the model's ``capabilities`` in
+        [models][nanogpt_async.Images.models] (``image_to_image``, ``inpainting``); an
+        inpainting model such as ``flux-lora/inpainting`` needs a mask.
+
+        Args:
+            prompt: What to change.
+            image: The image to edit (``imageDataUrl``).
+            images: Several input images (``imageDataUrls``) for models that take them.
+            mask: White where to edit (``maskDataUrl``).
+            model: Model id; pass one that takes input images (the server default may not).
+            n: Images per request (the model's ``max_images`` at most).
+            size: Model-specific size such as ``"1024x1024"`` or ``"auto"``.
+            response_format: ``"b64_json"`` or ``"url"``.
+            user: Your end user's id.
+            extra_body: More JSON fields, sent as given.
+            timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+                Default: `client.timeout`, the client's.
+
+        Returns:
+            The typed response; ``await response.data[0].save("edited")`` writes the file.
+
+        Raises:
+            InvalidInputError: a bad argument or no input image (nothing sent, nothing charged).
+            APIStatusError: NanoGPT refused (a subclass per status, see the error tree).
+            APIConnectionError: no usable answer after retries.
+
+        Example:
+            >>> edited = await client.images.edit(  # doctest: +SKIP
+            ...     prompt="make it snow", image="street.jpg", model="flux-kontext"
+            ... )
+        """
+        body = await build_edit_body(
+            {
+                "prompt": prompt,
+                "image": image,
+                "images": images,
+                "mask": mask,
+                "model": model,
+                "n": n,
+                "size": size,
+                "response_format": response_format,
+                "user": user,
+                "extra_body": extra_body,
+            }
+        )
+        return await self.edit_from_body(body, timeout=timeout)
+
+    async def edit_from_body(
+        self,
+        body: dict[str, Any],
+        *,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        hooks: TurnHooks | None = None,
+    ) -> ImagesResponse:
+        """Send an already built and checked edit body (the batch runner's entry point).
+
+        Args:
+            body: The JSON body, checked and with input images as data URLs.
+            timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
+                Default: `client.timeout`, the client's.
+            hooks: Decide when each attempt takes its turn from the client's pacer (retries
+                included) and are told each outcome.
+        """
+        client = self._client
+        payload, request_id = await client._request(  # noqa: SLF001 - the resource's own client
+            "POST",
+            f"{client.base_url}/images/edits",
+            json_body=body,
+            idempotent=False,
+            hooks=hooks,
+            timeout=timeout,
+        )
+        return ImagesResponse.from_api(
+            payload, request_id=request_id, downloader=client, requested=body.get("n")
+        )
 
     def generate_many(
         self,
@@ -140,16 +247,18 @@ class Images:
         total: int | None = None,
         **defaults: Any,
     ) -> Batch:
-        """Generate many images at the account's pace: a :class:`~nanogpt_async.Batch`.
+        """Generate many images at the account's pace: a [Batch][nanogpt_async.Batch].
 
         Nothing runs until you enter it (``async with batch:`` then ``async for result in
         batch``) or await ``batch.run()``. See the "Batch generation" guide for resume, budget
         and pacing semantics.
 
         Args:
-            items: Prompts (``str``), :class:`~nanogpt_async.BatchItem` s, or dicts with
+            items: Prompts (``str``), [BatchItem][nanogpt_async.BatchItem]s, or dicts with
                 ``prompt`` and optionally ``id`` and any ``generate()`` field; an iterable or
-                async iterable, read lazily.
+                async iterable, read lazily. An item with ``"operation": "edit"`` (and an
+                ``image``/``images``, optionally a ``mask``) is sent to the edits endpoint,
+                like [edit][nanogpt_async.Images.edit].
             output_dir: Write files and ``manifest.jsonl`` here (and resume from it); ``None``
                 keeps the images in memory (``ItemResult.images``).
             concurrency: Most generations in flight (lowered temporarily after 429s); at most
@@ -159,13 +268,14 @@ class Images:
                 client makes, and with other processes through ``limits_url``. Given, this
                 batch gets a pacer of its own at that rate (``None``: unpaced), in this
                 process only, separate from the client's: for tests and isolated tools.
+                Default: `the client's pacer`.
             burst: Like ``rps`` (a pacer of its own): requests that may go at once after a
                 quiet spell.
             download_concurrency: Most downloads/decodes/writes at once.
             max_cost: USD budget: no new request once spent plus in-flight estimate would pass
                 it.
             retry_failed: On resume, retry items recorded as failed (else skip them).
-            on_progress: Called with a :class:`~nanogpt_async.BatchProgress` at most every
+            on_progress: Called with a [BatchProgress][nanogpt_async.BatchProgress] at most every
                 ``progress_interval`` seconds, and once at the end.
             progress_interval: Seconds between progress calls.
             manifest_name: File name of the manifest inside ``output_dir``.

@@ -1,7 +1,9 @@
-"""Input images for image-to-image and inpainting: paths, bytes or data URLs, checked early.
+"""Input images for image-to-image, edits and inpainting: paths, bytes or data URLs, checked early.
 
-NanoGPT takes input images only as ``data:image/<type>;base64,...`` URLs of at most 4 MB and does
-not fetch remote URLs itself. Everything here fails *before* a request is sent, so a bad input
+NanoGPT takes input images only as ``data:image/<type>;base64,...`` URLs and does not fetch
+remote URLs itself. Its endpoint reference says an input must be "4 MB or smaller *after
+encoding*": the limit applies to the data URL, so base64's third more counts, and the largest
+image that fits is about 3 MB. Everything here fails *before* a request is sent, so a bad input
 never costs money.
 """
 
@@ -22,36 +24,53 @@ from nanogpt_async._types import ImageInput
 
 __all__ = [
     "MAX_INPUT_IMAGE_BYTES",
+    "data_url_length",
     "fetch_image_data_url",
     "image_data_url",
     "image_data_url_async",
     "parse_data_url",
 ]
 
-#: NanoGPT's limit on each input image.
+#: NanoGPT's limit on each input image, measured after encoding: the data URL's length.
 MAX_INPUT_IMAGE_BYTES = 4 * 1024 * 1024
 
 _DATA_URL = re.compile(r"^data:image/(jpeg|jpg|png|webp|gif);base64,", re.IGNORECASE)
 _SUPPORTED = "PNG, JPEG, WebP or GIF"
+# The shortest prefix we emit ("data:image/png;base64,"): a lower bound for a size pre-check.
+_SHORTEST_MIME = "image/png"
+
+
+def data_url_length(size: int, mime: str = _SHORTEST_MIME) -> int:
+    """Length of the data URL of ``size`` image bytes of type ``mime`` (what NanoGPT measures)."""
+    return len(f"data:{mime};base64,") + 4 * ((size + 2) // 3)
 
 
 def _mb(size: int) -> str:
     return f"{size / (1024 * 1024):.2f} MB"
 
 
+def _too_large(what: str, size: int, encoded: int) -> ImageInputError:
+    return ImageInputError(
+        f"{what} is {_mb(size)}, {_mb(encoded)} as a data URL; NanoGPT accepts at most "
+        f"{_mb(MAX_INPUT_IMAGE_BYTES)} per input image after encoding (base64 adds a third, so "
+        f"about {_mb(MAX_INPUT_IMAGE_BYTES * 3 // 4)} of image). Resize or recompress it "
+        "(e.g. JPEG)."
+    )
+
+
 def _check(data: bytes, what: str) -> str:
     """Return the data URL for ``data`` after checking size and type."""
-    if len(data) > MAX_INPUT_IMAGE_BYTES:
-        raise ImageInputError(
-            f"{what} is {_mb(len(data))}; NanoGPT accepts at most "
-            f"{_mb(MAX_INPUT_IMAGE_BYTES)} per input image. Resize or recompress it (e.g. JPEG)."
-        )
     kind = sniff_image(data)
     if kind is None:
+        if data_url_length(len(data)) > MAX_INPUT_IMAGE_BYTES:
+            raise _too_large(what, len(data), data_url_length(len(data)))
         raise ImageInputError(
             f"{what} is not a {_SUPPORTED} image (its first bytes are {data[:8]!r}); "
             "convert it to one of those formats"
         )
+    encoded = data_url_length(len(data), kind.mime)
+    if encoded > MAX_INPUT_IMAGE_BYTES:
+        raise _too_large(what, len(data), encoded)
     return f"data:{kind.mime};base64,{b64encode(data)}"
 
 
@@ -68,13 +87,10 @@ def parse_data_url(url: str, what: str = "image") -> bytes:
             f"{what} data URL must look like 'data:image/png;base64,...' with type jpeg, png, "
             f"webp or gif; got {head!r}"
         )
-    # A base64 payload 4/3 the size of the limit (plus slack) is over it whatever it decodes to.
+    # Over the limit as given is over it whatever it decodes to: refuse before decoding.
+    if len(url) > MAX_INPUT_IMAGE_BYTES:
+        raise _too_large(what, len(url) * 3 // 4, len(url))
     payload = url[match.end() :]
-    if len(payload) > (MAX_INPUT_IMAGE_BYTES * 4) // 3 + 8:
-        raise ImageInputError(
-            f"{what} is about {_mb(len(payload) * 3 // 4)}; NanoGPT accepts at most "
-            f"{_mb(MAX_INPUT_IMAGE_BYTES)} per input image. Resize or recompress it."
-        )
     try:
         return b64decode(payload)
     except (binascii.Error, ValueError) as exc:
@@ -106,11 +122,8 @@ def image_data_url(image: ImageInput, what: str = "image") -> str:
     path = Path(image)
     try:
         size = path.stat().st_size
-        if size > MAX_INPUT_IMAGE_BYTES:
-            raise ImageInputError(
-                f"{what} {str(path)!r} is {_mb(size)}; NanoGPT accepts at most "
-                f"{_mb(MAX_INPUT_IMAGE_BYTES)} per input image. Resize or recompress it."
-            )
+        if data_url_length(size) > MAX_INPUT_IMAGE_BYTES:
+            raise _too_large(f"{what} {str(path)!r}", size, data_url_length(size))
         data = path.read_bytes()
     except OSError as exc:
         raise ImageInputError(
@@ -120,7 +133,7 @@ def image_data_url(image: ImageInput, what: str = "image") -> str:
 
 
 async def image_data_url_async(image: ImageInput, what: str = "image") -> str:
-    """:func:`image_data_url` in a worker thread: file reads and base64 never block the loop."""
+    """`image_data_url` in a worker thread: file reads and base64 never block the loop."""
     if isinstance(image, (bytes, str)) and len(image) < 64 * 1024:
         return image_data_url(image, what)
     return await anyio.to_thread.run_sync(image_data_url, image, what)

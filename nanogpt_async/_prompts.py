@@ -1,13 +1,19 @@
-"""Prompt files: plain text, JSONL or CSV, read lazily (one line in memory at a time).
+r"""Prompt files: plain text, JSONL or CSV, read lazily (one line in memory at a time).
 
-* **text**: one prompt per line; blank lines are skipped, trailing whitespace is dropped.
+* **text**: one prompt per line; blank lines are skipped, trailing whitespace is dropped, and
+  a line whose first non-blank character is ``#`` is a comment (a prompt that starts with
+  ``#`` is written ``\#...``: the backslash is dropped).
 * **JSONL**: one JSON object per line with ``"prompt"``, an optional ``"id"`` and any
-  ``images.generate`` field (``"model"``, ``"n"``, ``"size"``, ``"seed"``...).
-* **CSV**: a header row with a ``prompt`` column; optional ``id`` and generate-field columns.
-  Empty cells mean "not set"; numbers are converted.
+  ``images.generate`` field (``"model"``, ``"n"``, ``"size"``, ``"seed"``...); with
+  ``"operation": "edit"`` and an ``"image"`` the line is an edit (``images.edit``). ``#``
+  comment lines are skipped here too (no JSON line starts with ``#``).
+* **CSV**: a header row with a ``prompt`` column; optional ``id``, ``operation`` and
+  generate-field columns. Empty cells mean "not set"; numbers are converted.
 
 Every record is checked as it is read, so a typo on line 90 000 fails with its line number
-before that line's request is sent, not after a confusing server error.
+before that line's request is sent, not after a confusing server error. So is the text itself
+(each line is decoded as UTF-8 on its own, so a bad byte is reported with its line) and every
+``id`` (one id twice names both lines: resume finds items by id).
 """
 
 from __future__ import annotations
@@ -17,21 +23,26 @@ import io
 import itertools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from nanogpt_async._batch_ids import RepeatedIds
 from nanogpt_async._errors import InvalidInputError
-from nanogpt_async._request import GENERATE_FIELDS, IMAGE_FIELDS, check_generation_fields
+from nanogpt_async._request import ITEM_FIELDS, check_generation_fields
 
-__all__ = ["PromptFileError", "PromptFormat", "read_prompts"]
+__all__ = ["PromptFileError", "PromptFormat", "numbered_prompts", "read_prompts"]
 
 #: ``"auto"`` picks the format from the extension, then from the first non-blank line.
 PromptFormat = Literal["auto", "text", "jsonl", "csv"]
 
 _JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
-_KNOWN_FIELDS = frozenset({*GENERATE_FIELDS, *IMAGE_FIELDS, "extra_body", "id"})
+#: What ``surrogateescape`` turns an undecodable byte into (valid UTF-8 never decodes to it).
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+# ITEM_FIELDS includes "operation": "edit" rows go to the edits endpoint.
+_KNOWN_FIELDS = frozenset({*ITEM_FIELDS, "id"})
 # CSV cells are strings; these say how to turn one into the value generate() takes.
 _TRUE = frozenset({"1", "true", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "no", "n", "off"})
@@ -65,7 +76,7 @@ def read_prompts(
 ) -> Generator[dict[str, Any], None, None]:
     r"""Yield one request per prompt of a text, JSONL or CSV file, lazily.
 
-    Each request is a dict for :meth:`Images.generate_many <nanogpt_async.Images>` (or for
+    Each request is a dict for [Images.generate_many][nanogpt_async.Images.generate_many] (or for
     ``client.images.generate(**request)`` once ``"id"`` is removed): ``{"prompt": ...}`` plus,
     for JSONL and CSV, an optional ``"id"`` and any generate field. The file is opened when
     iteration starts and read one line at a time, so a file of millions of prompts costs
@@ -75,8 +86,8 @@ def read_prompts(
         source: A path, ``"-"`` for standard input, or an open text file.
         format: ``"text"``, ``"jsonl"``, ``"csv"``, or ``"auto"``: ``.jsonl``/``.ndjson`` and
             ``.csv`` by extension, ``.txt`` is text, anything else is JSONL when its first
-            non-blank line starts with ``{`` and text otherwise. CSV on standard input needs
-            ``format="csv"``.
+            line that is neither blank nor a ``#`` comment starts with ``{``, else text. CSV
+            on standard input needs ``format="csv"``.
 
     Yields:
         Requests as dicts, in file order.
@@ -88,16 +99,27 @@ def read_prompts(
 
     Example:
         >>> from pathlib import Path
-        >>> _ = Path("prompts.txt").write_text("a red fox\n\na lighthouse at dusk  \n")
+        >>> text = "# animals\na red fox\n\na lighthouse at dusk  \n\\#1 trending\n"
+        >>> _ = Path("prompts.txt").write_text(text)
         >>> list(read_prompts("prompts.txt"))
-        [{'prompt': 'a red fox'}, {'prompt': 'a lighthouse at dusk'}]
+        [{'prompt': 'a red fox'}, {'prompt': 'a lighthouse at dusk'}, {'prompt': '#1 trending'}]
     """
+    for _, record in numbered_prompts(source, format=format):
+        yield record
+
+
+def numbered_prompts(
+    source: str | os.PathLike[str] | IO[str],
+    *,
+    format: PromptFormat = "auto",  # noqa: A002
+) -> Generator[tuple[int, dict[str, Any]], None, None]:
+    """`read_prompts`, each request with its line number (where its record starts)."""
     if format not in ("auto", "text", "jsonl", "csv"):
         raise ValueError(f"format must be 'auto', 'text', 'jsonl' or 'csv', got {format!r}")
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if path == "-":
-            yield from _read_stream(_stdin(), "<stdin>", format)
+            yield from _read_stream(_stdin_lines(), "<stdin>", format)
             return
         chosen = format
         if chosen == "auto":
@@ -108,46 +130,115 @@ def read_prompts(
                 chosen = "csv"
             elif suffix == ".txt":
                 chosen = "text"
-        # newline="" lets the csv module see quoted newlines; the other readers strip "\r".
-        with Path(path).open(encoding="utf-8-sig", newline="") as stream:
-            yield from _read_stream(stream, path, chosen)
+        with Path(path).open("rb") as stream:
+            yield from _read_stream(_decoded_lines(stream, path), path, chosen)
         return
     name = getattr(source, "name", None)
-    yield from _read_stream(source, name if isinstance(name, str) else "<stream>", format)
+    name = name if isinstance(name, str) else "<stream>"
+    yield from _read_stream(_text_lines(source, name), name, format)
 
 
-def _stdin() -> IO[str]:
-    # Decode stdin as UTF-8 whatever the locale says (prompt files are UTF-8 in practice), and
-    # never close the real stdin when done.
+def _stdin_lines() -> Iterator[str]:
+    # Decode stdin as UTF-8 whatever the locale says (prompt files are UTF-8 in practice).
     buffer = getattr(sys.stdin, "buffer", None)
     if buffer is None:
-        return sys.stdin
-    return io.TextIOWrapper(buffer, encoding="utf-8-sig", newline="")
+        return _text_lines(sys.stdin, "<stdin>")
+    return _decoded_lines(buffer, "<stdin>")
 
 
-def _read_stream(stream: IO[str], name: str, format: PromptFormat) -> Iterator[dict[str, Any]]:  # noqa: A002
-    if format == "csv":
-        yield from _read_csv(stream, name)
-        return
-    lines: Iterable[str] = stream
+def _decoded_lines(stream: IO[bytes], name: str) -> Iterator[str]:
+    r"""Lines of a binary stream as UTF-8 text (a BOM dropped); a bad byte names its line.
+
+    Decoding stays in C (``TextIOWrapper``): invalid bytes become lone surrogates
+    (``surrogateescape``), which valid UTF-8 can never produce, and each non-ASCII line is
+    searched for one. Lines end at ``\n``, ``\r\n`` or a lone ``\r`` and keep their ending
+    (``newline=""``, what the csv module needs for quoted newlines).
+    """
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return _text_lines(text, name)
+
+
+def _text_lines(stream: Iterable[str], name: str) -> Iterator[str]:
+    """The lines of a decoded stream, refusing a line with bytes that were not UTF-8."""
+    number = 0
+    lines = iter(stream)
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:  # a stream opened without surrogateescape
+            raise PromptFileError(
+                f"not valid UTF-8 ({exc.reason}); save the file as UTF-8",
+                source=name,
+                line=number + 1,
+            ) from None
+        number += 1
+        if not line.isascii() and (bad := _ESCAPED_BYTE.search(line)):
+            raise PromptFileError(
+                f"not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} at column "
+                f"{bad.start() + 1}); save the file as UTF-8",
+                source=name,
+                line=number,
+            )
+        yield line
+
+
+def _read_stream(
+    lines: Iterator[str],
+    name: str,
+    format: PromptFormat,  # noqa: A002
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    records = _read_csv(lines, name) if format == "csv" else _read_lines(lines, name, format)
+    seen = RepeatedIds()
+    for number, record in records:
+        item_id = record.get("id")
+        if item_id is not None:
+            earlier = seen.add(item_id, number)
+            if earlier is not None:
+                where = f"on line {earlier}" if earlier >= 0 else "earlier"
+                raise PromptFileError(
+                    f"the id {item_id!r} is already used {where}; every id must be unique "
+                    "(a re-run finds finished items by id)",
+                    source=name,
+                    line=number,
+                )
+        yield number, record
+
+
+def _read_lines(
+    lines: Iterator[str],
+    name: str,
+    format: PromptFormat,  # noqa: A002
+) -> Iterator[tuple[int, dict[str, Any]]]:
     chosen = format
     if chosen == "auto":
-        # Peek at the first non-blank line, then put what was read back in front.
+        # Peek at the first line with content, then put what was read back in front.
         head: list[str] = []
-        for line in stream:
+        for line in lines:
             head.append(line)
-            if line.strip():
+            if line.strip() and not _is_comment(line):
                 break
         chosen = "jsonl" if head and head[-1].lstrip().startswith("{") else "text"
-        lines = itertools.chain(head, stream)
+        lines = itertools.chain(head, lines)
     reader = _jsonl_record if chosen == "jsonl" else _text_record
+    # Every line is counted, comments and blank ones too: errors name the line an editor shows.
     for number, line in enumerate(lines, start=1):
-        if line.strip():
-            yield reader(line, name, number)
+        if line.strip() and not _is_comment(line):
+            yield number, reader(line, name, number)
+
+
+def _is_comment(line: str) -> bool:
+    """A ``# ...`` line: notes in a prompt file must never be sent (and paid for) as prompts."""
+    return line.lstrip().startswith("#")
 
 
 def _text_record(line: str, _name: str, _number: int) -> dict[str, Any]:
-    return {"prompt": line.rstrip()}
+    prompt = line.rstrip()
+    stripped = prompt.lstrip()
+    if stripped.startswith("\\#"):  # the escape for a prompt that starts with "#"
+        prompt = prompt[: len(prompt) - len(stripped)] + stripped[1:]
+    return {"prompt": prompt}
 
 
 def _jsonl_record(line: str, name: str, number: int) -> dict[str, Any]:
@@ -274,8 +365,8 @@ def _csv_cell(column: str, value: str, name: str, line: int) -> Any:
         ) from None
 
 
-def _read_csv(stream: IO[str], name: str) -> Iterator[dict[str, Any]]:
-    reader = csv.reader(stream)
+def _read_csv(lines: Iterator[str], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(lines)
     header_row = next(reader, None)
     if header_row is None:
         return
@@ -295,5 +386,5 @@ def _read_csv(stream: IO[str], name: str) -> Iterator[dict[str, Any]]:
                 for column, cell in zip(header, row, strict=False)
                 if column and cell.strip()
             }
-            yield _checked(record, name, line)
+            yield line, _checked(record, name, line)
         line = reader.line_num + 1

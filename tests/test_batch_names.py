@@ -52,7 +52,7 @@ def test_slug_of_any_prompt_is_plain_ascii_and_short(prompt: str) -> None:
 
 @pytest.mark.parametrize("prompt", HOSTILE)
 def test_file_name_of_any_prompt_stays_inside_the_folder(tmp_path: Path, prompt: str) -> None:
-    name = image_file_name(7, prompt, 0, ".png")
+    name = image_file_name(7, prompt, "item-7", 0, ".png")
     assert name.startswith("000007-")
     assert name.endswith("-0.png")
     assert safe_path(tmp_path, name).resolve().parent == tmp_path.resolve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import warnings
 from decimal import Decimal
@@ -22,7 +23,7 @@ from nanogpt_async import (
 )
 from tests.conftest import BASE, KEY
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "vendor" / "nanogpt-openapi.json"
+SPEC = Path(__file__).resolve().parent / "vendor" / "nanogpt-openapi.json"
 
 
 def _request_schema() -> dict[str, Any]:
@@ -57,7 +58,6 @@ async def test_generate_sends_only_given_fields_with_bearer_key(client, mock_api
     assert sent_json(route) == {"prompt": "a red fox", "n": 1, "size": "1024x1024"}
 
 
-@pytest.mark.skipif(not SPEC.exists(), reason="vendor spec lives in ../shared")
 async def test_every_field_maps_to_nanogpt_json_names_and_validates_against_the_spec(
     client, mock_api, png, png_b64
 ):
@@ -168,11 +168,51 @@ async def test_oversized_input_image_is_refused_with_its_size_and_the_limit(
     big.write_bytes(png + b"\0" * (4 * 1024 * 1024))
     route = mock_api.post(f"{BASE}/images/generations")
 
-    with pytest.raises(ImageInputError, match=r"is 4\.\d\d MB; NanoGPT accepts at most 4\.00 MB"):
+    with pytest.raises(
+        ImageInputError,
+        match=r"is 4\.\d\d MB, 5\.\d\d MB as a data URL; NanoGPT accepts at most 4\.00 MB",
+    ):
         await client.images.generate(prompt="x", image=big)
-    with pytest.raises(ImageInputError, match=r"at most 4\.00 MB"):
+    with pytest.raises(ImageInputError, match=r"at most 4\.00 MB per input image after encoding"):
         await client.images.generate(prompt="x", images=[png + b"\0" * (4 * 1024 * 1024)])
     assert not route.called
+
+
+# "4 MB or smaller after encoding" (the endpoint reference): the data URL's length counts.
+_LIMIT = 4 * 1024 * 1024
+_PNG_PREFIX = len("data:image/png;base64,")
+_LARGEST_PNG = (_LIMIT - _PNG_PREFIX) // 4 * 3  # the most bytes whose data URL fits
+
+
+@pytest.mark.parametrize("as_kind", ["bytes", "path", "data_url"])
+async def test_input_image_under_4_mb_but_over_it_as_a_data_url_is_refused(
+    client, mock_api, tmp_path, png, as_kind
+):
+    route = mock_api.post(f"{BASE}/images/generations")
+    raw = png + b"\0" * (int(3.6 * 1024 * 1024) - len(png))  # 3.6 MiB: a 4.8 MiB data URL
+    value: Any = {
+        "bytes": raw,
+        "path": tmp_path / "big.png",
+        "data_url": "data:image/png;base64," + base64.b64encode(raw).decode(),
+    }[as_kind]
+    (tmp_path / "big.png").write_bytes(raw)
+
+    with pytest.raises(ImageInputError, match=r"as a data URL; NanoGPT accepts at most 4\.00 MB"):
+        await client.images.generate(prompt="x", image=value)
+    assert not route.called
+
+
+async def test_largest_image_whose_data_url_fits_4_mb_is_sent_one_byte_more_is_not(
+    client, mock_api, png, png_b64
+):
+    route = mock_api.post(f"{BASE}/images/generations").respond(200, json=ok_body(png_b64))
+    fits = png + b"\0" * (_LARGEST_PNG - len(png))
+
+    await client.images.generate(prompt="x", image=fits)
+    assert len(sent_json(route)["imageDataUrl"]) <= _LIMIT
+    with pytest.raises(ImageInputError, match="after encoding"):
+        await client.images.generate(prompt="x", image=fits + b"\0")
+    assert route.call_count == 1
 
 
 @pytest.mark.parametrize(
@@ -365,3 +405,50 @@ def test_max_retries_argument_overrides_the_policy():
 
     assert client.retry_policy.max_retries == 7
     assert client.retry_policy.backoff_max == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"seed": 2**64}, r"seed must be from .* \(a 64-bit integer\)"),
+        ({"seed": -(2**63) - 1}, "seed must be at least"),
+        ({"seed": 10**30}, "seed must be from"),
+        ({"n": 2**70}, "n must be from 1"),
+        ({"extra_body": {"x": 2**64}}, r"extra_body\['x'\] must fit in 64 bits"),
+        ({"extra_body": {"x": float("nan")}}, "must be a finite number"),
+        ({"extra_body": {"x": [float("inf")]}}, "must be a finite number"),
+        ({"extra_body": {"x": object()}}, "must be JSON data"),
+        ({"extra_body": {1: "x"}}, "keys must be strings"),
+    ],
+)
+async def test_values_json_cannot_carry_raise_invalid_input_not_type_error(
+    client, mock_api, kwargs, fragment
+):
+    route = mock_api.post(f"{BASE}/images/generations")
+
+    with pytest.raises(InvalidInputError, match=fragment):
+        await client.images.generate(prompt="x", **kwargs)
+    assert not route.called
+
+
+async def test_64_bit_seed_extremes_are_sent(client, mock_api, png_b64):
+    route = mock_api.post(f"{BASE}/images/generations").respond(200, json=ok_body(png_b64))
+
+    await client.images.generate(prompt="x", seed=2**64 - 1)
+    await client.images.generate(prompt="x", seed=-(2**63))
+
+    assert [sent_json(route, i)["seed"] for i in range(2)] == [2**64 - 1, -(2**63)]
+
+
+async def test_whole_number_floats_are_accepted_and_sent_as_json_integers(
+    client, mock_api, png_b64
+):
+    route = mock_api.post(f"{BASE}/images/generations").respond(200, json=ok_body(png_b64, 2))
+
+    await client.images.generate(prompt="x", n=2.0, seed=42.0, num_inference_steps=30.0)
+
+    raw = route.calls.last.request.content
+    assert b'"n":2' in raw.replace(b" ", b"")
+    body = sent_json(route)
+    assert (body["n"], body["seed"], body["num_inference_steps"]) == (2, 42, 30)
+    assert all(type(body[k]) is int for k in ("n", "seed", "num_inference_steps"))

@@ -183,21 +183,23 @@ def test_same_seed_and_requests_give_same_answers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("headers", "message"),
+    ("headers", "message", "code"),
     [
-        ({}, "Missing API key"),
-        ({"Authorization": "Bearer wrong"}, "Invalid API key"),
-        ({"Authorization": f"Basic {KEY}"}, "Missing API key"),
+        ({}, "Missing API key", "missing_api_key"),
+        ({"Authorization": "Bearer wrong"}, "Invalid API key", "invalid_api_key"),
+        ({"Authorization": f"Basic {KEY}"}, "Missing API key", "missing_api_key"),
+        # Generations take the key as a Bearer token only (the spec's security for the path).
+        ({"x-api-key": KEY}, "Missing API key", "missing_api_key"),
     ],
 )
-def test_missing_or_wrong_bearer_key_answers_401_openai_error(
-    server: FakeServer, http: httpx.Client, headers: dict[str, str], message: str
+def test_missing_or_wrong_bearer_key_answers_401_missing_or_invalid_api_key(
+    server: FakeServer, http: httpx.Client, headers: dict[str, str], message: str, code: str
 ) -> None:
     response = generate(http, server, headers=headers)
     assert response.status_code == 401
     error = response.json()["error"]
     assert message in error["message"]
-    assert error["code"] == "invalid_api_key"
+    assert error["code"] == code
     assert response.headers["X-Request-ID"]
     assert server.fake.stats.generations == 0
 

@@ -27,9 +27,9 @@ RESERVED_WINDOWS = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10))}
 @settings(max_examples=300)
 @given(hostile_text, st.integers(0, 10**7), st.integers(0, 9))
 def test_file_names_never_leave_the_folder_and_are_deterministic(prompt, index, number):
-    name = image_file_name(index, prompt, number, ".png")
+    name = image_file_name(index, prompt, prompt, number, ".png")
 
-    assert name == image_file_name(index, prompt, number, ".png")
+    assert name == image_file_name(index, prompt, prompt, number, ".png")
     assert "/" not in name
     assert "\\" not in name
     assert "\x00" not in name

@@ -1,23 +1,27 @@
-"""The commands: generate, batch, models, balance, fake-server, demo."""
+"""The commands: generate, edit, batch, gallery, models, balance, fake-server, demo."""
 
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.to_thread
 import click
 
 from nanogpt_async import __version__
+from nanogpt_async._batch_budget import DEFAULT_MODEL
+from nanogpt_async._batch_manifest import FileEntry, write_images
 from nanogpt_async._batch_names import slugify
 from nanogpt_async._cli._common import (
     EXIT_BUDGET,
+    EXIT_BUSY,
     EXIT_FAILED,
     EXIT_FATAL,
     EXIT_INTERRUPTED,
@@ -28,11 +32,13 @@ from nanogpt_async._cli._common import (
     output,
     run_async,
 )
+from nanogpt_async._errors import ImageError
+from nanogpt_async._models import checked_image
 
 __all__ = ["cli"]
 
 if TYPE_CHECKING:
-    from nanogpt_async import AsyncNanoGPT
+    from nanogpt_async import AsyncNanoGPT, ImagesResponse
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
@@ -41,7 +47,8 @@ _EXIT_CODES_HELP = (
     f"Exit codes: {EXIT_OK} all ok; {EXIT_FAILED} some requests or items failed; "
     f"{EXIT_USAGE} bad usage or input; {EXIT_FATAL} fatal for the account (bad key, no "
     f"balance, not permitted, daily cap); {EXIT_BUDGET} --max-cost reached before every item "
-    f"ran; {EXIT_INTERRUPTED} interrupted (Ctrl-C)."
+    f"ran; {EXIT_BUSY} the output folder is in use by another run; {EXIT_INTERRUPTED} "
+    "interrupted (Ctrl-C; 143 SIGTERM, 129 SIGHUP)."
 )
 
 
@@ -80,36 +87,62 @@ def api_options(func: _F) -> _F:
     return func
 
 
-def generation_options(func: _F) -> _F:
-    """The request fields shared by ``generate`` and ``batch`` (defaults for every item)."""
-    options = [
-        click.option("-m", "--model", help="Model id (see `nanogpt-async models`).", metavar="ID"),
-        click.option("-s", "--size", help="Size such as 1024x1024 or auto (model-specific)."),
-        click.option(
-            "-n", "--n", "n", type=click.IntRange(min=1), help="Images per request [default: 1]."
+def retry_ambiguous_option(func: _F) -> _F:
+    """``--retry-ambiguous``: retry paid requests that may have been charged (money risk)."""
+    return click.option(
+        "--retry-ambiguous",
+        is_flag=True,
+        help=(
+            "Also retry a generation that may already have reached NanoGPT (a read timeout, a "
+            "connection reset after sending, a gateway's 502/504 page): it may be CHARGED "
+            "TWICE. Off by default."
         ),
-        click.option(
-            "-f",
-            "--response-format",
-            type=click.Choice(["b64_json", "url"]),
-            help="How NanoGPT returns images; both end up as files [default: b64_json].",
-        ),
-        click.option("--seed", type=int, help="Seed, where the model supports one."),
-        click.option(
-            "--steps",
-            "num_inference_steps",
-            type=click.IntRange(1, 100),
-            help="Denoising steps (1-100).",
-        ),
-        click.option(
-            "--guidance-scale",
-            type=click.FloatRange(0, 20),
-            help="How closely to follow the prompt (0-20).",
-        ),
-    ]
+    )(func)
+
+
+def _apply(options: Sequence[Callable[[_F], _F]], func: _F) -> _F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def request_options(func: _F) -> _F:
+    """The request fields every image call takes: model, size, n, response format."""
+    return _apply(_REQUEST_OPTIONS, func)
+
+
+def generation_options(func: _F) -> _F:
+    """The request fields shared by ``generate`` and ``batch`` (defaults for every item)."""
+    return _apply([*_REQUEST_OPTIONS, *_GENERATION_ONLY_OPTIONS], func)
+
+
+_REQUEST_OPTIONS: Sequence[Callable[[Any], Any]] = [
+    click.option("-m", "--model", help="Model id (see `nanogpt-async models`).", metavar="ID"),
+    click.option("-s", "--size", help="Size such as 1024x1024 or auto (model-specific)."),
+    click.option(
+        "-n", "--n", "n", type=click.IntRange(min=1), help="Images per request [default: 1]."
+    ),
+    click.option(
+        "-f",
+        "--response-format",
+        type=click.Choice(["b64_json", "url"]),
+        help="How NanoGPT returns images; both end up as files [default: b64_json].",
+    ),
+]
+_GENERATION_ONLY_OPTIONS: Sequence[Callable[[Any], Any]] = [
+    click.option("--seed", type=int, help="Seed, where the model supports one."),
+    click.option(
+        "--steps",
+        "num_inference_steps",
+        type=click.IntRange(1, 100),
+        help="Denoising steps (1-100).",
+    ),
+    click.option(
+        "--guidance-scale",
+        type=click.FloatRange(0, 20),
+        help="How closely to follow the prompt (0-20).",
+    ),
+]
 
 
 @click.group(
@@ -137,22 +170,9 @@ def _drop_none(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None and v != ()}
 
 
-# -- generate ---------------------------------------------------------------------------------
+# -- generate and edit ------------------------------------------------------------------------
 
-
-def _free_stem(folder: Path, stem: str) -> str:
-    """``stem``, or ``stem-2``, ``stem-3``... whichever no existing file starts with."""
-    candidate, number = stem, 1
-    while any(folder.glob(glob.escape(candidate) + "*")):
-        number += 1
-        candidate = f"{stem}-{number}"
-    return candidate
-
-
-@cli.command(epilog=_EXIT_CODES_HELP)
-@click.argument("prompt")
-@generation_options
-@click.option(
+_OUT_OPTION = click.option(
     "-o",
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -160,7 +180,28 @@ def _free_stem(folder: Path, stem: str) -> str:
     show_default=True,
     help="Folder to save into (created if missing).",
 )
-@click.option("--name", metavar="STEM", help="File name stem [default: a slug of the prompt].")
+_NAME_OPTION = click.option(
+    "--name",
+    metavar="STEM",
+    help="File name stem [default: a slug of the prompt]: STEM.png, or STEM-0.png, "
+    "STEM-1.png... for several images; a taken name gets -v2, -v3... (never overwritten).",
+)
+_INPUT_IMAGE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_JSON_OPTION = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object per saved image on stdout (path, sha256, cost, request id...) "
+    "instead of its path.",
+)
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("prompt")
+@generation_options
+@_OUT_OPTION
+@_NAME_OPTION
+@_JSON_OPTION
 @click.option(
     "--image",
     "images",
@@ -178,18 +219,21 @@ def _free_stem(folder: Path, stem: str) -> str:
     "--kontext-max-mode", is_flag=True, default=None, help="flux-kontext's enhanced context."
 )
 @click.option("--user", metavar="ID", help="Your end user's id, passed to NanoGPT.")
+@retry_ambiguous_option
 @api_options
 def generate(
     prompt: str,
     *,
     out: Path,
     name: str | None,
+    as_json: bool,
     images: tuple[Path, ...],
     mask: Path | None,
     api_key: str | None,
     base_url: str | None,
     timeout: float | None,
     max_retries: int | None,
+    retry_ambiguous: bool,
     **fields: Any,
 ) -> None:
     """Generate images for PROMPT, save them, print their paths, the cost and the balance.
@@ -206,20 +250,101 @@ def generate(
         request["images"] = list(images)
     if mask is not None:
         request["mask"] = mask
-    stem = slugify(name, max_length=200) if name else slugify(prompt, max_length=48)
     client = make_client(
-        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=max_retries,
+        retry_ambiguous=retry_ambiguous,
+    )
+    _call_and_save(
+        client,
+        lambda c: c.images.generate(**request),
+        _SaveSettings(out=out, name=name, as_json=as_json, operation="generate", request=request),
     )
 
+
+@dataclass(frozen=True)
+class _SaveSettings:
+    """Where and how `generate` and `edit` save and report their images."""
+
+    out: Path
+    name: str | None
+    as_json: bool
+    operation: str
+    request: Mapping[str, Any]
+
+
+def _file_name(stem: str, index: int, data: bytes, *, many: bool) -> str:
+    """``stem.png`` for a lone image, ``stem-0.png``, ``stem-1.png``... for several.
+
+    Numbered from 0 like the library (``image.index``, ``save_all``) and ``batch``. The
+    extension comes from the bytes.
+    """
+    extension = checked_image(data, f"image {index}").extension
+    return f"{stem}-{index}{extension}" if many else stem + extension
+
+
+def _json_line(
+    settings: _SaveSettings, response: ImagesResponse, index: int, entry: FileEntry
+) -> str:
+    """One saved image as a JSON object, for scripts (``--json``)."""
+    count = len(response.data)
+    request = settings.request
+    return json.dumps(
+        {
+            "path": str(settings.out / entry.path),
+            "index": index,
+            "sha256": entry.sha256,
+            "bytes": entry.bytes,
+            # NanoGPT prices per image: each image's share, so summing the lines adds up.
+            "cost": None if response.cost is None else response.cost / count,
+            "request_cost": response.cost,
+            "request_id": response.request_id,
+            "remaining_balance": response.remaining_balance,
+            "operation": settings.operation,
+            "model": request.get("model", DEFAULT_MODEL),
+            "size": request.get("size"),
+            "seed": request.get("seed"),
+            "prompt": request.get("prompt"),
+        }
+    )
+
+
+def _call_and_save(
+    client: AsyncNanoGPT,
+    call: Callable[[AsyncNanoGPT], Awaitable[ImagesResponse]],
+    settings: _SaveSettings,
+) -> None:
+    """Run one paid call, save its images into ``out``, print their paths, cost and balance.
+
+    Files are written like a batch's (`write_images`): a name already taken, by an earlier
+    run's image or anything else, is never replaced; the next free ``-v2``, ``-v3``... is used.
+    """
+    out = settings.out
+    prompt = str(settings.request.get("prompt", ""))
+    stem = slugify(settings.name, max_length=200) if settings.name else slugify(prompt, 48)
+
     async def main() -> None:
+        failures: list[ImageError] = []
         async with client:
-            response = await client.images.generate(**request)
-            many = len(response.data) > 1
+            response = await call(client)
             await anyio.Path(out).mkdir(parents=True, exist_ok=True)
-            free = _free_stem(out, stem)
+            many = len(response.data) > 1
+            # One at a time, each printed once written; an image that cannot be read (bad
+            # data, an expired URL) does not cost the others, which are paid for too.
             for image in response.data:
-                target = out / (f"{free}-{image.index + 1}" if many else free)
-                output.out(str(await image.save(target)))
+                try:
+                    data = await image.read()
+                except ImageError as exc:
+                    failures.append(exc)
+                    continue
+                name = _file_name(stem, image.index, data, many=many)
+                (entry,) = await anyio.to_thread.run_sync(write_images, out, [(name, data)])
+                if settings.as_json:
+                    output.out(_json_line(settings, response, image.index, entry))
+                else:
+                    output.out(str(out / entry.path))
         parts = []
         if response.cost is not None:
             parts.append(f"cost ${response.cost:.4f}")
@@ -229,8 +354,77 @@ def generate(
             parts.append(f"request id {response.request_id}")
         if parts:
             output.err(", ".join(parts))
+        if failures:
+            raise failures[0]
 
     run_async(main, verbose=_verbose())
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("image", type=_INPUT_IMAGE)
+@click.argument("prompt")
+@click.option(
+    "--mask",
+    type=_INPUT_IMAGE,
+    help="Mask, white where to edit (inpainting models such as flux-lora/inpainting need one).",
+)
+@click.option(
+    "--image",
+    "more_images",
+    multiple=True,
+    type=_INPUT_IMAGE,
+    help="Another input image, for models that take several; repeat as needed.",
+)
+@request_options
+@_OUT_OPTION
+@_NAME_OPTION
+@_JSON_OPTION
+@click.option("--user", metavar="ID", help="Your end user's id, passed to NanoGPT.")
+@retry_ambiguous_option
+@api_options
+def edit(
+    image: Path,
+    prompt: str,
+    *,
+    mask: Path | None,
+    more_images: tuple[Path, ...],
+    out: Path,
+    name: str | None,
+    as_json: bool,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float | None,
+    max_retries: int | None,
+    retry_ambiguous: bool,
+    **fields: Any,
+) -> None:
+    """Edit IMAGE as PROMPT says (POST /images/edits), save the results, print their paths.
+
+    IMAGE is a PNG, JPEG, WebP or GIF file of at most 4 MB as a data URL (about 3 MB of
+    image). Prints the cost and the balance on stderr, like generate.
+
+    \b
+    Examples:
+      nanogpt-async edit street.jpg "make it snow" -m flux-kontext -o out/
+      nanogpt-async edit room.png "a red sofa" --mask sofa-mask.png -m flux-lora/inpainting
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    request = _drop_none(prompt=prompt, mask=mask, **fields)
+    if more_images:
+        request["images"] = [image, *more_images]
+    else:
+        request["image"] = image
+    client = make_client(
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=max_retries,
+        retry_ambiguous=retry_ambiguous,
+    )
+    _call_and_save(
+        client,
+        lambda c: c.images.edit(**request),
+        _SaveSettings(out=out, name=name, as_json=as_json, operation="edit", request=request),
+    )
 
 
 # -- models and balance -----------------------------------------------------------------------
@@ -452,7 +646,20 @@ def progress_options(func: _F) -> _F:
     show_default=True,
     help="On resume, run again the items that failed last time.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check models and sizes against the image-models list and print the estimated "
+    "cost; send no paid request (exit 2 if the input has problems).",
+)
+@retry_ambiguous_option
 @progress_options
+@click.option(
+    "--gallery/--no-gallery",
+    default=True,
+    show_default=True,
+    help="At the end, write or refresh OUT/index.html (see `nanogpt-async gallery`).",
+)
 @api_options
 def batch(
     prompts: str,
@@ -466,21 +673,25 @@ def batch(
     download_concurrency: int,
     max_cost: float | None,
     retry_failed: bool,
+    dry_run: bool,
     progress: str,
     progress_interval: float,
+    gallery: bool,
     api_key: str | None,
     base_url: str | None,
     timeout: float | None,
     max_retries: int | None,
+    retry_ambiguous: bool,
     **fields: Any,
 ) -> None:
     """Generate an image set for every prompt in PROMPTS into a folder, with a manifest.
 
-    PROMPTS is a text file (one prompt per line), JSONL (one request object per line:
-    "prompt", optional "id", any API field) or CSV (a "prompt" column; optional "id", "model",
-    "size", "n", "seed", ...); "-" reads standard input. Options give defaults that each
-    line's own fields override. Finished items go to OUT/manifest.jsonl; running the same
-    command again skips them.
+    PROMPTS is a text file (one prompt per line; "#" lines are comments), JSONL (one request
+    object per line: "prompt", optional "id", any API field) or CSV (a "prompt" column; optional
+    "id", "model", "size", "n", "seed", ...); "-" reads standard input. Options give defaults
+    that each line's own fields override. Finished items go to OUT/manifest.jsonl; running the
+    same command again skips them. One run per OUT at a time (a second one exits 75). Ctrl-C,
+    SIGTERM or SIGHUP stop starting items and save the ones in flight; a second one aborts.
 
     \b
     Examples:
@@ -500,6 +711,7 @@ def batch(
         timeout=timeout,
         max_retries=max_retries,
         max_connections=max(concurrency, download_concurrency),
+        retry_ambiguous=retry_ambiguous,
         rps=rps,
         max_wait=max_wait,
         limits_url=limits_url,
@@ -513,9 +725,73 @@ def batch(
         progress=progress,
         progress_interval=progress_interval,
         defaults=_drop_none(**fields),
+        gallery=gallery,
     )
-    code = run_async(functools.partial(run_batch, client, items, settings), verbose=_verbose())
+    if dry_run:
+        from nanogpt_async._cli._dryrun import dry_run_batch  # noqa: PLC0415
+
+        runner = functools.partial(dry_run_batch, client, items, settings)
+    else:
+        runner = functools.partial(run_batch, client, items, settings)
+    code = run_async(runner, verbose=_verbose())
     sys.exit(code)
+
+
+# -- gallery ----------------------------------------------------------------------------------
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--manifest",
+    "manifest_name",
+    default="manifest.jsonl",
+    show_default=True,
+    metavar="NAME",
+    help="The manifest's file name in OUT.",
+)
+@click.option(
+    "--thumbnail-size",
+    type=click.IntRange(16, 2048),
+    default=384,
+    show_default=True,
+    metavar="PIXELS",
+    help="Longest side of the thumbnails.",
+)
+def gallery(*, out: Path, manifest_name: str, thumbnail_size: int) -> None:
+    """Write OUT/index.html to review a batch folder: every image with its prompt and cost.
+
+    A static page that opens from disk (no server, nothing from the network): thumbnails,
+    each item's prompt, model, size, seed, cost and status, failed items with their error, a
+    filter, sorting by cost or time, and the totals. `batch` refreshes it at the end; run this
+    after copying a folder or to change the thumbnail size. Only missing thumbnails are made
+    (in OUT/.thumbs/). Prints the page's path.
+
+    \b
+    Example:
+      nanogpt-async gallery out/ && xdg-open out/index.html
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    from nanogpt_async._cli._gallery import describe  # noqa: PLC0415 - Pillow loads on use
+    from nanogpt_async._gallery import build_gallery, require_pillow  # noqa: PLC0415
+
+    if not (out / manifest_name).is_file():
+        raise click.BadParameter(
+            f"no {manifest_name} in {str(out)!r}: point it at a batch's output folder "
+            "(the -o of `nanogpt-async batch`)",
+            param_hint="OUT",
+        )
+    try:
+        require_pillow()
+    except ImportError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = run_async(
+        functools.partial(
+            build_gallery, out, manifest_name=manifest_name, thumbnail_size=thumbnail_size
+        ),
+        verbose=_verbose(),
+    )
+    output.err(describe(report))
+    output.out(str(report.page))
 
 
 # -- demo -------------------------------------------------------------------------------------

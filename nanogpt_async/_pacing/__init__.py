@@ -1,9 +1,9 @@
 """Pacing of every request a client sends: rate, shared 429 cooldown, daily block, budget.
 
-* :class:`Pacer` is the client's (one per key); every attempt takes its turn there.
-* Backends hold the state: :class:`MemoryBackend` (this process) or ``RedisBackend`` (every
+* `Pacer` is the client's (one per key); every attempt takes its turn there.
+* Backends hold the state: `MemoryBackend` (this process) or ``RedisBackend`` (every
   process using the key; imported lazily, it needs the ``[redis]`` extra).
-* :class:`AIMD` adapts the batch runner's concurrency.
+* `AIMD` adapts the batch runner's concurrency.
 """
 
 from __future__ import annotations

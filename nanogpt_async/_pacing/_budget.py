@@ -2,16 +2,16 @@
 
 Reserve, then settle (check-then-record overshoots under load):
 
-* :meth:`RedisBudget.reserve` books an estimate before a paid request is sent, in one script:
+* `RedisBudget.reserve` books an estimate before a paid request is sent, in one script:
   refused when settled spending plus live reservations plus this estimate would pass the cap;
-* :meth:`RedisBudget.settle` turns it into the real cost after the answer; an ambiguous
+* `RedisBudget.settle` turns it into the real cost after the answer; an ambiguous
   failure (the request may have been charged, no cost known) counts the estimate as spent; a
   failure before sending releases it;
 * a reservation not settled within ``reservation_ttl`` (its process died) is swept as spent at
   its estimate; a late settlement then adds only what the real cost exceeded it by;
 * both scripts are safe to repeat (the reservation id is the token; settlements leave a
   marker), because redis-py may retry a timed-out call;
-* while Redis cannot be reached the budget **fails closed**: :meth:`reserve` waits (and says
+* while Redis cannot be reached the budget **fails closed**: `reserve` waits (and says
   so once) rather than let a paid request go unchecked; settlements that could not be written
   are kept and written on the next successful call, meanwhile the reservation counts as spent.
 

@@ -1,6 +1,6 @@
 """The pacer's default clock, and how test suites' instant retries move it.
 
-Under :func:`nanogpt_async._retry.recorded_backoff` (autouse in our tests, and what users'
+Under `nanogpt_async._retry.recorded_backoff` (autouse in our tests, and what users'
 test suites use to make retries instant) the retry engine's waits are recorded, not slept.
 The wait for a 429's ``Retry-After`` is then instant but the client pacer's cooldown (the same
 ``Retry-After``) would still be slept in real time. So in that mode every recorded wait also
@@ -30,7 +30,7 @@ def monotonic() -> float:
 
 
 def advance(seconds: float) -> None:
-    """In instant mode, move :func:`monotonic` forward (the retry engine's recorded waits)."""
+    """In instant mode, move `monotonic` forward (the retry engine's recorded waits)."""
     global _offset  # noqa: PLW0603 - the process-wide testing switch's state
     if _instant and seconds > 0:
         _offset += seconds

@@ -45,13 +45,13 @@ class MemoryBackend:
         recheck: bool = False,
         schedule: str | None = None,  # noqa: ARG002 - every slot here is this process's
     ) -> Grant:
-        """See :meth:`PacingBackend.reserve`."""
+        """See `PacingBackend.reserve`."""
         return self.reserve_now(interval=interval, burst=burst, max_wait=max_wait, recheck=recheck)
 
     def reserve_now(
         self, *, interval: float, burst: int, max_wait: float, recheck: bool = False
     ) -> Grant:
-        """The synchronous core of :meth:`reserve`."""
+        """The synchronous core of `reserve`."""
         now = self._clock()
         if now < self._daily_until:
             return self._grant("daily", self._daily_until - now, now, new_slot=False)
@@ -81,7 +81,7 @@ class MemoryBackend:
         return True
 
     async def cooldown(self, seconds: float) -> float:
-        """See :meth:`PacingBackend.cooldown`."""
+        """See `PacingBackend.cooldown`."""
         now = self._clock()
         self._cooldown_until = max(self._cooldown_until, now + seconds)
         # Slots handed out before the cooldown and due inside it are re-reserved by their
@@ -90,7 +90,7 @@ class MemoryBackend:
         return self._cooldown_until - now
 
     async def block_daily(self, seconds: float, code: str | None) -> None:
-        """See :meth:`PacingBackend.block_daily`."""
+        """See `PacingBackend.block_daily`."""
         until = self._clock() + seconds
         if until > self._daily_until:
             self._daily_until = until

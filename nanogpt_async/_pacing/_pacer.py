@@ -1,6 +1,6 @@
 """The client's pacer: every request it sends takes a turn here (retries included).
 
-One :class:`Pacer` per client (per key): a GCRA schedule of send slots at ``rps``, a shared
+One `Pacer` per client (per key): a GCRA schedule of send slots at ``rps``, a shared
 429 cooldown that can only grow, a daily-cap block, and a bounded wait. The state lives in a
 backend: this process's memory, or Redis so that every process using the key shares it.
 
@@ -47,7 +47,7 @@ DEFAULT_MAX_WAIT = 60.0
 DEFAULT_COOLDOWN = 1.0
 #: The longest cooldown or block stored: a day and an hour (a daily cap resets within a day).
 #: A ``Retry-After`` of 99999999 or ``retry-after-ms: inf`` is bounded to it, and callers see
-#: it at once as a :class:`LocalRateLimitError` (it is longer than any ``max_wait``).
+#: it at once as a `LocalRateLimitError` (it is longer than any ``max_wait``).
 MAX_COOLDOWN = 90000.0
 #: On a 429 the rate is cut to what the server accepted, within these bounds of the old rate.
 RATE_CUT_MIN, RATE_CUT_MAX = 0.5, 0.8
@@ -70,7 +70,7 @@ class Pacer:
         rps: Requests per second at most; ``None`` turns the rate limit off (the 429 cooldown
             and the daily block still apply: they are the server's word).
         burst: Requests that may go at once after a quiet spell (1: evenly spaced).
-        max_wait: A call whose turn is further away raises :class:`LocalRateLimitError`
+        max_wait: A call whose turn is further away raises `LocalRateLimitError`
             before sending.
         backend: Where the state lives (default: this process's memory).
         clock: Monotonic seconds; ``sleep``: how to wait (both injectable for tests).

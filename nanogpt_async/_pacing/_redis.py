@@ -196,7 +196,7 @@ class RedisBackend:
 
     Args:
         url: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS).
-        key: The API key, only hashed (see :func:`redis_namespace`).
+        key: The API key, only hashed (see `redis_namespace`).
         socket_timeout: Seconds before a Redis call counts as failed.
         clock: Local monotonic clock (for the fallback and the probe schedule only).
 
@@ -345,7 +345,7 @@ class RedisBackend:
         recheck: bool = False,
         schedule: str | None = None,
     ) -> Grant:
-        """See :meth:`PacingBackend.reserve`; one round trip.
+        """See `PacingBackend.reserve`; one round trip.
 
         A slot is only valid in the schedule it came from. A recheck of a shared slot that
         cannot reach Redis takes a local one (its shared slot passed while Redis was silent;
@@ -399,7 +399,7 @@ class RedisBackend:
         return self._down or delay > interval
 
     async def cooldown(self, seconds: float) -> float:
-        """See :meth:`PacingBackend.cooldown`; grow-only in Redis."""
+        """See `PacingBackend.cooldown`; grow-only in Redis."""
         local = await self._fallback.cooldown(seconds)
         result = await self._run("cooldown", [self._key("state")], [_ms(seconds)])
         if result is None:
@@ -408,7 +408,7 @@ class RedisBackend:
         return self._cooldown_left
 
     async def block_daily(self, seconds: float, code: str | None) -> None:
-        """See :meth:`PacingBackend.block_daily`; grow-only in Redis."""
+        """See `PacingBackend.block_daily`; grow-only in Redis."""
         await self._fallback.block_daily(seconds, code)
         await self._run("daily", [self._key("state")], [_ms(seconds), code or ""])
         self._daily_left = max(self._daily_left, seconds)

@@ -18,7 +18,7 @@ class Grant:
     """A backend's answer to "when may I send?".
 
     Attributes:
-        kind: See :data:`GrantKind`.
+        kind: See `GrantKind`.
         delay: Seconds to wait before sending (``go``), the wait it would have needed
             (``too_long``), or seconds until the daily cap resets (``daily``).
         cooldown: Seconds left of a shared 429 cooldown (0 when none runs).

@@ -1,7 +1,12 @@
 """The fake server's HTTP side: two aiohttp applications sharing one `FakeNanoGPT`.
 
-* the API listener: ``/api/v1`` and ``/v1`` routes, ``/api/check-balance`` and ``/capture``;
+* the API listener: ``/api/v1`` and ``/v1`` routes (generations, edits, image-models),
+  ``/api/check-balance`` and ``/capture``;
 * the download listener, a different origin like a storage host, serving signed URLs.
+
+Requests are refused the way NanoGPT documents (see ``_catalog`` for the per-model rules): 400
+with an OpenAI-style error object, 401 ``missing_api_key``/``invalid_api_key``, 404 for an unknown
+model, 413 for an input image over 4 MB after encoding (the data URL's length).
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from nanogpt_async.testing._catalog import MODELS, model_listing
+from nanogpt_async._sniff import sniff_image
+from nanogpt_async.testing._catalog import (
+    MODELS,
+    check_model_rules,
+    images_returned,
+    model_listing,
+)
 from nanogpt_async.testing._faults import PRE_PROCESSING_KINDS, Fault, Route
 from nanogpt_async.testing._png import make_png, make_png_b64
 
@@ -33,8 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = ["FakeApps"]
 
+#: The longest data URL accepted per input image: "4 MB or smaller after encoding".
 MAX_INPUT_IMAGE_BYTES = 4 * 1024 * 1024
-# Large enough that our own 413 check (on decoded images) answers, not aiohttp's limit.
+# Large enough that our own 413 check (per data URL) answers, not aiohttp's limit.
 _CLIENT_MAX_SIZE = 64 * 1024 * 1024
 _DATA_URL = re.compile(r"data:image/(?:jpeg|jpg|png|webp|gif);base64,(?P<data>.*)", re.DOTALL)
 _CONTENT_POLICY = re.compile(r"\bforbidden\b", re.IGNORECASE)
@@ -62,8 +74,71 @@ class _Invalid:
 class _GenerationRequest:
     prompt: str
     model: str
-    n: int
+    n: int  # images returned and charged (a model's fixed_image_count wins over the body's n)
     response_format: str
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity/-Infinity; JSON (and NanoGPT's parser) does not.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(text: str) -> Any:
+    """Parse a request body strictly: no NaN/Infinity; deep nesting is ``ValueError`` too."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
+async def _read_body(request: web.Request, *, edit: bool) -> Any:
+    """The request's JSON body; an edit may also come as multipart (what the OpenAI SDK sends).
+
+    Raises:
+        ValueError: the body cannot be parsed.
+    """
+    if edit and request.content_type == "multipart/form-data":
+        return await _multipart_edit(request)
+    return parse_json(await request.text())
+
+
+async def _multipart_edit(request: web.Request) -> dict[str, Any]:
+    """Convert a multipart edit to the JSON body, as NanoGPT does for authenticated callers.
+
+    Files ``image`` (or ``image[]``, repeated) and ``mask`` become data URLs typed from their
+    bytes; ``n`` becomes an integer; other fields stay strings.
+    """
+    form = await request.post()
+    body: dict[str, Any] = {}
+    images: list[str] = []
+    for name, value in form.items():
+        if isinstance(value, web.FileField):
+            url = _file_data_url(value.file.read())
+            if name in {"image", "image[]"}:
+                images.append(url)
+            elif name == "mask":
+                body["maskDataUrl"] = url
+            continue
+        text = value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
+        body[name] = int(text) if name == "n" and text.strip().isdecimal() else text
+    if len(images) == 1:
+        body["imageDataUrl"] = images[0]
+    elif images:
+        body["imageDataUrls"] = images
+    return body
+
+
+def _file_data_url(data: bytes) -> str:
+    kind = sniff_image(data)
+    mime = kind.mime if kind is not None else "application/octet-stream"  # refused later
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _whole(value: object) -> object:
+    """``2.0`` -> ``2``: JSON Schema's ``integer`` accepts whole-number floats, so do we."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class _Base64(str):
@@ -178,21 +253,26 @@ def _validate_data_url(value: object, param: str) -> _Invalid | None:
             param,
             "invalid_image_data_url",
         )
-    data = match["data"]
-    # Decoded size is about 3/4 of the text; check before decoding huge inputs.
-    if len(data) * 3 // 4 > MAX_INPUT_IMAGE_BYTES + 3:
-        return _too_large(param)
+    # "4 MB or smaller after encoding": the data URL itself, checked before decoding it.
+    if len(value) > MAX_INPUT_IMAGE_BYTES:
+        return _too_large(param, len(value))
     try:
-        decoded = base64.b64decode(data, validate=True)
+        decoded = base64.b64decode(match["data"], validate=True)
     except binascii.Error:
         return _Invalid(400, f"'{param}' is not valid base64", param, "invalid_image_data_url")
-    if len(decoded) > MAX_INPUT_IMAGE_BYTES:
-        return _too_large(param)
+    if not decoded:
+        return _Invalid(400, f"'{param}' holds no image data", param, "invalid_image_data_url")
     return None
 
 
-def _too_large(param: str) -> _Invalid:
-    return _Invalid(413, f"'{param}' image is larger than 4 MB", param, "payload_too_large")
+def _too_large(param: str, length: int) -> _Invalid:
+    return _Invalid(
+        413,
+        f"'{param}' is {length} bytes after encoding; input images must be 4 MB or smaller "
+        "after encoding",
+        param,
+        "payload_too_large",
+    )
 
 
 def _bad(param: str, message: str) -> _Invalid:
@@ -204,7 +284,7 @@ def _validate_number(
 ) -> _Invalid | None:
     if param not in body:
         return None
-    value = body[param]
+    value = _whole(body[param]) if integer else body[param]
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
         kind = "an integer" if integer else "a number"
@@ -212,14 +292,27 @@ def _validate_number(
     return None
 
 
-def validate_generation(body: object) -> _GenerationRequest | _Invalid:
-    """Check a generation body the way the real server does."""
+def validate_generation(body: object, *, edit: bool = False) -> _GenerationRequest | _Invalid:
+    """Check a generation (or, with ``edit``, an edit) body the way the real server does."""
     if not isinstance(body, dict):
         return _bad("body", "the request body must be a JSON object")
     parsed = _validate_core(body)
     if isinstance(parsed, _Invalid):
         return parsed
-    return _validate_options(body) or parsed
+    invalid = _validate_options(body)
+    if invalid is not None:
+        return invalid
+    refusal = check_model_rules(
+        parsed.model,
+        n=parsed.n,
+        size=body.get("size"),
+        has_image="imageDataUrl" in body or bool(body.get("imageDataUrls")),
+        has_mask="maskDataUrl" in body,
+        edit=edit,
+    )
+    if refusal is not None:
+        return _bad(refusal.param, refusal.message)
+    return dataclasses.replace(parsed, n=images_returned(parsed.model, parsed.n))
 
 
 def _validate_core(body: dict[str, Any]) -> _GenerationRequest | _Invalid:
@@ -231,22 +324,13 @@ def _validate_core(body: dict[str, Any]) -> _GenerationRequest | _Invalid:
         return _bad("model", "'model' must be a string")
     if model not in MODELS:
         return _Invalid(404, f"The model '{model}' does not exist", "model", "model_not_found")
-    n = body.get("n", 1)
-    if (invalid := _validate_n(n, model)) is not None:
-        return invalid
+    n = _whole(body.get("n", 1))
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        return _bad("n", "'n' must be a positive integer")
     response_format = body.get("response_format", "b64_json")
     if response_format not in _RESPONSE_FORMATS:
         return _bad("response_format", "'response_format' must be 'url' or 'b64_json'")
     return _GenerationRequest(prompt, model, n, str(response_format))
-
-
-def _validate_n(n: object, model: str) -> _Invalid | None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        return _bad("n", "'n' must be a positive integer")
-    max_images: int = MODELS[model]["supported_parameters"]["max_images"]
-    if n > max_images:
-        return _bad("n", f"'n' must be at most {max_images} for model '{model}'")
-    return None
 
 
 def _validate_options(body: dict[str, Any]) -> _Invalid | None:
@@ -293,6 +377,7 @@ class FakeApps:
         )
         for base in ("/api/v1", "/v1"):
             self.api.router.add_post(f"{base}/images/generations", self.generations)
+            self.api.router.add_post(f"{base}/images/edits", self.edits)
             self.api.router.add_get(f"{base}/image-models", self.image_models)
         for path in ("/api/check-balance", "/check-balance"):
             self.api.router.add_post(path, self.check_balance)
@@ -338,10 +423,13 @@ class FakeApps:
                 raise
             code = "not_found" if exc.status == HTTPStatus.NOT_FOUND else "invalid_request"
             message = f"{request.method} {request.path}: {exc.reason}"
+            # A 405 must say which methods the path takes (RFC 9110): keep aiohttp's Allow.
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return json_response(
                 self.fake.next_request_id(),
                 exc.status,
                 openai_error(message, _error_type(exc.status), code),
+                headers=allow,
             )
 
     # -- API routes ------------------------------------------------------------------
@@ -356,6 +444,16 @@ class FakeApps:
     def _bearer(request: web.Request) -> str | None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         return token.strip() if scheme.lower() == "bearer" else None
+
+    def _auth_error(self, rid: str, key: str | None, how: str) -> web.Response | None:
+        """401 unless ``key`` is accepted: ``missing_api_key`` or ``invalid_api_key``."""
+        if self._key_ok(key):
+            return None
+        if not key:
+            message, code = f"Missing API key: send {how}", "missing_api_key"
+        else:
+            message, code = "Invalid API key", "invalid_api_key"
+        return json_response(rid, 401, openai_error(message, "authentication_error", code))
 
     async def _pre_fault(  # noqa: PLR0911 - one answer per fault kind
         self, request: web.Request, rid: str, fault: Fault
@@ -445,16 +543,9 @@ class FakeApps:
         rid, faulted = await self._answer_other_route(request, "check-balance")
         if faulted is not None:
             return faulted
-        if not self._key_ok(request.headers.get("x-api-key")):
-            return json_response(
-                rid,
-                401,
-                openai_error(
-                    "Invalid or missing API key (x-api-key header)",
-                    "authentication_error",
-                    "invalid_api_key",
-                ),
-            )
+        refused = self._auth_error(rid, request.headers.get("x-api-key"), "'x-api-key: <key>'")
+        if refused is not None:
+            return refused
         balance = self.fake.snapshot_balance()
         return json_response(
             rid,
@@ -473,11 +564,19 @@ class FakeApps:
 
     async def generations(self, request: web.Request) -> web.StreamResponse:
         """``POST /images/generations``."""
+        return await self._image_route(request, edit=False)
+
+    async def edits(self, request: web.Request) -> web.StreamResponse:
+        """``POST /images/edits``: needs an input image; counted and charged as a generation."""
+        self.fake.count(edit_requests=1)
+        return await self._image_route(request, edit=True)
+
+    async def _image_route(self, request: web.Request, *, edit: bool) -> web.StreamResponse:
         fake = self.fake
         rid = fake.next_request_id()
         fake.enter_generation()
         try:
-            response = await self._generate(request, rid)
+            response = await self._generate(request, rid, edit=edit)
         finally:
             fake.exit_generation()
         if isinstance(response, _Dropped):
@@ -486,22 +585,25 @@ class FakeApps:
             fake.record_status(response.status)
         return response
 
-    async def _generate(self, request: web.Request, rid: str) -> web.StreamResponse:  # noqa: C901, PLR0911 - the real server's checks, in its order
+    def _request_key(self, request: web.Request, *, edit: bool) -> tuple[str | None, str]:
+        """The key sent and how to send one: edits also take ``x-api-key`` (the spec's)."""
+        key = self._bearer(request)
+        if edit and not key:
+            key = request.headers.get("x-api-key")
+            return key, "'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+        return key, "'Authorization: Bearer <key>'"
+
+    async def _generate(  # noqa: C901, PLR0911 - the real server's checks, in its order
+        self, request: web.Request, rid: str, *, edit: bool
+    ) -> web.StreamResponse:
         fake = self.fake
-        fault = fake.pop_fault("generations")
+        fault = fake.pop_fault("edits" if edit else "generations")
         if fault is not None and fault.kind in PRE_PROCESSING_KINDS:
             return await self._pre_fault(request, rid, fault)
 
-        key = self._bearer(request)
-        if not self._key_ok(key):
-            message = (
-                "Missing API key: send 'Authorization: Bearer <key>'"
-                if not key
-                else "Invalid API key"
-            )
-            return json_response(
-                rid, 401, openai_error(message, "authentication_error", "invalid_api_key")
-            )
+        refused = self._auth_error(rid, *self._request_key(request, edit=edit))
+        if refused is not None:
+            return refused
 
         wait = fake.take_token()
         if wait is not None:
@@ -520,16 +622,18 @@ class FakeApps:
             return self._daily_cap(rid, cap)
 
         try:
-            body = await request.json()
-        except ValueError:
+            body = await _read_body(request, edit=edit)
+        except ValueError as exc:
             return json_response(
                 rid,
                 400,
                 openai_error(
-                    "The request body is not valid JSON", "invalid_request_error", "invalid_json"
+                    f"The request body is not valid JSON: {exc}",
+                    "invalid_request_error",
+                    "invalid_json",
                 ),
             )
-        parsed = validate_generation(body)
+        parsed = validate_generation(body, edit=edit)
         if isinstance(parsed, _Invalid):
             return json_response(
                 rid,

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["FakeNanoGPT", "FakeStats", "ManualClock"]
 
-_ROUTES: frozenset[str] = frozenset({"generations", "download", "image-models", "check-balance"})
+_ROUTES: frozenset[str] = frozenset(
+    {"generations", "edits", "download", "image-models", "check-balance"}
+)
 
 
 class ManualClock:
@@ -80,8 +82,10 @@ class FakeStats:
     """Counters of what the fake server saw and did, for assertions.
 
     Attributes:
-        generation_requests: Every POST to the generations route.
-        generations: Charged generation requests.
+        generation_requests: Every POST to the generations or the edits route (an edit is
+            paced, counted and charged like a generation).
+        edit_requests: The POSTs to the edits route among them.
+        generations: Charged generation (and edit) requests.
         images_generated: Images in charged responses.
         charged_usd: Money charged.
         generations_by_prompt: Charged requests per prompt.
@@ -103,6 +107,7 @@ class FakeStats:
     """
 
     generation_requests: int = 0
+    edit_requests: int = 0
     generations: int = 0
     images_generated: int = 0
     charged_usd: float = 0.0
@@ -150,8 +155,8 @@ class FakeNanoGPT:
         'http://127.0.0.1:.../api/v1'
 
     Args:
-        api_key: The accepted key (``Bearer`` for generations, ``x-api-key`` for the
-            balance). ``None`` accepts any non-empty key.
+        api_key: The accepted key (``Bearer`` for generations, ``Bearer`` or ``x-api-key``
+            for edits, ``x-api-key`` for the balance). ``None`` accepts any non-empty key.
         latency: Seconds each generation takes (slept, so it does not block the loop).
         latency_jitter: Latency varies uniformly by plus or minus this many seconds.
         rate_limit: Token bucket refill rate (requests/second) of the generations route;
@@ -296,8 +301,9 @@ class FakeNanoGPT:
         Args:
             fault: What to do, built with a `Fault` class method.
             count: How many matching requests it applies to, one each.
-            route: ``"generations"``, ``"download"``, ``"image-models"`` or
-                ``"check-balance"``; default: the fault's natural route.
+            route: ``"generations"``, ``"edits"``, ``"download"``, ``"image-models"`` or
+                ``"check-balance"``; default: the fault's natural route (generation faults
+                go to ``"generations"``: pass ``route="edits"`` to spoil an edit).
 
         Raises:
             ValueError: The fault makes no sense on that route, or ``count < 1``.
@@ -307,6 +313,7 @@ class FakeNanoGPT:
             raise ValueError(f"unknown route {route!r}; expected one of {sorted(_ROUTES)}")
         allowed = {
             "generations": GENERATION_KINDS,
+            "edits": GENERATION_KINDS,
             "download": DOWNLOAD_KINDS,
         }.get(route, OTHER_ROUTE_KINDS)
         if fault.kind not in allowed:

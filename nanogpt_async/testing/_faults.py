@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 __all__ = ["Fault", "FaultKind", "Route"]
 
-Route = Literal["generations", "download", "image-models", "check-balance"]
-"""Where a queued fault applies: the generation POST, the signed-URL download listener,
-the model catalogue or the balance route."""
+Route = Literal["generations", "edits", "download", "image-models", "check-balance"]
+"""Where a queued fault applies: the generation POST, the edit POST, the signed-URL download
+listener, the model catalogue or the balance route."""
 
 FaultKind = Literal[
     "status",

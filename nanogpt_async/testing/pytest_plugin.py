@@ -9,6 +9,11 @@ Example:
 
 Constructor-only settings come from a marker:
 ``@pytest.mark.fake_nanogpt(keepalive_timeout=0.1, image_bytes=2_000_000)``.
+
+The fixtures are synchronous; pytest alone does not run ``async def`` tests. Mark them for
+anyio's pytest plugin (anyio is a dependency, so it is always there) with
+``pytestmark = pytest.mark.anyio`` in the test module, or use pytest-asyncio if the suite
+already does.
 """
 
 from __future__ import annotations

@@ -1,0 +1,115 @@
+"""Input that goes bad mid-run: the batch stops like stop(), saves what is paid, then raises."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from nanogpt_async import AsyncNanoGPT, BatchItem, InvalidInputError, read_prompts
+from nanogpt_async.testing import FakeNanoGPT, FakeServer
+
+KEY = "ngk_input_errors_SECRET_8080"
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    with FakeNanoGPT(api_key=KEY, latency=0.05).run_in_thread() as running:
+        yield running
+
+
+def rows(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+
+
+def recorded_prompts(folder: Path) -> list[str]:
+    return sorted(row["prompt"] for row in rows(folder) if row["status"] == "ok")
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll a condition of the fake (it runs in its own thread), bounded; no timing asserted."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+async def settled(server: FakeServer) -> None:
+    await anyio.to_thread.run_sync(wait_until, lambda: server.fake.stats.in_flight == 0)
+
+
+class BrokenSourceError(Exception):
+    """What a user's input source raises."""
+
+
+async def test_an_input_that_raises_mid_run_lets_in_flight_items_finish_then_raises(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    async def items() -> AsyncIterator[str]:
+        for i in range(6):
+            yield f"prompt {i}"
+        # Raised while six generations are in flight, all of them paid for.
+        await anyio.to_thread.run_sync(wait_until, lambda: server.fake.stats.in_flight == 6)
+        raise BrokenSourceError("the database went away")
+
+    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+        batch = client.images.generate_many(items(), output_dir=tmp_path, rps=None)
+        with pytest.raises(BrokenSourceError):
+            await batch.run()
+    await settled(server)
+    assert batch.summary.ok == 6
+    assert (batch.summary.stopped_reason or "").startswith("input error: the database")
+    # Money: all six charged generations are recorded.
+    assert sorted(server.fake.stats.generations_by_prompt) == recorded_prompts(tmp_path)
+    assert server.fake.stats.generations == 6
+
+
+async def test_a_bad_line_of_a_streamed_prompt_file_stops_at_that_line(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(
+        '{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c", "n": 0}\n{"prompt": "d"}\n'
+    )
+    out = tmp_path / "out"
+    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+        batch = client.images.generate_many(read_prompts(prompts), output_dir=out, rps=None)
+        with pytest.raises(InvalidInputError, match="line 3"):
+            await batch.run()
+    await settled(server)
+    assert recorded_prompts(out) == ["a", "b"]
+    assert server.fake.stats.generations == 2
+
+
+async def test_a_repeated_user_id_is_refused_before_it_is_sent(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    items: list[str | BatchItem | dict[str, str]] = [
+        BatchItem("a fox", id="fox"),
+        {"prompt": "an owl", "id": "owl"},
+        {"prompt": "a different fox", "id": "fox"},
+        "never sent",
+    ]
+    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+        batch = client.images.generate_many(items, output_dir=tmp_path, rps=None)
+        with pytest.raises(InvalidInputError) as caught:
+            await batch.run()
+    await settled(server)
+    assert "item 2 has the id 'fox' of item 0" in str(caught.value)
+    assert sorted(server.fake.stats.generations_by_prompt) == ["a fox", "an owl"]
+    assert recorded_prompts(tmp_path) == ["a fox", "an owl"]
+
+
+async def test_ids_repeated_only_by_the_generated_scheme_are_fine(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+        summary = await client.images.generate_many(
+            ["same", "same", "same"], output_dir=tmp_path, rps=None
+        ).run()
+    assert summary.ok == 3

@@ -1,0 +1,283 @@
+"""Re-runs and resume: paid images are never overwritten, and resume checks what it skips.
+
+Money is asserted against the fake server's own counts: what it charged and generated versus
+what the manifest records and the folder holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nanogpt_async import AsyncNanoGPT
+from nanogpt_async import _batch_manifest as manifest_module
+from nanogpt_async._batch_manifest import (
+    FileEntry,
+    ManifestWriter,
+    files_intact,
+    read_manifest,
+    write_images,
+    write_new,
+)
+from nanogpt_async._batch_names import image_file_name
+from nanogpt_async.testing import FakeNanoGPT, FakeServer, make_png
+
+KEY = "ngk_resume_SECRET_31"
+Serve = Callable[..., FakeServer]
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    with contextlib.ExitStack() as stack:
+
+        def start(**knobs: Any) -> FakeServer:
+            return stack.enter_context(FakeNanoGPT(api_key=KEY, **knobs).run_in_thread())
+
+        yield start
+
+
+@contextlib.asynccontextmanager
+async def client_for(server: FakeServer) -> AsyncIterator[AsyncNanoGPT]:
+    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+        yield client
+
+
+def rows(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+
+
+def pngs(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.png"))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_every_row_matches_its_files(folder: Path) -> None:
+    for row in rows(folder):
+        for entry in row["files"]:
+            path = folder / entry["path"]
+            assert sha256(path) == entry["sha256"], f"{path} does not hold what row {row} paid for"
+
+
+PROMPTS = ["a lighthouse", "a red fox", "a blue jay"]
+
+
+# -- re-runs never overwrite ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [{"seed": 2}, {"size": "768x1360"}, {"model": "gpt-image-1"}])
+async def test_a_rerun_asking_for_something_else_keeps_every_paid_image(
+    serve: Serve, tmp_path: Path, change: dict[str, Any]
+) -> None:
+    server = serve()
+    async with client_for(server) as client:
+        first = await client.images.generate_many(
+            PROMPTS, output_dir=tmp_path, seed=1, rps=None
+        ).run()
+        kept = {path.name: sha256(path) for path in pngs(tmp_path)}
+        second = await client.images.generate_many(
+            PROMPTS, output_dir=tmp_path, **{"seed": 1, **change}, rps=None
+        ).run()
+    assert (first.ok, second.ok, second.skipped) == (3, 3, 0)
+    assert server.fake.stats.images_generated == 6
+    assert len(pngs(tmp_path)) == 6  # one file per paid image
+    assert {name: sha256(tmp_path / name) for name in kept} == kept
+    assert_every_row_matches_its_files(tmp_path)
+
+
+async def test_a_file_already_at_an_items_name_is_never_replaced(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"not the batch's")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    taken = folder / image_file_name(0, "mine", "mine", 0, ".png")
+    taken.write_bytes(b"the user's own file")
+    linked = folder / image_file_name(1, "linked", "linked", 0, ".png")
+    linked.symlink_to(outside)
+    items = [{"id": "mine", "prompt": "mine"}, {"id": "linked", "prompt": "linked"}]
+    async with client_for(server) as client:
+        summary = await client.images.generate_many(items, output_dir=folder, rps=None).run()
+    assert summary.ok == 2
+    assert taken.read_bytes() == b"the user's own file"
+    assert outside.read_bytes() == b"not the batch's"
+    recorded = sorted(row["files"][0]["path"] for row in rows(folder))
+    assert recorded == sorted(path.name.replace("-0.png", "-0-v2.png") for path in (taken, linked))
+    assert_every_row_matches_its_files(folder)
+
+
+def test_writing_a_new_file_refuses_a_taken_name(tmp_path: Path) -> None:
+    target = tmp_path / "x.png"
+    target.write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        write_new(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]  # no temp file left
+
+
+def test_without_hard_links_a_new_file_is_still_created_exclusively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(*_: object) -> None:
+        raise OSError(1, "Operation not permitted")  # what FAT and some FUSE mounts answer
+
+    monkeypatch.setattr(os, "link", no_links)
+    png = make_png("fallback")
+    assert write_images(tmp_path, [("a.png", png)])[0].path == "a.png"
+    assert write_images(tmp_path, [("a.png", b"second")])[0].path == "a-v2.png"
+    assert (tmp_path / "a.png").read_bytes() == png
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-v2.png", "a.png"]
+
+
+# -- resume verifies what it skips ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["same-size-bytes-changed", "deleted", "truncated"])
+async def test_resume_regenerates_an_item_whose_file_was_damaged(
+    serve: Serve, tmp_path: Path, damage: str
+) -> None:
+    server = serve()
+    async with client_for(server) as client:
+        await client.images.generate_many(PROMPTS, output_dir=tmp_path, rps=None).run()
+        fox = tmp_path / next(r["files"][0]["path"] for r in rows(tmp_path) if "fox" in r["prompt"])
+        data = bytearray(fox.read_bytes())
+        if damage == "deleted":
+            fox.unlink()
+        elif damage == "truncated":
+            fox.write_bytes(data[:-10])
+        else:
+            data[len(data) // 2] ^= 0xFF
+            fox.write_bytes(bytes(data))
+        damaged = fox.read_bytes() if fox.exists() else None
+        again = await client.images.generate_many(PROMPTS, output_dir=tmp_path, rps=None).run()
+    assert (again.ok, again.skipped) == (1, 2)
+    assert server.fake.stats.generations_by_prompt == {
+        "a lighthouse": 1,
+        "a red fox": 2,
+        "a blue jay": 1,
+    }
+    if damaged is not None:
+        assert fox.read_bytes() == damaged  # kept as it was: never overwritten
+    latest = {row["id"]: row for row in rows(tmp_path)}
+    assert len(latest) == 3
+    for row in latest.values():
+        assert sha256(tmp_path / row["files"][0]["path"]) == row["files"][0]["sha256"]
+
+
+def test_files_are_intact_only_with_their_recorded_size_and_sha256(tmp_path: Path) -> None:
+    png = make_png("x")
+    entries = write_images(tmp_path, [("a.png", png), ("b.png", png)])
+    assert files_intact(tmp_path, entries)
+    assert not files_intact(tmp_path, [])
+
+    flipped = bytearray(png)
+    flipped[-5] ^= 1
+    (tmp_path / "b.png").unlink()
+    (tmp_path / "b.png").write_bytes(bytes(flipped))
+    assert not files_intact(tmp_path, entries)  # same size, other bytes
+
+    (tmp_path / "b.png").unlink()
+    assert not files_intact(tmp_path, entries)
+
+    (tmp_path / "b.png").mkdir()
+    assert not files_intact(tmp_path, entries)
+
+    escaping = FileEntry("../a.png", entries[0].sha256, entries[0].bytes)
+    assert not files_intact(tmp_path, [escaping])
+
+
+def test_resume_hashes_no_file_of_an_item_with_a_wrong_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    png = make_png("x")
+    entries = write_images(tmp_path, [("a.png", png), ("b.png", png)])
+    (tmp_path / "b.png").unlink()
+    hashed: list[Path] = []
+    real = manifest_module._sha256_of
+
+    def counting(path: Path) -> str | None:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(manifest_module, "_sha256_of", counting)
+    assert not files_intact(tmp_path, entries)
+    assert hashed == []  # the sizes settled it: nothing read
+
+
+# -- the manifest reader and writer -----------------------------------------------------------
+
+MALFORMED = [
+    b"garbage that is not json",
+    b"\xff\xfe\x00 invalid utf-8",
+    b"[" * 5000,
+    b'{"id": 5, "status": "ok"}',
+    b'{"id": "c", "status": "maybe"}',
+    b'["a", "list"]',
+    b"12",
+    b'{"id": "c", "status": "ok", "files": "not a list"}',
+]
+
+
+@pytest.mark.parametrize("json_loads", ["fast", "stdlib"])
+def test_a_malformed_line_in_the_middle_is_skipped_with_a_warning(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    json_loads: str,
+) -> None:
+    if json_loads == "stdlib":  # the codec without the speed extra
+        monkeypatch.setattr(manifest_module, "loads", json.loads)
+    good = b'{"id": "%s", "status": "ok", "files": []}'
+    path = tmp_path / "manifest.jsonl"
+    path.write_bytes(b"\n".join([good % b"a", *MALFORMED, good % b"b", b""]))
+    with caplog.at_level(logging.WARNING, logger="nanogpt_async"):
+        index = read_manifest(path)
+    assert {key: index.get(key) is not None for key in "abc"} == {"a": True, "b": True, "c": False}
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "skipped 7 line(s)" in warning  # the record of "c" with bad files parses as a line
+    assert "line 2, 3, 4, 5, 6 and 2 more" in warning
+
+
+async def test_resume_survives_a_malformed_line_in_the_middle(serve: Serve, tmp_path: Path) -> None:
+    server = serve()
+    async with client_for(server) as client:
+        await client.images.generate_many(PROMPTS[:2], output_dir=tmp_path, rps=None).run()
+        manifest = tmp_path / "manifest.jsonl"
+        first, second = manifest.read_bytes().splitlines()
+        manifest.write_bytes(b"\n".join([first, b"[" * 5000, b"\xff{", second, b""]))
+        again = await client.images.generate_many(PROMPTS, output_dir=tmp_path, rps=None).run()
+    assert (again.skipped, again.ok) == (2, 1)
+    assert server.fake.stats.generations == 3
+
+
+def test_closing_the_writer_flushes_to_disk_and_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    writer = ManifestWriter(tmp_path / "manifest.jsonl")
+    writer.append({"id": "a", "status": "ok", "files": []})
+    writer.close()
+    assert synced
+    with pytest.raises(ValueError, match="writer is closed"):
+        writer.append({"id": "b", "status": "ok", "files": []})
+    writer.close()  # twice is fine
+    assert read_manifest(tmp_path / "manifest.jsonl").get("a") is not None
