@@ -88,6 +88,8 @@ from nanogpt_async._errors import (
 )
 from nanogpt_async._files import FolderLock, describe_write_error
 from nanogpt_async._pacing import AIMD
+from nanogpt_async._pacing._budget import BudgetReservation, RedisBudget
+from nanogpt_async._pacing._redis import RedisBackend
 from nanogpt_async._request import build_item_body, check_generation_fields
 from nanogpt_async._sniff import sniff_image
 from nanogpt_async._types import NOT_GIVEN, NotGiven
@@ -133,6 +135,7 @@ class _Job:
 
     __slots__ = (
         "body",
+        "booking",
         "edit",
         "holds_slot",
         "id",
@@ -161,6 +164,7 @@ class _Job:
         self.holds_slot = True
         self.edit = False  # an "operation": "edit" item goes to POST /images/edits
         self.per_image: Decimal | None = None  # the budget's estimate, with max_cost
+        self.booking: BudgetReservation | None = None  # its share of a shared budget
 
 
 class _Attempts:
@@ -266,6 +270,7 @@ class Batch:
         burst: int | None = None,
         download_concurrency: int = 32,
         max_cost: float | Decimal | None = None,
+        shared_budget: str | None = None,
         retry_failed: bool = True,
         on_progress: ProgressCallback | None = None,
         progress_interval: float = 0.5,
@@ -327,6 +332,7 @@ class Batch:
             self._client = client._with_own_pacer(rps=own_rps, burst=burst or 1)  # noqa: SLF001
         self._paced = self._client.pacing.max_rate is not None
         self._max_cost = Decimal(str(max_cost)) if max_cost is not None else None
+        self._shared_budget = self._make_shared_budget(shared_budget)
         self._retry_failed = retry_failed
         self._on_progress = on_progress
         self._progress_interval = progress_interval
@@ -702,6 +708,10 @@ class Batch:
                     failure = await anyio.to_thread.run_sync(self._close_folder, self._writer)
                 if failure is not None and self._writer is not None:
                     self._manifest_failed(self._writer, failure)
+            if self._shared_budget is not None:
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + _RECORD_TIMEOUT
+                    await self._shared_budget.aclose()
             self._send.close()
             self._report_progress()
 
@@ -758,6 +768,8 @@ class Batch:
             await self._generation_slots.acquire_on_behalf_of(prepared)
             try:
                 reservation = await self._budget.admit(prepared.per_image, prepared.n)
+                if reservation is not None and not await self._book_shared(prepared, reservation):
+                    reservation = None
             except BaseException:
                 self._generation_slots.release_on_behalf_of(prepared)
                 raise
@@ -774,6 +786,38 @@ class Batch:
         self._in_flight += 1
         work.start_soon(self._process, prepared, reservation)
         return True
+
+    def _make_shared_budget(self, name: str | None) -> RedisBudget | None:
+        if name is None:
+            return None
+        backend = self._client._pacer.backend  # noqa: SLF001 - the client's own pacer
+        if self._max_cost is None or not isinstance(backend, RedisBackend):
+            raise InvalidInputError(
+                "shared_budget needs max_cost and a client with limits_url (redis://...): "
+                "the cap is kept in Redis"
+            )
+        key = self._client._api_key  # noqa: SLF001 - only hashed, for the Redis key names
+        return RedisBudget(backend.url, key=key, max_cost=self._max_cost, name=name)
+
+    async def _book_shared(self, job: _Job, reservation: Reservation) -> bool:
+        """Book the request's estimate in the shared budget too; ``False``: it is spent."""
+        if self._shared_budget is None:
+            return True
+        # Waits while Redis cannot be checked (fails closed).
+        job.booking = await self._shared_budget.reserve(reservation.amount)
+        if job.booking is None:
+            self._budget.settle(reservation, None, job.n, charged=False)
+            return False
+        return True
+
+    async def _settle_shared(self, job: _Job, cost: Decimal | None, *, charged: bool) -> None:
+        if self._shared_budget is None or job.booking is None:
+            return
+        booking, job.booking = job.booking, None
+        # Shielded and bounded: if it cannot be written, the booking expires as spent.
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + _RECORD_TIMEOUT
+            await self._shared_budget.settle(booking, cost, maybe_charged=charged)
 
     async def _next_prepared(
         self, entries: Iterator[Any] | AsyncIterator[Any], index: int
@@ -991,6 +1035,7 @@ class Batch:
             images = len(response.data) if response is not None else job.n
             self._budget.settle(reservation, cost, images, charged=charged)
             settled = True
+            await self._settle_shared(job, cost, charged=charged)
             if self._streak.observe(error if response is None else None) and error is not None:
                 self._fail_fast(error, self._streak.describe())
             if cost is not None:
@@ -998,6 +1043,7 @@ class Batch:
         finally:
             if not settled:
                 self._budget.settle(reservation, None, job.n, charged=True)
+                await self._settle_shared(job, None, charged=True)
         latency = answered - attempts.last_started if response is not None else None
         return await self._save(
             job,

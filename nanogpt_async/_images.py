@@ -240,6 +240,7 @@ class Images:
         burst: int | None = None,
         download_concurrency: int = 32,
         max_cost: float | Decimal | None = None,
+        shared_budget: str | None = None,
         retry_failed: bool = True,
         on_progress: Callable[[BatchProgress], object] | None = None,
         progress_interval: float = 0.5,
@@ -274,6 +275,10 @@ class Images:
             download_concurrency: Most downloads/decodes/writes at once.
             max_cost: USD budget: no new request once spent plus in-flight estimate would pass
                 it.
+            shared_budget: A name: ``max_cost`` is then one cap shared through the client's
+                ``limits_url`` (Redis) by every batch that uses this name with this key, in
+                any process (see "Sharing one key"). It fails closed: no paid request is sent
+                while Redis cannot be checked.
             retry_failed: On resume, retry items recorded as failed (else skip them).
             on_progress: Called with a [BatchProgress][nanogpt_async.BatchProgress] at most every
                 ``progress_interval`` seconds, and once at the end.
@@ -302,6 +307,7 @@ class Images:
             burst=burst,
             download_concurrency=download_concurrency,
             max_cost=max_cost,
+            shared_budget=shared_budget,
             retry_failed=retry_failed,
             on_progress=on_progress,
             progress_interval=progress_interval,

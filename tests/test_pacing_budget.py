@@ -173,3 +173,78 @@ def test_processes_sharing_a_budget_spend_no_more_than_it(
     assert all(proc.returncode == 0 for proc in procs)
     recorded = sum(Decimal(str(cost)) for costs in paid for cost in costs)
     assert charged == recorded == Decimal("0.20")  # the cap, exactly: estimates were exact
+
+
+async def test_two_batches_sharing_a_budget_spend_no_more_than_it_together(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    import json as json_module  # noqa: PLC0415
+
+    from nanogpt_async import AsyncNanoGPT  # noqa: PLC0415
+
+    with FakeNanoGPT(api_key=KEY, price_per_image=0.01).run_in_thread() as server:
+        url = redis_server.url
+        first = AsyncNanoGPT(api_key=KEY, base_url=server.base_url, limits_url=url)
+        second = AsyncNanoGPT(api_key=KEY, base_url=server.base_url, limits_url=url)
+        async with first, second:
+            summaries = []
+
+            async def run(client: AsyncNanoGPT, name: str) -> None:
+                batch = client.images.generate_many(
+                    [f"{name} {i}" for i in range(10)],
+                    output_dir=tmp_path / name,
+                    max_cost=0.05,
+                    shared_budget="nightly",
+                    concurrency=2,
+                )
+                summaries.append(await batch.run())
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(run, first, "a")
+                group.start_soon(run, second, "b")
+        charged = Decimal(str(server.fake.stats.charged_usd))
+    recorded = sum(
+        Decimal(str(line["cost"]))
+        for name in ("a", "b")
+        for line in map(
+            json_module.loads, (tmp_path / name / "manifest.jsonl").read_text().splitlines()
+        )
+        if line["cost"] is not None
+    )
+    assert charged == recorded == Decimal("0.05")  # one cap for both, not 0.05 each
+    assert sum(s.ok for s in summaries) == 5
+    assert all(s.stopped_reason == "budget" for s in summaries)
+
+
+def test_a_shared_budget_needs_a_cap_and_redis() -> None:
+    from nanogpt_async import AsyncNanoGPT, InvalidInputError  # noqa: PLC0415
+
+    client = AsyncNanoGPT(api_key=KEY)
+    with pytest.raises(InvalidInputError, match="limits_url"):
+        client.images.generate_many(["x"], max_cost=1, shared_budget="nightly")
+
+
+def test_cli_batches_with_one_shared_budget_stop_at_it_together(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    import json as json_module  # noqa: PLC0415
+
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from nanogpt_async._cli._commands import cli  # noqa: PLC0415
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(5)))
+    with FakeNanoGPT(api_key=KEY, price_per_image=0.01).run_in_thread() as server:
+        env = {"NANOGPT_API_KEY": KEY, "NANOGPT_BASE_URL": server.base_url}
+        for name in ("first", "second"):
+            args = ["batch", str(prompts), "-o", str(tmp_path / name), "-c", "1"]
+            args += ["--max-cost", "0.03", "--shared-budget", "weekly"]
+            args += ["--limits-url", redis_server.url, "--no-gallery"]
+            result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+            assert result.exit_code in (0, 4), result.stderr  # 4: stopped by the budget
+        charged = Decimal(str(server.fake.stats.charged_usd))
+    assert charged == Decimal("0.03")  # the second run found the shared cap spent
+    second = tmp_path / "second" / "manifest.jsonl"
+    lines = second.read_text().splitlines() if second.exists() else []
+    assert not [line for line in map(json_module.loads, lines) if line["status"] == "ok"]

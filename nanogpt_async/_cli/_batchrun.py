@@ -68,6 +68,8 @@ class BatchSettings:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     #: Write or refresh ``out/index.html`` at the end (``--no-gallery`` turns it off).
     gallery: bool = True
+    #: ``--shared-budget``: ``max_cost`` is one cap kept in Redis under this name.
+    shared_budget: str | None = None
 
 
 @dataclass
@@ -534,6 +536,7 @@ async def run_batch(
             concurrency=settings.concurrency,
             download_concurrency=settings.download_concurrency,
             max_cost=settings.max_cost,
+            shared_budget=settings.shared_budget,
             retry_failed=settings.retry_failed,
             on_progress=on_progress,
             progress_interval=min(0.5, settings.progress_interval or 0.5),

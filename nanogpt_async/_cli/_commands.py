@@ -641,6 +641,12 @@ def progress_options(func: _F) -> _F:
     help="Stop starting requests once this much is spent or in flight.",
 )
 @click.option(
+    "--shared-budget",
+    metavar="NAME",
+    help="Make --max-cost one cap, kept in Redis (--limits-url) under NAME, for every batch "
+    "using NAME with this key, in any process.",
+)
+@click.option(
     "--retry-failed/--no-retry-failed",
     default=True,
     show_default=True,
@@ -672,6 +678,7 @@ def batch(
     limits_url: str | None,
     download_concurrency: int,
     max_cost: float | None,
+    shared_budget: str | None,
     retry_failed: bool,
     dry_run: bool,
     progress: str,
@@ -721,6 +728,7 @@ def batch(
         concurrency=concurrency,
         download_concurrency=download_concurrency,
         max_cost=max_cost,
+        shared_budget=shared_budget,
         retry_failed=retry_failed,
         progress=progress,
         progress_interval=progress_interval,

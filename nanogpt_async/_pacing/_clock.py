@@ -1,13 +1,12 @@
-"""The pacer's default clock, and how test suites' instant retries move it.
+"""The pacer's default clock and sleep, and how test suites' instant retries reach the pacer.
 
-Under `nanogpt_async._retry.recorded_backoff` (autouse in our tests, and what users'
-test suites use to make retries instant) the retry engine's waits are recorded, not slept.
-The wait for a 429's ``Retry-After`` is then instant but the client pacer's cooldown (the same
-``Retry-After``) would still be slept in real time. So in that mode every recorded wait also
-moves the default pacing clock forward: a test answering 429 with ``Retry-After: 20`` finishes
-at once, as it did before pacing moved into the client. Spacing between requests (the rate)
-stays real time. Pacers given their own clock are never affected.
-
+Under `nanogpt_async._retry.recorded_backoff` (autouse in our tests, and what users' test
+suites use to make retries instant) the retry engine's waits are recorded, not slept. The
+client pacer's 429 cooldown is the same wait (the server's ``Retry-After``) for every caller:
+so in that mode a pacer on the default clock does not hold callers for it, and a test
+answering 429 with ``Retry-After: 20`` finishes at once, as it did before pacing moved into the
+client. Spacing between requests (the rate) stays real time, and so does the queue order.
+Pacers given their own clock are never affected.
 """
 
 from __future__ import annotations
@@ -18,22 +17,14 @@ from collections.abc import Iterator
 
 import anyio
 
-__all__ = ["advance", "instant", "monotonic", "sleep"]
+__all__ = ["instant", "is_instant", "monotonic", "sleep"]
 
 _instant = 0
-_offset = 0.0
 
 
 def monotonic() -> float:
-    """Monotonic seconds (moved forward by instant sleeps in instant mode)."""
-    return time.monotonic() + _offset
-
-
-def advance(seconds: float) -> None:
-    """In instant mode, move `monotonic` forward (the retry engine's recorded waits)."""
-    global _offset  # noqa: PLW0603 - the process-wide testing switch's state
-    if _instant and seconds > 0:
-        _offset += seconds
+    """Monotonic seconds (the default pacing clock)."""
+    return time.monotonic()
 
 
 async def sleep(seconds: float) -> None:
@@ -41,10 +32,15 @@ async def sleep(seconds: float) -> None:
     await anyio.sleep(seconds)
 
 
+def is_instant() -> bool:
+    """Whether retry waits are instant (``recorded_backoff`` is active)."""
+    return _instant > 0
+
+
 @contextlib.contextmanager
 def instant() -> Iterator[None]:
-    """Run pacers on the default clock on virtual time for the duration (nestable)."""
-    global _instant  # noqa: PLW0603
+    """Make 429 cooldowns of pacers on the default clock instant for the duration."""
+    global _instant  # noqa: PLW0603 - the process-wide testing switch's state
     _instant += 1
     try:
         yield

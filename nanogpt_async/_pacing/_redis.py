@@ -243,6 +243,11 @@ class RedisBackend:
         self.calls = 0
 
     @property
+    def url(self) -> str:
+        """The Redis URL as given (credentials included: never show it; see ``display``)."""
+        return self._url
+
+    @property
     def name(self) -> str:
         """``redis``, or ``memory (redis unreachable)`` while falling back."""
         return "memory (redis unreachable)" if self._down else "redis"
