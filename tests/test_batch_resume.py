@@ -204,23 +204,16 @@ def test_resume_hashes_no_file_of_an_item_with_a_wrong_size(
     png = make_png("x")
     entries = write_images(tmp_path, [("a.png", png), ("b.png", png)])
     (tmp_path / "b.png").unlink()
-    hashed: list[Path] = []
-    real = manifest_module._sha256_of
-
-    def counting(path: Path) -> str | None:
-        hashed.append(path)
-        return real(path)
-
-    monkeypatch.setattr(manifest_module, "_sha256_of", counting)
+    hashed = hash_counter(monkeypatch)
     assert not files_intact(tmp_path, entries)
     assert hashed == []  # the sizes settled it: nothing read
 
 
-def hash_counter(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    hashed: list[Path] = []
+def hash_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    hashed: list[str] = []
     real = manifest_module._sha256_of
 
-    def counting(path: Path) -> str | None:
+    def counting(path: str) -> str | None:
         hashed.append(path)
         return real(path)
 
@@ -252,7 +245,7 @@ def test_a_file_rewritten_with_its_old_size_and_mtime_is_hashed_and_found_damage
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old mtime back
     hashed = hash_counter(monkeypatch)
     assert not files_intact(tmp_path, [entry])  # the ctime changed: hashed, and it differs
-    assert hashed == [path]
+    assert hashed == [str(path)]
 
 
 def test_a_file_recorded_without_a_stamp_is_hashed(
@@ -262,7 +255,7 @@ def test_a_file_recorded_without_a_stamp_is_hashed(
     legacy = FileEntry(entry.path, entry.sha256, entry.bytes)  # a manifest older than stamps
     hashed = hash_counter(monkeypatch)
     assert files_intact(tmp_path, [legacy])
-    assert hashed == [tmp_path / "a.png"]
+    assert hashed == [str(tmp_path / "a.png")]
     copied = FileEntry(entry.path, entry.sha256, entry.bytes, (1, 2, 3))  # say, restored
     assert files_intact(tmp_path, [copied])
     assert len(hashed) == 2
