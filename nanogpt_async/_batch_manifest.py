@@ -44,6 +44,7 @@ __all__ = [
 
 logger = logging.getLogger("nanogpt_async")
 
+_orjson_loads: Callable[[bytes], Any]
 try:
     from orjson import loads as _orjson_loads
 except ImportError:  # the "speed" extra is not installed
