@@ -174,7 +174,7 @@ def main() -> None:
     if args.only in (None, "skip-all"):
         results["skip_all"] = _measure(folder, args.items, 0, args.base_url)
     if args.only in (None, "last-new"):
-        with start_process(latency=0, port=0) as base_url:
+        with start_process(latency=0, port=0, api_key=KEY, balance=1e9) as base_url:
             results["last_new"] = _measure(folder, args.items, args.new, base_url)
         _restore(folder, args.items, args.new)
     print(json.dumps(results, indent=2))

@@ -35,6 +35,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from typing_extensions import Self
 
+from nanogpt_async._batch_appender import GroupAppender
 from nanogpt_async._batch_budget import (
     DEFAULT_MODEL,
     Budget,
@@ -353,6 +354,7 @@ class Batch:
         #: ``run()`` discards results: then they are not sent through the stream at all.
         self._results_wanted = True
         self._writer: ManifestWriter | None = None
+        self._appender: GroupAppender | None = None
         self._lock: FolderLock | None = None
         self._ids = IdentityCounter()
         self._streak = ErrorStreak()
@@ -502,7 +504,6 @@ class Batch:
         self._save_gate = DeadlineGate(self._download_concurrency)
         self._pipeline = anyio.Semaphore(self._concurrency + self._download_concurrency)
         self._budget = Budget(self._max_cost, await self._price_list())
-        self._manifest_lock = anyio.Lock()
         self._send, self._receive = anyio.create_memory_object_stream[ItemResult](
             self._download_concurrency
         )
@@ -510,7 +511,8 @@ class Batch:
         self._aux_scope = anyio.CancelScope()
         if self._folder is not None:
             try:
-                self._recorded, self._writer = await anyio.to_thread.run_sync(self._open_folder)
+                self._recorded, writer = await anyio.to_thread.run_sync(self._open_folder)
+                self._writer, self._appender = writer, GroupAppender(writer.append_many)
             except OSError as exc:
                 raise OutputWriteError(
                     f"cannot prepare the output folder {str(self._folder)!r}: "
@@ -1184,7 +1186,7 @@ class Batch:
 
     async def _record(self, result: ItemResult, entries: list[FileEntry] | None) -> ItemResult:
         """Append the item's manifest line (after its files are written); count it."""
-        if self._writer is not None:
+        if self._writer is not None and self._appender is not None:
             request = dict(result.request)
             prompt = request.pop("prompt", None)
             record = {
@@ -1204,11 +1206,10 @@ class Batch:
             writer = self._writer
             with anyio.CancelScope(shield=True) as scope:
                 scope.deadline = anyio.current_time() + _RECORD_TIMEOUT
-                async with self._manifest_lock:
-                    try:
-                        await anyio.to_thread.run_sync(writer.append, record)
-                    except OSError as exc:
-                        result = _replace_failed(result, self._manifest_failed(writer, exc))
+                try:
+                    await self._appender.append(record)
+                except OSError as exc:
+                    result = _replace_failed(result, self._manifest_failed(writer, exc))
         return result
 
     def _manifest_failed(self, writer: ManifestWriter, exc: OSError) -> OutputWriteError:

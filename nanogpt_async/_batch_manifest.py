@@ -515,11 +515,27 @@ class ManifestWriter:
             OSError: the write failed (disk full...); the manifest still ends with a whole line
                 where the OS lets it be cut back.
         """
+        self.append_many([record])
+
+    def append_many(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Write records as JSON lines in one ``write`` (to the OS, not yet fsynced).
+
+        All or none: a write that fails part-way is cut back to where it started.
+
+        Raises:
+            OSError: the write failed (disk full...); the manifest still ends with a whole line
+                where the OS lets it be cut back.
+        """
         if self._fd is None:
             raise ValueError("the manifest writer is closed")
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
-        # backslashreplace turns a stray surrogate into a valid JSON escape, never a bad line.
-        data = line.encode("utf-8", "backslashreplace") + b"\n"
+        lines = [
+            json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+            # backslashreplace turns a stray surrogate into a valid JSON escape, never a bad line.
+            .encode("utf-8", "backslashreplace")
+            + b"\n"
+            for record in records
+        ]
+        data = b"".join(lines)
         if self._torn:
             data = b"\n" + data
         try:
