@@ -739,11 +739,13 @@ class Batch:
                 # Most items are skipped: no need to let each started one send at once (a
                 # checkpoint per item lets an item started just before an input error send).
                 self._fairness.interval = _FAIR_SHARE
+            heavy = 0  # items ahead carrying input images (megabytes each, maybe)
             while not self._halted:
                 while (
                     not exhausted
                     and not self._halted
                     and len(ahead) < _LOOKAHEAD
+                    and heavy < _HEAVY_LOOKAHEAD
                     and (greedy or not _head_ready(ahead))
                 ):
                     prepared = await self._next_prepared(entries, index)
@@ -751,10 +753,12 @@ class Batch:
                         exhausted = True
                         break
                     ahead.append(_look_up(prepared, lookups))
+                    heavy += ahead[-1].heavy
                     index += 1
                 if not ahead:
                     break
                 head = ahead.popleft()
+                heavy -= head.heavy
                 prepared = head.value if head.ready else await head.result()
                 if isinstance(prepared, _Job):
                     prepared = self._priced(prepared)
@@ -1258,14 +1262,19 @@ _CHECKERS = 4
 _CHECK_GROUP = 128
 
 
+#: Items with input images read ahead at most: their bodies hold the images' data URLs.
+_HEAVY_LOOKAHEAD = 8
+
+
 class _Ahead:
     """A prepared item whose resume check may still be running."""
 
-    __slots__ = ("done", "value")
+    __slots__ = ("done", "heavy", "value")
 
     def __init__(self, value: _Job | ItemResult) -> None:
         self.value = value
         self.done: anyio.Event | None = None
+        self.heavy = isinstance(value, _Job) and has_input_images(value.body)
 
     @property
     def ready(self) -> bool:

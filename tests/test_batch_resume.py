@@ -6,6 +6,7 @@ what the manifest records and the folder holds.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -368,3 +369,28 @@ def test_closing_the_writer_flushes_to_disk_and_closes(
         writer.append({"id": "b", "status": "ok", "files": []})
     writer.close()  # twice is fine
     assert read_manifest(tmp_path / "manifest.jsonl").get("a") is not None
+
+
+async def test_a_resume_reads_only_a_few_items_with_input_images_ahead(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+    data_url = "data:image/png;base64," + base64.b64encode(make_png("in")).decode()
+    read = 0
+
+    def items() -> Iterator[dict[str, str]]:
+        nonlocal read
+        for i in range(40):
+            read += 1  # each holds its input image's data URL (megabytes, in real use)
+            yield {"prompt": f"edit {i}", "operation": "edit", "image": data_url}
+
+    async with client_for(server) as client:
+        await client.images.generate_many(["recorded"], output_dir=tmp_path, rps=None).run()
+        batch = client.images.generate_many(
+            items(), output_dir=tmp_path, rps=None, concurrency=1, model="flux-kontext"
+        )
+        async with batch:
+            read_at_results = [read async for _ in batch]
+    assert batch.summary.ok == 40
+    # Resuming reads far ahead (1,024 items) for small items, but not for these.
+    assert read_at_results[0] <= 12
