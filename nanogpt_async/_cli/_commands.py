@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ from nanogpt_async._cli._common import (
     run_async,
 )
 from nanogpt_async._errors import ImageError
+from nanogpt_async._fence import DEFAULT_LEASE
 from nanogpt_async._models import checked_image
+from nanogpt_async._shards import SHARD_COUNT_ENV, ShardError, resolve_shard
 
 __all__ = ["cli"]
 
@@ -658,6 +661,38 @@ def progress_options(func: _F) -> _F:
     help="Check models and sizes against the image-models list and print the estimated "
     "cost; send no paid request (exit 2 if the input has problems).",
 )
+@click.option(
+    "--shard",
+    metavar="I/N|auto",
+    help="Do only shard I of N (items whose line index, from 0, is I modulo N) into "
+    "OUT/manifest.shard-IIII-of-NNNN.jsonl; shards may share OUT. 'auto' reads "
+    "JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID. With --limits-url "
+    "each item is claimed in Redis first, so none is paid twice. See the shards guide.",
+)
+@click.option(
+    "--shard-count",
+    type=click.IntRange(min=1),
+    envvar=SHARD_COUNT_ENV,
+    show_envvar=True,
+    metavar="N",
+    help="The number of shards, for --shard auto on Kubernetes (the Job's completions).",
+)
+@click.option(
+    "--job-id",
+    envvar="NANOGPT_JOB_ID",
+    show_envvar=True,
+    metavar="ID",
+    help="Names the job in Redis's at-most-once fence [default: OUT's absolute path]; give "
+    "every shard the same one when they write to different folders.",
+)
+@click.option(
+    "--fence-lease",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_LEASE,
+    envvar="NANOGPT_FENCE_LEASE",
+    hidden=True,
+    help="Seconds a killed process's claims stay its own (for tests).",
+)
 @retry_ambiguous_option
 @progress_options
 @click.option(
@@ -679,6 +714,10 @@ def batch(
     download_concurrency: int,
     max_cost: float | None,
     shared_budget: str | None,
+    shard: str | None,
+    shard_count: int | None,
+    job_id: str | None,
+    fence_lease: float,
     retry_failed: bool,
     dry_run: bool,
     progress: str,
@@ -711,6 +750,12 @@ def batch(
         run_batch,
     )
 
+    chosen = None
+    if shard is not None:
+        try:
+            chosen = resolve_shard(shard, os.environ, shard_count)
+        except ShardError as exc:
+            raise click.BadParameter(str(exc), param_hint="--shard") from None
     items = prompt_items(prompts, prompt_format)
     client = make_client(
         api_key=api_key,
@@ -733,7 +778,11 @@ def batch(
         progress=progress,
         progress_interval=progress_interval,
         defaults=_drop_none(**fields),
-        gallery=gallery,
+        # One shard's gallery would show a slice: `merge` makes the whole job's.
+        gallery=gallery and chosen is None,
+        shard=chosen,
+        job_id=job_id,
+        fence_lease=fence_lease,
     )
     if dry_run:
         from nanogpt_async._cli._dryrun import dry_run_batch  # noqa: PLC0415
