@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import redis
 
@@ -427,3 +428,100 @@ def _run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         check=False,
     )
+
+
+# -- status and merge ----------------------------------------------------------------------
+
+
+def _cli(args: list[str], **env: str) -> Any:
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from nanogpt_async._cli._commands import cli  # noqa: PLC0415
+
+    return CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+
+
+def _sharded_job(tmp_path: Path, shards: Sequence[int]) -> tuple[Path, list[str]]:
+    """A 3-shard job in ``tmp_path/out`` with only ``shards`` run; the fake's charges."""
+    prompts = [f"prompt {i}" for i in range(10)]
+    out = tmp_path / "out"
+
+    async def main() -> None:
+        fake = FakeNanoGPT(api_key=KEY, price_per_image=0.01)
+        async with (
+            fake.serve() as server,
+            AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client,
+        ):
+            for index in shards:
+                await client.images.generate_many(prompts, output_dir=out, shard=(index, 3)).run()
+
+    anyio.run(main)
+    return out, prompts
+
+
+def test_status_shows_every_shard_done_failed_uncertain_and_cost(tmp_path: Path) -> None:
+    out, _ = _sharded_job(tmp_path, [0, 2])
+    uncertain = {
+        "id": "x",
+        "index": 99,
+        "prompt": "p",
+        "status": "failed",
+        "cost": None,
+        "error": {"type": "ChargeUncertainError", "message": "uncertain: may have been charged"},
+    }
+    with (out / Shard(2, 3).manifest_name).open("a") as file:
+        file.write(json.dumps(uncertain) + "\n")
+    result = _cli(["status", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    rows = {row["shard"]: row for row in document["shards"]}
+    assert rows["0/3"]["done"] == 4
+    assert rows["0/3"]["cost"] == pytest.approx(0.04)
+    assert rows["1/3"]["manifest"] is None  # never started
+    assert (rows["2/3"]["done"], rows["2/3"]["uncertain"]) == (3, 1)
+    assert document["total"]["done"] == 7
+    text = _cli(["status", str(out)]).stdout
+    assert "not started" in text
+    assert "uncertain 1" in text
+
+
+def test_status_counts_the_claims_redis_holds(redis_server: RedisProcess, tmp_path: Path) -> None:
+    out, _ = _sharded_job(tmp_path, [0])
+
+    async def claim() -> RedisFence:
+        dead = RedisFence(redis_server.url, key=KEY, job_id=str(out.resolve()), folder=out)
+        live = RedisFence(redis_server.url, key=KEY, job_id=str(out.resolve()), folder=out)
+        assert await dead.claim("a") == "claimed"
+        assert await live.claim("b") == "claimed"
+        await dead.aclose()  # stopped: its claim is uncertain
+        await live._connection().aclose()
+        return live
+
+    anyio.run(claim)
+    result = _cli(
+        ["status", str(out), "--json"],
+        NANOGPT_LIMITS_URL=redis_server.url,
+        NANOGPT_API_KEY=KEY,
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["claims"] == {"live": 1, "uncertain": 1}
+    assert KEY not in result.output
+
+
+def test_status_of_a_folder_without_shards_says_what_to_point_it_at(tmp_path: Path) -> None:
+    result = _cli(["status", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "batch --shard" in result.output
+
+
+def test_merge_writes_one_manifest_in_input_order_and_the_gallery(tmp_path: Path) -> None:
+    out, prompts = _sharded_job(tmp_path, [0, 1, 2])
+    result = _cli(["merge", str(out)])
+    assert result.exit_code == 0, result.output
+    merged = out / "manifest.merged.jsonl"
+    assert result.stdout.strip() == str(merged)
+    records = list(iter_records(merged))
+    assert [r["index"] for r in records] == list(range(10))
+    assert [r["prompt"] for r in records] == prompts
+    assert (out / "index.html").is_file()
+    assert "prompt 7" in (out / "index.html").read_text()

@@ -851,6 +851,104 @@ def gallery(*, out: Path, manifest_name: str, thumbnail_size: int) -> None:
     output.out(str(report.page))
 
 
+# -- shards -----------------------------------------------------------------------------------
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
+@click.option(
+    "--limits-url",
+    envvar="NANOGPT_LIMITS_URL",
+    show_envvar=True,
+    metavar="URL",
+    help="redis://host:port/db: also count the items claimed in Redis right now.",
+)
+@click.option(
+    "--api-key",
+    envvar="NANOGPT_API_KEY",
+    show_envvar=True,
+    metavar="KEY",
+    help="The job's API key (only hashed: it names the job's keys in Redis).",
+)
+@click.option(
+    "--job-id",
+    envvar="NANOGPT_JOB_ID",
+    show_envvar=True,
+    metavar="ID",
+    help="The job's --job-id, if the batch was given one [default: OUT's absolute path].",
+)
+def status(
+    *, out: Path, as_json: bool, limits_url: str | None, api_key: str | None, job_id: str | None
+) -> None:
+    """Show the progress of every shard of a sharded batch in OUT.
+
+    Per shard, from its manifest: items done, failed, uncertain (claimed by a process that
+    stopped before recording them: may have been charged), cost and rate; then the total. A
+    shard without a manifest shows as not started. With --limits-url (and the key), the items
+    claimed in Redis right now too. Reads only; safe while the shards run.
+
+    \b
+    Example:
+      nanogpt-async status out/
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    from nanogpt_async._cli._shards import (  # noqa: PLC0415
+        fence_claims,
+        print_status,
+        require_shards,
+    )
+
+    progress = require_shards(out)
+    claims = None
+    if limits_url and api_key:
+        output.hide(api_key)
+        claims = fence_claims(out, limits_url, api_key, job_id)
+    print_status(progress, claims, as_json=as_json)
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--name",
+    default="manifest.merged.jsonl",
+    show_default=True,
+    metavar="NAME",
+    help="The merged manifest's file name in OUT.",
+)
+@click.option(
+    "--gallery/--no-gallery",
+    default=True,
+    show_default=True,
+    help="Then write OUT/index.html from the merged manifest.",
+)
+def merge(*, out: Path, name: str, gallery: bool) -> None:
+    """Merge the shard manifests in OUT into one, in input order, then write the gallery.
+
+    Every line of every shard is kept (ordered by the item's line in the input), so the
+    latest line of an item wins and every recorded charge counts, as in a resume. The shard
+    manifests stay as they are. Prints the merged manifest's path.
+
+    \b
+    Example:
+      nanogpt-async merge out/ && xdg-open out/index.html
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    from nanogpt_async._cli._gallery import refresh_gallery  # noqa: PLC0415
+    from nanogpt_async._cli._shards import require_shards  # noqa: PLC0415
+    from nanogpt_async._shard_report import merge_manifests  # noqa: PLC0415
+
+    if not name or name in (".", "..") or any(sep in name for sep in "/\\\0"):
+        raise click.BadParameter(f"a plain file name, not {name!r}", param_hint="--name")
+    require_shards(out)
+    report = merge_manifests(out, name)
+    output.err(
+        f"merged {report.lines} line(s) of {report.items} item(s) from {report.shards} shard "
+        f"manifest(s) into {report.path}"
+    )
+    if gallery:
+        run_async(functools.partial(refresh_gallery, out, manifest_name=name), verbose=_verbose())
+    output.out(str(report.path))
+
+
 # -- demo -------------------------------------------------------------------------------------
 
 
