@@ -86,7 +86,7 @@ from nanogpt_async._errors import (
     PermissionDeniedError,
     RateLimitError,
 )
-from nanogpt_async._fence import DEFAULT_LEASE, RedisFence, busy_error, uncertain_error
+from nanogpt_async._fence import RedisFence, busy_error, uncertain_error
 from nanogpt_async._files import LOCK_NAME, FolderLock, describe_write_error
 from nanogpt_async._pacing import AIMD
 from nanogpt_async._pacing._budget import BudgetReservation, RedisBudget
@@ -290,7 +290,7 @@ class Batch:
         defaults: Mapping[str, Any] | None = None,
         shard: tuple[int, int] | Shard | None = None,
         job_id: str | None = None,
-        fence_lease: float = DEFAULT_LEASE,
+        fence_lease: float = 30.0,  # DEFAULT_LEASE, spelled out for the docs
     ) -> None:
         """See [Images.generate_many][nanogpt_async.Images.generate_many] for the arguments."""
         self._client = client
