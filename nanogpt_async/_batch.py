@@ -147,6 +147,7 @@ class _Job:
     __slots__ = (
         "body",
         "booking",
+        "claimed",
         "edit",
         "holds_slot",
         "id",
@@ -176,6 +177,7 @@ class _Job:
         self.edit = False  # an "operation": "edit" item goes to POST /images/edits
         self.per_image: Decimal | None = None  # the budget's estimate, with max_cost
         self.booking: BudgetReservation | None = None  # its share of a shared budget
+        self.claimed = False  # claimed in the fence (at its first turn, just before sending)
 
 
 class _Attempts:
@@ -185,14 +187,20 @@ class _Attempts:
     client makes); the batch only decides whether an attempt may still go.
     """
 
-    def __init__(self, batch: Batch) -> None:
+    def __init__(self, batch: Batch, job: _Job | None = None) -> None:
         self._batch = batch
+        self._job = job
         self.count = 0
         self.last_error: NanoGPTError | None = None
         self.last_started = time.monotonic()
 
     async def take_turn(self, wait_turn: Callable[[], Awaitable[None]]) -> None:
         await self._batch._before_attempt(self, wait_turn)  # noqa: SLF001 - the runner's own
+        if self.count == 0 and self._job is not None:
+            # Claimed once its turn has come, not when admitted: an item waiting for a turn
+            # in a process that dies was never sent, and must not read as "may be charged"
+            # (W10: claiming at admission left 192 such items uncertain, 4 of them charged).
+            await self._batch._claim(self._job)  # noqa: SLF001
         self.count += 1
         self.last_started = time.monotonic()
 
@@ -1068,13 +1076,12 @@ class Batch:
             self._pipeline.release()
 
     async def _generate_and_save(self, job: _Job, reservation: Reservation) -> ItemResult | None:
-        attempts = _Attempts(self)
+        attempts = _Attempts(self, job)
         response: ImagesResponse | None = None
         error: NanoGPTError | None = None
         settled = False
         try:
             try:
-                await self._claim(job)  # at most once across processes (with a fence)
                 api = self._client.images
                 send = api.edit_from_body if job.edit else api.generate_from_body
                 response = await send(job.body, hooks=attempts)
@@ -1124,12 +1131,17 @@ class Batch:
         return result
 
     async def _claim(self, job: _Job) -> None:
-        """Claim the item in the fence before its paid request; raise `_Fenced` if refused."""
+        """Claim the item in the fence at its first turn; raise `_Fenced` if refused.
+
+        Called from `_Attempts.take_turn`, i.e. inside the client's call: `_Fenced` comes out
+        of ``generate_from_body`` like `_Abandoned` does, before anything is sent.
+        """
         if self._fence is None:
             return
         take_over = self._client.retry_policy.retry_ambiguous
         verdict = await self._fence.claim(job.id, take_over=take_over)
         if verdict == "claimed":
+            job.claimed = True
             return
         error: NanoGPTError | None = None
         if verdict == "uncertain":
@@ -1154,11 +1166,11 @@ class Batch:
         A failure that cost nothing is released (a later run may retry it); one that may have
         been charged stays claimed, so it reads as uncertain once this process is gone.
         """
-        if self._fence is not None and (result.status == "ok" or not charged):
+        if self._fence is not None and job.claimed and (result.status == "ok" or not charged):
             await self._fence.finish(job.id, done=result.status == "ok")
 
     async def _unclaim(self, job: _Job) -> None:
-        if self._fence is not None:
+        if self._fence is not None and job.claimed:
             with anyio.CancelScope(shield=True) as scope:
                 scope.deadline = anyio.current_time() + _RECORD_TIMEOUT
                 await self._fence.finish(job.id, done=False)
