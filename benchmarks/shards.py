@@ -107,10 +107,13 @@ def run_phase(tmp: Path, count: int, env: dict[str, str]) -> dict[str, Any]:
         workers = _workers(prompt_file, out, env, list(range(8)))
         while fake.stats.generations < count // 4:
             time.sleep(0.05)
+        killed_alive = [w.poll() is None for w in workers[:3]]
+        in_flight_before_kill = fake.stats.in_flight
         for worker in workers[:3]:
             worker.send_signal(signal.SIGKILL)
             worker.wait()
         killed_at = time.time()
+        charged_at_kill = fake.stats.generations
         time.sleep(LEASE + 1)  # the killed workers' leases run out: their claims turn uncertain
         restarted_at = time.time()
         restarted = _workers(prompt_file, out, env, [0, 1, 2])
@@ -131,6 +134,9 @@ def run_phase(tmp: Path, count: int, env: dict[str, str]) -> dict[str, Any]:
         "exit_codes": codes,
         "seconds": round(end - start, 1),
         "killed_at_s": round(killed_at - start, 1),
+        "in_flight_at_kill_all_workers": in_flight_before_kill,
+        "charged_at_kill": charged_at_kill,
+        "killed_workers_alive_at_kill": killed_alive,
         "requests": stats.generation_requests,
         "charged_generations": stats.generations,
         "rate_429": stats.rate_limited,
