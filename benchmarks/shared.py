@@ -7,7 +7,9 @@
   overhead (time in the pacer beyond the slots' delays) p99 <= 5 ms.
 * **W9 faults**: the same, while Redis is paused (SIGSTOP) at 15 s for 5 s, then killed at
   30 s and restarted at 40 s. Bars: no call fails because of it, the rate stays <= 25 req/s
-  + 5% while falling back, every process back on Redis within 2 s of its return.
+  + 5% while falling back, every process back on Redis within 2 s of its return. With
+  ``--budget`` every call books its estimate in a shared ``RedisBudget`` first: none may be
+  booked while Redis cannot be checked.
 
 Each caller starts at a random moment within one trip round the shared queue (processes x
 concurrency / 25 s: 20 s for W8), as a web app's requests arrive, rather than all 512 at one
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +113,14 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
     pacer._sleep = timed_sleep  # noqa: SLF001
 
     deadline = config["start_at"] + config["seconds"]
+    booked: list[float] = []
+    budget = None
+    if config.get("budget"):
+        from nanogpt_async._pacing._budget import RedisBudget  # noqa: PLC0415
+
+        budget = RedisBudget(
+            config["redis_url"], key=KEY, max_cost=Decimal(1000), name="w9", sleep=asyncio.sleep
+        )
 
     async def caller(number: int) -> None:
         nonlocal ok
@@ -119,13 +130,24 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(random.uniform(0, config["stagger"]))
         while time.time() < deadline:
             count += 1
+            booking = None
+            if budget is not None:
+                # Fails closed: waits while Redis cannot be checked.
+                booking = await budget.reserve(Decimal("0.005"))
+                if booking is None:
+                    return
+                booked.append(time.time())
             try:
-                await client.images.generate(prompt=f"{config['name']} {number} {count}")
+                response = await client.images.generate(prompt=f"{config['name']} {number} {count}")
             except NanoGPTError as exc:
                 at = time.time() - config["start_at"]
                 failures.append(f"{at:.1f}s {type(exc).__name__}: {exc}")
+                if budget is not None and booking is not None:
+                    await budget.settle(booking, None, maybe_charged=True)
             else:
                 ok += 1
+                if budget is not None and booking is not None:
+                    await budget.settle(booking, Decimal(str(response.cost)), maybe_charged=False)
 
     async def watch() -> None:
         last = ""
@@ -152,6 +174,7 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
         "late": late,
         "redis_calls": getattr(backend, "calls", 0),
         "switches": switches,
+        "booked": booked,
     }
 
 
@@ -237,6 +260,13 @@ def _summarise(  # noqa: PLR0917 - one run's facts
             after = [at for at, name in r["switches"] if at >= times["resume"] and name == "redis"]
             resumed.append(round(after[0] - times["resume"], 2) if after else None)
         summary["back_on_redis_after_resume_s"] = resumed
+        bookings = [t for r in results for t in r.get("booked", [])]
+        summary["budget_bookings_while_redis_down"] = (
+            sum(1 for t in bookings if times["pause"] + 1 <= t < times["resume"])
+            + sum(1 for t in bookings if times["kill"] + 1 <= t < times["start"])
+            if bookings
+            else None
+        )
         summary["switches"] = [
             [(round(at - start, 2), name) for at, name in r["switches"]] for r in results
         ]
@@ -250,6 +280,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None, help="write the JSON summary here")
+    parser.add_argument(
+        "--budget", action="store_true", help="W9: also book every call in a shared budget"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -288,6 +321,7 @@ def main() -> None:
                             "seconds": args.seconds,
                             "start_at": start,
                             "stagger": args.processes * args.concurrency / RATE,
+                            "budget": args.budget,
                         }
                     ),
                 ],

@@ -321,7 +321,9 @@ def test_worker_processes_sharing_redis_stay_within_the_servers_limit(
     # slow first answers of 4 processes starting at once (unshared they took about one).
     assert (sent[-1] - sent[0]) >= (len(sent) - rate) / rate
     redis_calls = sum(out["redis_calls"] for out in outputs)
-    assert redis_calls <= 2.1 * workers * calls
+    # 2 per request (reserve, recheck) on a quiet machine (W8: 1.996); a stalled process's
+    # late callers take a new slot, so allow more on a busy one.
+    assert redis_calls <= 3 * workers * calls
 
 
 @pytest.mark.parametrize("how", ["option", "environment"])
