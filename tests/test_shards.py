@@ -22,7 +22,7 @@ import anyio
 import pytest
 import redis
 
-from nanogpt_async import AsyncNanoGPT
+from nanogpt_async import AsyncNanoGPT, RetryPolicy
 from nanogpt_async._batch_manifest import iter_records
 from nanogpt_async._fence import RedisFence
 from nanogpt_async._pacing._redis import redis_namespace
@@ -173,6 +173,34 @@ async def test_fence_keys_name_neither_the_key_nor_the_folder(
     assert keys
     assert all(key.startswith(redis_namespace(KEY)) for key in keys)
     assert not any(KEY in key or str(tmp_path) in key for key in keys)
+
+
+async def test_an_item_a_dead_process_claimed_is_recorded_uncertain_not_paid_again(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    items = [{"id": "claimed", "prompt": "a fox"}, {"id": "free", "prompt": "a jay"}]
+    dead = RedisFence(redis_server.url, key=KEY, job_id=str(out.resolve()), folder=out)
+    assert await dead.claim("claimed") == "claimed"
+    await dead.aclose()  # killed mid-request: its lease is gone, its claim stays
+    async with FakeNanoGPT(api_key=KEY).serve() as server:
+
+        def client_for(policy: RetryPolicy | None = None) -> AsyncNanoGPT:
+            url, limits = server.base_url, redis_server.url
+            return AsyncNanoGPT(api_key=KEY, base_url=url, limits_url=limits, retry_policy=policy)
+
+        async with client_for() as client:
+            summary = await client.images.generate_many(items, output_dir=out, shard=(0, 1)).run()
+        assert (summary.ok, summary.failed) == (1, 1)
+        assert server.fake.stats.generations_by_prompt == Counter({"a jay": 1})
+        assert _uncertain(out) == {"a fox"}
+        # --retry-ambiguous: the user accepts paying again for it.
+        async with client_for(RetryPolicy(retry_ambiguous=True)) as client:
+            summary = await client.images.generate_many(items, output_dir=out, shard=(0, 1)).run()
+        assert (summary.ok, summary.skipped) == (1, 1)
+        assert server.fake.stats.generations_by_prompt == Counter({"a jay": 1, "a fox": 1})
+    assert _uncertain(out) == set()
+    assert _ok_prompts(out) == Counter({"a jay": 1, "a fox": 1})
 
 
 # -- real worker processes -------------------------------------------------------------------
