@@ -28,7 +28,7 @@ from nanogpt_async._fence import RedisFence
 from nanogpt_async._pacing._redis import redis_namespace
 from nanogpt_async._shards import Shard, ShardError, resolve_shard, shard_manifests
 from nanogpt_async.testing import FakeNanoGPT
-from tests._redis import RedisProcess, redis_server
+from tests._redis import RedisProcess, free_port, redis_server
 
 __all__ = ["redis_server"]  # the fixture, used by name below
 
@@ -160,6 +160,31 @@ async def test_the_fence_is_rebuilt_from_the_manifests_when_redis_lost_its_data(
     assert await fence.claim("ok-item") == "done"
     assert await fence.claim("failed-item") == "claimed"
     await fence.aclose()
+
+
+async def test_a_claim_waits_while_redis_is_unreachable_and_never_sends_unfenced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tries: list[float] = []
+
+    class Stop(Exception):  # noqa: N818 - ends the test's wait
+        pass
+
+    async def sleep(seconds: float) -> None:
+        tries.append(seconds)
+        if len(tries) == 3:
+            raise Stop
+
+    port = free_port()  # nothing listens there
+    fence = RedisFence(
+        f"redis://127.0.0.1:{port}/0", key=KEY, job_id="j", folder=tmp_path, sleep=sleep
+    )
+    with pytest.raises(Stop):
+        await fence.claim("a")
+    await fence.aclose()
+    assert len(tries) == 3  # it kept trying instead of answering "claimed"
+    warnings = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
+    assert len(warnings) == 1
 
 
 async def test_fence_keys_name_neither_the_key_nor_the_folder(
