@@ -1,4 +1,4 @@
-"""W10: a sharded batch, 8 CLI processes sharing one key through Redis (issue 14).
+"""W11: a sharded batch, 8 CLI processes sharing one key through Redis (issue 14).
 
 * **run**: ``nanogpt-async batch prompts.txt -o OUT --shard I/8`` x 8, one redis-server
   (``NANOGPT_LIMITS_URL``), against the fake at 25 req/s (bucket of 25), 1 s latency, 2,000
@@ -208,7 +208,7 @@ def main() -> None:
         }
         try:
             summary = {
-                "workload": "W10 shards",
+                "workload": "W11 shards",
                 "run": run_phase(tmp, args.prompts, env),
                 "budget": budget_phase(tmp, args.budget_prompts, env, 2.0),
                 "load_avg": os.getloadavg(),
