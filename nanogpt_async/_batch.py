@@ -87,11 +87,13 @@ from nanogpt_async._errors import (
     PermissionDeniedError,
     RateLimitError,
 )
-from nanogpt_async._files import FolderLock, describe_write_error
+from nanogpt_async._fence import RedisFence, busy_error, uncertain_error
+from nanogpt_async._files import LOCK_NAME, FolderLock, describe_write_error
 from nanogpt_async._pacing import AIMD
 from nanogpt_async._pacing._budget import BudgetReservation, RedisBudget
 from nanogpt_async._pacing._redis import RedisBackend
 from nanogpt_async._request import build_item_body, check_generation_fields
+from nanogpt_async._shards import Shard
 from nanogpt_async._sniff import sniff_image
 from nanogpt_async._types import NOT_GIVEN, NotGiven
 
@@ -133,12 +135,22 @@ class _RepeatedIdError(InvalidInputError):
     """Two input items carry the same user id."""
 
 
+class _Fenced(Exception):  # noqa: N818 - internal signal, never escapes
+    """The fence refused the item (done elsewhere, busy, uncertain): nothing is sent."""
+
+    def __init__(self, result: ItemResult, *, record: bool) -> None:
+        super().__init__(result.id)
+        self.result = result
+        self.record = record
+
+
 class _Job:
     """One item on its way: who it is and the body to send."""
 
     __slots__ = (
         "body",
         "booking",
+        "claimed",
         "edit",
         "holds_slot",
         "id",
@@ -168,6 +180,7 @@ class _Job:
         self.edit = False  # an "operation": "edit" item goes to POST /images/edits
         self.per_image: Decimal | None = None  # the budget's estimate, with max_cost
         self.booking: BudgetReservation | None = None  # its share of a shared budget
+        self.claimed = False  # claimed in the fence (at its first turn, just before sending)
 
 
 class _Attempts:
@@ -177,14 +190,20 @@ class _Attempts:
     client makes); the batch only decides whether an attempt may still go.
     """
 
-    def __init__(self, batch: Batch) -> None:
+    def __init__(self, batch: Batch, job: _Job | None = None) -> None:
         self._batch = batch
+        self._job = job
         self.count = 0
         self.last_error: NanoGPTError | None = None
         self.last_started = time.monotonic()
 
     async def take_turn(self, wait_turn: Callable[[], Awaitable[None]]) -> None:
         await self._batch._before_attempt(self, wait_turn)  # noqa: SLF001 - the runner's own
+        if self.count == 0 and self._job is not None:
+            # Claimed once its turn has come, not when admitted: an item waiting for a turn
+            # in a process that dies was never sent, and must not read as "may be charged"
+            # (W10: claiming at admission left 192 such items uncertain, 4 of them charged).
+            await self._batch._claim(self._job)  # noqa: SLF001
         self.count += 1
         self.last_started = time.monotonic()
 
@@ -280,6 +299,9 @@ class Batch:
         manifest_name: str = "manifest.jsonl",
         total: int | None = None,
         defaults: Mapping[str, Any] | None = None,
+        shard: tuple[int, int] | Shard | None = None,
+        job_id: str | None = None,
+        fence_lease: float = 30.0,  # DEFAULT_LEASE, spelled out for the docs
     ) -> None:
         """See [Images.generate_many][nanogpt_async.Images.generate_many] for the arguments."""
         self._client = client
@@ -327,6 +349,9 @@ class Batch:
         self._total = total
         if self._total is None and hasattr(items, "__len__"):
             self._total = len(items)  # type: ignore[arg-type]
+        self._shard = _shard(shard)
+        self._total = _shard_total(self._total, self._shard)
+        manifest_name = _shard_manifest(manifest_name, self._shard)
         self._folder = Path(output_dir) if output_dir is not None else None
         self._manifest_path = self._folder / manifest_name if self._folder is not None else None
         if not isinstance(rps, NotGiven) or burst is not None:
@@ -336,6 +361,7 @@ class Batch:
         self._paced = self._client.pacing.max_rate is not None
         self._max_cost = Decimal(str(max_cost)) if max_cost is not None else None
         self._shared_budget = self._make_shared_budget(shared_budget)
+        self._fence = self._make_fence(job_id, fence_lease)
         self._retry_failed = retry_failed
         self._on_progress = on_progress
         self._progress_interval = progress_interval
@@ -470,9 +496,11 @@ class Batch:
         entries = _entries(self._items)
         index = 0
         while (entry := await _next_entry(entries, self._fairness)) is not _END:
-            self._consumed += 1
             prepared = await self._prepare(entry, index)
             index += 1
+            if not self._owns(prepared.index):
+                continue
+            self._consumed += 1
             if isinstance(prepared, _Job):
                 prepared = await self._resumed(prepared)
             if isinstance(prepared, _Job):
@@ -509,6 +537,7 @@ class Batch:
         )
         self._producer_scope = anyio.CancelScope()
         self._aux_scope = anyio.CancelScope()
+        self._heartbeat_scope = anyio.CancelScope()
         if self._folder is not None:
             try:
                 self._recorded, writer = await anyio.to_thread.run_sync(self._open_folder)
@@ -526,6 +555,8 @@ class Batch:
                 await anyio.to_thread.run_sync(self._close_folder, self._writer)
             raise
         self._group.start_soon(self._aux)
+        if self._fence is not None:
+            self._group.start_soon(self._fence_heartbeat)
         self._group.start_soon(self._main)
         return self
 
@@ -612,9 +643,12 @@ class Batch:
         assert self._folder is not None  # noqa: S101 - only called with a folder
         assert self._manifest_path is not None  # noqa: S101
         self._folder.mkdir(parents=True, exist_ok=True)
-        self._lock = FolderLock.acquire(self._folder)
+        shard = self._shard
+        self._lock = FolderLock.acquire(
+            self._folder, shard.lock_name if shard is not None else LOCK_NAME
+        )
         try:
-            sweep_temp_files(self._folder)
+            sweep_temp_files(self._folder, shard.owns_temp_file if shard is not None else None)
             recorded = read_manifest(self._manifest_path)
             return recorded, ManifestWriter(self._manifest_path)
         except BaseException:
@@ -672,6 +706,11 @@ class Batch:
             self._stop_reason = f"fatal: {reason or f'{type(error).__name__}: {error}'}"
         self._halt()
 
+    async def _fence_heartbeat(self) -> None:
+        assert self._fence is not None  # noqa: S101 - only started with a fence
+        with self._heartbeat_scope:
+            await self._fence.heartbeat()
+
     async def _aux(self) -> None:
         """Progress reports; and, when the batch is torn down, bound the shielded saves."""
         with self._aux_scope:
@@ -711,6 +750,7 @@ class Batch:
             self._main_finished = True
             self._ended = time.monotonic()
             self._aux_scope.cancel()
+            self._heartbeat_scope.cancel()
             if self._folder is not None:
                 with anyio.CancelScope(shield=True):
                     failure = await anyio.to_thread.run_sync(self._close_folder, self._writer)
@@ -720,6 +760,10 @@ class Batch:
                 with anyio.CancelScope(shield=True) as scope:
                     scope.deadline = anyio.current_time() + _RECORD_TIMEOUT
                     await self._shared_budget.aclose()
+            if self._fence is not None:
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + _RECORD_TIMEOUT
+                    await self._fence.aclose()
             self._send.close()
             self._report_progress()
 
@@ -752,24 +796,31 @@ class Batch:
                     if prepared is None:  # the end, or an input error (which halts)
                         exhausted = True
                         break
+                    index += 1
+                    if not self._owns(prepared.index):
+                        continue  # another shard's: read (its id counts), not done here
+                    self._consumed += 1
                     ahead.append(_look_up(prepared, lookups))
                     heavy += ahead[-1].heavy
-                    index += 1
                 if not ahead:
                     break
                 head = ahead.popleft()
                 heavy -= head.heavy
-                prepared = head.value if head.ready else await head.result()
-                if isinstance(prepared, _Job):
-                    prepared = self._priced(prepared)
-                if isinstance(prepared, ItemResult):
-                    if prepared.status == "failed":
-                        await self._record(prepared, None)
-                    await self._emit(prepared)
-                    continue
-                if not await self._start(prepared, work):
+                if not await self._take(head, work):
                     break
             checks.cancel_scope.cancel()
+
+    async def _take(self, head: _Ahead, work: anyio.abc.TaskGroup) -> bool:
+        """Start the next item, or report it (skipped, or failed unsent); ``False``: stop."""
+        prepared = head.value if head.ready else await head.result()
+        if isinstance(prepared, _Job):
+            prepared = self._priced(prepared)
+        if isinstance(prepared, ItemResult):
+            if prepared.status == "failed":
+                await self._record(prepared, None)
+            await self._emit(prepared)
+            return True
+        return await self._start(prepared, work)
 
     def _start_checks(self, checks: anyio.abc.TaskGroup) -> MemoryObjectSendStream[_Ahead] | None:
         """Start the resume checkers if an earlier run recorded anything; their inbox."""
@@ -841,6 +892,26 @@ class Batch:
         key = self._client._api_key  # noqa: SLF001 - only hashed, for the Redis key names
         return RedisBudget(backend.url, key=key, max_cost=self._max_cost, name=name)
 
+    def _make_fence(self, job_id: str | None, lease: float) -> RedisFence | None:
+        """The at-most-once fence: with a shard or a job id, and ``limits_url`` (Redis)."""
+        if self._shard is None and job_id is None:
+            return None
+        backend = self._client._pacer.backend  # noqa: SLF001 - the client's own pacer
+        if not isinstance(backend, RedisBackend) or self._folder is None:
+            if job_id is None:
+                return None  # shards without Redis: disjoint by construction, no fence
+            raise InvalidInputError(
+                "job_id names an at-most-once fence in Redis: it needs output_dir and a client "
+                "with limits_url (redis://...)"
+            )
+        if job_id is None:
+            job_id = str(self._folder.resolve())
+        key = self._client._api_key  # noqa: SLF001 - only hashed, for the Redis key names
+        return RedisFence(backend.url, key=key, job_id=job_id, folder=self._folder, lease=lease)
+
+    def _owns(self, index: int) -> bool:
+        return self._shard is None or self._shard.owns(index)
+
     async def _book_shared(self, job: _Job, reservation: Reservation) -> bool:
         """Book the request's estimate in the shared budget too; ``False``: it is spent."""
         if self._shared_budget is None:
@@ -873,7 +944,6 @@ class Batch:
         if entry is _END:
             self._input_read = True
             return None
-        self._consumed += 1
         try:
             return await self._prepare(entry, index)
         except _RepeatedIdError as exc:
@@ -1058,7 +1128,7 @@ class Batch:
             self._pipeline.release()
 
     async def _generate_and_save(self, job: _Job, reservation: Reservation) -> ItemResult | None:
-        attempts = _Attempts(self)
+        attempts = _Attempts(self, job)
         response: ImagesResponse | None = None
         error: NanoGPTError | None = None
         settled = False
@@ -1067,8 +1137,16 @@ class Batch:
                 api = self._client.images
                 send = api.edit_from_body if job.edit else api.generate_from_body
                 response = await send(job.body, hooks=attempts)
+            except _Fenced as fenced:
+                self._budget.settle(reservation, None, job.n, charged=False)
+                settled = True
+                await self._settle_shared(job, None, charged=False)
+                if fenced.record:
+                    return await self._record(fenced.result, None)
+                return fenced.result
             except _Abandoned:
                 if attempts.count == 0:
+                    await self._unclaim(job)
                     return None  # never sent: counted in not_started, a later run does it
                 error = attempts.last_error
             except NanoGPTError as exc:
@@ -1093,7 +1171,7 @@ class Batch:
                 self._budget.settle(reservation, None, job.n, charged=True)
                 await self._settle_shared(job, None, charged=True)
         latency = answered - attempts.last_started if response is not None else None
-        return await self._save(
+        result = await self._save(
             job,
             response=response,
             error=error,
@@ -1101,6 +1179,53 @@ class Batch:
             latency=latency,
             answered=answered,
         )
+        await self._finish_claim(job, result, charged=charged)
+        return result
+
+    async def _claim(self, job: _Job) -> None:
+        """Claim the item in the fence at its first turn; raise `_Fenced` if refused.
+
+        Called from `_Attempts.take_turn`, i.e. inside the client's call: `_Fenced` comes out
+        of ``generate_from_body`` like `_Abandoned` does, before anything is sent.
+        """
+        if self._fence is None:
+            return
+        take_over = self._client.retry_policy.retry_ambiguous
+        verdict = await self._fence.claim(job.id, take_over=take_over)
+        if verdict == "claimed":
+            job.claimed = True
+            return
+        error: NanoGPTError | None = None
+        if verdict == "uncertain":
+            error = uncertain_error(job.id)
+        elif verdict == "busy":
+            error = busy_error(job.id)
+        result = ItemResult(
+            id=job.id,
+            index=job.index,
+            request=job.request,
+            status="skipped" if error is None else "failed",
+            started_at=job.started_at,
+            finished_at=time.time(),
+            error=error,
+        )
+        # "uncertain" goes in the manifest (status shows it); "busy" is the other run's to record.
+        raise _Fenced(result, record=verdict == "uncertain")
+
+    async def _finish_claim(self, job: _Job, result: ItemResult, *, charged: bool) -> None:
+        """After the manifest line: mark the claim done, or release it, or keep it.
+
+        A failure that cost nothing is released (a later run may retry it); one that may have
+        been charged stays claimed, so it reads as uncertain once this process is gone.
+        """
+        if self._fence is not None and job.claimed and (result.status == "ok" or not charged):
+            await self._fence.finish(job.id, done=result.status == "ok")
+
+    async def _unclaim(self, job: _Job) -> None:
+        if self._fence is not None and job.claimed:
+            with anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + _RECORD_TIMEOUT
+                await self._fence.finish(job.id, done=False)
 
     async def _save(
         self,
@@ -1396,6 +1521,25 @@ def _maybe_charged(error: NanoGPTError | None) -> bool:
 def _request_id(error: NanoGPTError | None) -> str | None:
     value = getattr(error, "request_id", None)
     return value if isinstance(value, str) else None
+
+
+def _shard_manifest(name: str, shard: Shard | None) -> str:
+    return shard.manifest_name if shard is not None and name == "manifest.jsonl" else name
+
+
+def _shard_total(total: int | None, shard: Shard | None) -> int | None:
+    return shard.size(total) if shard is not None and total is not None else total
+
+
+def _shard(shard: tuple[int, int] | Shard | None) -> Shard | None:
+    if shard is None or isinstance(shard, Shard):
+        return shard
+    if not isinstance(shard, tuple) or len(shard) != 2:  # noqa: PLR2004 - (index, count)
+        raise InvalidInputError(f"shard must be (index, count), got {shard!r}")
+    try:
+        return Shard(*shard)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
 
 
 def _replace_failed(result: ItemResult, error: NanoGPTError) -> ItemResult:

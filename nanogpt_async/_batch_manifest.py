@@ -331,12 +331,19 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
                 yield record
 
 
-def sweep_temp_files(folder: Path) -> int:
-    """Delete temp files a crashed run left in ``folder``; return how many."""
+def sweep_temp_files(folder: Path, owned: Callable[[str], bool] | None = None) -> int:
+    """Delete temp files a crashed run left in ``folder``; return how many.
+
+    ``owned``: only the temp files it accepts (by name): a shard leaves the other shards'.
+    """
     removed = 0
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name.endswith(TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+            if (
+                entry.name.endswith(TEMP_SUFFIX)
+                and (owned is None or owned(entry.name))
+                and entry.is_file(follow_symlinks=False)
+            ):
                 with contextlib.suppress(FileNotFoundError):
                     Path(entry.path).unlink()
                     removed += 1

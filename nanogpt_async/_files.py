@@ -139,9 +139,12 @@ class FolderLock:
         self.path = path
 
     @classmethod
-    def acquire(cls, folder: Path) -> FolderLock:
-        """Lock ``folder`` now, or raise `FolderInUseError` at once (never waits)."""
-        path = folder / LOCK_NAME
+    def acquire(cls, folder: Path, name: str = LOCK_NAME) -> FolderLock:
+        """Lock ``folder`` now, or raise `FolderInUseError` at once (never waits).
+
+        ``name``: the lock file; a shard of a job locks its own, so shards share a folder.
+        """
+        path = folder / name
         fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
         try:
             locked = _try_lock(fd)

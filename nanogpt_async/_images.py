@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from nanogpt_async._batch_models import BatchProgress
     from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._pacing import TurnHooks
+    from nanogpt_async._shards import Shard
 
 __all__ = ["Images"]
 
@@ -246,6 +247,9 @@ class Images:
         progress_interval: float = 0.5,
         manifest_name: str = "manifest.jsonl",
         total: int | None = None,
+        shard: tuple[int, int] | Shard | None = None,
+        job_id: str | None = None,
+        fence_lease: float | None = None,
         **defaults: Any,
     ) -> Batch:
         """Generate many images at the account's pace: a [Batch][nanogpt_async.Batch].
@@ -284,7 +288,22 @@ class Images:
                 ``progress_interval`` seconds, and once at the end.
             progress_interval: Seconds between progress calls.
             manifest_name: File name of the manifest inside ``output_dir``.
-            total: The number of items, for progress, when ``items`` has no ``len()``.
+            total: The number of items, for progress, when ``items`` has no ``len()``
+                (all of them: with ``shard``, this shard's share is worked out).
+            shard: ``(index, count)``: do only the items whose input index (from 0) is
+                ``index`` modulo ``count``, recording them in
+                ``manifest.shard-IIII-of-NNNN.jsonl`` under a lock of their own, so the
+                shards of one job may share ``output_dir`` (see "Shards across machines").
+                With the client's ``limits_url`` (Redis) each item is also claimed in Redis
+                before its paid request (an at-most-once fence): an item another process
+                finished is skipped, one it holds is left to it, and one whose process died
+                before recording it is recorded as uncertain (may have been charged) and
+                skipped, unless the client's ``RetryPolicy(retry_ambiguous=True)``.
+            job_id: Names the job in the fence (default: the output folder's absolute path);
+                give the same one to every shard when they write to different folders.
+                Given without ``shard``, a single process is fenced too.
+            fence_lease: Seconds a killed process's claims stay its own (its heartbeat
+                renews them every third of that); then they read as uncertain. Default: 30.
             **defaults: ``generate()`` fields for every item that does not set them
                 (``model=``, ``size=``, ``n=``, ``response_format=``...).
 
@@ -297,6 +316,7 @@ class Images:
             ... ).run()
         """
         from nanogpt_async._batch import Batch  # noqa: PLC0415 - keeps client import light
+        from nanogpt_async._fence import DEFAULT_LEASE  # noqa: PLC0415
 
         return Batch(
             self._client,
@@ -314,6 +334,9 @@ class Images:
             manifest_name=manifest_name,
             total=total,
             defaults=defaults,
+            shard=shard,
+            job_id=job_id,
+            fence_lease=fence_lease if fence_lease is not None else DEFAULT_LEASE,
         )
 
     async def models(self, *, detailed: bool = True) -> list[ImageModel]:

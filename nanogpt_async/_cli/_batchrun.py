@@ -34,11 +34,13 @@ from nanogpt_async._cli._common import (
 )
 from nanogpt_async._cli._gallery import refresh_gallery
 from nanogpt_async._errors import InvalidInputError
+from nanogpt_async._fence import DEFAULT_LEASE
 from nanogpt_async._prompts import PromptFormat, read_prompts
 
 if TYPE_CHECKING:
     from nanogpt_async._batch import Batch
     from nanogpt_async._client import AsyncNanoGPT
+    from nanogpt_async._shards import Shard
 
 __all__ = ["BatchSettings", "PromptSource", "aiter_sync", "prompt_items", "run_batch"]
 
@@ -70,6 +72,12 @@ class BatchSettings:
     gallery: bool = True
     #: ``--shared-budget``: ``max_cost`` is one cap kept in Redis under this name.
     shared_budget: str | None = None
+    #: ``--shard``: this process's shard of the input.
+    shard: Shard | None = None
+    #: ``--job-id``: the job's name in the at-most-once fence.
+    job_id: str | None = None
+    #: How long a killed process's claims stay its own.
+    fence_lease: float = DEFAULT_LEASE
 
 
 @dataclass
@@ -537,6 +545,9 @@ async def run_batch(
             download_concurrency=settings.download_concurrency,
             max_cost=settings.max_cost,
             shared_budget=settings.shared_budget,
+            shard=settings.shard,
+            job_id=settings.job_id,
+            fence_lease=settings.fence_lease,
             retry_failed=settings.retry_failed,
             on_progress=on_progress,
             progress_interval=min(0.5, settings.progress_interval or 0.5),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ from nanogpt_async._cli._common import (
     run_async,
 )
 from nanogpt_async._errors import ImageError
+from nanogpt_async._fence import DEFAULT_LEASE
 from nanogpt_async._models import checked_image
+from nanogpt_async._shards import SHARD_COUNT_ENV, ShardError, resolve_shard
 
 __all__ = ["cli"]
 
@@ -658,6 +661,38 @@ def progress_options(func: _F) -> _F:
     help="Check models and sizes against the image-models list and print the estimated "
     "cost; send no paid request (exit 2 if the input has problems).",
 )
+@click.option(
+    "--shard",
+    metavar="I/N|auto",
+    help="Do only shard I of N (items whose line index, from 0, is I modulo N) into "
+    "OUT/manifest.shard-IIII-of-NNNN.jsonl; shards may share OUT. 'auto' reads "
+    "JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID. With --limits-url "
+    "each item is claimed in Redis first, so none is paid twice. See the shards guide.",
+)
+@click.option(
+    "--shard-count",
+    type=click.IntRange(min=1),
+    envvar=SHARD_COUNT_ENV,
+    show_envvar=True,
+    metavar="N",
+    help="The number of shards, for --shard auto on Kubernetes (the Job's completions).",
+)
+@click.option(
+    "--job-id",
+    envvar="NANOGPT_JOB_ID",
+    show_envvar=True,
+    metavar="ID",
+    help="Names the job in Redis's at-most-once fence [default: OUT's absolute path]; give "
+    "every shard the same one when they write to different folders.",
+)
+@click.option(
+    "--fence-lease",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_LEASE,
+    envvar="NANOGPT_FENCE_LEASE",
+    hidden=True,
+    help="Seconds a killed process's claims stay its own (for tests).",
+)
 @retry_ambiguous_option
 @progress_options
 @click.option(
@@ -679,6 +714,10 @@ def batch(
     download_concurrency: int,
     max_cost: float | None,
     shared_budget: str | None,
+    shard: str | None,
+    shard_count: int | None,
+    job_id: str | None,
+    fence_lease: float,
     retry_failed: bool,
     dry_run: bool,
     progress: str,
@@ -711,6 +750,12 @@ def batch(
         run_batch,
     )
 
+    chosen = None
+    if shard is not None:
+        try:
+            chosen = resolve_shard(shard, os.environ, shard_count)
+        except ShardError as exc:
+            raise click.BadParameter(str(exc), param_hint="--shard") from None
     items = prompt_items(prompts, prompt_format)
     client = make_client(
         api_key=api_key,
@@ -733,7 +778,11 @@ def batch(
         progress=progress,
         progress_interval=progress_interval,
         defaults=_drop_none(**fields),
-        gallery=gallery,
+        # One shard's gallery would show a slice: `merge` makes the whole job's.
+        gallery=gallery and chosen is None,
+        shard=chosen,
+        job_id=job_id,
+        fence_lease=fence_lease,
     )
     if dry_run:
         from nanogpt_async._cli._dryrun import dry_run_batch  # noqa: PLC0415
@@ -800,6 +849,104 @@ def gallery(*, out: Path, manifest_name: str, thumbnail_size: int) -> None:
     )
     output.err(describe(report))
     output.out(str(report.page))
+
+
+# -- shards -----------------------------------------------------------------------------------
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
+@click.option(
+    "--limits-url",
+    envvar="NANOGPT_LIMITS_URL",
+    show_envvar=True,
+    metavar="URL",
+    help="redis://host:port/db: also count the items claimed in Redis right now.",
+)
+@click.option(
+    "--api-key",
+    envvar="NANOGPT_API_KEY",
+    show_envvar=True,
+    metavar="KEY",
+    help="The job's API key (only hashed: it names the job's keys in Redis).",
+)
+@click.option(
+    "--job-id",
+    envvar="NANOGPT_JOB_ID",
+    show_envvar=True,
+    metavar="ID",
+    help="The job's --job-id, if the batch was given one [default: OUT's absolute path].",
+)
+def status(
+    *, out: Path, as_json: bool, limits_url: str | None, api_key: str | None, job_id: str | None
+) -> None:
+    """Show the progress of every shard of a sharded batch in OUT.
+
+    Per shard, from its manifest: items done, failed, uncertain (claimed by a process that
+    stopped before recording them: may have been charged), cost and rate; then the total. A
+    shard without a manifest shows as not started. With --limits-url (and the key), the items
+    claimed in Redis right now too. Reads only; safe while the shards run.
+
+    \b
+    Example:
+      nanogpt-async status out/
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    from nanogpt_async._cli._shards import (  # noqa: PLC0415
+        fence_claims,
+        print_status,
+        require_shards,
+    )
+
+    progress = require_shards(out)
+    claims = None
+    if limits_url and api_key:
+        output.hide(api_key)
+        claims = fence_claims(out, limits_url, api_key, job_id)
+    print_status(progress, claims, as_json=as_json)
+
+
+@cli.command(epilog=_EXIT_CODES_HELP)
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--name",
+    default="manifest.merged.jsonl",
+    show_default=True,
+    metavar="NAME",
+    help="The merged manifest's file name in OUT.",
+)
+@click.option(
+    "--gallery/--no-gallery",
+    default=True,
+    show_default=True,
+    help="Then write OUT/index.html from the merged manifest.",
+)
+def merge(*, out: Path, name: str, gallery: bool) -> None:
+    """Merge the shard manifests in OUT into one, in input order, then write the gallery.
+
+    Every line of every shard is kept (ordered by the item's line in the input), so the
+    latest line of an item wins and every recorded charge counts, as in a resume. The shard
+    manifests stay as they are. Prints the merged manifest's path.
+
+    \b
+    Example:
+      nanogpt-async merge out/ && xdg-open out/index.html
+    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    from nanogpt_async._cli._gallery import refresh_gallery  # noqa: PLC0415
+    from nanogpt_async._cli._shards import require_shards  # noqa: PLC0415
+    from nanogpt_async._shard_report import merge_manifests  # noqa: PLC0415
+
+    if not name or name in (".", "..") or any(sep in name for sep in "/\\\0"):
+        raise click.BadParameter(f"a plain file name, not {name!r}", param_hint="--name")
+    require_shards(out)
+    report = merge_manifests(out, name)
+    output.err(
+        f"merged {report.lines} line(s) of {report.items} item(s) from {report.shards} shard "
+        f"manifest(s) into {report.path}"
+    )
+    if gallery:
+        run_async(functools.partial(refresh_gallery, out, manifest_name=name), verbose=_verbose())
+    output.out(str(report.path))
 
 
 # -- demo -------------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ def describe(report: GalleryReport) -> str:
     return line + ")"
 
 
-async def refresh_gallery(out: Path, *, quiet: bool = False) -> None:
+async def refresh_gallery(
+    out: Path, *, quiet: bool = False, manifest_name: str = "manifest.jsonl"
+) -> None:
     """Write or refresh ``out/index.html`` after a batch; a problem is a warning, not a failure.
 
     The batch's images and manifest are what was paid for: a gallery that cannot be written
@@ -31,7 +33,7 @@ async def refresh_gallery(out: Path, *, quiet: bool = False) -> None:
     none``) keeps the line saying where the page is; problems are still reported.
     """
     try:
-        report = await build_gallery(out)
+        report = await build_gallery(out, manifest_name=manifest_name)
     except ImportError as exc:
         output.err(f"note: no gallery written: {exc} (or pass --no-gallery)")
     except FileNotFoundError:

