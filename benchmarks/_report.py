@@ -164,6 +164,25 @@ def _check_w6(result: Row) -> list[str]:
     return out
 
 
+def _check_w10(result: Row) -> list[str]:
+    by_name = {e["contender"]: e for e in result["variants"][0]["summary"]}
+    ours, script = by_name.get("nanogpt-async CLI batch"), by_name.get("aiohttp whole-job script")
+    if not ours or not script or not ours["ok_rounds"] or not script["ok_rounds"]:
+        return []
+    cpu = ours["cpu_ms_per_request"] / script["cpu_ms_per_request"]
+    makespan = ours["makespan_s"] / script["makespan_s"]
+    return [
+        "nanogpt-async CLI batch: "
+        + _verdict(
+            cpu <= 1.5 and makespan <= 1.05,
+            f"CPU {ours['cpu_ms_per_request']:.2f} ms/item = {cpu:.2f}x the script's "
+            f"{script['cpu_ms_per_request']:.2f} (bar <= 1.5x), makespan "
+            f"{ours['makespan_s']:.2f} s = {makespan:.3f}x {script['makespan_s']:.2f} s "
+            "(bar <= 1.05x)",
+        )
+    ]
+
+
 CHECKS: dict[str, Callable[[Row], list[str]]] = {
     "W1": _check_w1,
     "W2": _check_w2,
@@ -172,6 +191,7 @@ CHECKS: dict[str, Callable[[Row], list[str]]] = {
     "W5": _check_w5,
     "W6": _check_w6,
     "W7": _check_w3,  # the same bars: every call ok, 429s <= 2%, makespan <= 1.10x ideal
+    "W10": _check_w10,
 }
 
 

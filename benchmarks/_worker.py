@@ -69,8 +69,10 @@ def peak_rss_mb() -> float:
 
 
 def _cpu() -> float:
+    """User+system CPU of this process and of its finished children (W10 runs jobs in one)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
 
 
 async def measure(job: Job, run: Runner) -> dict[str, Any]:

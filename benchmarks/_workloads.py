@@ -174,5 +174,19 @@ WORKLOADS: dict[str, Workload] = {
             contenders=("nanogpt-async generate",),
             bars="200/200 ok, 429s <= 2% of requests, makespan <= 1.10x (200/25 s + latency)",
         ),
+        Workload(
+            name="W10",
+            title="whole job: the CLI batch vs a hand-written aiohttp script, each saving 1024 "
+            "files (fsync, rename) and a manifest, 1 s latency, concurrency 256",
+            generations=1024,
+            n=1,
+            concurrencies=(256,),
+            response_format="b64_json",
+            server=_server(latency=1),
+            rps=None,
+            lag_probe=False,
+            contenders=("nanogpt-async CLI batch", "aiohttp whole-job script"),
+            bars="CLI batch CPU <= 1.5x the script, makespan <= 1.05x",
+        ),
     )
 }

@@ -35,6 +35,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from typing_extensions import Self
 
+from nanogpt_async._batch_appender import GroupAppender
 from nanogpt_async._batch_budget import (
     DEFAULT_MODEL,
     Budget,
@@ -97,7 +98,9 @@ from nanogpt_async._sniff import sniff_image
 from nanogpt_async._types import NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Sequence
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._models import GeneratedImage, ImagesResponse
@@ -373,7 +376,11 @@ class Batch:
         self._fatal_error: NanoGPTError | None = None
         self._aborting = False
         self._recorded: ManifestIndex | None = None
+        self._fairness = _Fairness()
+        #: ``run()`` discards results: then they are not sent through the stream at all.
+        self._results_wanted = True
         self._writer: ManifestWriter | None = None
+        self._appender: GroupAppender | None = None
         self._lock: FolderLock | None = None
         self._ids = IdentityCounter()
         self._streak = ErrorStreak()
@@ -488,7 +495,7 @@ class Batch:
             self._recorded = await anyio.to_thread.run_sync(read_manifest, self._manifest_path)
         entries = _entries(self._items)
         index = 0
-        while (entry := await _next_entry(entries)) is not _END:
+        while (entry := await _next_entry(entries, self._fairness)) is not _END:
             prepared = await self._prepare(entry, index)
             index += 1
             if not self._owns(prepared.index):
@@ -509,7 +516,8 @@ class Batch:
     async def run(self) -> BatchSummary:
         """Run the whole batch, discarding per-item results; return the summary."""
         async with self:
-            async for _ in self:
+            self._results_wanted = False
+            async for _ in self:  # what was sent before
                 pass
         return self.summary
 
@@ -524,7 +532,6 @@ class Batch:
         self._save_gate = DeadlineGate(self._download_concurrency)
         self._pipeline = anyio.Semaphore(self._concurrency + self._download_concurrency)
         self._budget = Budget(self._max_cost, await self._price_list())
-        self._manifest_lock = anyio.Lock()
         self._send, self._receive = anyio.create_memory_object_stream[ItemResult](
             self._download_concurrency
         )
@@ -533,7 +540,8 @@ class Batch:
         self._heartbeat_scope = anyio.CancelScope()
         if self._folder is not None:
             try:
-                self._recorded, self._writer = await anyio.to_thread.run_sync(self._open_folder)
+                self._recorded, writer = await anyio.to_thread.run_sync(self._open_folder)
+                self._writer, self._appender = writer, GroupAppender(writer.append_many)
             except OSError as exc:
                 raise OutputWriteError(
                     f"cannot prepare the output folder {str(self._folder)!r}: "
@@ -765,9 +773,25 @@ class Batch:
         ahead: deque[_Ahead] = deque()
         exhausted = False
         async with anyio.create_task_group() as checks:
+            lookups = self._start_checks(checks)
+            # Resuming from an in-memory input, read as far ahead as allowed: reading cannot
+            # block, and the checkers take what is waiting in groups (one thread hop each).
+            # An async input may block (lines piped in slowly), so it is only read on while
+            # the next item's check still runs.
+            greedy = lookups is not None and isinstance(entries, Iterator)
+            if greedy:
+                # Most items are skipped: no need to let each started one send at once (a
+                # checkpoint per item lets an item started just before an input error send).
+                self._fairness.interval = _FAIR_SHARE
+            heavy = 0  # items ahead carrying input images (megabytes each, maybe)
             while not self._halted:
-                # Read on while the next item's resume check runs: checks overlap (threads).
-                while not exhausted and len(ahead) < _LOOKAHEAD and not _head_ready(ahead):
+                while (
+                    not exhausted
+                    and not self._halted
+                    and len(ahead) < _LOOKAHEAD
+                    and heavy < _HEAVY_LOOKAHEAD
+                    and (greedy or not _head_ready(ahead))
+                ):
                     prepared = await self._next_prepared(entries, index)
                     if prepared is None:  # the end, or an input error (which halts)
                         exhausted = True
@@ -776,35 +800,57 @@ class Batch:
                     if not self._owns(prepared.index):
                         continue  # another shard's: read (its id counts), not done here
                     self._consumed += 1
-                    ahead.append(self._look_up(prepared, checks))
+                    ahead.append(_look_up(prepared, lookups))
+                    heavy += ahead[-1].heavy
                 if not ahead:
                     break
-                prepared = await ahead.popleft().result()
-                if isinstance(prepared, _Job):
-                    prepared = self._priced(prepared)
-                if isinstance(prepared, ItemResult):
-                    if prepared.status == "failed":
-                        await self._record(prepared, None)
-                    await self._emit(prepared)
-                    continue
-                if not await self._start(prepared, work):
+                head = ahead.popleft()
+                heavy -= head.heavy
+                if not await self._take(head, work):
                     break
             checks.cancel_scope.cancel()
 
-    def _look_up(self, prepared: _Job | ItemResult, checks: anyio.abc.TaskGroup) -> _Ahead:
-        """Start the resume check of a prepared job (if an earlier run recorded anything)."""
-        ahead = _Ahead(prepared)
-        if isinstance(prepared, _Job) and self._recorded is not None and len(self._recorded):
-            done = ahead.done = anyio.Event()
+    async def _take(self, head: _Ahead, work: anyio.abc.TaskGroup) -> bool:
+        """Start the next item, or report it (skipped, or failed unsent); ``False``: stop."""
+        prepared = head.value if head.ready else await head.result()
+        if isinstance(prepared, _Job):
+            prepared = self._priced(prepared)
+        if isinstance(prepared, ItemResult):
+            if prepared.status == "failed":
+                await self._record(prepared, None)
+            await self._emit(prepared)
+            return True
+        return await self._start(prepared, work)
 
-            async def check() -> None:
-                try:
-                    ahead.value = await self._resumed(prepared)
-                finally:
-                    done.set()
+    def _start_checks(self, checks: anyio.abc.TaskGroup) -> MemoryObjectSendStream[_Ahead] | None:
+        """Start the resume checkers if an earlier run recorded anything; their inbox."""
+        if self._recorded is None or not len(self._recorded):
+            return None
+        send, receive = anyio.create_memory_object_stream[_Ahead](_LOOKAHEAD)
+        for _ in range(_CHECKERS):
+            checks.start_soon(self._check_resumed, receive)
+        return send
 
-            checks.start_soon(check)
-        return ahead
+    async def _check_resumed(self, lookups: MemoryObjectReceiveStream[_Ahead]) -> None:
+        """Answer resume checks in groups: one thread hop for all the items waiting.
+
+        One hop per item cost more than the check itself (a million skipped items: over
+        200 s); while a group is checked, the producer reads on and the next group grows.
+        """
+        async for first in lookups:
+            waiting = lookups.statistics().current_buffer_used
+            group = [first] + [
+                lookups.receive_nowait() for _ in range(min(waiting, _CHECK_GROUP - 1))
+            ]
+            try:
+                jobs = [ahead.value for ahead in group if isinstance(ahead.value, _Job)]
+                found = await anyio.to_thread.run_sync(self._earlier_runs, [j.id for j in jobs])
+                for ahead, job, recorded in zip(group, jobs, found, strict=True):
+                    ahead.value = job if recorded is None else self._skipped_result(job, recorded)
+            finally:
+                for ahead in group:
+                    assert ahead.done is not None  # noqa: S101 - only pending checks are sent
+                    ahead.done.set()
 
     async def _start(self, prepared: _Job, work: anyio.abc.TaskGroup) -> bool:
         """Admit a job (pipeline slot, generation slot, budget) and start it; ``False``: stop."""
@@ -891,7 +937,7 @@ class Batch:
     ) -> _Job | ItemResult | None:
         """The next input item, prepared; ``None`` at the end of the input or on its error."""
         try:
-            entry = await _next_entry(entries)
+            entry = await _next_entry(entries, self._fairness)
         except Exception as exc:  # noqa: BLE001 - the input's own error, raised at the end
             self._input_failed(exc)
             return None
@@ -948,9 +994,10 @@ class Batch:
         """``job``, or its ``skipped`` result when an earlier run did it (checked in a thread)."""
         if self._recorded is None or not len(self._recorded):
             return job
-        recorded = await anyio.to_thread.run_sync(self._earlier_run, job.id)
-        if recorded is None:
-            return job
+        [recorded] = await anyio.to_thread.run_sync(self._earlier_runs, [job.id])
+        return job if recorded is None else self._skipped_result(job, recorded)
+
+    def _skipped_result(self, job: _Job, recorded: RecordedItem) -> ItemResult:
         folder = self._folder or Path()
         return ItemResult(
             id=job.id,
@@ -1010,20 +1057,25 @@ class Batch:
             self._stop_reason = f"input error: {error}"
         self._halt()
 
-    def _earlier_run(self, item_id: str) -> RecordedItem | None:
-        """What an earlier run did that this one should not redo (blocking: a worker thread).
+    def _earlier_runs(self, item_ids: Sequence[str]) -> list[RecordedItem | None]:
+        """What an earlier run did that this one should not redo, per id (blocking: a thread).
 
         ``None`` when the item must run: never recorded, recorded failed with ``retry_failed``,
-        or recorded ok but a file has gone or changed since (size, then SHA-256).
+        or recorded ok but a file has gone or changed since (size, then stamp or SHA-256).
         """
         assert self._recorded is not None  # noqa: S101 - only called when resuming
         assert self._folder is not None  # noqa: S101 - a manifest implies a folder
-        recorded = self._recorded.get(item_id)
+        return [
+            self._still_valid(self._folder, recorded)
+            for recorded in self._recorded.get_many(item_ids)
+        ]
+
+    def _still_valid(self, folder: Path, recorded: RecordedItem | None) -> RecordedItem | None:
         if recorded is None:
             return None
         if recorded.status == "failed":
             return None if self._retry_failed else recorded
-        return recorded if files_intact(self._folder, recorded.files) else None
+        return recorded if files_intact(folder, recorded.files) else None
 
     # -- one item -----------------------------------------------------------------------
 
@@ -1263,7 +1315,7 @@ class Batch:
 
     async def _record(self, result: ItemResult, entries: list[FileEntry] | None) -> ItemResult:
         """Append the item's manifest line (after its files are written); count it."""
-        if self._writer is not None:
+        if self._writer is not None and self._appender is not None:
             request = dict(result.request)
             prompt = request.pop("prompt", None)
             record = {
@@ -1283,11 +1335,10 @@ class Batch:
             writer = self._writer
             with anyio.CancelScope(shield=True) as scope:
                 scope.deadline = anyio.current_time() + _RECORD_TIMEOUT
-                async with self._manifest_lock:
-                    try:
-                        await anyio.to_thread.run_sync(writer.append, record)
-                    except OSError as exc:
-                        result = _replace_failed(result, self._manifest_failed(writer, exc))
+                try:
+                    await self._appender.append(record)
+                except OSError as exc:
+                    result = _replace_failed(result, self._manifest_failed(writer, exc))
         return result
 
     def _manifest_failed(self, writer: ManifestWriter, exc: OSError) -> OutputWriteError:
@@ -1311,27 +1362,44 @@ class Batch:
             self._failed += 1
         else:
             self._skipped += 1
+        if not self._results_wanted:
+            return
         # If nobody is listening any more, the manifest has it.
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await self._send.send(result)
+            try:
+                # No loop turn when there is room (the stream's send always takes one).
+                self._send.send_nowait(result)
+            except anyio.WouldBlock:
+                await self._send.send(result)
 
 
 _END = object()
-#: Items read ahead while the next one's resume check runs: checks (a thread hop, a manifest
-#: read, hashing the item's files) overlap instead of queueing one behind the other. Measured
-#: (500 recorded items of 1 MB, loaded 2-core machine, best of 3): 0.97 ms/item with, 1.0 to
-#: 2.2 ms/item without; small files: about 0.25-0.3 ms/item either way.
-_LOOKAHEAD = 8
+#: Items read ahead while resume checks run: checks (a thread hop, a manifest read, a stat or
+#: a hash of the item's files) overlap instead of queueing one behind the other, and a group
+#: of waiting items shares one hop. Measured before grouping (500 recorded items of 1 MB,
+#: loaded 2-core machine, best of 3): 0.97 ms/item with 8 checks at once, 1.0 to 2.2 ms/item
+#: with one.
+_LOOKAHEAD = 1024
+#: Resume checks running at once (each a worker thread, each on a group of items).
+_CHECKERS = 4
+#: Items one resume check takes at most: bounds one thread call to a few milliseconds
+#: when files must be hashed.
+_CHECK_GROUP = 128
+
+
+#: Items with input images read ahead at most: their bodies hold the images' data URLs.
+_HEAVY_LOOKAHEAD = 8
 
 
 class _Ahead:
     """A prepared item whose resume check may still be running."""
 
-    __slots__ = ("done", "value")
+    __slots__ = ("done", "heavy", "value")
 
     def __init__(self, value: _Job | ItemResult) -> None:
         self.value = value
         self.done: anyio.Event | None = None
+        self.heavy = isinstance(value, _Job) and has_input_images(value.body)
 
     @property
     def ready(self) -> bool:
@@ -1341,6 +1409,16 @@ class _Ahead:
         if self.done is not None:
             await self.done.wait()
         return self.value
+
+
+def _look_up(prepared: _Job | ItemResult, lookups: MemoryObjectSendStream[_Ahead] | None) -> _Ahead:
+    """``prepared``, its resume check sent to the checkers (if resuming and it is a job)."""
+    ahead = _Ahead(prepared)
+    if isinstance(prepared, _Job) and lookups is not None:
+        ahead.done = anyio.Event()
+        # Never blocks: the inbox holds _LOOKAHEAD, and only items still ahead are in it.
+        lookups.send_nowait(ahead)
+    return ahead
 
 
 def _head_ready(ahead: deque[_Ahead]) -> bool:
@@ -1353,15 +1431,37 @@ def _entries(items: BatchInput) -> Iterator[Any] | AsyncIterator[Any]:
     return iter(items)
 
 
-async def _next_entry(entries: Iterator[Any] | AsyncIterator[Any]) -> object:
+async def _next_entry(entries: Iterator[Any] | AsyncIterator[Any], fairness: _Fairness) -> object:
     """The next input entry, or ``_END``."""
     if isinstance(entries, Iterator):
-        await anyio.lowlevel.checkpoint()  # a long sync input must not starve the loop
+        await fairness.share()  # a long sync input must not starve the loop
         return next(entries, _END)
     try:
         return await entries.__anext__()
     except StopAsyncIteration:
         return _END
+
+
+#: Longest the producer runs on without letting other tasks in (seconds). A checkpoint per
+#: item was a full event-loop turn per item: about half of a million-item resume's time.
+_FAIR_SHARE = 0.002
+
+
+class _Fairness:
+    """Checkpoints for a task that could run on without awaiting anything that blocks."""
+
+    __slots__ = ("_last", "interval")
+
+    def __init__(self, interval: float = 0.0) -> None:
+        self.interval = interval
+        self._last = 0.0
+
+    async def share(self) -> None:
+        """A checkpoint, if the last one was ``interval`` seconds ago or more."""
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            await anyio.lowlevel.checkpoint()
+            self._last = time.monotonic()
 
 
 def _raw_prompt(entry: object) -> str:

@@ -94,6 +94,24 @@ class _NoCookies(CookieJar):
         """Ignore ``Set-Cookie``."""
 
 
+class _NoCookieParsing(httpx.Cookies):
+    """httpx's cookies over `_NoCookies`, skipping even the adapter httpx builds per response.
+
+    With the jar alone, httpx still wraps each response's request in a ``urllib`` request
+    (a URL parse, header copies) before the jar ignores it: measured 0.23 ms of 1.8 ms per item
+    under cProfile in a CLI batch (W10).
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Ignore ``Set-Cookie``."""
+
+
+def _without_cookies(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    # The ``cookies`` setter would wrap the subclass in a plain Cookies again.
+    client._cookies = _NoCookieParsing(_NoCookies())  # noqa: SLF001
+    return client
+
+
 def _is_loopback(host: str) -> bool:
     if host in _LOOPBACK_NAMES:
         return True
@@ -208,22 +226,24 @@ class AsyncNanoGPT:
             keepalive_expiry=5.0,
         )
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            transport=AutoTransport(limits=limits, verify=verify),
-            timeout=self.timeout,
-            cookies=_NoCookies(),
+        self._http = http_client or _without_cookies(
+            httpx.AsyncClient(
+                transport=AutoTransport(limits=limits, verify=verify),
+                timeout=self.timeout,
+            )
         )
         self._owns_download_http = download_client is None
         # A separate pool for signed URLs: it has no credentials to leak, and downloads never
         # queue behind generations waiting for a connection.
-        self._download_http = download_client or httpx.AsyncClient(
-            transport=AutoTransport(limits=limits, verify=verify),
-            timeout=self.download_timeout,
-            cookies=_NoCookies(),
-            # What _exchange decodes (httpx would add br/zstd when those packages are installed).
-            headers={"Accept-Encoding": "gzip, deflate"},
-            follow_redirects=True,
-            max_redirects=MAX_REDIRECTS,
+        self._download_http = download_client or _without_cookies(
+            httpx.AsyncClient(
+                transport=AutoTransport(limits=limits, verify=verify),
+                timeout=self.download_timeout,
+                # What _exchange decodes (httpx would add br/zstd when those are installed).
+                headers={"Accept-Encoding": "gzip, deflate"},
+                follow_redirects=True,
+                max_redirects=MAX_REDIRECTS,
+            )
         )
         # Built once: the hot path only looks these up.
         self._auth_headers = {

@@ -162,7 +162,7 @@ def test_sweep_removes_only_temp_files(tmp_path: Path) -> None:
 def test_written_files_are_intact_until_changed(tmp_path: Path) -> None:
     png = make_png("x")
     entries = write_images(tmp_path, [("000000-x-0.png", png)])
-    assert entries == [FileEntry("000000-x-0.png", entries[0].sha256, len(png))]
+    assert entries == [FileEntry("000000-x-0.png", entries[0].sha256, len(png), entries[0].stamp)]
     assert files_intact(tmp_path, entries)
     (tmp_path / "000000-x-0.png").write_bytes(png[:-1])  # truncated
     assert not files_intact(tmp_path, entries)

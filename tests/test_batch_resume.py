@@ -6,6 +6,7 @@ what the manifest records and the folder holds.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -204,16 +205,103 @@ def test_resume_hashes_no_file_of_an_item_with_a_wrong_size(
     png = make_png("x")
     entries = write_images(tmp_path, [("a.png", png), ("b.png", png)])
     (tmp_path / "b.png").unlink()
-    hashed: list[Path] = []
+    hashed = hash_counter(monkeypatch)
+    assert not files_intact(tmp_path, entries)
+    assert hashed == []  # the sizes settled it: nothing read
+
+
+def hash_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    hashed: list[str] = []
     real = manifest_module._sha256_of
 
-    def counting(path: Path) -> str | None:
+    def counting(path: str) -> str | None:
         hashed.append(path)
         return real(path)
 
     monkeypatch.setattr(manifest_module, "_sha256_of", counting)
-    assert not files_intact(tmp_path, entries)
-    assert hashed == []  # the sizes settled it: nothing read
+    return hashed
+
+
+def test_resume_hashes_no_file_whose_stamp_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = write_images(tmp_path, [("a.png", make_png("a")), ("b.png", make_png("b"))])
+    hashed = hash_counter(monkeypatch)
+    assert all(entry.stamp is not None for entry in entries)
+    assert files_intact(tmp_path, entries)
+    assert hashed == []  # nothing wrote to them since: the stamps settled it
+
+
+def test_a_file_rewritten_with_its_old_size_and_mtime_is_hashed_and_found_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    png = make_png("x")
+    [entry] = write_images(tmp_path, [("a.png", png)])
+    path = tmp_path / "a.png"
+    before = path.stat()
+    flipped = bytearray(png)
+    flipped[-5] ^= 1
+    with path.open("r+b") as file:  # in place: same inode, same size
+        file.write(bytes(flipped))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old mtime back
+    hashed = hash_counter(monkeypatch)
+    assert not files_intact(tmp_path, [entry])  # the ctime changed: hashed, and it differs
+    assert hashed == [str(path)]
+
+
+def test_a_file_recorded_without_a_stamp_is_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [entry] = write_images(tmp_path, [("a.png", make_png("a"))])
+    legacy = FileEntry(entry.path, entry.sha256, entry.bytes)  # a manifest older than stamps
+    hashed = hash_counter(monkeypatch)
+    assert files_intact(tmp_path, [legacy])
+    assert hashed == [str(tmp_path / "a.png")]
+    copied = FileEntry(entry.path, entry.sha256, entry.bytes, (1, 2, 3))  # say, restored
+    assert files_intact(tmp_path, [copied])
+    assert len(hashed) == 2
+
+
+async def test_the_manifest_records_each_files_stamp_and_a_resume_skips_without_hashing(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve()
+    async with client_for(server) as client:
+        await client.images.generate_many(PROMPTS, output_dir=tmp_path, rps=None).run()
+        for row in rows(tmp_path):
+            [entry] = row["files"]
+            info = (tmp_path / entry["path"]).stat()
+            assert entry["stamp"] == [info.st_ino, info.st_mtime_ns, info.st_ctime_ns]
+        hashed = hash_counter(monkeypatch)
+        again = await client.images.generate_many(PROMPTS, output_dir=tmp_path, rps=None).run()
+    assert (again.ok, again.skipped) == (0, 3)
+    assert hashed == []
+    assert server.fake.stats.generations == 3
+
+
+def test_looking_up_many_items_opens_the_manifest_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "manifest.jsonl"
+    writer = ManifestWriter(path)
+    for i in range(50):
+        writer.append({"id": f"i{i}", "status": "ok", "files": [], "request_id": f"r{i}"})
+    writer.close()
+    index = read_manifest(path)
+    opened: list[Path] = []
+    real = manifest_module._open_for_reading
+
+    def counting(where: Path) -> Any:
+        opened.append(where)
+        return real(where)
+
+    monkeypatch.setattr(manifest_module, "_open_for_reading", counting)
+    found = index.get_many([f"i{i}" for i in range(50)] + ["absent"])
+    assert [item.request_id if item else None for item in found] == [
+        *(f"r{i}" for i in range(50)),
+        None,
+    ]
+    assert opened == [path]
 
 
 # -- the manifest reader and writer -----------------------------------------------------------
@@ -281,3 +369,28 @@ def test_closing_the_writer_flushes_to_disk_and_closes(
         writer.append({"id": "b", "status": "ok", "files": []})
     writer.close()  # twice is fine
     assert read_manifest(tmp_path / "manifest.jsonl").get("a") is not None
+
+
+async def test_a_resume_reads_only_a_few_items_with_input_images_ahead(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+    data_url = "data:image/png;base64," + base64.b64encode(make_png("in")).decode()
+    read = 0
+
+    def items() -> Iterator[dict[str, str]]:
+        nonlocal read
+        for i in range(40):
+            read += 1  # each holds its input image's data URL (megabytes, in real use)
+            yield {"prompt": f"edit {i}", "operation": "edit", "image": data_url}
+
+    async with client_for(server) as client:
+        await client.images.generate_many(["recorded"], output_dir=tmp_path, rps=None).run()
+        batch = client.images.generate_many(
+            items(), output_dir=tmp_path, rps=None, concurrency=1, model="flux-kontext"
+        )
+        async with batch:
+            read_at_results = [read async for _ in batch]
+    assert batch.summary.ok == 40
+    # Resuming reads far ahead (1,024 items) for small items, but not for these.
+    assert read_at_results[0] <= 12

@@ -23,6 +23,9 @@ CONTENDERS: dict[str, str] = {
     "openai aiohttp": "benchmarks.contenders.openai_aiohttp",
     "httpx": "benchmarks.contenders.plain_httpx",
     FLOOR: "benchmarks.contenders.plain_aiohttp",
+    # W10, whole jobs in a child process each (files, fsync, manifest):
+    "nanogpt-async CLI batch": "benchmarks.contenders.nanogpt_cli_batch",
+    "aiohttp whole-job script": "benchmarks.contenders.whole_job_aiohttp",
 }
 
 __all__ = ["CONTENDERS", "FLOOR", "Runner"]
