@@ -281,3 +281,16 @@ def test_closing_the_writer_flushes_to_disk_and_closes(
         writer.append({"id": "b", "status": "ok", "files": []})
     writer.close()  # twice is fine
     assert read_manifest(tmp_path / "manifest.jsonl").get("a") is not None
+
+
+async def test_resume_skips_an_item_whose_id_is_not_valid_unicode(
+    serve: Serve, tmp_path: Path
+) -> None:
+    # A Python caller may pass any str as an id; the manifest must read back what it wrote.
+    server = serve()
+    items = [{"id": "odd\ud800", "prompt": "a lighthouse"}]
+    async with client_for(server) as client:
+        first = await client.images.generate_many(items, output_dir=tmp_path, rps=None).run()
+        again = await client.images.generate_many(items, output_dir=tmp_path, rps=None).run()
+    assert (first.ok, again.ok, again.skipped) == (1, 0, 1)
+    assert server.fake.stats.generations == 1  # paid once, not once per resume
