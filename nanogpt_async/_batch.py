@@ -77,6 +77,7 @@ from nanogpt_async._errors import (
     APIResponseValidationError,
     AuthenticationError,
     DailyLimitExceededError,
+    GatewayError,
     ImageError,
     ImageURLExpiredError,
     InsufficientBalanceError,
@@ -329,6 +330,10 @@ class Batch:
         self._waiting: set[anyio.CancelScope] = set()
         self._saving: set[anyio.CancelScope] = set()
         self._consumed = 0
+        self._input_read = False
+        # Replaced once the price list is read; a summary of a batch that never started
+        # (no price for --max-cost) still needs one.
+        self._budget = Budget(None)
         self._ok = self._failed = self._skipped = 0
         self._in_flight = 0
         self._attempts = 0
@@ -378,6 +383,8 @@ class Batch:
             fatal_error=self._fatal_error,
             manifest=self._manifest_path,
             unpriced=self._budget.unpriced if self._entered else 0,
+            # With no length given, what was never read cannot be counted: say so instead.
+            unread_input=self._total is None and not self._input_read,
         )
 
     @property
@@ -440,6 +447,7 @@ class Batch:
                 planner.add_skipped()
             else:
                 planner.add_invalid(str(prepared.error))
+        self._input_read = True
         self._ended = time.monotonic()
         return planner.plan()
 
@@ -633,7 +641,9 @@ class Batch:
 
     def _abort(self) -> None:
         """The batch is being cancelled: give paid-for saves ``SAVE_TIMEOUT`` more seconds."""
-        if self._stop_reason is None:
+        # A cancel after stop() (the CLI's second Ctrl-C) abandons what stop() let finish:
+        # "cancelled" is what happened, and what the docs promise.
+        if self._stop_reason in (None, "stopped"):
             self._stop_reason = "cancelled"
         self._aborting = True
         self._halt()
@@ -743,6 +753,7 @@ class Batch:
             self._input_failed(exc)
             return None
         if entry is _END:
+            self._input_read = True
             return None
         self._consumed += 1
         try:
@@ -1191,7 +1202,8 @@ def _stated_cost(response: ImagesResponse | None) -> float | None:
 
 
 def _maybe_charged(error: NanoGPTError | None) -> bool:
-    return isinstance(error, APIResponseValidationError) or (
+    # A gateway's page instead of NanoGPT's answer: the origin may have charged (issue 10.16).
+    return isinstance(error, (APIResponseValidationError, GatewayError)) or (
         isinstance(error, APIConnectionError) and error.request_sent
     )
 

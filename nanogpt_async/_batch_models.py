@@ -152,11 +152,13 @@ class BatchSummary:
     """The outcome of a batch (final once the ``async with`` block has exited).
 
     Attributes:
-        total: Items in the input (or the ones read, when the input stopped being read).
+        total: Items in the input: its length (a sized input or ``total=``), else the items
+            read, which is all of them unless ``unread_input``.
         ok: Items generated and saved.
         failed: Items that failed.
         skipped: Items an earlier run already did.
-        not_started: Items never sent (the batch stopped first); a re-run does them.
+        not_started: Items never sent (the batch stopped first); a re-run does them. With
+            ``unread_input``, only those read: the unread rest is not counted.
         cost: USD charged in this run.
         elapsed: Seconds the batch ran.
         rate: Items per second finished by this run.
@@ -169,13 +171,18 @@ class BatchSummary:
         rate_limited: 429 answers seen.
         stopped_reason: ``None`` when the input was exhausted; ``"fatal: ..."`` after an error
             no retry fixes (bad key, no balance, daily cap...), ``"budget"`` when ``max_cost``
-            was reached, ``"stopped"`` after [Batch.stop][nanogpt_async.Batch.stop],
-            ``"cancelled"`` when the batch was cancelled.
+            was reached, ``"stopped"`` after [Batch.stop][nanogpt_async.Batch.stop] (items in
+            flight finished and were saved), ``"cancelled"`` when the batch was cancelled,
+            also after a stop (requests in flight were abandoned; answers already received
+            were saved), ``"input error: ..."`` when reading the input raised.
         fatal_error: The error that stopped the batch, for ``"fatal: ..."``.
         manifest: The manifest file, with ``output_dir``.
         unpriced: Requests charged, or maybe charged, whose answer stated no real price
             (``cost`` missing, not a number, negative; or the answer was lost). ``cost``
             leaves them out; ``max_cost`` counted each at its estimate.
+        unread_input: The batch stopped before the end of an input of unknown length (a
+            stream or generator, no ``total=``): how many items were left is not known, and
+            ``total`` and ``not_started`` count only the items read.
 
     Percentiles are computed from a uniform sample of at most 10,000 items.
     """
@@ -199,3 +206,4 @@ class BatchSummary:
     fatal_error: NanoGPTError | None
     manifest: Path | None
     unpriced: int = 0
+    unread_input: bool = False

@@ -18,17 +18,30 @@ from typing_extensions import Self
 
 from nanogpt_async._codec import dumps_maybe_offloaded, loads_chunks_maybe_offloaded
 from nanogpt_async._errors import (
-    APIConnectionError,
-    APIError,
+    ERROR_SCAN_BYTES,
+    REDACTED,
     APIResponseValidationError,
     APIStatusError,
-    APITimeoutError,
     ImageDownloadError,
+    ImageError,
     ImageURLExpiredError,
     InvalidInputError,
+    NanoGPTError,
+    redact,
     status_error,
 )
+from nanogpt_async._exchange import (
+    Exchange,
+    UndecodableBody,
+    attempt_deadline,
+    connection_error,
+    deadline_error,
+    may_hold_secret,
+    redact_payload,
+    seal,
+)
 from nanogpt_async._images import Images
+from nanogpt_async._log_redaction import guard_library_logs
 from nanogpt_async._models import Balance, checked_image, redact_url
 from nanogpt_async._retry import AttemptHooks, RetryPolicy, parse_retry_after, run_with_retries
 from nanogpt_async._transport import AutoTransport
@@ -57,6 +70,8 @@ _PARSED_URLS_MAX = 64
 #: per second anyway.
 BIG_BODY_BYTES = 1024 * 1024
 BIG_BODY_SLOTS = 2
+#: Redirects a signed-URL download follows (the API's own answers are never followed).
+MAX_REDIRECTS = 5
 
 
 class _NoCookies(CookieJar):
@@ -95,7 +110,9 @@ class AsyncNanoGPT:
         api_key: Your NanoGPT key; defaults to the ``NANOGPT_API_KEY`` environment variable.
         base_url: API base; defaults to ``NANOGPT_BASE_URL`` or ``https://nano-gpt.com/api/v1``.
         timeout: Seconds or an ``httpx.Timeout``; ``None`` means no timeout. Default:
-            `httpx.Timeout(300.0, connect=10.0)`, 5 minutes (generation is slow).
+            `httpx.Timeout(300.0, connect=10.0)`, 5 minutes (generation is slow). Seconds are
+            also each attempt's overall deadline; for an ``httpx.Timeout`` the deadline is its
+            largest phase, or none when ``read`` is ``None``.
         max_retries: Retries after the first attempt (overrides ``retry_policy.max_retries``).
             Default: `retry_policy.max_retries`, which is 2 for the default policy.
         retry_policy: The full retry policy; see [RetryPolicy][nanogpt_async.RetryPolicy].
@@ -104,9 +121,9 @@ class AsyncNanoGPT:
             It is not closed by `aclose()`; you own it.
         download_client: Your own ``httpx.AsyncClient`` for signed-URL downloads. It must not
             carry credentials: the library never adds any to it. Not closed by `aclose()`.
-        download_timeout: Timeout for each signed-URL download.
-        max_response_bytes: Largest API response body accepted.
-        max_download_bytes: Largest downloaded image accepted.
+        download_timeout: Timeout for each signed-URL download (the same deadline rule).
+        max_response_bytes: Largest API response body accepted, decompressed.
+        max_download_bytes: Largest downloaded image accepted, decompressed.
         verify: TLS verification for the pools this client creates (on by default).
 
     Example:
@@ -146,6 +163,9 @@ class AsyncNanoGPT:
                 "was copied (the key itself is not shown here)"
             )
         self._api_key = key
+        #: What is redacted from every error and answer text (the key as sent).
+        self._secrets = (key,)
+        guard_library_logs(key)
         self.base_url = self._check_base_url(
             base_url or os.environ.get("NANOGPT_BASE_URL") or DEFAULT_BASE_URL
         )
@@ -179,8 +199,10 @@ class AsyncNanoGPT:
             transport=AutoTransport(limits=limits, verify=verify),
             timeout=self.download_timeout,
             cookies=_NoCookies(),
+            # What _exchange decodes (httpx would add br/zstd when those packages are installed).
+            headers={"Accept-Encoding": "gzip, deflate"},
             follow_redirects=True,
-            max_redirects=5,
+            max_redirects=MAX_REDIRECTS,
         )
         # Built once: the hot path only looks these up.
         self._auth_headers = {
@@ -327,63 +349,137 @@ class AsyncNanoGPT:
         timeout: httpx.Timeout,
         describe: str,
     ) -> tuple[Any, str | None]:
-        holding = False
+        """One attempt; nothing but a (key-free) ``NanoGPTError`` or cancellation leaves it."""
+        deadline = attempt_deadline(timeout)
+        exchange = Exchange(
+            scope=anyio.CancelScope(), on_big=self._big_bodies.acquire, big=BIG_BODY_BYTES
+        )
+        failure: NanoGPTError | None = None
+        result: tuple[Any, str | None] | None = None
+        received: tuple[httpx.Response, list[bytes]] | None = None
         try:
-            try:
-                if self._owns_http:
-                    # Our own pool has no defaults to merge: build the request directly and skip
-                    # httpx's per-call header/cookie/parameter merging (~8% of the request path
-                    # at fan-out, benchmark W1). A pool you pass in keeps its defaults.
-                    request = httpx.Request(
-                        method,
-                        url,
-                        content=content,
-                        headers=headers,
-                        extensions={"timeout": timeout.as_dict()},
-                    )
-                else:
-                    request = self._http.build_request(
-                        method, url, content=content, headers=headers, timeout=timeout
-                    )
-                response = await self._http.send(request, stream=True)
-                try:
-                    if _declared_length(response) > BIG_BODY_BYTES:
-                        # Big answers (n=4 x 3 MB images: 16 MB of JSON) are read and parsed a
-                        # few at a time. Unbounded, 32 of them in flight held 1.1 GB (benchmark
-                        # W4); waiting ones stay in the socket buffers meanwhile.
-                        await self._big_bodies.acquire()
-                        holding = True
-                    chunks = await _read_chunks(response, self.max_response_bytes, describe)
-                finally:
-                    await response.aclose()
-            except httpx.TransportError as exc:
-                raise _connection_error(exc, describe, self.base_url) from exc
-            request_id = response.headers.get("x-request-id")
-            if response.status_code >= 300:  # noqa: PLR2004 - redirects are not followed with a key
-                raise status_error(
-                    response.status_code,
-                    b"".join(chunks),
-                    content_type=response.headers.get("content-type", ""),
-                    request_id=request_id,
-                    retry_after=parse_retry_after(response.headers),
+            with exchange.scope:
+                if deadline is not None:
+                    exchange.scope.deadline = anyio.current_time() + deadline
+                received = await self._exchange(
+                    exchange,
+                    method,
+                    url,
+                    content=content,
+                    headers=headers,
+                    timeout=timeout,
+                    describe=describe,
                 )
-            try:
-                # The chunks are joined in the worker thread too: a 16 MB join is a copy the
-                # event loop need not make.
-                return await loads_chunks_maybe_offloaded(chunks), request_id
-            except ValueError:
-                body = b"".join(chunks)
-                snippet = body[:200].decode("utf-8", "replace")
-                raise APIResponseValidationError(
-                    f"{describe} answered {response.status_code} with a body that is not JSON "
-                    f"({len(body)} bytes, starting {snippet!r}); if it was a generation it may "
-                    "have been charged",
-                    request_id=request_id,
-                    body=snippet,
-                ) from None
+            if received is None:
+                failure = deadline_error(describe, deadline or 0, sent=exchange.progress.maybe_sent)
+            else:
+                # Outside the deadline: an answer received in full is never thrown away because
+                # parsing it (in a worker thread, for big ones) ends after the deadline.
+                result = await self._interpret(*received, describe=describe)
+        except NanoGPTError as exc:
+            failure = exc
+        except Exception as exc:  # noqa: BLE001 - the boundary: every failure becomes ours
+            failure = seal(
+                connection_error(exc, describe, self.base_url, sent=_sent(exc, exchange)),
+                self._secrets,
+                cause=exc,
+            )
         finally:
-            if holding:
+            if exchange.holding:
                 self._big_bodies.release()
+        if failure is not None:
+            # Raised here, outside any except block: nothing foreign is chained as __context__.
+            raise seal(failure, self._secrets)
+        assert result is not None  # noqa: S101 - set whenever there is no failure
+        return result
+
+    async def _exchange(
+        self,
+        exchange: Exchange,
+        method: str,
+        url: httpx.URL,
+        *,
+        content: bytes | None,
+        headers: Mapping[str, str],
+        timeout: httpx.Timeout,
+        describe: str,
+    ) -> tuple[httpx.Response, list[bytes]]:
+        """Send and receive: the response and its (decoded) body, or an error body's head."""
+        if self._owns_http:
+            # Our own pool has no defaults to merge: build the request directly and skip
+            # httpx's per-call header/cookie/parameter merging (~8% of the request path at
+            # fan-out, benchmark W1). A pool you pass in keeps its defaults.
+            request = httpx.Request(
+                method,
+                url,
+                content=content,
+                headers=headers,
+                extensions=exchange.extensions(timeout),
+            )
+        else:
+            request = self._http.build_request(
+                method,
+                url,
+                content=content,
+                headers=headers,
+                timeout=timeout,
+                extensions=exchange.extensions(timeout),
+            )
+        response = await self._http.send(request, stream=True)
+        status = response.status_code
+        try:
+            if status >= 300:  # noqa: PLR2004 - redirects are not followed with a key
+                # Only the head of an error body is looked at (parse_error_body): reading a
+                # huge one would only cost memory.
+                return response, await exchange.read(
+                    response, ERROR_SCAN_BYTES + 1, describe, truncate=True
+                )
+            return response, await exchange.read(response, self.max_response_bytes, describe)
+        except UndecodableBody as exc:
+            if status >= 300:  # noqa: PLR2004
+                return response, [f"(an undecodable {status} body: {exc})".encode()]
+            raise APIResponseValidationError(
+                f"{describe} answered {status} with a body that cannot be decoded "
+                f"({exc}); if it was a generation it may have been charged",
+                request_id=self._redact(response.headers.get("x-request-id")),
+            ) from None
+        finally:
+            await response.aclose()
+
+    async def _interpret(
+        self, response: httpx.Response, chunks: list[bytes], *, describe: str
+    ) -> tuple[Any, str | None]:
+        """The parsed answer and request id, or the error the answer stands for."""
+        request_id = self._redact(response.headers.get("x-request-id"))
+        status = response.status_code
+        if status >= 300:  # noqa: PLR2004
+            raise status_error(
+                status,
+                b"".join(chunks),
+                content_type=response.headers.get("content-type", ""),
+                request_id=request_id,
+                retry_after=parse_retry_after(response.headers),
+            )
+        try:
+            # The chunks are joined in the worker thread too: a 16 MB join is a copy the
+            # event loop need not make.
+            payload = await loads_chunks_maybe_offloaded(chunks)
+        except ValueError:
+            body = b"".join(chunks)
+            snippet = body[:200].decode("utf-8", "replace")
+            raise APIResponseValidationError(
+                f"{describe} answered {status} with a body that is not JSON "
+                f"({len(body)} bytes, starting {snippet!r}); if it was a generation it may "
+                "have been charged",
+                request_id=request_id,
+                body=snippet,
+            ) from None
+        if len(chunks) == 1 and not may_hold_secret(chunks[0], self._secrets):
+            return payload, request_id
+        return redact_payload(payload, self._secrets), request_id
+
+    def _redact(self, text: str | None) -> str | None:
+        return redact(text, self._secrets) if text is not None else None
 
     # -- downloads --------------------------------------------------------------------------
 
@@ -391,55 +487,135 @@ class AsyncNanoGPT:
         """Download a signed image URL without any credentials; check the bytes are an image.
 
         Transient failures (5xx, 429, connection errors, timeouts) are retried: a GET costs
-        nothing. 403 and 404 mean the signed URL expired or the file is gone.
+        nothing. 403 and 404 mean the signed URL expired or the file is gone. Each attempt has
+        the overall deadline of ``download_timeout`` (see `attempt_deadline`).
 
         Raises:
             ImageURLExpiredError: 403/404 from the storage host.
-            ImageDownloadError: any other failure, after retries.
+            ImageDownloadError: any other failure, after retries (a redirect loop, a malformed
+                URL or answer, the size cap...).
             InvalidImageError: the URL answered with something that is not an image.
         """
-        shown = redact_url(url)
-        scheme = httpx.URL(url).scheme if "://" in url else ""
-        if scheme not in ("http", "https"):
+        shown = self._redact(redact_url(url)) or ""
+        failure: NanoGPTError | None = None
+        try:
+            parsed = self._download_url(url, shown)
+            data = await run_with_retries(
+                self.retry_policy,
+                lambda: self._download_attempt(parsed, shown),
+                idempotent=True,
+                describe=f"GET {shown}",
+            )
+            checked_image(data, f"the download from {shown}")
+        except ImageError as exc:
+            failure = exc
+        except APIStatusError as exc:
+            failure = ImageDownloadError(
+                f"downloading {shown} failed with HTTP {exc.status_code}: {exc.message}",
+                url=shown,
+                status_code=exc.status_code,
+            )
+            failure.__cause__ = exc
+        except NanoGPTError as exc:  # connection failures, size cap, deadline
+            failure = ImageDownloadError(f"downloading {shown} failed: {exc}", url=shown)
+            failure.__cause__ = exc
+        if failure is not None:
+            raise seal(failure, self._secrets)
+        return data
+
+    def _download_url(self, url: str, shown: str) -> httpx.URL:
+        if REDACTED in url or any(secret in url for secret in self._secrets):
+            raise ImageDownloadError(
+                f"the image URL {shown} that NanoGPT sent contains your API key; it was not "
+                "fetched, so the key does not go to another host. Report it to NanoGPT",
+                url=shown,
+            )
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            reason = redact(str(exc), self._secrets)
+            raise ImageDownloadError(
+                f"NanoGPT sent a malformed image URL {shown!r} ({reason}); it cannot be "
+                "downloaded. The generation may have been charged: quote the request id to "
+                "NanoGPT support",
+                url=shown,
+            ) from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ImageDownloadError(
                 f"refusing to download image URL {shown!r}: only http(s) URLs are fetched",
                 url=shown,
             )
+        return parsed
+
+    async def _download_attempt(self, url: httpx.URL, shown: str) -> bytes:
         describe = f"GET {shown}"
-
-        async def attempt() -> bytes:
-            try:
-                async with self._download_http.stream("GET", url) as response:
-                    if response.status_code in (403, 404):
-                        head = await _read_capped(response, 64 * 1024, describe, truncate=True)
-                        raise _expired_error(shown, response.status_code, head)
-                    body = await _read_capped(response, self.max_download_bytes, describe)
-            except httpx.TransportError as exc:
-                raise _connection_error(exc, describe, shown) from exc
-            if response.status_code >= 300:  # noqa: PLR2004
-                raise status_error(
-                    response.status_code,
-                    body,
-                    content_type=response.headers.get("content-type", ""),
-                    request_id=response.headers.get("x-request-id"),
-                    retry_after=parse_retry_after(response.headers),
-                )
-            return body
-
+        timeout = self.download_timeout
+        deadline = attempt_deadline(timeout)
+        exchange = Exchange(scope=anyio.CancelScope())
+        failure: NanoGPTError | None = None
+        body: bytes | None = None
         try:
-            data = await run_with_retries(
-                self.retry_policy, attempt, idempotent=True, describe=describe
-            )
-        except APIStatusError as exc:
-            raise ImageDownloadError(
-                f"downloading {shown} failed with HTTP {exc.status_code}: {exc.message}",
+            with exchange.scope:
+                if deadline is not None:
+                    exchange.scope.deadline = anyio.current_time() + deadline
+                body = await self._download_exchange(exchange, url, shown, timeout)
+            if exchange.scope.cancelled_caught and body is None:
+                failure = deadline_error(describe, deadline or 0, sent=True, download=True)
+        except NanoGPTError as exc:
+            failure = exc
+        except httpx.TooManyRedirects:
+            failure = ImageDownloadError(
+                f"downloading {shown} went round in redirects (more than {MAX_REDIRECTS}); not "
+                "retried. The image may be lost: generate again",
                 url=shown,
-                status_code=exc.status_code,
-            ) from exc
-        except APIError as exc:  # connection failures, size cap
-            raise ImageDownloadError(f"downloading {shown} failed: {exc}", url=shown) from exc
-        checked_image(data, f"the download from {shown}")
-        return data
+            )
+        except Exception as exc:  # noqa: BLE001 - the boundary: every failure becomes ours
+            failure = seal(
+                connection_error(exc, describe, shown, sent=True, download=True),
+                self._secrets,
+                cause=exc,
+            )
+        if failure is not None:
+            raise seal(failure, self._secrets)
+        assert body is not None  # noqa: S101 - set whenever there is no failure
+        return body
+
+    async def _download_exchange(
+        self, exchange: Exchange, url: httpx.URL, shown: str, timeout: httpx.Timeout
+    ) -> bytes:
+        describe = f"GET {shown}"
+        request = self._download_http.build_request(
+            "GET", url, timeout=timeout, extensions=exchange.extensions(timeout)
+        )
+        response = await self._download_http.send(request, stream=True)
+        try:
+            status = response.status_code
+            try:
+                if status in (403, 404) or status >= 300:  # noqa: PLR2004
+                    head = b"".join(
+                        await exchange.read(response, ERROR_SCAN_BYTES, describe, truncate=True)
+                    )
+                else:
+                    body = b"".join(
+                        await exchange.read(response, self.max_download_bytes, describe)
+                    )
+            except UndecodableBody as exc:
+                raise ImageDownloadError(
+                    f"downloading {shown} gave a body that cannot be decoded ({exc})", url=shown
+                ) from None
+        finally:
+            await response.aclose()
+        if status in (403, 404):
+            raise _expired_error(shown, status, head)
+        if status >= 300:  # noqa: PLR2004
+            raise status_error(
+                status,
+                head,
+                content_type=response.headers.get("content-type", ""),
+                request_id=self._redact(response.headers.get("x-request-id")),
+                retry_after=parse_retry_after(response.headers),
+            )
+        return body
 
     # -- account ----------------------------------------------------------------------------
 
@@ -454,11 +630,6 @@ class AsyncNanoGPT:
             "POST", self._balance_url, headers=headers, idempotent=True
         )
         return Balance.from_api(payload, request_id=request_id)
-
-
-def _declared_length(response: httpx.Response) -> int:
-    declared = response.headers.get("content-length")
-    return int(declared) if declared and declared.isdigit() else 0
 
 
 def _expired_error(shown: str, status: int, head: bytes) -> ImageURLExpiredError:
@@ -480,68 +651,8 @@ def _expired_error(shown: str, status: int, head: bytes) -> ImageURLExpiredError
     )
 
 
-async def _read_capped(
-    response: httpx.Response, limit: int, describe: str, *, truncate: bool = False
-) -> bytes:
-    """Read the body, refusing (or truncating) past ``limit`` bytes."""
-    return b"".join(await _read_chunks(response, limit, describe, truncate=truncate))
-
-
-async def _read_chunks(
-    response: httpx.Response, limit: int, describe: str, *, truncate: bool = False
-) -> list[bytes]:
-    """The body as received, refusing (or truncating) past ``limit`` bytes."""
-    declared = response.headers.get("content-length")
-    if not truncate and declared and declared.isdigit() and int(declared) > limit:
-        raise APIResponseValidationError(
-            f"{describe} answered with {int(declared)} bytes, over the {limit}-byte cap "
-            "(raise max_response_bytes / max_download_bytes if that is expected)",
-            request_id=response.headers.get("x-request-id"),
-        )
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in response.aiter_bytes():
-        total += len(chunk)
-        if total > limit:
-            if truncate:
-                chunks.append(chunk[: limit - (total - len(chunk))])
-                break
-            raise APIResponseValidationError(
-                f"{describe} sent more than the {limit}-byte cap "
-                "(raise max_response_bytes / max_download_bytes if that is expected)",
-                request_id=response.headers.get("x-request-id"),
-            )
-        chunks.append(chunk)
-    return chunks
-
-
-_NOT_SENT = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.WriteError,
-    httpx.WriteTimeout,
-    httpx.UnsupportedProtocol,
-    httpx.ProxyError,
-)
-
-
-def _connection_error(exc: httpx.TransportError, describe: str, where: str) -> APIConnectionError:
-    """Translate an httpx failure, saying whether the request may have reached the server."""
-    sent = not isinstance(exc, _NOT_SENT)
-    reason = str(exc) or type(exc).__name__
-    if sent:
-        consequence = "the request may have reached NanoGPT, so a generation may have been charged"
-    else:
-        consequence = "the request was not sent, nothing was charged"
-    if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(
-            f"{describe} timed out ({type(exc).__name__}: {reason}); {consequence}. "
-            "Raise timeout= if generations legitimately take longer",
-            request_sent=sent,
-        )
-    return APIConnectionError(
-        f"{describe} to {where} failed ({type(exc).__name__}: {reason}); {consequence}. "
-        "Check the network and base URL",
-        request_sent=sent,
-    )
+def _sent(exc: BaseException, exchange: Exchange) -> bool | None:
+    """Whether a failure may have been charged when its class alone cannot say."""
+    if isinstance(exc, httpx.TransportError):
+        return None  # the class says (translated by our transport from what it saw)
+    return exchange.progress.maybe_sent

@@ -14,6 +14,8 @@ from typing import Any
 
 import anyio.to_thread
 
+from nanogpt_async._errors import InvalidInputError
+
 __all__ = [
     "OFFLOAD_THRESHOLD",
     "JSONDecodeError",
@@ -31,16 +33,66 @@ __all__ = [
 #: Below it the thread hop (~50 us) costs more than the work.
 OFFLOAD_THRESHOLD = 256 * 1024
 
+#: orjson turns integers outside [-2**63, 2**64) into floats; the stdlib keeps them exact. A
+#: float this large in orjson's result may be such an integer, so the stdlib parses again.
+_INEXACT_FLOAT = float(2**63)
+
+
+def _has_big_float(value: object) -> bool:
+    """Whether ``value`` holds a float of magnitude >= 2**63 (walks nodes, not bytes)."""
+    pending: list[object] = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, float):
+            if abs(node) >= _INEXACT_FLOAT:
+                return True
+        elif isinstance(node, dict):
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return False
+
+
+def _stdlib_loads(data: bytes | str) -> Any:
+    """``json.loads``, with nesting too deep for the stack reported as invalid JSON."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply to parse") from None
+
+
+def _stdlib_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 try:
     import orjson
 
     def loads(data: bytes | str) -> Any:
-        """Parse JSON (orjson)."""
-        return orjson.loads(data)
+        """Parse JSON (orjson), giving exactly what ``json.loads`` gives.
+
+        Where orjson differs (integers beyond 64 bits become floats; numbers overflowing a
+        double, ``NaN`` and ``Infinity`` are refused) the stdlib parses instead: a 400-digit
+        ``cost`` must not throw away a paid answer.
+        """
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return _stdlib_loads(data)
+        if _has_big_float(value):
+            return _stdlib_loads(data)
+        return value
 
     def dumps(obj: Any) -> bytes:
-        """Serialise JSON to compact UTF-8 bytes (orjson)."""
-        return orjson.dumps(obj)
+        """Serialise JSON to compact UTF-8 bytes (orjson; the stdlib for what orjson refuses).
+
+        orjson refuses integers beyond 64 bits (a ``seed``, an ``extra_body`` field) that the
+        stdlib writes exactly; anything neither can write is a ``TypeError``/``ValueError``.
+        """
+        try:
+            return orjson.dumps(obj)
+        except orjson.JSONEncodeError:
+            return _stdlib_dumps(obj)
 
     JSONDecodeError: type[ValueError] = orjson.JSONDecodeError
 
@@ -48,11 +100,11 @@ except ImportError:  # pragma: no cover - exercised when the speed extra is abse
 
     def loads(data: bytes | str) -> Any:
         """Parse JSON (stdlib)."""
-        return json.loads(data)
+        return _stdlib_loads(data)
 
     def dumps(obj: Any) -> bytes:
         """Serialise JSON to compact UTF-8 bytes (stdlib)."""
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        return _stdlib_dumps(obj)
 
     JSONDecodeError = json.JSONDecodeError
 
@@ -79,7 +131,22 @@ except ImportError:  # pragma: no cover - exercised when the speed extra is abse
 
 
 _B64_KEY = b'"b64_json"'
+#: The placeholder for a cut-out base64 string (JSON escapes: a NUL no real answer carries).
+_HOLE = b"\\u0000nanogpt-hole:"
+_HOLE_TEXT = "\x00nanogpt-hole:"
+_NUL = b"\\u0000"
 _JSON_SPACE = b" \t\r\n"
+
+
+_BACKSLASH = ord("\\")
+
+
+def _escaped(data: bytes, position: int) -> bool:
+    """Whether the quote at ``position`` is escaped (an odd run of backslashes before it)."""
+    run = 0
+    while position - run - 1 >= 0 and data[position - run - 1] == _BACKSLASH:
+        run += 1
+    return run % 2 == 1
 
 
 def _b64_spans(data: bytes) -> list[tuple[int, int]] | None:
@@ -87,6 +154,8 @@ def _b64_spans(data: bytes) -> list[tuple[int, int]] | None:
     spans: list[tuple[int, int]] = []
     position = data.find(_B64_KEY)
     while position != -1:
+        if _escaped(data, position):
+            return None
         cursor = position + len(_B64_KEY)
         while data[cursor : cursor + 1] in _JSON_SPACE and cursor < len(data):
             cursor += 1
@@ -118,25 +187,36 @@ def loads_generations(data: bytes) -> Any:
     spans = _b64_spans(data)
     if not spans:
         return loads(data)
+    # Each cut-out string is replaced by a numbered placeholder, so every one is found again
+    # exactly where it was: an empty-string marker could be confused with a genuinely empty
+    # value, or with a duplicate key written with a ``\u`` escape (``"b64\u005fjson"``).
     pieces: list[bytes] = []
     start = 0
-    for begin, end in spans:
+    for number, (begin, end) in enumerate(spans):
         pieces.append(data[start:begin])
+        pieces.append(b"%s%d" % (_HOLE, number))
         start = end
     pieces.append(data[start:])
+    if any(_NUL in piece for piece in pieces[::2]):
+        # The answer writes a NUL of its own: no placeholder is safe. Searched outside the
+        # base64 strings only (which hold no backslash): over 16 MB this search costs 10 ms.
+        return loads(data)
     skeleton = loads(b"".join(pieces))
     items = skeleton.get("data") if isinstance(skeleton, dict) else None
-    holes = (
-        [item for item in items if isinstance(item, dict) and item.get("b64_json") == ""]
-        if isinstance(items, list)
-        else []
-    )
-    if len(holes) != len(spans):
+    holes: dict[int, dict[str, Any]] = {}
+    for item in items if isinstance(items, list) else []:
+        value = item.get("b64_json") if isinstance(item, dict) else None
+        if isinstance(value, str) and value.startswith(_HOLE_TEXT):
+            number_text = value[len(_HOLE_TEXT) :]
+            if not number_text.isdigit() or int(number_text) in holes:
+                return loads(data)
+            holes[int(number_text)] = item
+    if sorted(holes) != list(range(len(spans))):
         return loads(data)
     view = memoryview(data)
     try:
-        for item, (begin, end) in zip(holes, spans, strict=True):
-            item["b64_json"] = str(view[begin:end], "ascii")
+        for number, (begin, end) in enumerate(spans):
+            holes[number]["b64_json"] = str(view[begin:end], "ascii")
     except UnicodeDecodeError:
         return loads(data)
     return skeleton
@@ -165,10 +245,21 @@ def _text_size(body: Mapping[str, Any]) -> int:
 
 
 async def dumps_maybe_offloaded(body: Mapping[str, Any]) -> bytes:
-    """Serialise a request body, in a worker thread when it carries megabytes (input images)."""
-    if _text_size(body) > OFFLOAD_THRESHOLD:
-        return await anyio.to_thread.run_sync(dumps, body)
-    return dumps(body)
+    """Serialise a request body, in a worker thread when it carries megabytes (input images).
+
+    Raises:
+        InvalidInputError: a value JSON cannot carry (an object in ``extra_body``...): nothing
+            is sent.
+    """
+    try:
+        if _text_size(body) > OFFLOAD_THRESHOLD:
+            return await anyio.to_thread.run_sync(dumps, body)
+        return dumps(body)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInputError(
+            f"the request body cannot be written as JSON ({exc}); extra_body values must be "
+            "strings, numbers, booleans, None, lists or dicts. Nothing was sent"
+        ) from None
 
 
 async def b64decode_maybe_offloaded(data: str) -> bytes:

@@ -20,6 +20,7 @@ Every exception is a `NanoGPTError`; catch that to catch them all:
     │   │   ├── RateLimitError              429 (retried)
     │   │   │   └── DailyLimitExceededError 429 daily cap: not retried
     │   │   └── InternalServerError         5xx (retried)
+    │   │       └── GatewayError            a proxy's 502/504/52x page: maybe charged
     │   ├── APIConnectionError          no usable answer: refused, reset, garbled
     │   │   └── APITimeoutError         the request timed out
     │   └── APIResponseValidationError  a 2xx answer that cannot be read
@@ -29,14 +30,21 @@ Every exception is a `NanoGPTError`; catch that to catch them all:
             └── ImageURLExpiredError    the signed URL expired or the file is gone
 
 Messages say what happened and what to do, carry the status, server message, error code and
-request id, and never contain the API key.
+request id, and never contain the API key: the client redacts it (`redact_error`) from every
+error it raises, server-provided text included, before the error leaves the call.
+
+Nothing else escapes a client call: every failure of the HTTP layer (aiohttp's and httpx's
+exceptions, malformed answers, decoding errors, redirect loops) is translated into this tree at
+the transport/client boundary, with ``request_sent`` saying whether it may have been charged.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -50,6 +58,7 @@ __all__ = [
     "ConflictError",
     "ContentPolicyViolationError",
     "DailyLimitExceededError",
+    "GatewayError",
     "ImageDownloadError",
     "ImageError",
     "ImageInputError",
@@ -66,13 +75,27 @@ __all__ = [
     "RequestTimeoutError",
     "UnprocessableEntityError",
     "parse_error_body",
+    "redact",
+    "redact_error",
+    "secret_forms",
     "status_error",
 ]
 
 #: Error codes NanoGPT uses for a per-key daily cap (429 whose Retry-After is hours away).
 DAILY_LIMIT_CODES = frozenset({"daily_rpd_limit_exceeded", "daily_usd_limit_exceeded"})
 
+#: Statuses a gateway (Cloudflare, nginx, a load balancer) answers with when the origin failed
+#: or timed out *after* the request may have reached it.
+GATEWAY_STATUSES = frozenset({502, 504, 520, 521, 522, 523, 524})
+
 _MAX_BODY_SNIPPET = 300
+#: Only this much of an error body is looked at: NanoGPT's errors are a few hundred bytes, a
+#: proxy's page puts its <title> near the top, and parsing more on the event loop only helps an
+#: attacker (a 400 KB page once froze the loop for 64 s in a quadratic title search).
+ERROR_SCAN_BYTES = 64 * 1024
+REDACTED = "<redacted>"
+#: A bearer credential, whoever's: the word goes too, so nothing reads as one afterwards.
+_BEARER = re.compile(r"(?i)\bbearer\s+[^\s'\",;]+")
 
 
 class NanoGPTError(Exception):
@@ -253,7 +276,27 @@ class DailyLimitExceededError(RateLimitError):
 class InternalServerError(APIStatusError):
     """5xx: a failure on NanoGPT's side (retried)."""
 
-    hint = "A NanoGPT-side failure that persisted through retries; try again later"
+    hint = "A failure on NanoGPT's side; try again later (retried first if the retry policy allows)"
+
+
+class GatewayError(InternalServerError):
+    """502/504/520-524 with a body that is not NanoGPT's (typically a proxy's HTML page).
+
+    The gateway answered because the origin failed or was too slow, possibly *after* it got the
+    request: like a reset mid-response, a generation may have been charged. So a paid POST is
+    not retried unless ``RetryPolicy(retry_ambiguous=True)``; a JSON error from NanoGPT itself
+    (`InternalServerError`) stays retryable.
+
+    Attributes:
+        request_sent: Always ``True``: the request reached at least the gateway.
+    """
+
+    request_sent = True
+    hint = (
+        "A gateway in front of NanoGPT answered instead of NanoGPT, so the generation may have "
+        "been charged: check the account's usage before generating again "
+        "(RetryPolicy(retry_ambiguous=True) retries these automatically)"
+    )
 
 
 class APIConnectionError(APIError):
@@ -318,49 +361,45 @@ def _first_str(*values: object) -> str | None:
     return None
 
 
-def parse_error_body(  # noqa: C901 - one flat walk over every body shape seen in the wild
-    content: bytes, content_type: str = ""
-) -> tuple[str, dict[str, Any]]:
+def _html_title(text: str) -> str | None:
+    """The text of the first ``<title>``, found in linear time (``str.find``, no regex)."""
+    lowered = text.lower()
+    start = lowered.find("<title")
+    if start == -1:
+        return None
+    open_end = lowered.find(">", start)
+    if open_end == -1:
+        return None
+    close = lowered.find("</title", open_end)
+    if close == -1:
+        return None
+    return text[open_end + 1 : close].strip() or None
+
+
+def parse_error_body(content: bytes, content_type: str = "") -> tuple[str, dict[str, Any]]:
     """Turn any error body into ``(message, fields)``; never raises.
 
     Understands the OpenAI shape ``{"error": {"message", "type", "code", "param"}}``, the legacy
     ``{"error": "Insufficient balance", "status": 402, ...}``, the spec's
     ``{"error": 400, "message": "..."}``, bare ``{"message": ...}``/``{"detail": ...}``, and
     non-JSON bodies (HTML from a proxy, plain text, nothing at all). ``fields`` holds ``code``,
-    ``type``, ``param`` and ``body`` where found.
+    ``type``, ``param`` and ``body`` where found. Only the first `ERROR_SCAN_BYTES` bytes
+    are looked at, so the work is bounded whatever the server sends.
     """
     from nanogpt_async._codec import loads  # noqa: PLC0415 - avoid an import cycle at load time
 
-    text = content.decode("utf-8", "replace").strip()
+    truncated = len(content) > ERROR_SCAN_BYTES
+    head = content[:ERROR_SCAN_BYTES]
+    text = head.decode("utf-8", "replace").strip()
     fields: dict[str, Any] = {}
     data: object = None
-    if text and (text[0] in "{[" or "json" in content_type):
+    if text and not truncated and (text[0] in "{[" or "json" in content_type):
         try:
-            data = loads(content)
+            data = loads(head)
         except ValueError:
             data = None
     if isinstance(data, Mapping):
-        fields["body"] = dict(data)
-        err = data.get("error")
-        message = None
-        if isinstance(err, Mapping):
-            message = _first_str(err.get("message"), err.get("detail"))
-            code, typ, param = err.get("code"), err.get("type"), err.get("param")
-            fields["code"] = str(code) if isinstance(code, (str, int)) else None
-            fields["type"] = typ if isinstance(typ, str) else None
-            fields["param"] = param if isinstance(param, str) else None
-        elif isinstance(err, str):
-            message = err
-        code = data.get("code")
-        if fields.get("code") is None and isinstance(code, str):
-            fields["code"] = code
-        message = message or _first_str(
-            data.get("message"), data.get("detail"), data.get("error_description")
-        )
-        if message is None:
-            snippet = text[:_MAX_BODY_SNIPPET]
-            message = f"unrecognised error body: {snippet}" if snippet else "no error message"
-        return message, fields
+        return _parse_error_object(data, text), _error_fields(data)
     if not text:
         return "empty response body", fields
     if data is not None:  # JSON, but not an object
@@ -368,10 +407,98 @@ def parse_error_body(  # noqa: C901 - one flat walk over every body shape seen i
         return f"unrecognised error body: {text[:_MAX_BODY_SNIPPET]}", fields
     fields["body"] = text[:_MAX_BODY_SNIPPET]
     # An HTML page from a proxy: its <title> is the most useful line in it.
-    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
-    if title and title.group(1).strip():
-        return f"non-JSON response: {' '.join(title.group(1).split())[:200]}", fields
-    return f"non-JSON response: {' '.join(text.split())[:200]}", fields
+    title = _html_title(text)
+    if title:
+        return f"non-JSON response: {' '.join(title.split())[:200]}", fields
+    return f"non-JSON response: {' '.join(text[:1000].split())[:200]}", fields
+
+
+def _error_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``code``, ``type``, ``param`` and ``body`` of a JSON error object, wherever they sit.
+
+    A daily-cap code wins wherever it is (``error.code``, top-level ``code``, either ``type``):
+    missing it turns a cap into an ordinary 429 that is retried until the retries run out.
+    Otherwise a string code beats a number (often the HTTP status repeated).
+    """
+    err = data.get("error")
+    inner: Mapping[str, Any] = err if isinstance(err, Mapping) else {}
+    codes = [inner.get("code"), data.get("code")]
+    types = [inner.get("type"), data.get("type")]
+    daily = [v for v in (*codes, *types) if isinstance(v, str) and v in DAILY_LIMIT_CODES]
+    strings = [v for v in codes if isinstance(v, str) and v.strip()]
+    numbers = [str(v) for v in codes if isinstance(v, int) and not isinstance(v, bool)]
+    param = inner.get("param")
+    return {
+        "body": dict(data),
+        "code": next(iter(daily or strings or numbers), None),
+        "type": next((t for t in types if isinstance(t, str)), None),
+        "param": param if isinstance(param, str) else None,
+    }
+
+
+def _parse_error_object(data: Mapping[str, Any], text: str) -> str:
+    err = data.get("error")
+    message = None
+    if isinstance(err, Mapping):
+        message = _first_str(err.get("message"), err.get("detail"))
+    elif isinstance(err, str):
+        message = _first_str(err)
+    message = message or _first_str(
+        data.get("message"), data.get("detail"), data.get("error_description")
+    )
+    if message is None:
+        snippet = text[:_MAX_BODY_SNIPPET]
+        message = f"unrecognised error body: {snippet}" if snippet else "no error message"
+    return message
+
+
+@functools.lru_cache(maxsize=64)
+def secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """Each secret as it may appear in text: as is and URL-encoded; longest first."""
+    forms: set[str] = set()
+    for secret in secrets:
+        if len(secret) >= 4:  # noqa: PLR2004 - shorter "secrets" would redact ordinary text
+            forms.update({secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)})
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every secret (and its URL-encoded forms) and any bearer token replaced."""
+    for form in secret_forms(tuple(secrets)):
+        if form in text:
+            text = text.replace(form, REDACTED)
+    if "earer" in text or "EARER" in text:
+        text = _BEARER.sub(REDACTED, text)
+    return text
+
+
+def _redact_value(value: object, secrets: list[str], depth: int = 0) -> object:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if depth > 20:  # noqa: PLR2004 - a body nested deeper than this is cut, not walked
+        return REDACTED
+    if isinstance(value, Mapping):
+        return {
+            redact(str(k), secrets): _redact_value(v, secrets, depth + 1) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v, secrets, depth + 1) for v in value]
+    return value
+
+
+def redact_error(error: NanoGPTError, secrets: Iterable[str]) -> NanoGPTError:
+    """Redact the secrets from every text an error carries (message, body, code, URL...), in place.
+
+    The client runs every error it raises through this, so a server echoing the key (in a
+    message, a body, a header such as ``X-Request-ID``, a URL) never gets it into an exception's
+    text or repr, a log line or a manifest.
+    """
+    forms = list(secrets)
+    error.args = tuple(_redact_value(arg, forms) for arg in error.args)
+    for name, value in list(vars(error).items()):
+        if isinstance(value, (str, Mapping, list, tuple)):
+            setattr(error, name, _redact_value(value, forms))
+    return error
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
@@ -414,10 +541,13 @@ def status_error(
         if retry_after is not None and retry_after > 0:
             resets_at = now + dt.timedelta(seconds=retry_after)
         else:
+            # No usable Retry-After: NanoGPT's daily caps reset at 00:00 UTC.
             resets_at = (now + dt.timedelta(days=1)).replace(
                 hour=0, minute=0, second=0, microsecond=0
             )
         return DailyLimitExceededError(message, resets_at=resets_at, **kwargs)
+    if status_code in GATEWAY_STATUSES and not isinstance(fields.get("body"), dict):
+        return GatewayError(message, **kwargs)
     if status_code == 400 and (  # noqa: PLR2004
         code == "content_policy_violation" or fields.get("type") == "content_policy_violation"
     ):

@@ -125,7 +125,9 @@ class Images:
             hooks=hooks,
             timeout=timeout,
         )
-        return ImagesResponse.from_api(payload, request_id=request_id, downloader=client)
+        return ImagesResponse.from_api(
+            payload, request_id=request_id, downloader=client, requested=body.get("n")
+        )
 
     async def edit(
         self,
@@ -220,7 +222,9 @@ class Images:
             hooks=hooks,
             timeout=timeout,
         )
-        return ImagesResponse.from_api(payload, request_id=request_id, downloader=client)
+        return ImagesResponse.from_api(
+            payload, request_id=request_id, downloader=client, requested=body.get("n")
+        )
 
     def generate_many(
         self,

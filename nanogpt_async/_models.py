@@ -7,6 +7,7 @@ raises instead).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "ImageModel",
     "ImagesResponse",
     "ModelCapabilities",
+    "cost_or_none",
     "redact_url",
 ]
 
@@ -46,17 +48,35 @@ class Downloader(Protocol):
         ...
 
 
+#: An answer may carry more images than ``n`` asked for (some models return a fixed count),
+#: but not without bound: 40 signed URLs of 20 MB for ``n=1`` made a batch hold 855 MB.
+MIN_IMAGES_ALLOWED = 4
+
+
 def _float_or_none(value: object) -> float | None:
-    if isinstance(value, bool):
+    """A finite float from a JSON number or numeric string; ``None`` for anything else.
+
+    Never raises: a 400-digit integer overflows ``float()`` and ``"NaN"``/``"Infinity"`` parse
+    to non-finite floats; all of them are "unknown" rather than a crash or a poisoned total.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def cost_or_none(value: object) -> float | None:
+    """What the server says a request cost: a finite, non-negative float, or ``None`` (unknown).
+
+    The rule for ``cost`` (and prices): a JSON number or numeric string that is finite and
+    ``>= 0`` is kept; a missing, non-numeric, negative, ``NaN``, infinite or overflowing value
+    is unknown. Never raises, and never yields a value the manifest reader would reject.
+    """
+    number = _float_or_none(value)
+    return number if number is not None and number >= 0 else None
 
 
 def checked_image(data: bytes, what: str) -> ImageKind:
@@ -160,7 +180,9 @@ class ImagesResponse:
     Attributes:
         created: Unix time of generation.
         data: The images, in order.
-        cost: What this request was charged (USD), when NanoGPT said.
+        cost: What this request was charged (USD): a finite number >= 0, or ``None`` when
+            NanoGPT did not say or said something unusable (not a number, negative, ``NaN``,
+            infinite, overflowing): see `cost_or_none`.
         payment_source: Where the money came from (``"USD"``, ``"XNO"``...).
         remaining_balance: The balance after this request, when NanoGPT said.
         request_id: NanoGPT's ``X-Request-ID``.
@@ -177,9 +199,19 @@ class ImagesResponse:
 
     @classmethod
     def from_api(
-        cls, payload: object, *, request_id: str | None, downloader: Downloader | None
+        cls,
+        payload: object,
+        *,
+        request_id: str | None,
+        downloader: Downloader | None,
+        requested: object = None,
     ) -> ImagesResponse:
-        """Parse a generations answer; raise only when there is nothing usable in it."""
+        """Parse a generations answer; raise only when there is nothing usable in it.
+
+        ``requested`` is the ``n`` asked for: an answer with more than ``max(n, 4)`` images is
+        refused (`APIResponseValidationError`, which says it may have been charged), with
+        the whole answer kept in the error's ``body`` so nothing paid for is lost to the caller.
+        """
         if not isinstance(payload, Mapping):
             raise APIResponseValidationError(
                 f"NanoGPT answered 200 with a JSON {type(payload).__name__}, not an object; "
@@ -188,7 +220,7 @@ class ImagesResponse:
                 body=payload,
             )
         items = payload.get("data")
-        cost = _float_or_none(payload.get("cost"))
+        cost = cost_or_none(payload.get("cost"))
         if not isinstance(items, list) or not items:
             raise APIResponseValidationError(
                 "NanoGPT answered 200 without any image in 'data'"
@@ -196,6 +228,16 @@ class ImagesResponse:
                 + "; generate again, and quote the request id to NanoGPT support if charged",
                 request_id=request_id,
                 body={k: v for k, v in payload.items() if k != "data"},
+            )
+        wanted = requested if isinstance(requested, int) and requested > 0 else 1
+        if len(items) > max(wanted, MIN_IMAGES_ALLOWED):
+            raise APIResponseValidationError(
+                f"NanoGPT answered with {len(items)} images for n={wanted}; refusing to read "
+                f"more than {max(wanted, MIN_IMAGES_ALLOWED)} from one answer (memory is bounded "
+                "per request). The request may have been charged: the whole answer is in this "
+                "error's body; quote the request id to NanoGPT support",
+                request_id=request_id,
+                body=dict(payload),
             )
         images = []
         for index, item in enumerate(items):
@@ -283,10 +325,10 @@ class ImageModel:
             per_image = pricing_raw.get("per_image")
             if isinstance(per_image, Mapping):
                 for key, value in per_image.items():
-                    price = _float_or_none(value)
+                    price = cost_or_none(value)
                     if price is not None:
                         pricing[str(key)] = price
-            elif (price := _float_or_none(per_image)) is not None:
+            elif (price := cost_or_none(per_image)) is not None:
                 pricing["default"] = price
             cur = pricing_raw.get("currency")
             currency = cur if isinstance(cur, str) else None
@@ -341,9 +383,10 @@ def _decimal(value: object) -> Decimal | None:
     if value is None or isinstance(value, bool):
         return None
     try:
-        return Decimal(str(value))
+        number = Decimal(str(value))
     except InvalidOperation:
         return None
+    return number if number.is_finite() else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,12 @@
-"""Prompt files: plain text, JSONL or CSV, read lazily (one line in memory at a time).
+r"""Prompt files: plain text, JSONL or CSV, read lazily (one line in memory at a time).
 
-* **text**: one prompt per line; blank lines are skipped, trailing whitespace is dropped.
+* **text**: one prompt per line; blank lines are skipped, trailing whitespace is dropped, and
+  a line whose first non-blank character is ``#`` is a comment (a prompt that starts with
+  ``#`` is written ``\#...``: the backslash is dropped).
 * **JSONL**: one JSON object per line with ``"prompt"``, an optional ``"id"`` and any
   ``images.generate`` field (``"model"``, ``"n"``, ``"size"``, ``"seed"``...); with
-  ``"operation": "edit"`` and an ``"image"`` the line is an edit (``images.edit``).
+  ``"operation": "edit"`` and an ``"image"`` the line is an edit (``images.edit``). ``#``
+  comment lines are skipped here too (no JSON line starts with ``#``).
 * **CSV**: a header row with a ``prompt`` column; optional ``id``, ``operation`` and
   generate-field columns. Empty cells mean "not set"; numbers are converted.
 
@@ -83,8 +86,8 @@ def read_prompts(
         source: A path, ``"-"`` for standard input, or an open text file.
         format: ``"text"``, ``"jsonl"``, ``"csv"``, or ``"auto"``: ``.jsonl``/``.ndjson`` and
             ``.csv`` by extension, ``.txt`` is text, anything else is JSONL when its first
-            non-blank line starts with ``{`` and text otherwise. CSV on standard input needs
-            ``format="csv"``.
+            line that is neither blank nor a ``#`` comment starts with ``{``, else text. CSV
+            on standard input needs ``format="csv"``.
 
     Yields:
         Requests as dicts, in file order.
@@ -96,9 +99,10 @@ def read_prompts(
 
     Example:
         >>> from pathlib import Path
-        >>> _ = Path("prompts.txt").write_text("a red fox\n\na lighthouse at dusk  \n")
+        >>> text = "# animals\na red fox\n\na lighthouse at dusk  \n\\#1 trending\n"
+        >>> _ = Path("prompts.txt").write_text(text)
         >>> list(read_prompts("prompts.txt"))
-        [{'prompt': 'a red fox'}, {'prompt': 'a lighthouse at dusk'}]
+        [{'prompt': 'a red fox'}, {'prompt': 'a lighthouse at dusk'}, {'prompt': '#1 trending'}]
     """
     for _, record in numbered_prompts(source, format=format):
         yield record
@@ -209,22 +213,32 @@ def _read_lines(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     chosen = format
     if chosen == "auto":
-        # Peek at the first non-blank line, then put what was read back in front.
+        # Peek at the first line with content, then put what was read back in front.
         head: list[str] = []
         for line in lines:
             head.append(line)
-            if line.strip():
+            if line.strip() and not _is_comment(line):
                 break
         chosen = "jsonl" if head and head[-1].lstrip().startswith("{") else "text"
         lines = itertools.chain(head, lines)
     reader = _jsonl_record if chosen == "jsonl" else _text_record
+    # Every line is counted, comments and blank ones too: errors name the line an editor shows.
     for number, line in enumerate(lines, start=1):
-        if line.strip():
+        if line.strip() and not _is_comment(line):
             yield number, reader(line, name, number)
 
 
+def _is_comment(line: str) -> bool:
+    """A ``# ...`` line: notes in a prompt file must never be sent (and paid for) as prompts."""
+    return line.lstrip().startswith("#")
+
+
 def _text_record(line: str, _name: str, _number: int) -> dict[str, Any]:
-    return {"prompt": line.rstrip()}
+    prompt = line.rstrip()
+    stripped = prompt.lstrip()
+    if stripped.startswith("\\#"):  # the escape for a prompt that starts with "#"
+        prompt = prompt[: len(prompt) - len(stripped)] + stripped[1:]
+    return {"prompt": prompt}
 
 
 def _jsonl_record(line: str, name: str, number: int) -> dict[str, Any]:

@@ -7,8 +7,9 @@ What is retried:
   longer than that is not slept on: the error is raised with ``retry_after`` set;
 * a daily-cap 429 never (the cap resets at midnight UTC: `DailyLimitExceededError`);
 * connection failures where the request certainly never left (refused, pool timeout) always;
-* failures after the request may have reached the server (read timeout, reset mid-response)
-  only for idempotent calls, or for paid POSTs when ``retry_ambiguous=True``: NanoGPT has no
+* failures after the request may have reached the server (read timeout, reset mid-response, a
+  malformed answer, a gateway's 502/504/520-524 page instead of NanoGPT's JSON error) only for
+  idempotent calls, or for paid POSTs when ``retry_ambiguous=True``: NanoGPT has no
   idempotency key, so such a retry may generate and charge twice.
 
 Waits are exponential with full jitter (AWS's recommendation) capped at ``backoff_max``.
@@ -32,6 +33,7 @@ from nanogpt_async._errors import (
     APIConnectionError,
     APIStatusError,
     DailyLimitExceededError,
+    GatewayError,
 )
 
 __all__ = [
@@ -61,7 +63,8 @@ class RetryPolicy:
             raises, rather than sleeping for minutes inside a call.
         retry_statuses: HTTP statuses that are retried.
         retry_ambiguous: Retry paid requests that may already have reached the server (read
-            timeout, connection reset mid-response). Off by default because NanoGPT has no
+            timeout, the attempt's deadline, connection reset mid-response, a malformed answer,
+            a gateway's 502/504/520-524 page). Off by default because NanoGPT has no
             idempotency key: such a retry may generate, and charge, twice.
 
     Example:
@@ -159,6 +162,8 @@ def recorded_backoff() -> Iterator[list[float]]:
 def should_retry(policy: RetryPolicy, exc: BaseException, *, idempotent: bool) -> bool:
     """Whether ``exc`` is worth another attempt under ``policy``."""
     if isinstance(exc, DailyLimitExceededError):
+        return False
+    if isinstance(exc, GatewayError) and not (idempotent or policy.retry_ambiguous):
         return False
     if isinstance(exc, APIStatusError):
         if exc.status_code not in policy.retry_statuses:

@@ -1,27 +1,78 @@
-"""Which httpx transport carries the requests.
+"""Which connection pool carries the requests, and what its failures mean.
 
 httpx's own connection pool spends ~22 ms of CPU per request at 256 concurrent requests
 (encode/httpx#3215); aiohttp's connector stays under 1 ms. So under asyncio requests go through
-``httpx-aiohttp``'s transport (the same fix the openai SDK ships), with the connector limit set
-from the client's ``httpx.Limits``. Under trio, where aiohttp cannot run, httpx's own transport is
-used. The choice is made at the first request, inside the running event loop, so a client can be
-constructed anywhere (module level, app factory) and still pick right.
+an aiohttp session (the fix the openai SDK ships, via ``httpx-aiohttp``), with the connector
+limit set from the client's ``httpx.Limits``. Under trio, where aiohttp cannot run, httpx's own
+transport is used. The choice is made at the first request, inside the running event loop, so a
+client can be constructed anywhere (module level, app factory) and still pick right.
 
-``httpx-aiohttp`` maps *every* aiohttp connection error, including "server disconnected" halfway
-through a response, to ``httpx.ConnectTimeout``. For paid POSTs that difference is money: a
-connect timeout means the request never left, a reset mid-response means it may have been
-generated and charged. `_reclassify` restores the distinction from the aiohttp cause.
+Every aiohttp failure leaves this module as an ``httpx.TransportError`` that says whether the
+request may have been sent: for paid POSTs that difference is money (a connect error means
+nothing left; a reset, a timeout or a malformed answer after the request went out means it may
+have been generated and charged). ``httpx-aiohttp``'s own mapping gets this wrong (every
+connection error becomes ``ConnectTimeout``, a malformed status line escapes as a raw
+``aiohttp.ClientResponseError`` whose repr carries the ``Authorization`` header), which is why
+the aiohttp request is made here. The translated errors carry the aiohttp class name and message
+with any bearer token redacted, and no ``__cause__`` (aiohttp's exceptions hold the request
+headers); the client redacts the key itself on top (`redact_error`).
+
+Proxies: with ``trust_env`` (the default) ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` and
+``NO_PROXY`` are honoured on both paths, read once when the transport is created, as httpx does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import ipaddress
 import ssl
-from collections.abc import AsyncIterator
+import urllib.request
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-__all__ = ["AutoTransport"]
+from nanogpt_async._errors import redact
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["PROGRESS_EXTENSION", "AutoTransport", "Progress", "environment_proxy"]
+
+#: The request extension under which the client passes a `Progress` to the transport.
+PROGRESS_EXTENSION = "nanogpt_async.progress"
+#: aiohttp refuses status lines and header fields longer than 8,190 bytes by default. A proxy's
+#: long ``Set-Cookie`` or CSP header should not cost a paid answer, so a little more is allowed.
+_MAX_HEADER_BYTES = 32 * 1024
+
+
+class Progress:
+    """How far one request got; decides whether a failure may have been charged.
+
+    ``sent`` turns true once the request's headers start to leave (httpcore's trace event, or
+    aiohttp's ``ClientRequest.send``): before that, the server cannot have seen it.
+    ``tracked`` says a transport reports progress at all (ours and httpx's own pool do; a mock
+    or a third-party transport may not): when it does not, a failure counts as maybe sent.
+    """
+
+    __slots__ = ("sent", "tracked")
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.tracked = False
+
+    @property
+    def maybe_sent(self) -> bool:
+        """Whether the server may have seen the request (``True`` when nobody can tell)."""
+        return self.sent or not self.tracked
+
+    async def trace(self, event: str, info: Mapping[str, Any]) -> None:  # noqa: ARG002
+        """Receive httpcore's ``trace`` extension events (connecting comes first)."""
+        self.tracked = True
+        if "send_request_headers" in event:
+            self.sent = True
 
 
 def _running_asyncio() -> bool:
@@ -32,65 +83,226 @@ def _running_asyncio() -> bool:
     return True
 
 
-def _reclassify(exc: httpx.TransportError, *, response_started: bool) -> httpx.TransportError:
-    """Map an aiohttp failure to the httpx error that says whether the request was sent."""
-    import aiohttp  # noqa: PLC0415 - already loaded whenever this runs; lazy for import time
+def _bypass(host: str, proxies: Mapping[str, str]) -> bool:
+    """Whether ``NO_PROXY`` (in ``proxies["no"]``) exempts ``host``."""
+    # Public in urllib.request though missing from typeshed's stubs.
+    bypass: Any = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009
+    return bool(bypass(host, proxies))
 
-    cause = exc.__cause__
-    request = exc._request  # noqa: SLF001 - keep the request attached, as httpx does
-    message = str(exc) or type(cause).__name__
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def environment_proxy(url: httpx.URL, proxies: Mapping[str, str]) -> str | None:
+    """The proxy URL for ``url`` from ``proxies`` (``urllib``'s environment map), or ``None``.
+
+    Loopback hosts never go through a proxy: no proxy can reach this machine's loopback, and a
+    CI runner's ``HTTP_PROXY`` must not break a local fake server.
+    """
+    if not proxies or _is_loopback(url.host):
+        return None
+    host = url.host
+    if host and "no" in proxies and _bypass(host, proxies):
+        return None
+    return proxies.get(url.scheme) or proxies.get("all") or None
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc) if not _is_aiohttp_response_error(exc) else getattr(exc, "message", "")
+    return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def _is_aiohttp_response_error(exc: BaseException) -> bool:
+    # ClientResponseError's str() is safe but its repr holds request_info (the headers): use
+    # only its status message. Looked up by name to keep aiohttp out of this module's imports.
+    return any(cls.__name__ == "ClientResponseError" for cls in type(exc).__mro__)
+
+
+def translate_aiohttp(
+    exc: BaseException, request: httpx.Request, *, sent: bool
+) -> httpx.TransportError:
+    """The ``httpx`` error for an aiohttp (or any) failure, saying whether it may have been sent.
+
+    ``sent`` is what is known from outside (headers went out, a response started): failures that
+    can only happen before sending (connect errors, bad URLs, a proxy refusing) are not-sent
+    whatever it says; everything after is ambiguous unless it is known not to have been sent.
+    """
+    import aiohttp  # noqa: PLC0415 - loaded already: only aiohttp failures get here
+
+    message = _message(exc)
     new: httpx.TransportError
-    if response_started:
-        if isinstance(cause, asyncio.TimeoutError) or isinstance(exc, httpx.TimeoutException):
-            new = httpx.ReadTimeout(message, request=request)
-        else:
-            new = httpx.ReadError(message, request=request)
-    elif isinstance(cause, aiohttp.ClientProxyConnectionError):
-        return exc
-    elif isinstance(cause, aiohttp.ClientConnectorError):
+    if isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
+        new = httpx.ProxyError(message, request=request)
+    elif isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS, TLS certificate
         new = httpx.ConnectError(message, request=request)
-    elif isinstance(cause, aiohttp.ConnectionTimeoutError):
+    elif isinstance(exc, aiohttp.ConnectionTimeoutError):
         # aiohttp's connect timeout also covers waiting for a free pooled connection.
         new = httpx.ConnectTimeout(message, request=request)
-    elif isinstance(cause, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
-        new = httpx.ReadTimeout(message, request=request)
-    elif isinstance(cause, aiohttp.ClientConnectionError):
-        # Disconnected / reset after the request was written: it may have been processed.
+    elif isinstance(exc, aiohttp.InvalidURL):
+        new = httpx.UnsupportedProtocol(message, request=request)
+    elif isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        new = (httpx.ReadTimeout if sent else httpx.ConnectTimeout)(message, request=request)
+    elif isinstance(exc, aiohttp.ClientPayloadError):
+        new = httpx.ReadError(message, request=request)
+    elif isinstance(exc, (aiohttp.ClientResponseError, aiohttp.ClientConnectionError)):
+        # A malformed answer (bad status line, oversized header), or the connection reset or
+        # closed after the request was written: it may have been processed.
+        new = httpx.RemoteProtocolError(message, request=request)
+    elif sent:
         new = httpx.RemoteProtocolError(message, request=request)
     else:
-        return exc
-    new.__cause__ = cause
+        # Raised while preparing the request (a header value aiohttp refuses...): never sent.
+        new = httpx.LocalProtocolError(message, request=request)
     return new
 
 
-class _ReclassifyingStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream) -> None:
-        self._inner = inner
-        # httpx-aiohttp reads in 16 KB slices (aiohttp re-copies the rest of each 256 KB
-        # socket read per slice; a 16 MB answer makes 1000 trips through the generators);
-        # ``iter_any`` hands over what arrived: 15% less CPU per 16 MB answer (benchmark W4).
-        content = getattr(getattr(inner, "_aiohttp_response", None), "content", None)
-        self._iter_any = getattr(content, "iter_any", None)
+#: The request being sent by the current task, for `_sending_request_class`.
+_SENDING: contextvars.ContextVar[Progress | None] = contextvars.ContextVar(
+    "nanogpt_async_sending", default=None
+)
+
+
+def _sending_request_class() -> type[aiohttp.ClientRequest]:
+    """The aiohttp request class, marking the request sent when it starts writing it.
+
+    ``ClientRequest.send`` runs once a connection is held, right before the headers are
+    written, in the task that called ``session.request``: the progress travels in a context
+    variable. A trace config would say the same through aiohttp's signals, which cost ~5% of
+    the request path at fan-out (six signal sends per request, benchmark W1).
+    """
+    import aiohttp  # noqa: PLC0415 - ~0.2 s of import time trio users need not pay
+
+    class SendingRequest(aiohttp.ClientRequest):
+        async def send(self, conn: Any) -> aiohttp.ClientResponse:
+            progress = _SENDING.get()
+            if progress is not None:
+                progress.sent = True
+            return await super().send(conn)
+
+    return SendingRequest
+
+
+class _AiohttpStream(httpx.AsyncByteStream):
+    """An aiohttp response body as an httpx stream; every failure is a "sent" transport error."""
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+        self._complete = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        failure: httpx.TransportError | None = None
         try:
-            if self._iter_any is None:
-                async for chunk in self._inner:
-                    yield chunk
-                return
-            import aiohttp  # noqa: PLC0415 - loaded already: this wraps aiohttp responses
-
-            try:
-                async for chunk in self._iter_any():
-                    yield chunk
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                # What httpx-aiohttp's own stream raises; _reclassify refines it below.
-                raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
-        except httpx.TransportError as exc:
-            raise _reclassify(exc, response_started=True) from exc.__cause__
+            # ``iter_any`` hands over what arrived; httpx-aiohttp's 16 KB slices made a 16 MB
+            # answer take 1000 trips through the generators: 15% more CPU (benchmark W4).
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+            self._complete = True
+        except Exception as exc:  # noqa: BLE001 - every failure is translated, none escapes raw
+            failure = translate_aiohttp(exc, self._request, sent=True)
+        if failure is not None:
+            # Raised outside the handler: no implicit __context__ carrying aiohttp's exception.
+            raise failure
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        # A body not read to the end leaves the connection unusable: close it, don't pool it.
+        if self._complete:
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class _AiohttpCarrier:
+    """One aiohttp session; sends httpx requests on it."""
+
+    def __init__(
+        self, *, limits: httpx.Limits, ssl_context: ssl.SSLContext, proxies: Mapping[str, str]
+    ) -> None:
+        import aiohttp  # noqa: PLC0415 - ~0.2 s of import time trio users need not pay
+
+        connector = aiohttp.TCPConnector(
+            limit=limits.max_connections or 0,
+            keepalive_timeout=limits.keepalive_expiry,
+            ssl=ssl_context,
+        )
+        self._proxies = proxies
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            request_class=_sending_request_class(),
+            # httpx decodes nothing either: the client decompresses with a cap (gzip bombs).
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # Proxies are chosen here from the environment read once; aiohttp's own trust_env
+            # would also add ~/.netrc credentials and look both up in a thread per request.
+            trust_env=False,
+            max_line_size=_MAX_HEADER_BYTES,
+            max_field_size=_MAX_HEADER_BYTES,
+        )
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        import aiohttp  # noqa: PLC0415 - loaded in __init__
+
+        timeout = request.extensions.get("timeout", {})
+        progress = request.extensions.get(PROGRESS_EXTENSION)
+        progress = progress if isinstance(progress, Progress) else Progress()
+        progress.tracked = True
+        proxy = environment_proxy(request.url, self._proxies)
+        failure: httpx.TransportError | None = None
+        token = _SENDING.set(progress)
+        try:
+            try:
+                content = request.content
+            except httpx.RequestNotRead:  # a redirected request's stream: small, read it
+                content = await request.aread()
+            proxy_auth = None
+            if proxy is not None:
+                parsed = httpx.URL(proxy)
+                if parsed.username:
+                    proxy_auth = aiohttp.BasicAuth(parsed.username, parsed.password)
+                    proxy = str(parsed.copy_with(username=None, password=None))
+            response = await self.session.request(
+                request.method,
+                str(request.url),
+                headers=request.headers,
+                data=content or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=timeout.get("connect"),
+                    sock_read=timeout.get("read"),
+                    connect=timeout.get("pool"),
+                ),
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+                server_hostname=request.extensions.get("sni_hostname"),
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure is translated, none escapes raw
+            failure = translate_aiohttp(exc, request, sent=progress.sent)
+        finally:
+            _SENDING.reset(token)
+        if failure is not None:
+            # Raised outside the handler: no implicit __context__ holding aiohttp's exception
+            # (its request_info carries the Authorization header).
+            raise failure
+        progress.sent = True
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=_AiohttpStream(response, request),
+            request=request,
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.session.close()
 
 
 class AutoTransport(httpx.AsyncBaseTransport):
@@ -99,7 +311,8 @@ class AutoTransport(httpx.AsyncBaseTransport):
     Args:
         limits: Connection limits; ``max_connections`` becomes aiohttp's connector ``limit``.
         verify: TLS verification, as for httpx (on by default).
-        trust_env: Read proxy settings and CA bundles from the environment, as httpx does.
+        trust_env: Read proxy settings (``HTTP(S)_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) and CA
+            bundles (``SSL_CERT_FILE``) from the environment, as httpx does.
     """
 
     def __init__(
@@ -112,48 +325,62 @@ class AutoTransport(httpx.AsyncBaseTransport):
         self._limits = limits
         self._verify = verify
         self._trust_env = trust_env
-        self._inner: httpx.AsyncBaseTransport | None = None
-        self._is_aiohttp = False
+        self.proxies: Mapping[str, str] = (
+            urllib.request.getproxies_environment() if trust_env else {}
+        )
+        self._aiohttp: _AiohttpCarrier | None = None
+        self._httpx: dict[str | None, httpx.AsyncHTTPTransport] = {}
+        self._picked = False
 
     @property
     def kind(self) -> str:
         """``"aiohttp"``, ``"httpx"`` or ``"unset"`` (before the first request)."""
-        if self._inner is None:
+        if not self._picked:
             return "unset"
-        return "aiohttp" if self._is_aiohttp else "httpx"
+        return "aiohttp" if self._aiohttp is not None else "httpx"
 
-    def _pick(self) -> httpx.AsyncBaseTransport:
-        if _running_asyncio():
-            # Imported here, not at module level: aiohttp costs ~0.2 s of import time that
-            # trio users and `import nanogpt_async` alone should not pay.
-            from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415
+    def proxy_for(self, url: httpx.URL | str) -> str | None:
+        """The proxy a request to ``url`` goes through (``None``: direct)."""
+        return environment_proxy(httpx.URL(url), self.proxies)
 
-            self._is_aiohttp = True
-            self._inner = AiohttpTransport(
-                verify=self._verify, trust_env=self._trust_env, limits=self._limits
+    def _native(self, proxy: str | None) -> httpx.AsyncHTTPTransport:
+        transport = self._httpx.get(proxy)
+        if transport is None:
+            transport = httpx.AsyncHTTPTransport(
+                verify=self._verify,
+                trust_env=self._trust_env,
+                limits=self._limits,
+                proxy=httpx.Proxy(proxy) if proxy else None,
             )
-        else:
-            self._inner = httpx.AsyncHTTPTransport(
-                verify=self._verify, trust_env=self._trust_env, limits=self._limits
-            )
-        return self._inner
+            self._httpx[proxy] = transport
+        return transport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` on the transport chosen for the running event loop."""
-        inner = self._inner or self._pick()
-        if not self._is_aiohttp:
-            return await inner.handle_async_request(request)
-        try:
-            response = await inner.handle_async_request(request)
-        except httpx.TransportError as exc:
-            raise _reclassify(exc, response_started=False) from exc.__cause__
-        assert isinstance(response.stream, httpx.AsyncByteStream)  # noqa: S101 - httpx invariant
-        # Wrapped in place: a second httpx.Response would copy the headers again (~5% of the
-        # request path at fan-out).
-        response.stream = _ReclassifyingStream(response.stream)
-        return response
+        """Send ``request`` on the pool chosen for the running event loop."""
+        if not self._picked:
+            self._picked = True
+            if _running_asyncio():
+                self._aiohttp = _AiohttpCarrier(
+                    limits=self._limits,
+                    ssl_context=httpx.create_ssl_context(
+                        verify=self._verify, trust_env=self._trust_env
+                    ),
+                    proxies=self.proxies,
+                )
+        progress = request.extensions.get(PROGRESS_EXTENSION)
+        if isinstance(progress, Progress) and "trace" in request.extensions:
+            # Both pools report the headers leaving (aiohttp's send, httpcore's trace).
+            progress.tracked = True
+        if self._aiohttp is not None:
+            return await self._aiohttp.send(request)
+        return await self._native(
+            environment_proxy(request.url, self.proxies)
+        ).handle_async_request(request)
 
     async def aclose(self) -> None:
-        """Close the underlying pool (aiohttp session or httpx pool)."""
-        if self._inner is not None:
-            await self._inner.aclose()
+        """Close the underlying pools (aiohttp session or httpx pools)."""
+        if self._aiohttp is not None:
+            await self._aiohttp.aclose()
+        for transport in self._httpx.values():
+            with contextlib.suppress(Exception):
+                await transport.aclose()

@@ -234,6 +234,41 @@ async def test_stop_lets_in_flight_items_finish_and_a_rerun_resumes(
     assert server.fake.stats.generations_by_prompt == dict.fromkeys(items, 1)
 
 
+async def test_a_cancel_after_stop_reports_cancelled(serve: Serve, tmp_path: Path) -> None:
+    server = serve(latency=0.01)
+    async with client_for(server) as client:
+        batch = client.images.generate_many(
+            prompts(40), output_dir=tmp_path, rps=None, concurrency=4
+        )
+        with anyio.CancelScope() as scope:
+            async with batch:
+                async for result in batch:
+                    batch.stop()  # the CLI's first Ctrl-C...
+                    if result.index >= 1:
+                        scope.cancel()  # ...and its second
+    assert batch.summary.stopped_reason == "cancelled"
+
+
+async def test_a_generator_stopped_early_says_its_rest_was_not_read(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve(latency=0.01)
+
+    def stream() -> Iterator[str]:
+        yield from prompts(100)  # no len(): like standard input
+
+    async with client_for(server) as client:
+        stopped = client.images.generate_many(stream(), output_dir=tmp_path, rps=None)
+        async with stopped:
+            async for _ in stopped:
+                stopped.stop()
+        whole = await client.images.generate_many(stream(), rps=None).run()
+    assert stopped.summary.unread_input
+    assert stopped.summary.total < 100
+    assert not whole.unread_input
+    assert (whole.total, whole.ok, whole.not_started) == (100, 100, 0)
+
+
 async def test_cancelled_batch_saves_what_was_paid_for_and_resumes(
     serve: Serve, tmp_path: Path
 ) -> None:

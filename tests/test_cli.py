@@ -58,7 +58,8 @@ def test_generate_saves_images_and_prints_paths_cost_and_balance(fake_nanogpt, t
     result = run(fake_nanogpt, "generate", "a red fox in snow", "-n", "2", "-o", str(tmp_path))
     assert result.exit_code == 0, result.stderr
     paths = [Path(line) for line in result.stdout.splitlines()]
-    assert [p.name for p in paths] == ["a-red-fox-in-snow-1.png", "a-red-fox-in-snow-2.png"]
+    # Numbered from 0, like image.index, save_all() and batch file names.
+    assert [p.name for p in paths] == ["a-red-fox-in-snow-0.png", "a-red-fox-in-snow-1.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
     assert "cost $0.0100" in result.stderr
     assert "balance $99.9900" in result.stderr
@@ -78,7 +79,7 @@ def test_generate_never_overwrites_an_earlier_image(fake_nanogpt, tmp_path):
     first = run(fake_nanogpt, "generate", "a cat", "-o", str(tmp_path), "--name", "cat")
     second = run(fake_nanogpt, "generate", "a cat", "-o", str(tmp_path), "--name", "cat")
     assert Path(first.stdout.strip()).name == "cat.png"
-    assert Path(second.stdout.strip()).name == "cat-2.png"
+    assert Path(second.stdout.strip()).name == "cat-v2.png"
 
 
 @secret_fake

@@ -325,6 +325,7 @@ def test_ctrl_c_finishes_in_flight_items_keeps_the_manifest_and_exits_130(fake_n
     assert 0 < len(records) < 400
     assert all(r["status"] == "ok" for r in records)
     assert int(summary_value(stdout, "not started")) > 0
+    assert summary_value(stdout, "stopped").startswith("stopped: no new item started")
     # What was paid for is on disk and recorded; nothing else.
     assert fake_nanogpt.fake.stats.generations == len(records)
 
@@ -383,4 +384,100 @@ def test_a_second_ctrl_c_aborts_in_flight_items_and_exits_130(fake_nanogpt, tmp_
     assert "aborting" in stderr
     assert "Traceback" not in stderr
     assert all(r["status"] == "ok" for r in manifest(out))
-    assert "summary:" in stdout
+    # What the docs call it (and BatchSummary.stopped_reason), not "stopped".
+    assert summary_value(stdout, "stopped").startswith("cancelled: the requests in flight")
+
+
+# -- prompt files ----------------------------------------------------------------------------
+
+
+@secret_fake
+def test_comment_lines_in_a_text_prompt_file_are_not_sent(
+    fake_nanogpt: FakeServer, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# foxes, for the catalogue\na red fox\n  # TODO more\n\\#1 fox\n")
+    out = tmp_path / "out"
+
+    result = run(fake_nanogpt, "batch", str(prompts), "-o", str(out))
+
+    assert result.exit_code == 0, result.stderr
+    sent = sorted(json.loads(line)["prompt"] for line in (out / "manifest.jsonl").open())
+    assert sent == ["#1 fox", "a red fox"]
+    assert fake_nanogpt.fake.stats.generation_requests == 2
+    assert summary_value(result.stdout, "items") == "2"
+
+
+# -- summary and messages --------------------------------------------------------------------
+
+
+@secret_fake
+def test_a_batch_from_stdin_stopped_by_its_budget_does_not_claim_a_total(
+    fake_nanogpt: FakeServer, tmp_path: Path
+) -> None:
+    stdin = "".join(f"prompt {i}\n" for i in range(100))
+    out = tmp_path / "out"
+
+    result = run(
+        fake_nanogpt, "batch", "-", "-o", str(out), "--max-cost", "0.05", "-c", "2", stdin=stdin
+    )
+
+    assert result.exit_code == 4, result.stderr
+    items = summary_value(result.stdout, "items")
+    assert items.endswith(" read (the rest of the input was not read)"), items
+    assert summary_value(result.stdout, "not started").endswith(
+        " read + the unread rest of the input"
+    )
+    assert summary_value(result.stdout, "stopped") == "budget: --max-cost reached"
+    assert "not started and the unread rest of the input" not in result.stderr
+    assert "and the unread rest of the input not started" in result.stderr
+    # Money: every charged image is recorded, the budget held.
+    records = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(records) == fake_nanogpt.fake.stats.generations
+    assert fake_nanogpt.fake.stats.charged_usd <= 0.05 + 1e-9
+
+
+@secret_fake
+def test_a_batch_from_stdin_read_to_the_end_counts_every_item(
+    fake_nanogpt: FakeServer, tmp_path: Path
+) -> None:
+    result = run(fake_nanogpt, "batch", "-", "-o", str(tmp_path / "o"), stdin="a\nb\nc\n")
+
+    assert result.exit_code == 0, result.stderr
+    assert summary_value(result.stdout, "items") == "3"
+    assert "not started" not in result.stdout
+
+
+@secret_fake
+def test_batch_failure_lines_use_the_command_line_hints_too(
+    fake_nanogpt: FakeServer, tmp_path: Path
+) -> None:
+    fake_nanogpt.fake.enqueue(Fault.status(503))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+
+    result = run(
+        fake_nanogpt, "batch", str(prompts), "-o", str(tmp_path / "o"), "--max-retries", "0"
+    )
+
+    assert result.exit_code == 1
+    assert "failed: item 0" in result.stderr
+    assert "retries are off (--max-retries 0)" in result.stderr
+
+
+@secret_fake
+def test_a_budget_without_a_price_names_the_max_cost_flag(
+    fake_nanogpt: FakeServer, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+
+    result = run(
+        fake_nanogpt, "batch", str(prompts), "-o", str(tmp_path / "o"),
+        "--max-cost", "1", "-m", "no-such-model",
+    )  # fmt: skip
+
+    assert result.exit_code == 2, result.stderr
+    assert "error: --max-cost needs a price estimate" in result.stderr
+    assert "or run without --max-cost" in result.stderr
+    assert fake_nanogpt.fake.stats.generation_requests == 0

@@ -379,7 +379,7 @@ def test_cli_edit_with_several_images_and_n(server: FakeServer, tmp_path: Path) 
     )  # fmt: skip
 
     assert result.exit_code == 0, result.stderr
-    assert [Path(p).name for p in result.stdout.split()] == ["merged-1.png", "merged-2.png"]
+    assert [Path(p).name for p in result.stdout.split()] == ["merged-0.png", "merged-1.png"]
 
 
 def test_cli_edit_refused_by_the_model_exits_1_with_one_line_and_no_charge(

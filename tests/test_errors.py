@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import pickle
 
 import httpx
@@ -12,10 +13,17 @@ from nanogpt_async import (
     APIStatusError,
     AsyncNanoGPT,
     AuthenticationError,
+    BadRequestError,
+    ConflictError,
     ContentPolicyViolationError,
+    DailyLimitExceededError,
     InsufficientBalanceError,
     InternalServerError,
     NanoGPTError,
+    PayloadTooLargeError,
+    RateLimitError,
+    RequestTimeoutError,
+    UnprocessableEntityError,
 )
 from nanogpt_async._errors import parse_error_body, status_error
 from tests.conftest import BASE, KEY
@@ -164,3 +172,114 @@ def test_status_errors_survive_pickling():
 @pytest.mark.parametrize(("status", "cls"), [(418, APIStatusError), (599, InternalServerError)])
 def test_unknown_statuses_map_to_the_generic_classes(status, cls):
     assert type(status_error(status, b"")) is cls
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, BadRequestError),
+        (408, RequestTimeoutError),
+        (409, ConflictError),
+        (413, PayloadTooLargeError),
+        (422, UnprocessableEntityError),
+        (423, APIStatusError),
+        (429, RateLimitError),
+        (500, InternalServerError),
+    ],
+)
+def test_each_status_has_its_exact_class(status, cls):
+    assert type(status_error(status, b'{"error": {"message": "m"}}')) is cls
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "fields"),
+    [
+        (
+            b'{"error": {"detail": "from detail", "type": "invalid_request_error"}}',
+            "from detail",
+            {"type": "invalid_request_error", "code": None},
+        ),
+        (
+            b'{"error": {"message": "m", "code": 400}, "code": "bad_size"}',
+            "m",
+            {"code": "bad_size"},
+        ),
+        (b'{"error": {"message": "m", "code": 400}}', "m", {"code": "400"}),
+        (b'{"error": {"message": "m"}, "code": "top_level"}', "m", {"code": "top_level"}),
+        (b'{"error": "legacy", "code": "legacy_code"}', "legacy", {"code": "legacy_code"}),
+        (b'{"message": "bare message", "type": "t"}', "bare message", {"type": "t"}),
+        (b'{"detail": "bare detail"}', "bare detail", {}),
+        (b'{"error_description": "oauth style"}', "oauth style", {}),
+        (b'{"error": "  ", "message": "fallback"}', "fallback", {}),
+    ],
+)
+def test_error_body_message_code_and_type_fall_back_in_order(body, message, fields):
+    parsed_message, parsed = parse_error_body(body)
+
+    assert parsed_message == message
+    for name, value in fields.items():
+        assert parsed.get(name) == value
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"code": "daily_rpd_limit_exceeded", "message": "Daily request limit"}',
+        b'{"error": {"message": "Daily cap", "code": 429}, "code": "daily_rpd_limit_exceeded"}',
+        (
+            b'{"error": {"message": "Daily cap", "code": "rate_limit_exceeded"},'
+            b' "code": "daily_usd_limit_exceeded"}'
+        ),
+        b'{"error": {"message": "Daily cap", "type": "daily_usd_limit_exceeded"}}',
+        b'{"error": "Daily cap", "code": "daily_usd_limit_exceeded"}',
+    ],
+)
+def test_a_daily_cap_is_recognised_wherever_its_code_sits(body):
+    assert isinstance(status_error(429, body), DailyLimitExceededError)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        (7200, dt.datetime(2026, 11, 24, 17, 30, tzinfo=dt.timezone.utc)),
+        (None, dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)),
+        (0, dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)),  # 0 is not "reset now"
+    ],
+)
+def test_a_daily_cap_resets_after_retry_after_or_else_at_the_next_utc_midnight(
+    retry_after, expected
+):
+    now = dt.datetime(2026, 11, 24, 15, 30, tzinfo=dt.timezone.utc)
+    body = b'{"code": "daily_rpd_limit_exceeded"}'
+
+    error = status_error(429, body, retry_after=retry_after, now=now)
+
+    assert isinstance(error, DailyLimitExceededError)
+    assert error.resets_at == expected
+
+
+def test_a_huge_pathological_error_page_is_parsed_in_bounded_linear_time():
+    # 2.1 MB of unclosed <title> tags: the old regex's lazy search restarted at every one of
+    # them (400 KB took 64 s; this would take hours). The per-test timeout fails a regression.
+    page = b"<html><title>" * 160_000
+
+    message, fields = parse_error_body(page)
+
+    assert message.startswith("non-JSON response")
+    assert len(fields["body"]) <= 300
+
+
+def test_an_html_title_is_still_found_near_the_top_of_a_huge_page():
+    page = b"<html><head><title>521 Web server is down</title></head>" + b"x" * 5_000_000
+
+    message, _ = parse_error_body(page)
+
+    assert message == "non-JSON response: 521 Web server is down"
+
+
+def test_a_huge_json_error_body_is_not_parsed_past_the_bounded_prefix():
+    body = b'{"error": {"message": "' + b"a" * 1_000_000 + b'"}}'
+
+    message, _ = parse_error_body(body)
+
+    assert message.startswith("non-JSON response")

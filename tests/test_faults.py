@@ -14,6 +14,7 @@ from nanogpt_async import (
     APIConnectionError,
     APIResponseValidationError,
     AsyncNanoGPT,
+    GatewayError,
     ImageDownloadError,
     InternalServerError,
     InvalidImageError,
@@ -106,10 +107,24 @@ async def test_invalid_base64_fails_on_read(client, fake_nanogpt):
         await response.data[0].read()
 
 
-async def test_an_html_proxy_error_page_is_retried_as_a_server_error(client, fake_nanogpt):
+async def test_an_html_gateway_page_on_a_paid_post_is_not_retried(client, fake_nanogpt):
+    # A 502 page from a proxy, not NanoGPT: the origin may have generated and charged.
     fake_nanogpt.fake.enqueue(Fault.html(status=502))
 
-    response = await client.images.generate(prompt="proxy hiccup")
+    with pytest.raises(GatewayError, match="may have been charged") as info:
+        await client.images.generate(prompt="proxy hiccup")
+
+    assert info.value.request_sent
+    assert fake_nanogpt.fake.stats.generation_requests == 1
+
+
+async def test_an_html_proxy_page_is_retried_when_ambiguous_retries_are_allowed(fake_nanogpt):
+    fake_nanogpt.fake.enqueue(Fault.html(status=502))
+    policy = RetryPolicy(retry_ambiguous=True)
+    async with AsyncNanoGPT(
+        api_key=KEY, base_url=fake_nanogpt.base_url, retry_policy=policy
+    ) as client:
+        response = await client.images.generate(prompt="proxy hiccup")
 
     assert response.data
     assert fake_nanogpt.fake.stats.generation_requests == 2

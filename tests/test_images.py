@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from nanogpt_async import (
     InvalidInputError,
 )
 from nanogpt_async._files import TEMP_SUFFIX
+from nanogpt_async._models import Balance, ImageModel
 from tests.conftest import BASE, KEY
 
 GEN = f"{BASE}/images/generations"
@@ -200,3 +202,76 @@ async def test_oversized_api_responses_are_refused(mock_api, png_b64):
     async with AsyncNanoGPT(api_key=KEY, base_url=BASE, max_response_bytes=1000) as client:
         with pytest.raises(APIResponseValidationError, match="over the 1000-byte cap"):
             await client.images.generate(prompt="x")
+
+
+@pytest.mark.parametrize(
+    ("raw_cost", "expected"),
+    [
+        (b"0.01", 0.01),
+        (b'"0.02"', 0.02),
+        (b"0", 0.0),
+        (b"-0.01", None),
+        (b'"-1"', None),
+        (b'"NaN"', None),
+        (b"NaN", None),
+        (b"Infinity", None),
+        (b"-Infinity", None),
+        (b'"Infinity"', None),
+        (b"1e400", None),
+        (b"1" + b"0" * 400, None),
+        (b'"1' + b"0" * 400 + b'"', None),
+        (b'"a dollar"', None),
+        (b"true", None),
+        (b"null", None),
+        (b"[0.01]", None),
+        (b'{"usd": 0.01}', None),
+    ],
+)
+async def test_cost_is_a_finite_non_negative_number_or_unknown_and_never_loses_the_images(
+    client, mock_api, png_b64, raw_cost, expected
+):
+    body = b'{"created": 1, "data": [{"b64_json": "%s"}], "cost": %s}' % (
+        png_b64.encode(),
+        raw_cost,
+    )
+    mock_api.post(GEN).respond(200, content=body, headers={"Content-Type": "application/json"})
+
+    response = await client.images.generate(prompt="x")
+
+    assert response.cost == expected
+    assert await response.data[0].read()
+
+
+async def test_a_missing_cost_is_unknown(client, mock_api, png_b64):
+    mock_api.post(GEN).respond(200, json={"data": [{"b64_json": png_b64}]})
+
+    response = await client.images.generate(prompt="x")
+
+    assert response.cost is None
+
+
+def test_model_prices_keep_only_finite_non_negative_numbers():
+    model = ImageModel.from_api(
+        {
+            "id": "m",
+            "pricing": {
+                "per_image": {
+                    "1024*1024": "NaN",
+                    "768*768": "Infinity",
+                    "512*512": -1,
+                    "256*256": 0.01,
+                    "128*128": "1" + "0" * 400,
+                }
+            },
+        }
+    )
+
+    assert model.pricing == {"256*256": 0.01}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("12.5", Decimal("12.5")), ("NaN", None), ("Infinity", None), ("lots", None), (None, None)],
+)
+def test_balance_amounts_are_finite_decimals_or_unknown(raw, expected):
+    assert Balance.from_api({"usd_balance": raw}).usd_balance == expected

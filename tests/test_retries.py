@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import random
 
 import httpx
 import pytest
@@ -25,7 +26,8 @@ from nanogpt_async import (
     RequestTimeoutError,
     RetryPolicy,
 )
-from nanogpt_async._retry import backoff_seconds, parse_retry_after
+from nanogpt_async._errors import status_error
+from nanogpt_async._retry import backoff_seconds, parse_retry_after, should_retry
 from tests.conftest import BASE, KEY
 
 GEN = f"{BASE}/images/generations"
@@ -49,7 +51,10 @@ def ok(png_b64: str) -> httpx.Response:
 async def test_transient_statuses_are_retried_until_success(
     client, mock_api, png_b64, status, error
 ):
-    route = mock_api.post(GEN).mock(side_effect=[httpx.Response(status), ok(png_b64)])
+    # NanoGPT's own (JSON) error answers; a gateway's page on a paid POST is not retried
+    # (tests/test_hostile_http.py::test_a_gateway_page_on_a_paid_post_is_not_retried...).
+    answer = httpx.Response(status, json={"error": {"message": "try again"}})
+    route = mock_api.post(GEN).mock(side_effect=[answer, ok(png_b64)])
 
     response = await client.images.generate(prompt="x")
 
@@ -292,3 +297,99 @@ async def test_instant_retries_is_the_public_switch_for_users_test_suites(
 
     assert len(waits) == 1
     assert waits[0] >= 30
+
+
+def _top_of_range(_low: float, high: float) -> float:
+    return high
+
+
+def test_backoff_doubles_from_the_initial_ceiling_and_is_capped(monkeypatch):
+    # Full jitter draws uniform(0, ceiling): a fake random returning the top shows the ceiling.
+    monkeypatch.setattr(random, "uniform", _top_of_range)
+    policy = RetryPolicy(backoff_initial=0.5, backoff_max=8.0)
+
+    ceilings = [backoff_seconds(policy, number, None) for number in range(1, 8)]
+
+    assert ceilings == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+
+async def test_the_waits_between_attempts_follow_the_backoff_sequence(
+    mock_api, png_b64, instant_backoff, monkeypatch
+):
+    monkeypatch.setattr(random, "uniform", _top_of_range)
+    error = httpx.Response(500, json={"error": {"message": "busy"}})
+    mock_api.post(GEN).mock(side_effect=[error, error, error, ok(png_b64)])
+    policy = RetryPolicy(max_retries=3, backoff_initial=0.25, backoff_max=0.75)
+
+    async with AsyncNanoGPT(api_key=KEY, base_url=BASE, retry_policy=policy) as client:
+        await client.images.generate(prompt="x")
+
+    assert instant_backoff == [0.25, 0.5, 0.75]
+
+
+def _daily() -> DailyLimitExceededError:
+    error = status_error(429, b'{"code": "daily_rpd_limit_exceeded"}')
+    assert isinstance(error, DailyLimitExceededError)
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "idempotent", "expected"),
+    [
+        (ValueError("not ours"), True, False),
+        (_daily(), True, False),
+        (status_error(400, b"{}"), True, False),
+        (status_error(429, b"{}", retry_after=3600), True, False),
+        (status_error(429, b"{}", retry_after=60), True, True),
+        (status_error(502, b"<html>proxy</html>"), False, False),
+        (status_error(502, b"<html>proxy</html>"), True, True),
+        (status_error(502, b'{"error": {"message": "origin"}}'), False, True),
+        (APIConnectionError("reset", request_sent=True), False, False),
+        (APIConnectionError("reset", request_sent=True), True, True),
+        (APIConnectionError("refused", request_sent=False), False, True),
+    ],
+)
+def test_should_retry_answers_exactly_true_or_false(error, idempotent, expected):
+    assert should_retry(RetryPolicy(), error, idempotent=idempotent) is expected
+
+
+async def test_the_after_attempt_hook_hears_every_outcome_success_included(
+    client, mock_api, png_b64
+):
+    error = httpx.Response(503, json={"error": {"message": "busy"}})
+    mock_api.post(GEN).mock(side_effect=[error, ok(png_b64)])
+
+    class Hooks:
+        def __init__(self) -> None:
+            self.before = 0
+            self.outcomes: list[BaseException | None] = []
+
+        async def before_attempt(self) -> None:
+            self.before += 1
+
+        def after_attempt(self, error: BaseException | None) -> None:
+            self.outcomes.append(error)
+
+    hooks = Hooks()
+    await client.images.generate_from_body({"prompt": "x"}, hooks=hooks)
+
+    assert hooks.before == 2
+    assert [type(outcome) for outcome in hooks.outcomes] == [InternalServerError, type(None)]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"code": "daily_rpd_limit_exceeded", "message": "Daily request limit reached"},
+        {"error": {"message": "Daily cap", "code": 429}, "code": "daily_usd_limit_exceeded"},
+    ],
+)
+async def test_a_daily_cap_without_retry_after_is_not_retried(client, mock_api, body):
+    route = mock_api.post(GEN).respond(429, json=body)
+
+    with pytest.raises(DailyLimitExceededError) as info:
+        await client.images.generate(prompt="x")
+
+    assert route.call_count == 1
+    assert info.value.resets_at > dt.datetime.now(dt.timezone.utc)
+    assert (info.value.resets_at.hour, info.value.resets_at.minute) == (0, 0)

@@ -11,6 +11,12 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
+#: Where to install from until a release is on PyPI (the README says the same).
+INSTALL_HINT = (
+    "pip install 'nanogpt-async[cli] @ git+https://github.com/nanogpt-async/nanogpt-async' "
+    "(or, in a clone of it, pip install '.[cli]')"
+)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line; exits the process with the documented exit code."""
@@ -18,8 +24,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         from nanogpt_async._cli._commands import cli  # noqa: PLC0415 - click/rich are optional
     except ImportError as exc:  # pragma: no cover - depends on what is installed
         missing = exc.name or "click"
-        sys.stderr.write(
-            f"error: the command line needs {missing!r}: pip install 'nanogpt-async[cli]'\n"
-        )
+        sys.stderr.write(f"error: the command line needs {missing!r}: {INSTALL_HINT}\n")
         sys.exit(2)
     cli.main(args=list(argv) if argv is not None else None, prog_name="nanogpt-async")

@@ -327,15 +327,36 @@ def _unpriced(count: int) -> str:
     return f" + {count} charged request(s) whose price was not stated" if count else ""
 
 
+def _stop_words(summary: BatchSummary) -> str:
+    """Why the batch stopped, in the words the docs use (``stopped``, ``cancelled``...)."""
+    reason = summary.stopped_reason or ""
+    if reason == "stopped":
+        return "stopped: no new item started, the items in flight finished and were saved"
+    if reason == "cancelled":
+        return (
+            "cancelled: the requests in flight were abandoned, answers already received were saved"
+        )
+    if reason == "budget":
+        return "budget: --max-cost reached"
+    error = summary.fatal_error
+    if error is not None and str(error) in reason:
+        return reason.replace(str(error), output.describe(error))
+    return reason
+
+
 def summary_rows(summary: BatchSummary, out: Path) -> list[tuple[str, str]]:
     """The summary as (label, value) rows, shared by the table and the plain output."""
+    # A stream (stdin, a pipe, a big file) stopped early: only the items read can be counted.
+    unread = " read (the rest of the input was not read)" if summary.unread_input else ""
     rows = [
-        ("items", str(summary.total)),
+        ("items", f"{summary.total}{unread}"),
         ("ok", str(summary.ok)),
         ("failed", str(summary.failed)),
         ("skipped (done before)", str(summary.skipped)),
     ]
-    if summary.not_started:
+    if summary.unread_input:
+        rows.append(("not started", f"{summary.not_started} read + the unread rest of the input"))
+    elif summary.not_started:
         rows.append(("not started", str(summary.not_started)))
     rows += [
         ("cost", f"${summary.cost:.4f}" + _unpriced(summary.unpriced)),
@@ -357,7 +378,7 @@ def summary_rows(summary: BatchSummary, out: Path) -> list[tuple[str, str]]:
         ("rate limited (429)", str(summary.rate_limited)),
     ]
     if summary.stopped_reason:
-        rows.append(("stopped", summary.stopped_reason))
+        rows.append(("stopped", _stop_words(summary)))
     rows.append(("images", f"{out}{os.sep}"))
     if summary.manifest is not None:
         rows.append(("manifest", str(summary.manifest)))
@@ -410,7 +431,7 @@ def exit_code(summary: BatchSummary, *, stopped_by: int | None = None) -> int:
 
 
 def _describe_failure(result: ItemResult) -> str:
-    error = " ".join(str(result.error or "unknown error").split())
+    error = output.describe(result.error or "unknown error")
     return f"failed: item {result.index} (id {result.id}): {error}"
 
 
@@ -528,11 +549,15 @@ async def run_batch(
             async with anyio.create_task_group() as group:
                 await group.start(signals.watch)
                 with signals.abort:
+                    started = False
                     try:
                         async with batch:
+                            started = True
                             async for result in batch:
                                 failures.add(result)
                     except (InvalidInputError, OSError) as exc:
+                        if not started:
+                            raise  # refused before anything was sent: one line, no summary
                         # A bad line read mid-run: the batch stopped scheduling and saved what
                         # was in flight before raising it.
                         input_error = exc
@@ -584,9 +609,12 @@ def _epilogue(
             "again to retry them"
         )
     elif code == EXIT_BUDGET:
+        left = f"{summary.not_started} item(s)"
+        if summary.unread_input:
+            left += " and the unread rest of the input"
         output.err(
-            f"stopped at the --max-cost budget with {summary.not_started} item(s) not started; "
-            "raise it and run again to continue"
+            f"stopped at the --max-cost budget with {left} not started; raise it and run "
+            "again to continue"
         )
     if demo and code == EXIT_OK:
         manifest = summary.manifest or out / "manifest.jsonl"

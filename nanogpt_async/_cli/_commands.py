@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.to_thread
 import click
 
 from nanogpt_async import __version__
+from nanogpt_async._batch_budget import DEFAULT_MODEL
+from nanogpt_async._batch_manifest import FileEntry, write_images
 from nanogpt_async._batch_names import slugify
 from nanogpt_async._cli._common import (
     EXIT_BUDGET,
@@ -29,6 +32,8 @@ from nanogpt_async._cli._common import (
     output,
     run_async,
 )
+from nanogpt_async._errors import ImageError
+from nanogpt_async._models import checked_image
 
 __all__ = ["cli"]
 
@@ -89,7 +94,8 @@ def retry_ambiguous_option(func: _F) -> _F:
         is_flag=True,
         help=(
             "Also retry a generation that may already have reached NanoGPT (a read timeout, a "
-            "connection reset after sending): it may be CHARGED TWICE. Off by default."
+            "connection reset after sending, a gateway's 502/504 page): it may be CHARGED "
+            "TWICE. Off by default."
         ),
     )(func)
 
@@ -175,18 +181,19 @@ _OUT_OPTION = click.option(
     help="Folder to save into (created if missing).",
 )
 _NAME_OPTION = click.option(
-    "--name", metavar="STEM", help="File name stem [default: a slug of the prompt]."
+    "--name",
+    metavar="STEM",
+    help="File name stem [default: a slug of the prompt]: STEM.png, or STEM-0.png, "
+    "STEM-1.png... for several images; a taken name gets -v2, -v3... (never overwritten).",
 )
 _INPUT_IMAGE = click.Path(exists=True, dir_okay=False, path_type=Path)
-
-
-def _free_stem(folder: Path, stem: str) -> str:
-    """``stem``, or ``stem-2``, ``stem-3``... whichever no existing file starts with."""
-    candidate, number = stem, 1
-    while any(folder.glob(glob.escape(candidate) + "*")):
-        number += 1
-        candidate = f"{stem}-{number}"
-    return candidate
+_JSON_OPTION = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object per saved image on stdout (path, sha256, cost, request id...) "
+    "instead of its path.",
+)
 
 
 @cli.command(epilog=_EXIT_CODES_HELP)
@@ -194,6 +201,7 @@ def _free_stem(folder: Path, stem: str) -> str:
 @generation_options
 @_OUT_OPTION
 @_NAME_OPTION
+@_JSON_OPTION
 @click.option(
     "--image",
     "images",
@@ -218,6 +226,7 @@ def generate(
     *,
     out: Path,
     name: str | None,
+    as_json: bool,
     images: tuple[Path, ...],
     mask: Path | None,
     api_key: str | None,
@@ -248,29 +257,94 @@ def generate(
         max_retries=max_retries,
         retry_ambiguous=retry_ambiguous,
     )
-    _call_and_save(client, lambda c: c.images.generate(**request), out=out, name=name, text=prompt)
+    _call_and_save(
+        client,
+        lambda c: c.images.generate(**request),
+        _SaveSettings(out=out, name=name, as_json=as_json, operation="generate", request=request),
+    )
+
+
+@dataclass(frozen=True)
+class _SaveSettings:
+    """Where and how `generate` and `edit` save and report their images."""
+
+    out: Path
+    name: str | None
+    as_json: bool
+    operation: str
+    request: Mapping[str, Any]
+
+
+def _file_name(stem: str, index: int, data: bytes, *, many: bool) -> str:
+    """``stem.png`` for a lone image, ``stem-0.png``, ``stem-1.png``... for several.
+
+    Numbered from 0 like the library (``image.index``, ``save_all``) and ``batch``. The
+    extension comes from the bytes.
+    """
+    extension = checked_image(data, f"image {index}").extension
+    return f"{stem}-{index}{extension}" if many else stem + extension
+
+
+def _json_line(
+    settings: _SaveSettings, response: ImagesResponse, index: int, entry: FileEntry
+) -> str:
+    """One saved image as a JSON object, for scripts (``--json``)."""
+    count = len(response.data)
+    request = settings.request
+    return json.dumps(
+        {
+            "path": str(settings.out / entry.path),
+            "index": index,
+            "sha256": entry.sha256,
+            "bytes": entry.bytes,
+            # NanoGPT prices per image: each image's share, so summing the lines adds up.
+            "cost": None if response.cost is None else response.cost / count,
+            "request_cost": response.cost,
+            "request_id": response.request_id,
+            "remaining_balance": response.remaining_balance,
+            "operation": settings.operation,
+            "model": request.get("model", DEFAULT_MODEL),
+            "size": request.get("size"),
+            "seed": request.get("seed"),
+            "prompt": request.get("prompt"),
+        }
+    )
 
 
 def _call_and_save(
     client: AsyncNanoGPT,
     call: Callable[[AsyncNanoGPT], Awaitable[ImagesResponse]],
-    *,
-    out: Path,
-    name: str | None,
-    text: str,
+    settings: _SaveSettings,
 ) -> None:
-    """Run one paid call, save its images into ``out``, print their paths, cost and balance."""
-    stem = slugify(name, max_length=200) if name else slugify(text, max_length=48)
+    """Run one paid call, save its images into ``out``, print their paths, cost and balance.
+
+    Files are written like a batch's (`write_images`): a name already taken, by an earlier
+    run's image or anything else, is never replaced; the next free ``-v2``, ``-v3``... is used.
+    """
+    out = settings.out
+    prompt = str(settings.request.get("prompt", ""))
+    stem = slugify(settings.name, max_length=200) if settings.name else slugify(prompt, 48)
 
     async def main() -> None:
+        failures: list[ImageError] = []
         async with client:
             response = await call(client)
-            many = len(response.data) > 1
             await anyio.Path(out).mkdir(parents=True, exist_ok=True)
-            free = _free_stem(out, stem)
+            many = len(response.data) > 1
+            # One at a time, each printed once written; an image that cannot be read (bad
+            # data, an expired URL) does not cost the others, which are paid for too.
             for image in response.data:
-                target = out / (f"{free}-{image.index + 1}" if many else free)
-                output.out(str(await image.save(target)))
+                try:
+                    data = await image.read()
+                except ImageError as exc:
+                    failures.append(exc)
+                    continue
+                name = _file_name(stem, image.index, data, many=many)
+                (entry,) = await anyio.to_thread.run_sync(write_images, out, [(name, data)])
+                if settings.as_json:
+                    output.out(_json_line(settings, response, image.index, entry))
+                else:
+                    output.out(str(out / entry.path))
         parts = []
         if response.cost is not None:
             parts.append(f"cost ${response.cost:.4f}")
@@ -280,6 +354,8 @@ def _call_and_save(
             parts.append(f"request id {response.request_id}")
         if parts:
             output.err(", ".join(parts))
+        if failures:
+            raise failures[0]
 
     run_async(main, verbose=_verbose())
 
@@ -302,6 +378,7 @@ def _call_and_save(
 @request_options
 @_OUT_OPTION
 @_NAME_OPTION
+@_JSON_OPTION
 @click.option("--user", metavar="ID", help="Your end user's id, passed to NanoGPT.")
 @retry_ambiguous_option
 @api_options
@@ -313,6 +390,7 @@ def edit(
     more_images: tuple[Path, ...],
     out: Path,
     name: str | None,
+    as_json: bool,
     api_key: str | None,
     base_url: str | None,
     timeout: float | None,
@@ -342,7 +420,11 @@ def edit(
         max_retries=max_retries,
         retry_ambiguous=retry_ambiguous,
     )
-    _call_and_save(client, lambda c: c.images.edit(**request), out=out, name=name, text=prompt)
+    _call_and_save(
+        client,
+        lambda c: c.images.edit(**request),
+        _SaveSettings(out=out, name=name, as_json=as_json, operation="edit", request=request),
+    )
 
 
 # -- models and balance -----------------------------------------------------------------------
@@ -587,11 +669,11 @@ def batch(
 ) -> None:
     """Generate an image set for every prompt in PROMPTS into a folder, with a manifest.
 
-    PROMPTS is a text file (one prompt per line), JSONL (one request object per line:
-    "prompt", optional "id", any API field) or CSV (a "prompt" column; optional "id", "model",
-    "size", "n", "seed", ...); "-" reads standard input. Options give defaults that each
-    line's own fields override. Finished items go to OUT/manifest.jsonl; running the same
-    command again skips them. One run per OUT at a time (a second one exits 75). Ctrl-C,
+    PROMPTS is a text file (one prompt per line; "#" lines are comments), JSONL (one request
+    object per line: "prompt", optional "id", any API field) or CSV (a "prompt" column; optional
+    "id", "model", "size", "n", "seed", ...); "-" reads standard input. Options give defaults
+    that each line's own fields override. Finished items go to OUT/manifest.jsonl; running the
+    same command again skips them. One run per OUT at a time (a second one exits 75). Ctrl-C,
     SIGTERM or SIGHUP stop starting items and save the ones in flight; a second one aborts.
 
     \b

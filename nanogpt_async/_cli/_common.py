@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -17,6 +18,7 @@ import click
 from nanogpt_async._batch_models import FolderInUseError
 from nanogpt_async._client import AsyncNanoGPT
 from nanogpt_async._errors import (
+    APIStatusError,
     AuthenticationError,
     DailyLimitExceededError,
     InsufficientBalanceError,
@@ -24,7 +26,7 @@ from nanogpt_async._errors import (
     NanoGPTError,
     PermissionDeniedError,
 )
-from nanogpt_async._retry import RetryPolicy
+from nanogpt_async._retry import RetryPolicy, should_retry
 
 __all__ = [
     "EXIT_BUDGET",
@@ -35,6 +37,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Output",
+    "cli_message",
     "exit_code_for",
     "make_client",
     "run_async",
@@ -79,6 +82,68 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
+#: What the library's hints call the Python API, and what the command line calls the same thing.
+_CLI_WORDS = (
+    ("(or api_key=)", "(or --api-key)"),
+    ("client.images.models()", "`nanogpt-async models`"),
+    ("the base URL", "the base URL (--base-url, NANOGPT_BASE_URL)"),
+    ("RetryPolicy(retry_ambiguous=True)", "--retry-ambiguous"),
+)
+
+
+#: Batch options named in the library's own messages (``run without max_cost``).
+_PYTHON_OPTION = re.compile(r"(?<![\w\-.'\"])max_cost(?![\w'\"])")
+
+
+def _hint_owner(exc: APIStatusError) -> str:
+    """The name of the class whose ``hint`` ``exc`` shows (a subclass may have its own)."""
+    return next((c.__name__ for c in type(exc).__mro__ if "hint" in vars(c)), "")
+
+
+def _server_error_hint(exc: APIStatusError, policy: RetryPolicy) -> str:
+    """The 5xx hint, true to what the retry policy did with this answer."""
+    if policy.max_retries == 0:
+        return (
+            "A failure on NanoGPT's side, not retried because retries are off "
+            "(--max-retries 0); try again later, or allow retries with --max-retries"
+        )
+    if exc.retry_after is not None and exc.retry_after > policy.retry_after_max:
+        return (
+            f"A failure on NanoGPT's side; it asked to wait {exc.retry_after:.0f} s, longer "
+            f"than the client waits ({policy.retry_after_max:.0f} s), so it stopped retrying: "
+            "try again after that"
+        )
+    if not should_retry(policy, exc, idempotent=False):
+        return f"A failure on NanoGPT's side; a {exc.status_code} is not retried, try again later"
+    retries = policy.max_retries
+    return (
+        f"A failure on NanoGPT's side that persisted through {retries} "
+        f"{'retry' if retries == 1 else 'retries'} (--max-retries {retries}); try again later"
+    )
+
+
+def cli_message(exc: BaseException, policy: RetryPolicy | None = None) -> str:
+    """``str(exc)`` with the hint a command-line user can act on.
+
+    The library's hints name the Python API (``api_key=``, ``client.images.models()``); here
+    they name the flag or the command. The 5xx hint says what the retries really did under
+    ``policy`` (the CLI's ``--max-retries``).
+    """
+    text = str(exc)
+    if isinstance(exc, InvalidInputError):
+        # The batch's own words for its options: the CLI spells them as flags.
+        return _PYTHON_OPTION.sub(lambda m: "--" + m.group().replace("_", "-"), text)
+    if not isinstance(exc, APIStatusError) or not exc.hint or not text.endswith(exc.hint):
+        return text
+    if _hint_owner(exc) == "InternalServerError":
+        hint = _server_error_hint(exc, policy or RetryPolicy())
+    else:
+        hint = exc.hint
+        for python, command_line in _CLI_WORDS:
+            hint = hint.replace(python, command_line)
+    return text[: -len(exc.hint)] + hint
+
+
 class Output:
     """stdout/stderr writers that never let the API key through.
 
@@ -89,6 +154,8 @@ class Output:
     def __init__(self) -> None:
         """Start with nothing to hide."""
         self._secrets: list[str] = []
+        #: The client's retry policy (`make_client` sets it), for true 5xx hints.
+        self.retry_policy = RetryPolicy()
 
     def hide(self, secret: str | None) -> None:
         """Never print ``secret`` (replaced with ``<hidden>``)."""
@@ -123,8 +190,12 @@ class Output:
 
     def error(self, exc: BaseException | str) -> None:
         """``error: <one line>`` on stderr (the request id is already part of the message)."""
-        message = exc if isinstance(exc, str) else str(exc) or type(exc).__name__
-        self.err("error: " + " ".join(message.split()))
+        self.err("error: " + self.describe(exc))
+
+    def describe(self, exc: BaseException | str) -> str:
+        """An error as one line in the command line's words (see `cli_message`)."""
+        message = exc if isinstance(exc, str) else cli_message(exc, self.retry_policy)
+        return " ".join((message or type(exc).__name__).split())
 
     def show_warning(  # noqa: PLR0917 - warnings.showwarning's signature
         self,
@@ -187,9 +258,11 @@ def make_client(
     if max_connections is not None:
         kwargs["max_connections"] = max_connections
     try:
-        return AsyncNanoGPT(api_key=api_key, base_url=base_url, **kwargs)
+        client = AsyncNanoGPT(api_key=api_key, base_url=base_url, **kwargs)
     except InvalidInputError as exc:
         raise click.UsageError(str(exc)) from None
+    output.retry_policy = client.retry_policy
+    return client
 
 
 def _leaf(exc: BaseException) -> BaseException:
