@@ -393,3 +393,21 @@ async def test_a_daily_cap_without_retry_after_is_not_retried(client, mock_api, 
     assert route.call_count == 1
     assert info.value.resets_at > dt.datetime.now(dt.timezone.utc)
     assert (info.value.resets_at.hour, info.value.resets_at.minute) == (0, 0)
+
+
+# -- details pinned by mutation testing (docs/reliability.md, "Mutation testing") -------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after": "Wed, 25 Nov 2026 00:00:10 -0000"}, 10.0),  # no zone: UTC
+        ({"retry-after": "Wed, 25 Nov 2026 00:00:10 GMT"}, 10.0),
+    ],
+)
+def test_retry_after_is_read_from_a_plain_mapping_of_lowercase_headers(headers, expected):
+    # HTTP/2 sends header names in lower case; any Mapping will do, not only httpx.Headers.
+    now = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
+    assert parse_retry_after(headers, now=now) == expected
