@@ -160,5 +160,19 @@ WORKLOADS: dict[str, Workload] = {
             contenders=("nanogpt-async generate",),
             bars="CPU/request at 1024 <= 1.5x that at 16",
         ),
+        Workload(
+            name="W7",
+            title="burst: 200 concurrent generate() with default pacing, fake at 25 req/s "
+            "(burst 25), 1 s latency",
+            generations=200,
+            n=1,
+            concurrencies=(200,),
+            response_format="b64_json",
+            server=_server(latency=1, rate_limit=25),
+            rps=25.0,
+            lag_probe=False,
+            contenders=("nanogpt-async generate",),
+            bars="200/200 ok, 429s <= 2% of requests, makespan <= 1.10x (200/25 s + latency)",
+        ),
     )
 }

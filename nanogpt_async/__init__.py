@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         InternalServerError,
         InvalidImageError,
         InvalidInputError,
+        LocalRateLimitError,
         NanoGPTError,
         NotFoundError,
         PayloadTooLargeError,
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
         ImagesResponse,
         ModelCapabilities,
     )
+    from nanogpt_async._pacing import PacerState
     from nanogpt_async._prompts import PromptFileError, read_prompts
     from nanogpt_async._retry import RetryPolicy
     from nanogpt_async._types import NOT_GIVEN, NotGiven
@@ -104,11 +106,13 @@ __all__ = [
     "InvalidImageError",
     "InvalidInputError",
     "ItemResult",
+    "LocalRateLimitError",
     "ModelCapabilities",
     "NanoGPTError",
     "NotFoundError",
     "NotGiven",
     "OutputWriteError",
+    "PacerState",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PromptFileError",
@@ -158,6 +162,7 @@ _HOME = {
     "InvalidImageError": "nanogpt_async._errors",
     "InvalidInputError": "nanogpt_async._errors",
     "ItemResult": "nanogpt_async._batch_models",
+    "LocalRateLimitError": "nanogpt_async._errors",
     "MAX_INPUT_IMAGE_BYTES": "nanogpt_async._inputs",
     "ModelCapabilities": "nanogpt_async._models",
     "NOT_GIVEN": "nanogpt_async._types",
@@ -166,6 +171,7 @@ _HOME = {
     "NotGiven": "nanogpt_async._types",
     "FolderInUseError": "nanogpt_async._batch_models",
     "OutputWriteError": "nanogpt_async._batch_models",
+    "PacerState": "nanogpt_async._pacing",
     "PayloadTooLargeError": "nanogpt_async._errors",
     "PermissionDeniedError": "nanogpt_async._errors",
     "PromptFileError": "nanogpt_async._prompts",

@@ -69,7 +69,6 @@ from nanogpt_async._batch_names import (
     has_input_images,
     image_file_name,
 )
-from nanogpt_async._batch_pacing import Pacer
 from nanogpt_async._batch_plan import BatchPlan, Planner
 from nanogpt_async._batch_streak import ErrorStreak
 from nanogpt_async._errors import (
@@ -82,14 +81,22 @@ from nanogpt_async._errors import (
     ImageURLExpiredError,
     InsufficientBalanceError,
     InvalidInputError,
+    LocalRateLimitError,
     NanoGPTError,
     PermissionDeniedError,
+    RateLimitError,
 )
 from nanogpt_async._files import FolderLock, describe_write_error
+from nanogpt_async._pacing import AIMD
+from nanogpt_async._pacing._budget import BudgetReservation, RedisBudget
+from nanogpt_async._pacing._redis import RedisBackend
 from nanogpt_async._request import build_item_body, check_generation_fields
 from nanogpt_async._sniff import sniff_image
+from nanogpt_async._types import NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._models import GeneratedImage, ImagesResponse
 
@@ -128,6 +135,7 @@ class _Job:
 
     __slots__ = (
         "body",
+        "booking",
         "edit",
         "holds_slot",
         "id",
@@ -156,10 +164,15 @@ class _Job:
         self.holds_slot = True
         self.edit = False  # an "operation": "edit" item goes to POST /images/edits
         self.per_image: Decimal | None = None  # the budget's estimate, with max_cost
+        self.booking: BudgetReservation | None = None  # its share of a shared budget
 
 
 class _Attempts:
-    """The per-item `AttemptHooks`: pacing and counting."""
+    """The per-item `TurnHooks`: when to take turns, and counting.
+
+    Turns come from the client's pacer (one limiter per key, shared with every other call the
+    client makes); the batch only decides whether an attempt may still go.
+    """
 
     def __init__(self, batch: Batch) -> None:
         self._batch = batch
@@ -167,12 +180,12 @@ class _Attempts:
         self.last_error: NanoGPTError | None = None
         self.last_started = time.monotonic()
 
-    async def before_attempt(self) -> None:
-        await self._batch._before_attempt(self)  # noqa: SLF001 - the runner's own helper
+    async def take_turn(self, wait_turn: Callable[[], Awaitable[None]]) -> None:
+        await self._batch._before_attempt(self, wait_turn)  # noqa: SLF001 - the runner's own
         self.count += 1
         self.last_started = time.monotonic()
 
-    def after_attempt(self, error: BaseException | None) -> None:
+    async def after_attempt(self, error: BaseException | None) -> None:
         if isinstance(error, NanoGPTError):
             self.last_error = error
         self._batch._after_attempt(error)  # noqa: SLF001
@@ -214,6 +227,13 @@ def _error_json(error: NanoGPTError | None) -> dict[str, Any] | None:
     }
 
 
+def _check_rps(rps: object) -> None:
+    if isinstance(rps, NotGiven) or rps is None:
+        return
+    if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < math.inf:
+        raise InvalidInputError(f"rps must be a positive number or None, got {rps!r}")
+
+
 def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidInputError(f"{name} must be a whole number of at least 1, got {value!r}")
@@ -233,6 +253,10 @@ class Batch:
         ...     async for result in batch:
         ...         print(result.index, result.status, result.files)
         >>> batch.summary.ok  # doctest: +SKIP
+
+    Args:
+        rps: See [Images.generate_many][nanogpt_async.Images.generate_many], like every other
+            argument. Default: `the client's pacer`.
     """
 
     def __init__(  # noqa: C901, PLR0915 - argument checks, one per argument
@@ -242,10 +266,11 @@ class Batch:
         *,
         output_dir: str | PathLike[str] | None = None,
         concurrency: int = 64,
-        rps: float | None = 25.0,
+        rps: float | NotGiven | None = NOT_GIVEN,
         burst: int | None = None,
         download_concurrency: int = 32,
         max_cost: float | Decimal | None = None,
+        shared_budget: str | None = None,
         retry_failed: bool = True,
         on_progress: ProgressCallback | None = None,
         progress_interval: float = 0.5,
@@ -269,10 +294,7 @@ class Batch:
             )
         # Downloads have a pool of the same size of their own; more workers would only queue.
         self._download_concurrency = min(self._download_concurrency, limit)
-        if rps is not None and (
-            isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < math.inf
-        ):
-            raise InvalidInputError(f"rps must be a positive number or None, got {rps!r}")
+        _check_rps(rps)
         if burst is not None:
             _check_positive_int("burst", burst)
         if max_cost is not None:
@@ -304,9 +326,13 @@ class Batch:
             self._total = len(items)  # type: ignore[arg-type]
         self._folder = Path(output_dir) if output_dir is not None else None
         self._manifest_path = self._folder / manifest_name if self._folder is not None else None
-        self._rps = float(rps) if rps is not None else None
-        self._burst = burst
+        if not isinstance(rps, NotGiven) or burst is not None:
+            # An explicit pace for this batch alone: a pacer of its own (see generate_many).
+            own_rps = client.pacing.max_rate if isinstance(rps, NotGiven) else rps
+            self._client = client._with_own_pacer(rps=own_rps, burst=burst or 1)  # noqa: SLF001
+        self._paced = self._client.pacing.max_rate is not None
         self._max_cost = Decimal(str(max_cost)) if max_cost is not None else None
+        self._shared_budget = self._make_shared_budget(shared_budget)
         self._retry_failed = retry_failed
         self._on_progress = on_progress
         self._progress_interval = progress_interval
@@ -337,6 +363,7 @@ class Batch:
         self._ok = self._failed = self._skipped = 0
         self._in_flight = 0
         self._attempts = 0
+        self._rate_limited = 0
         self._cost = Decimal(0)
         self._latency = Sample()
         self._delay = Sample()
@@ -378,7 +405,7 @@ class Batch:
             download_delay_p99=self._delay.quantile(0.99),
             download_delay_max=self._delay.max,
             attempts=self._attempts,
-            rate_limited=self._pacer.rate_limited if self._entered and not self._dry else 0,
+            rate_limited=self._rate_limited,
             stopped_reason=self._stop_reason,
             fatal_error=self._fatal_error,
             manifest=self._manifest_path,
@@ -464,12 +491,7 @@ class Batch:
             raise RuntimeError("a Batch runs once; call generate_many() again for another run")
         self._entered = True
         self._started = time.monotonic()
-        self._pacer = Pacer(
-            concurrency=self._concurrency,
-            rps=self._rps,
-            burst=self._burst,
-            on_concurrency=self._set_concurrency,
-        )
+        self._concurrency_control = AIMD(self._concurrency, floor=1, beta=0.5)
         self._generation_slots = anyio.CapacityLimiter(self._concurrency)
         self._save_gate = DeadlineGate(self._download_concurrency)
         self._pipeline = anyio.Semaphore(self._concurrency + self._download_concurrency)
@@ -609,8 +631,24 @@ class Batch:
         end = self._ended if self._ended is not None else time.monotonic()
         return max(0.0, end - self._started)
 
-    def _set_concurrency(self, value: int) -> None:
-        self._generation_slots.total_tokens = value
+    def _adapt_concurrency(self, error: BaseException | None) -> None:
+        """AIMD over the generation limit: up on success, halved on a 429 when unpaced.
+
+        With a rate limit, a 429 is the pacer's business (it holds every caller for the
+        cooldown and lowers the rate): cutting the concurrency too starved the batch, down to
+        2.8 items/s against a server allowing 10 req/s (issue 10, item 15). Without one, the
+        concurrency is the only lever.
+        """
+        control = self._concurrency_control
+        before = int(control.value)
+        if error is None:
+            control.increase()
+        elif isinstance(error, RateLimitError) and not self._paced:
+            control.hold = max(error.retry_after or 1.0, 0.5)
+            control.decrease(time.monotonic())
+        after = max(1, int(control.value))
+        if after != before:
+            self._generation_slots.total_tokens = after
 
     def _halt(self) -> None:
         """Stop starting items and wake attempts waiting for their turn."""
@@ -670,6 +708,10 @@ class Batch:
                     failure = await anyio.to_thread.run_sync(self._close_folder, self._writer)
                 if failure is not None and self._writer is not None:
                     self._manifest_failed(self._writer, failure)
+            if self._shared_budget is not None:
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + _RECORD_TIMEOUT
+                    await self._shared_budget.aclose()
             self._send.close()
             self._report_progress()
 
@@ -726,6 +768,8 @@ class Batch:
             await self._generation_slots.acquire_on_behalf_of(prepared)
             try:
                 reservation = await self._budget.admit(prepared.per_image, prepared.n)
+                if reservation is not None and not await self._book_shared(prepared, reservation):
+                    reservation = None
             except BaseException:
                 self._generation_slots.release_on_behalf_of(prepared)
                 raise
@@ -742,6 +786,38 @@ class Batch:
         self._in_flight += 1
         work.start_soon(self._process, prepared, reservation)
         return True
+
+    def _make_shared_budget(self, name: str | None) -> RedisBudget | None:
+        if name is None:
+            return None
+        backend = self._client._pacer.backend  # noqa: SLF001 - the client's own pacer
+        if self._max_cost is None or not isinstance(backend, RedisBackend):
+            raise InvalidInputError(
+                "shared_budget needs max_cost and a client with limits_url (redis://...): "
+                "the cap is kept in Redis"
+            )
+        key = self._client._api_key  # noqa: SLF001 - only hashed, for the Redis key names
+        return RedisBudget(backend.url, key=key, max_cost=self._max_cost, name=name)
+
+    async def _book_shared(self, job: _Job, reservation: Reservation) -> bool:
+        """Book the request's estimate in the shared budget too; ``False``: it is spent."""
+        if self._shared_budget is None:
+            return True
+        # Waits while Redis cannot be checked (fails closed).
+        job.booking = await self._shared_budget.reserve(reservation.amount)
+        if job.booking is None:
+            self._budget.settle(reservation, None, job.n, charged=False)
+            return False
+        return True
+
+    async def _settle_shared(self, job: _Job, cost: Decimal | None, *, charged: bool) -> None:
+        if self._shared_budget is None or job.booking is None:
+            return
+        booking, job.booking = job.booking, None
+        # Shielded and bounded: if it cannot be written, the booking expires as spent.
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + _RECORD_TIMEOUT
+            await self._shared_budget.settle(booking, cost, maybe_charged=charged)
 
     async def _next_prepared(
         self, entries: Iterator[Any] | AsyncIterator[Any], index: int
@@ -885,13 +961,22 @@ class Batch:
 
     # -- one item -----------------------------------------------------------------------
 
-    async def _before_attempt(self, attempts: _Attempts) -> None:
+    async def _before_attempt(
+        self, attempts: _Attempts, wait_turn: Callable[[], Awaitable[None]]
+    ) -> None:
         while True:
             self._check_may_send(attempts)
             with anyio.CancelScope() as scope:
                 self._waiting.add(scope)
                 try:
-                    await self._pacer.wait_turn()
+                    await wait_turn()
+                except (LocalRateLimitError, DailyLimitExceededError) as exc:
+                    # Refused by the pacer before sending (a cooldown longer than max_wait,
+                    # e.g. a Retry-After of 99999999; or the daily cap): waiting would only
+                    # freeze the batch behind an ETA. Stop it; unsent items stay not_started
+                    # and a later run does them.
+                    self._fail_fast(exc)
+                    raise _Abandoned from exc
                 finally:
                     self._waiting.discard(scope)
             if not scope.cancelled_caught:
@@ -905,7 +990,9 @@ class Batch:
             raise _Abandoned
 
     def _after_attempt(self, error: BaseException | None) -> None:
-        self._pacer.observe(error)
+        if isinstance(error, RateLimitError):
+            self._rate_limited += 1
+        self._adapt_concurrency(error)
         if isinstance(error, _FATAL):
             self._fail_fast(error)
 
@@ -948,6 +1035,7 @@ class Batch:
             images = len(response.data) if response is not None else job.n
             self._budget.settle(reservation, cost, images, charged=charged)
             settled = True
+            await self._settle_shared(job, cost, charged=charged)
             if self._streak.observe(error if response is None else None) and error is not None:
                 self._fail_fast(error, self._streak.describe())
             if cost is not None:
@@ -955,6 +1043,7 @@ class Batch:
         finally:
             if not settled:
                 self._budget.settle(reservation, None, job.n, charged=True)
+                await self._settle_shared(job, None, charged=True)
         latency = answered - attempts.last_started if response is not None else None
         return await self._save(
             job,

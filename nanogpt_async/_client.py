@@ -6,6 +6,7 @@ import copy
 import ipaddress
 import logging
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from http.cookiejar import CookieJar
@@ -43,7 +44,14 @@ from nanogpt_async._exchange import (
 from nanogpt_async._images import Images
 from nanogpt_async._log_redaction import guard_library_logs
 from nanogpt_async._models import Balance, checked_image, redact_url
-from nanogpt_async._retry import AttemptHooks, RetryPolicy, parse_retry_after, run_with_retries
+from nanogpt_async._pacing import (
+    PacedAttempts,
+    Pacer,
+    PacerState,
+    PacingBackend,
+    TurnHooks,
+)
+from nanogpt_async._retry import RetryPolicy, parse_retry_after, run_with_retries
 from nanogpt_async._transport import AutoTransport
 from nanogpt_async._types import NOT_GIVEN, NotGiven, TimeoutTypes
 
@@ -125,6 +133,15 @@ class AsyncNanoGPT:
         max_response_bytes: Largest API response body accepted, decompressed.
         max_download_bytes: Largest downloaded image accepted, decompressed.
         verify: TLS verification for the pools this client creates (on by default).
+        rps: Requests per second at most, for every request this client sends (generations,
+            batches, retries included): NanoGPT allows 25 per key. ``None`` turns the rate
+            limit off; a 429's cooldown and a daily cap still hold every call.
+        burst: Requests that may go at once after a quiet spell (1: evenly spaced).
+        max_wait: Longest wait for a turn; a call whose turn is further away raises
+            `LocalRateLimitError` before sending (a web backend sets a few seconds).
+        limits_url: ``redis://host:port/db`` to share the key's pacing with every process
+            that uses it (needs the ``[redis]`` extra); defaults to ``NANOGPT_LIMITS_URL``.
+            See "Sharing one key" in the docs.
 
     Example:
         >>> async with AsyncNanoGPT() as client:  # doctest: +SKIP
@@ -149,6 +166,10 @@ class AsyncNanoGPT:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
         verify: bool | str = True,
+        rps: float | None = 25.0,  # DEFAULT_RPS, spelled out for the API reference
+        burst: int = 1,
+        max_wait: float = 60.0,  # DEFAULT_MAX_WAIT
+        limits_url: str | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("NANOGPT_API_KEY", "")
         key = key.strip()
@@ -215,9 +236,41 @@ class AsyncNanoGPT:
         self._generations_url = f"{self.base_url}/images/generations"
         self._parsed_urls: dict[str, httpx.URL] = {}
         self._big_bodies = anyio.Semaphore(BIG_BODY_SLOTS)
+        self._owns_pacer = True
+        self._pacer = self._make_pacer(key, rps, burst, max_wait, limits_url)
         self._models_url = f"{self.base_url}/image-models"
         self._balance_url = self._api_root(self.base_url) + "/check-balance"
         self.images = Images(self)
+
+    @staticmethod
+    def _make_pacer(
+        key: str, rps: float | None, burst: int, max_wait: float, limits_url: str | None
+    ) -> Pacer:
+        url = limits_url if limits_url is not None else os.environ.get("NANOGPT_LIMITS_URL")
+        backend: PacingBackend | None = None
+        if url:
+            # Imported only when asked for: redis is an optional extra. The connection itself
+            # is made on first use, inside the running loop (never here, never before a fork).
+            from nanogpt_async._pacing._redis import RedisBackend  # noqa: PLC0415
+
+            try:
+                backend = RedisBackend(url, key=key)
+            except ValueError as exc:
+                raise InvalidInputError(str(exc)) from None
+        try:
+            return Pacer(rps=rps, burst=burst, max_wait=max_wait, backend=backend)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+
+    @property
+    def pacing(self) -> PacerState:
+        """This client's pacing now: rate, current wait, cooldown end, daily-cap block.
+
+        Example:
+            >>> client.pacing.wait  # doctest: +SKIP
+            0.0
+        """
+        return self._pacer.state
 
     @staticmethod
     def _check_base_url(url: str) -> str:
@@ -260,6 +313,8 @@ class AsyncNanoGPT:
 
     async def aclose(self) -> None:
         """Close the connection pools this client created (not ones you passed in)."""
+        if self._owns_pacer:
+            await self._pacer.aclose()
         if self._owns_http:
             await self._http.aclose()
         if self._owns_download_http:
@@ -289,6 +344,7 @@ class AsyncNanoGPT:
         view = copy.copy(self)
         view._owns_http = False  # noqa: SLF001 - same class
         view._owns_download_http = False  # noqa: SLF001
+        view._owns_pacer = False  # noqa: SLF001 - the view shares the pacer: one key, one pace
         if not isinstance(timeout, NotGiven):
             view.timeout = _as_timeout(timeout)
         policy = retry_policy or self.retry_policy
@@ -296,6 +352,22 @@ class AsyncNanoGPT:
             policy = RetryPolicy(**{**policy.__dict__, "max_retries": max_retries})
         view.retry_policy = policy
         view.images = Images(view)
+        return view
+
+    def _with_own_pacer(self, *, rps: float | None, burst: int) -> AsyncNanoGPT:
+        """A view with a pacer of its own (a batch given its own ``rps``), in memory.
+
+        It keeps real time even under ``recorded_backoff()``, as the per-batch pacer it stands
+        in for always did: tests pacing a batch against a rate-limited fake rely on it.
+        """
+        view = self.with_options()
+        view._pacer = Pacer(  # noqa: SLF001 - same class
+            rps=rps,
+            burst=burst,
+            max_wait=self._pacer.max_wait,
+            clock=time.monotonic,
+            sleep=anyio.sleep,
+        )
         return view
 
     # -- the request path -------------------------------------------------------------------
@@ -308,10 +380,15 @@ class AsyncNanoGPT:
         json_body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool,
-        hooks: AttemptHooks | None = None,
+        hooks: TurnHooks | None = None,
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        paced: bool = True,
     ) -> tuple[Any, str | None]:
-        """Send one API call through the retry engine; return ``(parsed JSON, request id)``."""
+        """Send one API call through the pacer and the retry engine.
+
+        Every attempt (retries included) takes its turn from the client's pacer; ``hooks``
+        (the batch runner's) decide when to take it. Returns ``(parsed JSON, request id)``.
+        """
         # Image-to-image bodies carry megabytes of data URLs: encoded off the event loop.
         content = await dumps_maybe_offloaded(json_body) if json_body is not None else None
         request_headers = headers if headers is not None else self._auth_headers
@@ -336,7 +413,11 @@ class AsyncNanoGPT:
             )
 
         return await run_with_retries(
-            self.retry_policy, attempt, idempotent=idempotent, describe=describe, hooks=hooks
+            self.retry_policy,
+            attempt,
+            idempotent=idempotent,
+            describe=describe,
+            hooks=PacedAttempts(self._pacer, hooks) if paced else None,
         )
 
     async def _attempt(
@@ -626,8 +707,9 @@ class AsyncNanoGPT:
             "Accept": "application/json",
             "User-Agent": self._auth_headers["User-Agent"],
         }
+        # Not paced: a rare, free call, which must still work while a daily cap blocks.
         payload, request_id = await self._request(
-            "POST", self._balance_url, headers=headers, idempotent=True
+            "POST", self._balance_url, headers=headers, idempotent=True, paced=False
         )
         return Balance.from_api(payload, request_id=request_id)
 

@@ -18,7 +18,8 @@ Every exception is a `NanoGPTError`; catch that to catch them all:
     │   │   ├── PayloadTooLargeError        413
     │   │   ├── UnprocessableEntityError    422
     │   │   ├── RateLimitError              429 (retried)
-    │   │   │   └── DailyLimitExceededError 429 daily cap: not retried
+    │   │   │   ├── DailyLimitExceededError 429 daily cap: not retried
+    │   │   │   └── LocalRateLimitError     our own pacer's turn is too far: nothing sent
     │   │   └── InternalServerError         5xx (retried)
     │   │       └── GatewayError            a proxy's 502/504/52x page: maybe charged
     │   ├── APIConnectionError          no usable answer: refused, reset, garbled
@@ -67,6 +68,7 @@ __all__ = [
     "InternalServerError",
     "InvalidImageError",
     "InvalidInputError",
+    "LocalRateLimitError",
     "NanoGPTError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -271,6 +273,26 @@ class DailyLimitExceededError(RateLimitError):
             f"The daily cap resets at {self.resets_at:%Y-%m-%d %H:%M} UTC; "
             "raise the key's cap on nano-gpt.com or try again then"
         )
+
+
+class LocalRateLimitError(RateLimitError):
+    """Raised before sending: this client's pacer would make the call wait too long.
+
+    The wait (a queue of calls ahead of it, or a 429 cooldown another call received) is longer
+    than the client's ``max_wait``. Nothing was sent and nothing was charged. A web backend
+    maps it to its own 429 with ``Retry-After: ceil(retry_after)``.
+
+    Attributes:
+        retry_after: The seconds the call would have had to wait.
+    """
+
+    hint = "Nothing was sent. Try again after that wait, or raise max_wait on the client"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, status_code=429, retry_after=retry_after)
+
+    def __str__(self) -> str:
+        return f"{self.message}. {self.hint}"
 
 
 class InternalServerError(APIStatusError):

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from nanogpt_async._batch import Batch, BatchInput
     from nanogpt_async._batch_models import BatchProgress
     from nanogpt_async._client import AsyncNanoGPT
-    from nanogpt_async._retry import AttemptHooks
+    from nanogpt_async._pacing import TurnHooks
 
 __all__ = ["Images"]
 
@@ -106,15 +106,18 @@ class Images:
         body: dict[str, Any],
         *,
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        hooks: AttemptHooks | None = None,
+        hooks: TurnHooks | None = None,
     ) -> ImagesResponse:
         """Send an already built and checked JSON body (the batch runner's entry point).
+
+        Every attempt takes its turn from the client's pacer.
 
         Args:
             body: The JSON body, checked and with input images as data URLs.
             timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
                 Default: `client.timeout`, the client's.
-            hooks: Awaited before every attempt (retries included) and told each outcome.
+            hooks: Decide when each attempt takes its turn (the batch runner waits inside a
+                scope it can cancel) and are told each outcome.
         """
         client = self._client
         payload, request_id = await client._request(  # noqa: SLF001 - the resource's own client
@@ -203,7 +206,7 @@ class Images:
         body: dict[str, Any],
         *,
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        hooks: AttemptHooks | None = None,
+        hooks: TurnHooks | None = None,
     ) -> ImagesResponse:
         """Send an already built and checked edit body (the batch runner's entry point).
 
@@ -211,7 +214,8 @@ class Images:
             body: The JSON body, checked and with input images as data URLs.
             timeout: This call's timeout (seconds, ``httpx.Timeout``, or ``None`` for none).
                 Default: `client.timeout`, the client's.
-            hooks: Awaited before every attempt (retries included) and told each outcome.
+            hooks: Decide when each attempt takes its turn from the client's pacer (retries
+                included) and are told each outcome.
         """
         client = self._client
         payload, request_id = await client._request(  # noqa: SLF001 - the resource's own client
@@ -232,10 +236,11 @@ class Images:
         *,
         output_dir: str | PathLike[str] | None = None,
         concurrency: int = 64,
-        rps: float | None = 25.0,
+        rps: float | NotGiven | None = NOT_GIVEN,
         burst: int | None = None,
         download_concurrency: int = 32,
         max_cost: float | Decimal | None = None,
+        shared_budget: str | None = None,
         retry_failed: bool = True,
         on_progress: Callable[[BatchProgress], object] | None = None,
         progress_interval: float = 0.5,
@@ -259,12 +264,21 @@ class Images:
                 keeps the images in memory (``ItemResult.images``).
             concurrency: Most generations in flight (lowered temporarily after 429s); at most
                 the client's ``max_connections``.
-            rps: Requests per second across all attempts (NanoGPT's limit is 25); ``None``
-                for no rate limit.
-            burst: Requests that may go at once after a quiet spell (default 1: evenly spaced).
+            rps: Leave it out: the batch takes its turns from the client's pacer
+                (``AsyncNanoGPT(rps=...)``, 25 by default), shared with every other call the
+                client makes, and with other processes through ``limits_url``. Given, this
+                batch gets a pacer of its own at that rate (``None``: unpaced), in this
+                process only, separate from the client's: for tests and isolated tools.
+                Default: `the client's pacer`.
+            burst: Like ``rps`` (a pacer of its own): requests that may go at once after a
+                quiet spell.
             download_concurrency: Most downloads/decodes/writes at once.
             max_cost: USD budget: no new request once spent plus in-flight estimate would pass
                 it.
+            shared_budget: A name: ``max_cost`` is then one cap shared through the client's
+                ``limits_url`` (Redis) by every batch that uses this name with this key, in
+                any process (see "Sharing one key"). It fails closed: no paid request is sent
+                while Redis cannot be checked.
             retry_failed: On resume, retry items recorded as failed (else skip them).
             on_progress: Called with a [BatchProgress][nanogpt_async.BatchProgress] at most every
                 ``progress_interval`` seconds, and once at the end.
@@ -293,6 +307,7 @@ class Images:
             burst=burst,
             download_concurrency=download_concurrency,
             max_cost=max_cost,
+            shared_budget=shared_budget,
             retry_failed=retry_failed,
             on_progress=on_progress,
             progress_interval=progress_interval,
@@ -305,7 +320,10 @@ class Images:
         """The image-model catalogue: ids, price per size, capabilities, sizes, max images."""
         client = self._client
         url = client._models_url + ("?detailed=true" if detailed else "")  # noqa: SLF001
-        payload, _ = await client._request("GET", url, idempotent=True)  # noqa: SLF001
+        # Not paced: a rare, free call, which must still work while a daily cap blocks.
+        payload, _ = await client._request(  # noqa: SLF001
+            "GET", url, idempotent=True, paced=False
+        )
         items = payload.get("data") if isinstance(payload, dict) else payload
         if not isinstance(items, list):
             return []

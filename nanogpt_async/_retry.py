@@ -34,7 +34,9 @@ from nanogpt_async._errors import (
     APIStatusError,
     DailyLimitExceededError,
     GatewayError,
+    LocalRateLimitError,
 )
+from nanogpt_async._pacing import _clock as pacing_clock
 
 __all__ = [
     "AttemptHooks",
@@ -87,13 +89,13 @@ class RetryPolicy:
 
 
 class AttemptHooks(Protocol):
-    """Lets a caller (the batch runner) pace every attempt, retries included."""
+    """Lets the client pace every attempt, retries included (see ``nanogpt_async._pacing``)."""
 
     async def before_attempt(self) -> None:
         """Wait until this attempt may be sent (rate limit, shared cooldown)."""
 
-    def after_attempt(self, error: BaseException | None) -> None:
-        """Learn how the attempt went (``None`` on success)."""
+    async def after_attempt(self, error: BaseException | None) -> None:
+        """Learn how the attempt went (``None`` on success); may tell a shared store."""
 
 
 def parse_retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:
@@ -154,14 +156,15 @@ def recorded_backoff() -> Iterator[list[float]]:
 
     _sleep = record
     try:
-        yield waits
+        with pacing_clock.instant():  # and the client pacer's 429 cooldowns too
+            yield waits
     finally:
         _sleep = previous
 
 
 def should_retry(policy: RetryPolicy, exc: BaseException, *, idempotent: bool) -> bool:
     """Whether ``exc`` is worth another attempt under ``policy``."""
-    if isinstance(exc, DailyLimitExceededError):
+    if isinstance(exc, (DailyLimitExceededError, LocalRateLimitError)):
         return False
     if isinstance(exc, GatewayError) and not (idempotent or policy.retry_ambiguous):
         return False
@@ -190,9 +193,9 @@ async def _attempt_once(attempt: Callable[[], Awaitable[_T]], hooks: AttemptHook
     try:
         result = await attempt()
     except Exception as exc:
-        hooks.after_attempt(exc)
+        await hooks.after_attempt(exc)
         raise
-    hooks.after_attempt(None)
+    await hooks.after_attempt(None)
     return result
 
 

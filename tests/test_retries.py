@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import random
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -364,10 +365,11 @@ async def test_the_after_attempt_hook_hears_every_outcome_success_included(
             self.before = 0
             self.outcomes: list[BaseException | None] = []
 
-        async def before_attempt(self) -> None:
+        async def take_turn(self, wait_turn: Callable[[], Awaitable[None]]) -> None:
             self.before += 1
+            await wait_turn()
 
-        def after_attempt(self, error: BaseException | None) -> None:
+        async def after_attempt(self, error: BaseException | None) -> None:
             self.outcomes.append(error)
 
     hooks = Hooks()

@@ -1,7 +1,8 @@
 """nanogpt-async's batch runner: ``client.images.generate_many(..., output_dir=None)``.
 
-Concurrency matched to the others; ``rps`` is the workload's (``None``, i.e. unpaced, except in
-W3 where pacing at 25 req/s is the point); other settings are the defaults (downloads and
+Concurrency matched to the others; the batch takes its turns from the client's pacer, at the
+workload's ``rps`` (``None``, i.e. unpaced, except in W3 and W7 where pacing at 25 req/s is the
+point); other settings are the defaults (downloads and
 decodes at most 32 at once, burst 1). Images stay in memory (``ItemResult.images``) and are
 dropped as soon as they are counted, as with every contender. The generation-to-download delay
 is the runner's own ``ItemResult.download_delay`` (answer received to bytes in hand).
@@ -25,7 +26,6 @@ async def run(job: Job, probe: Probe) -> None:
             (job.prompt(i) for i in range(job.generations)),
             output_dir=None,
             concurrency=job.concurrency,
-            rps=job.rps,
             total=job.generations,
             n=job.n,
             response_format=job.response_format,

@@ -20,13 +20,15 @@ def benchmark_client(job: Job, probe: Probe) -> AsyncNanoGPT:
     """The client both nanogpt-async contenders use: pool sized to the job, 429s counted.
 
     ``max_retries`` is raised so every image completes; an httpx response hook counts the 429s
-    the client's retries would otherwise hide.
+    the client's retries would otherwise hide. The client's pacer runs at the workload's
+    ``rps`` (``None``, unpaced, where the workload has no rate limit to respect).
     """
     client = AsyncNanoGPT(
         api_key=job.api_key,
         base_url=job.base_url,
         max_connections=job.concurrency,
         max_retries=MAX_ATTEMPTS - 1,
+        rps=job.rps,
     )
 
     async def hook(response: httpx.Response) -> None:

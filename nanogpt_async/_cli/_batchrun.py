@@ -60,7 +60,6 @@ class BatchSettings:
 
     out: Path
     concurrency: int
-    rps: float
     download_concurrency: int
     max_cost: float | None
     retry_failed: bool
@@ -69,6 +68,8 @@ class BatchSettings:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     #: Write or refresh ``out/index.html`` at the end (``--no-gallery`` turns it off).
     gallery: bool = True
+    #: ``--shared-budget``: ``max_cost`` is one cap kept in Redis under this name.
+    shared_budget: str | None = None
 
 
 @dataclass
@@ -533,9 +534,9 @@ async def run_batch(
             source.items,
             output_dir=settings.out,
             concurrency=settings.concurrency,
-            rps=settings.rps,
             download_concurrency=settings.download_concurrency,
             max_cost=settings.max_cost,
+            shared_budget=settings.shared_budget,
             retry_failed=settings.retry_failed,
             on_progress=on_progress,
             progress_interval=min(0.5, settings.progress_interval or 0.5),

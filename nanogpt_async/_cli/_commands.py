@@ -610,7 +610,22 @@ def progress_options(func: _F) -> _F:
     type=click.FloatRange(min=0, min_open=True),
     default=25.0,
     show_default=True,
-    help="Requests per second at most (NanoGPT allows 25 by default).",
+    help="Requests per second at most, retries included (NanoGPT allows 25 per key).",
+)
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Stop the batch when the next turn is further away (e.g. a long 429 cooldown).",
+)
+@click.option(
+    "--limits-url",
+    envvar="NANOGPT_LIMITS_URL",
+    show_envvar=True,
+    metavar="URL",
+    help="redis://host:port/db: share the key's pacing with every process using it.",
 )
 @click.option(
     "--download-concurrency",
@@ -624,6 +639,12 @@ def progress_options(func: _F) -> _F:
     type=click.FloatRange(min=0),
     metavar="USD",
     help="Stop starting requests once this much is spent or in flight.",
+)
+@click.option(
+    "--shared-budget",
+    metavar="NAME",
+    help="Make --max-cost one cap, kept in Redis (--limits-url) under NAME, for every batch "
+    "using NAME with this key, in any process.",
 )
 @click.option(
     "--retry-failed/--no-retry-failed",
@@ -653,8 +674,11 @@ def batch(
     prompt_format: str,
     concurrency: int,
     rps: float,
+    max_wait: float,
+    limits_url: str | None,
     download_concurrency: int,
     max_cost: float | None,
+    shared_budget: str | None,
     retry_failed: bool,
     dry_run: bool,
     progress: str,
@@ -695,13 +719,16 @@ def batch(
         max_retries=max_retries,
         max_connections=max(concurrency, download_concurrency),
         retry_ambiguous=retry_ambiguous,
+        rps=rps,
+        max_wait=max_wait,
+        limits_url=limits_url,
     )
     settings = BatchSettings(
         out=out,
         concurrency=concurrency,
-        rps=rps,
         download_concurrency=download_concurrency,
         max_cost=max_cost,
+        shared_budget=shared_budget,
         retry_failed=retry_failed,
         progress=progress,
         progress_interval=progress_interval,
@@ -820,7 +847,6 @@ def demo(*, out: Path, count: int, fast: bool, progress: str, progress_interval:
     settings = BatchSettings(
         out=out,
         concurrency=64,
-        rps=25.0,
         download_concurrency=32,
         max_cost=None,
         retry_failed=True,

@@ -235,11 +235,13 @@ def make_client(
     max_retries: int | None = None,
     max_connections: int | None = None,
     retry_ambiguous: bool = False,
+    **pacing: Any,
 ) -> AsyncNanoGPT:
     """Build the client from options (which already fell back to the environment).
 
     ``retry_ambiguous`` is ``--retry-ambiguous``: retry paid requests that may already have
-    been charged (`nanogpt_async.RetryPolicy`'s ``retry_ambiguous``).
+    been charged (`nanogpt_async.RetryPolicy`'s ``retry_ambiguous``). ``pacing``: ``rps``,
+    ``max_wait``, ``limits_url`` when the command has those options.
     """
     if not api_key or not api_key.strip():
         raise click.UsageError(
@@ -257,6 +259,7 @@ def make_client(
         kwargs["retry_policy"] = RetryPolicy(retry_ambiguous=True)
     if max_connections is not None:
         kwargs["max_connections"] = max_connections
+    kwargs.update({name: value for name, value in pacing.items() if value is not None})
     try:
         client = AsyncNanoGPT(api_key=api_key, base_url=base_url, **kwargs)
     except InvalidInputError as exc:

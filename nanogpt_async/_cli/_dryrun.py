@@ -60,7 +60,6 @@ async def dry_run_batch(client: AsyncNanoGPT, source: PromptSource, settings: Ba
             source.items,
             output_dir=settings.out,
             concurrency=settings.concurrency,
-            rps=settings.rps,
             download_concurrency=settings.download_concurrency,
             max_cost=settings.max_cost,
             retry_failed=settings.retry_failed,

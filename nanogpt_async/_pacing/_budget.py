@@ -1,0 +1,300 @@
+"""A ``max_cost`` shared through Redis by every process spending one key's money.
+
+Reserve, then settle (check-then-record overshoots under load):
+
+* `RedisBudget.reserve` books an estimate before a paid request is sent, in one script:
+  refused when settled spending plus live reservations plus this estimate would pass the cap;
+* `RedisBudget.settle` turns it into the real cost after the answer; an ambiguous
+  failure (the request may have been charged, no cost known) counts the estimate as spent; a
+  failure before sending releases it;
+* a reservation not settled within ``reservation_ttl`` (its process died) is swept as spent at
+  its estimate; a late settlement then adds only what the real cost exceeded it by;
+* both scripts are safe to repeat (the reservation id is the token; settlements leave a
+  marker), because redis-py may retry a timed-out call;
+* while Redis cannot be reached the budget **fails closed**: `reserve` waits (and says
+  so once) rather than let a paid request go unchecked; settlements that could not be written
+  are kept and written on the next successful call, meanwhile the reservation counts as spent.
+
+Amounts are kept in Redis as integer micro-dollars; keys share the pacer's namespace (a hash
+of the API key) plus the budget's name, so separate jobs on one key can have separate caps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import ROUND_CEILING, Decimal
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from nanogpt_async._pacing._redis import (
+    CONNECT_TIMEOUT,
+    SOCKET_TIMEOUT,
+    redis_display,
+    redis_namespace,
+)
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["BudgetReservation", "RedisBudget"]
+
+logger = logging.getLogger("nanogpt_async")
+
+_MICRO = Decimal("0.000001")
+#: An unsettled reservation is presumed dead (and spent) after this long: longer than any
+#: request can take with the default 300 s read timeout and its retries.
+RESERVATION_TTL = 1800.0
+#: How often a fail-closed reservation tries Redis again.
+RETRY_EVERY = 0.5
+
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Sweep reservations whose process died: they count as spent at their estimate.
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, id in ipairs(dead) do
+  local amount = tonumber(redis.call('HGET', KEYS[3], id)) or 0
+  redis.call('HINCRBY', KEYS[1], 'spent', amount)
+  redis.call('HINCRBY', KEYS[1], 'held', -amount)
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('SET', KEYS[4] .. id, 'swept', 'PX', 86400000)
+end
+"""
+
+# KEYS: totals hash, reservations zset (id -> expiry), amounts hash, marker prefix
+# ARGV: id, estimate (micro-USD), max (micro-USD), ttl ms
+_RESERVE = (
+    _PRELUDE
+    + """
+local known = redis.call('HEXISTS', KEYS[3], ARGV[1]) + redis.call('EXISTS', KEYS[4] .. ARGV[1])
+if known > 0 then
+  return 1  -- repeated: that reservation was already made
+end
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent')) or 0
+local held = tonumber(redis.call('HGET', KEYS[1], 'held')) or 0
+local estimate = tonumber(ARGV[2])
+if spent + held + estimate > tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], estimate)
+redis.call('HINCRBY', KEYS[1], 'held', estimate)
+return 1
+"""
+)
+
+# KEYS: as above. ARGV: id; cost in micro-USD or -1 when unknown; 1 when an unknown cost
+# counts as spent; the estimate in micro-USD.
+_SETTLE = (
+    _PRELUDE
+    + """
+local marker = redis.call('GET', KEYS[4] .. ARGV[1])
+local cost = tonumber(ARGV[2])
+local charged = ARGV[3] == '1'
+local estimate = tonumber(ARGV[4])
+if marker == 'settled' then
+  return 0  -- a repeat
+end
+if marker == 'swept' then
+  -- Its estimate was counted when it expired; add only what the real cost exceeded it by.
+  if cost >= 0 and cost > estimate then
+    redis.call('HINCRBY', KEYS[1], 'spent', cost - estimate)
+  end
+  redis.call('SET', KEYS[4] .. ARGV[1], 'settled', 'PX', 86400000)
+  return 1
+end
+local amount = tonumber(redis.call('HGET', KEYS[3], ARGV[1]))
+if amount then
+  redis.call('HINCRBY', KEYS[1], 'held', -amount)
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if cost >= 0 then
+  redis.call('HINCRBY', KEYS[1], 'spent', cost)
+elseif charged then
+  redis.call('HINCRBY', KEYS[1], 'spent', amount or estimate)
+end
+redis.call('SET', KEYS[4] .. ARGV[1], 'settled', 'PX', 86400000)
+return 1
+"""
+)
+
+# KEYS: as above. Returns {spent, held}.
+_TOTALS = (
+    _PRELUDE
+    + """
+return {tostring(tonumber(redis.call('HGET', KEYS[1], 'spent')) or 0),
+        tostring(tonumber(redis.call('HGET', KEYS[1], 'held')) or 0)}
+"""
+)
+
+
+def _micro(amount: Decimal) -> int:
+    return int((amount / _MICRO).to_integral_value(rounding=ROUND_CEILING))
+
+
+class BudgetReservation:
+    """One booked estimate, to be settled exactly once."""
+
+    __slots__ = ("estimate", "id")
+
+    def __init__(self, reservation_id: str, estimate: Decimal) -> None:
+        self.id = reservation_id
+        self.estimate = estimate
+
+    def __repr__(self) -> str:
+        return f"BudgetReservation(id={self.id!r}, estimate={self.estimate})"
+
+
+class RedisBudget:
+    """A USD cap shared by every process using one API key, through Redis.
+
+    Args:
+        url: ``redis://host:port/db``.
+        key: The API key (only hashed).
+        max_cost: The cap in USD.
+        name: Which budget (processes sharing a cap use the same name).
+        reservation_ttl: Seconds after which an unsettled reservation counts as spent.
+        socket_timeout: Seconds before a Redis call counts as failed.
+        sleep: How to wait between tries while Redis is unreachable (injectable for tests).
+
+    Example:
+        >>> budget = RedisBudget(url, key=key, max_cost=Decimal("1.00"))  # doctest: +SKIP
+        >>> booked = await budget.reserve(Decimal("0.01"))  # doctest: +SKIP
+        >>> await budget.settle(booked, cost=Decimal("0.008"))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: str,
+        max_cost: Decimal,
+        name: str = "default",
+        reservation_ttl: float = RESERVATION_TTL,
+        socket_timeout: float = SOCKET_TIMEOUT,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        """Remember where Redis is; connect on first use, inside the running loop."""
+        if importlib.util.find_spec("redis") is None:
+            raise ValueError(
+                "a shared budget needs the redis client: pip install 'nanogpt-async[redis]'"
+            )
+        if max_cost < 0:
+            raise ValueError(f"max_cost must be >= 0, got {max_cost}")
+        self._url = url
+        self.display = redis_display(url)
+        self.max_cost = max_cost
+        prefix = f"{redis_namespace(key)}budget:{name}:"
+        self._keys = [prefix + "totals", prefix + "reservations", prefix + "amounts", prefix + "m:"]
+        self._ttl_ms = int(reservation_ttl * 1000)
+        self._timeout = socket_timeout
+        self._sleep = sleep
+        self._client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._unsent: list[list[Any]] = []
+        self._warned = False
+
+    def _connection(self) -> Redis:
+        if self._client is None:
+            from redis.asyncio import BlockingConnectionPool, Redis  # noqa: PLC0415
+            from redis.asyncio.retry import Retry  # noqa: PLC0415
+            from redis.backoff import NoBackoff  # noqa: PLC0415
+
+            pool = BlockingConnectionPool.from_url(
+                self._url,
+                max_connections=4,
+                timeout=CONNECT_TIMEOUT,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                retry=Retry(NoBackoff(), 1),
+            )
+            client = Redis(connection_pool=pool)
+            self._client = client
+            self._scripts = {
+                "reserve": client.register_script(_RESERVE),
+                "settle": client.register_script(_SETTLE),
+                "totals": client.register_script(_TOTALS),
+            }
+        return self._client
+
+    async def _run(self, script: str, args: list[Any]) -> Any:
+        from redis.exceptions import RedisError  # noqa: PLC0415
+
+        try:
+            connection = self._connection()
+            with anyio.fail_after(CONNECT_TIMEOUT + self._timeout * 2):
+                return await self._scripts[script](keys=self._keys, args=args, client=connection)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "nanogpt-async: the shared budget in Redis at %s cannot be checked (%s): "
+                    "no paid request is sent until it answers",
+                    self.display,
+                    type(exc).__name__,
+                )
+            raise
+
+    async def _flush(self) -> None:
+        while self._unsent:
+            await self._run("settle", self._unsent[0])
+            self._unsent.pop(0)
+
+    async def reserve(self, estimate: Decimal) -> BudgetReservation | None:
+        """Book ``estimate`` USD before sending; ``None`` when the cap would be passed.
+
+        Waits (fails closed) while Redis cannot be reached: nothing paid goes unchecked.
+        """
+        booking = BudgetReservation(uuid.uuid4().hex, estimate)
+        args = [booking.id, _micro(estimate), _micro(self.max_cost), self._ttl_ms]
+        while True:
+            try:
+                await self._flush()
+                admitted = await self._run("reserve", args)
+            except Exception:  # noqa: BLE001 - logged once in _run; fail closed and try again
+                await self._sleep(RETRY_EVERY)
+                continue
+            if self._warned:
+                self._warned = False
+                logger.warning("nanogpt-async: the shared budget in Redis answers again")
+            return booking if int(admitted) == 1 else None
+
+    async def settle(
+        self, booking: BudgetReservation, cost: Decimal | None, *, maybe_charged: bool
+    ) -> None:
+        """Record what the request really cost (``None``: unknown).
+
+        With no cost, ``maybe_charged`` counts the estimate as spent (an ambiguous failure);
+        otherwise the reservation is released. Never raises for Redis: a settlement that
+        cannot be written now is written with the next call (till then it counts as spent).
+        """
+        args = [
+            booking.id,
+            _micro(cost) if cost is not None else -1,
+            int(maybe_charged),
+            _micro(booking.estimate),
+        ]
+        self._unsent.append(args)
+        try:
+            await self._flush()
+        except Exception:  # noqa: BLE001 - kept in _unsent, written later
+            return
+
+    async def totals(self) -> tuple[Decimal, Decimal]:
+        """``(spent, reserved)`` in USD, as Redis holds them now."""
+        await self._flush()
+        spent, held = await self._run("totals", [])
+        return Decimal(int(float(spent))) * _MICRO, Decimal(int(float(held))) * _MICRO
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose(close_connection_pool=True)

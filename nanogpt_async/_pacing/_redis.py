@@ -1,0 +1,440 @@
+"""The Redis pacing backend: one key's slots, cooldown and daily block, shared by processes.
+
+Every step is one Lua script run with EVALSHA (redis-py's ``register_script`` falls back to
+loading it on NOSCRIPT), so a request costs one round trip to reserve its slot, plus one to
+recheck when its slot was more than one slot away (a 429 elsewhere then moves it):
+
+* **GCRA "next slot"**: the script answers "your slot is in 0.12 s"; callers sleep that
+  relative delay. Redis ``TIME`` is the only clock, so hosts' clock skew does not matter.
+* **Cooldown** ``until = max(until, now + Retry-After)`` and the **daily block** live in Redis:
+  every process sees them at its next reservation or recheck, within one slot.
+* **Safe to repeat**: a reservation carries a random token and its result is stored under it
+  for a minute; a repeated call (redis-py retries a timed-out command) returns the stored slot
+  instead of taking a second one. Cooldown and block are ``max`` updates: repeats are no-ops.
+* **Keys** are ``nanogpt:{<sha256 of the API key, 24 hex>}:...``: the key never reaches Redis.
+* **Faults**: short socket timeouts; when Redis fails or is slow the backend paces in memory at
+  a safe share of the rate (the rate divided by the processes seen in the last 10 s), warns
+  once, and probes Redis at most four times a second until it answers again.
+
+The connection is made lazily inside the running event loop, and made again after a fork or in
+another loop: never at import, never shared across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from nanogpt_async._pacing._memory import MemoryBackend
+from nanogpt_async._pacing._state import Grant, GrantKind
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["RedisBackend", "redis_display", "redis_namespace"]
+
+logger = logging.getLogger("nanogpt_async")
+
+#: Socket timeouts: a healthy Redis on a LAN answers in well under a millisecond; half a second
+#: means it is down or stalled, and the pacer falls back rather than stall requests. (A quarter
+#: second tripped falsely on a loaded 2-core machine while 4 processes started at once.)
+SOCKET_TIMEOUT = 0.5
+#: Connections per process: reservations take well under a millisecond each, so a few carry
+#: hundreds of requests per second, and a burst of callers does not open one socket each.
+POOL_SIZE = 8
+#: Waiting for one of our own pooled connections, and making one, may take longer on a busy
+#: machine (4 processes starting at once on 2 cores: up to a second) without Redis being at
+#: fault; a stalled Redis still fails each call within the socket timeout.
+CONNECT_TIMEOUT = 2.0
+#: While Redis is down, try it again at most this often. Short, because until every process
+#: is back, the ones still pacing alone add to the shared schedule (W9 with 1 s: up to 47
+#: requests in the second after Redis returned, against 25).
+PROBE_INTERVAL = 0.25
+#: How long a reservation's token (and its stored answer) is kept.
+TOKEN_TTL_MS = 60_000
+#: A process counts as sharing the key if it reserved within this window.
+MEMBER_WINDOW_MS = 10_000
+#: Share of the rate used in fallback when Redis never said how many processes share the key.
+UNKNOWN_SHARE = 0.25
+
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local function keep(state_key, ends)
+  local ttl = math.ceil(math.max(ends - now, 0) + 60000)
+  redis.call('PEXPIRE', state_key, ttl)
+end
+"""
+
+# KEYS: state hash, members zset, token key
+# ARGV: interval ms, burst, max wait ms, recheck (0/1), member id, token ttl ms, member window,
+#       a new schedule id (used when the state is new), the rechecked slot's schedule id
+# A schedule id names this state's life: after Redis lost its data (restarted empty) or the
+# state expired, slots from before are not honoured by a recheck (W9: they were, and the old
+# and new schedules added up to 50 requests a second for 10 s).
+_RESERVE = (
+    _PRELUDE
+    + """
+local stored = redis.call('GET', KEYS[3])
+if stored then
+  local kind, slot, new_slot = string.match(stored, '^(%a+) ([^ ]+) (%d)$')
+  local st = redis.call('HMGET', KEYS[1], 'tat', 'cd', 'daily', 'dcode', 'epoch')
+  local cd = tonumber(st[2]) or 0
+  local daily = tonumber(st[3]) or 0
+  return {kind, tostring(math.max(tonumber(slot) - now, 0)), tostring(math.max(cd - now, 0)),
+          tostring(math.max(daily - now, 0)), '0', st[4] or '', tonumber(new_slot), 1,
+          st[5] or ''}
+end
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+local st = redis.call('HMGET', KEYS[1], 'tat', 'cd', 'daily', 'dcode', 'epoch')
+local epoch = st[5]
+if not epoch then
+  epoch = ARGV[8]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  keep(KEYS[1], now)
+end
+local tat = tonumber(st[1]) or 0
+local cd = tonumber(st[2]) or 0
+local daily = tonumber(st[3]) or 0
+redis.call('ZADD', KEYS[2], now, ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[7]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[7]) * 2)
+local members = redis.call('ZCARD', KEYS[2])
+local kind = 'go'
+local delay = 0
+local new_slot = 0
+if now < daily then
+  kind = 'daily'
+  delay = daily - now
+elseif ARGV[4] == '1' and ARGV[9] == epoch and now >= cd then
+  delay = 0
+else
+  local t0 = math.max(tat, now, cd)
+  local start = math.max(now, cd, t0 - (burst - 1) * interval)
+  delay = start - now
+  if delay > max_wait then
+    kind = 'too_long'
+  else
+    tat = t0 + interval
+    new_slot = 1
+    redis.call('HSET', KEYS[1], 'tat', tostring(tat))
+    keep(KEYS[1], math.max(tat, cd, daily))
+  end
+end
+redis.call('SET', KEYS[3], kind .. ' ' .. tostring(now + delay) .. ' ' .. new_slot,
+           'PX', tonumber(ARGV[6]))
+return {kind, tostring(delay), tostring(math.max(cd - now, 0)), tostring(math.max(daily - now, 0)),
+        tostring(math.max(tat - now, cd - now, 0)), st[4] or '', new_slot, members, epoch}
+"""
+)
+
+# KEYS: state hash. ARGV: seconds ms. Grow-only, so a repeat is a no-op.
+_COOLDOWN = (
+    _PRELUDE
+    + """
+local st = redis.call('HMGET', KEYS[1], 'tat', 'cd', 'daily')
+local cd = math.max(tonumber(st[2]) or 0, now + tonumber(ARGV[1]))
+local tat = math.max(tonumber(st[1]) or 0, cd)
+redis.call('HSET', KEYS[1], 'cd', tostring(cd), 'tat', tostring(tat))
+keep(KEYS[1], math.max(tat, cd, tonumber(st[3]) or 0))
+return tostring(cd - now)
+"""
+)
+
+# KEYS: state hash. ARGV: seconds ms, code. Grow-only.
+_DAILY = (
+    _PRELUDE
+    + """
+local daily = tonumber(redis.call('HGET', KEYS[1], 'daily')) or 0
+local until_ms = now + tonumber(ARGV[1])
+if until_ms > daily then
+  redis.call('HSET', KEYS[1], 'daily', tostring(until_ms), 'dcode', ARGV[2])
+  keep(KEYS[1], until_ms)
+end
+return tostring(math.max(daily, until_ms) - now)
+"""
+)
+
+
+def redis_namespace(api_key: str) -> str:
+    """The key prefix for one API key: a hash, so the key itself never reaches Redis."""
+    digest = hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:24]
+    # The braces make a Redis Cluster hash tag: all of one key's state lives on one node.
+    return f"nanogpt:{{{digest}}}:"
+
+
+def redis_display(url: str) -> str:
+    """``redis://host:port/db`` without user or password, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError  # noqa: PLC0415 - optional dependency
+
+    return (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
+
+
+class RedisBackend:
+    """Pacing state in Redis, shared by every process using one API key.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS).
+        key: The API key, only hashed (see `redis_namespace`).
+        socket_timeout: Seconds before a Redis call counts as failed.
+        clock: Local monotonic clock (for the fallback and the probe schedule only).
+
+    Attributes:
+        calls: Script calls sent to Redis (the benchmark's calls per request).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: str,
+        socket_timeout: float = SOCKET_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Remember where Redis is; connect later, inside the running loop."""
+        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"limits_url must be a redis:// URL such as redis://localhost:6379/0, "
+                f"got {redis_display(url)!r}"
+            )
+        if importlib.util.find_spec("redis") is None:
+            raise ValueError(
+                "limits_url needs the redis client: pip install 'nanogpt-async[redis]'"
+            )
+        self._url = url
+        self.display = redis_display(url)
+        self._prefix = redis_namespace(key)
+        self._member = uuid.uuid4().hex
+        self._timeout = socket_timeout
+        self._clock = clock
+        self._client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._owner: tuple[int, int] | None = None
+        self._fallback = MemoryBackend(clock=clock)
+        self._down = False
+        self._warned = False
+        self._next_probe = 0.0
+        self._probing = False
+        self._members = 0
+        self._cooldown_left = 0.0
+        self._daily_left = 0.0
+        self._daily_code: str | None = None
+        self.calls = 0
+
+    @property
+    def url(self) -> str:
+        """The Redis URL as given (credentials included: never show it; see ``display``)."""
+        return self._url
+
+    @property
+    def name(self) -> str:
+        """``redis``, or ``memory (redis unreachable)`` while falling back."""
+        return "memory (redis unreachable)" if self._down else "redis"
+
+    @property
+    def share(self) -> float:
+        """The share of the rate this process uses while Redis is unreachable."""
+        return 1.0 / self._members if self._members else UNKNOWN_SHARE
+
+    def _key(self, name: str) -> str:
+        return self._prefix + name
+
+    def _connection(self) -> Redis:
+        """The client for this process and this event loop (made on first use)."""
+        owner = (os.getpid(), id(asyncio.get_running_loop()))
+        if self._client is None or self._owner != owner:
+            from redis.asyncio import BlockingConnectionPool, Redis  # noqa: PLC0415 - optional
+            from redis.asyncio.retry import Retry  # noqa: PLC0415
+            from redis.backoff import NoBackoff  # noqa: PLC0415
+
+            # One retry of a timed-out call at most: the scripts are safe to repeat, and more
+            # would only delay the fallback.
+            pool = BlockingConnectionPool.from_url(
+                self._url,
+                max_connections=POOL_SIZE,
+                timeout=CONNECT_TIMEOUT,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                retry=Retry(NoBackoff(), 1),
+                health_check_interval=0,
+            )
+            client = Redis(connection_pool=pool)
+            self._client = client
+            self._owner = owner
+            self._scripts = {
+                "reserve": client.register_script(_RESERVE),
+                "cooldown": client.register_script(_COOLDOWN),
+                "daily": client.register_script(_DAILY),
+            }
+        return self._client
+
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one script; ``None`` when Redis failed (then the fallback takes over)."""
+        now = self._clock()
+        if self._down and (self._probing or now < self._next_probe):
+            return None
+        if self._down:
+            self._probing = True
+        try:
+            try:
+                connection = self._connection()
+            except RuntimeError as exc:  # no asyncio loop: redis-py's asyncio client needs one
+                raise OSError("Redis pacing needs an asyncio event loop") from exc
+            self.calls += 1
+            # Socket timeouts cover a silent Redis; this also covers a slow connect or a
+            # stream of retries.
+            with anyio.fail_after(CONNECT_TIMEOUT + self._timeout * 2):
+                result = await self._scripts[script](keys=keys, args=args, client=connection)
+        except _redis_errors() as exc:
+            self._went_down(exc)
+            return None
+        finally:
+            self._probing = False
+        if self._down:
+            self._down = False
+            logger.warning(
+                "nanogpt-async: Redis at %s answers again: pacing is shared", self.display
+            )
+        return result
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._next_probe = self._clock() + PROBE_INTERVAL
+        if self._down:
+            return
+        self._down = True
+        # Carry over what we knew, so a cooldown running when Redis went away still holds.
+        self._fallback.seed(
+            cooldown=self._cooldown_left, daily=self._daily_left, daily_code=self._daily_code
+        )
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "nanogpt-async: Redis at %s is unreachable or slow (%s): pacing this process "
+                "alone at %.0f%% of the rate until it answers again",
+                self.display,
+                type(exc).__name__,
+                100 * self.share,
+            )
+        else:
+            logger.info("nanogpt-async: Redis at %s is unreachable again", self.display)
+
+    # -- the backend protocol ----------------------------------------------------------------
+
+    async def reserve(
+        self,
+        *,
+        interval: float,
+        burst: int,
+        max_wait: float,
+        recheck: bool = False,
+        schedule: str | None = None,
+    ) -> Grant:
+        """See `PacingBackend.reserve`; one round trip.
+
+        A slot is only valid in the schedule it came from. A recheck of a shared slot that
+        cannot reach Redis takes a local one (its shared slot passed while Redis was silent;
+        sending at once would burst: W9 saw 43 requests in one second when Redis froze); a
+        recheck of a local slot once Redis is back, or of a slot from before Redis lost its
+        data, takes a slot in the current shared schedule (else the two would add up).
+        """
+        result = await self._run(
+            "reserve",
+            [self._key("state"), self._key("members"), self._key(f"t:{uuid.uuid4().hex}")],
+            [
+                _ms(interval),
+                burst,
+                _ms(max_wait),
+                int(recheck),
+                self._member,
+                TOKEN_TTL_MS,
+                MEMBER_WINDOW_MS,
+                uuid.uuid4().hex[:16],
+                schedule or "",
+            ],
+        )
+        if result is None:
+            # Alone, at this process's share of the rate.
+            return self._fallback.reserve_now(
+                interval=interval / self.share,
+                burst=1,
+                max_wait=max_wait,
+                recheck=recheck and schedule is None,
+            )
+        kind, delay, cooldown, daily, queued, code, new_slot, members, epoch = result
+        self._members = int(members)
+        self._cooldown_left = float(cooldown) / 1000
+        self._daily_left = float(daily) / 1000
+        code_text = code.decode() if isinstance(code, bytes) else str(code)
+        self._daily_code = code_text or None
+        kind_text = kind.decode() if isinstance(kind, bytes) else str(kind)
+        return Grant(
+            kind=_KINDS.get(kind_text, "go"),
+            delay=float(delay) / 1000,
+            cooldown=self._cooldown_left,
+            daily=self._daily_left,
+            queued=float(queued) / 1000,
+            daily_code=self._daily_code if self._daily_left > 0 else None,
+            new_slot=bool(int(new_slot)),
+            schedule=epoch.decode() if isinstance(epoch, bytes) else str(epoch),
+        )
+
+    def should_recheck(self, delay: float, interval: float) -> bool:
+        """Only for slots more than one slot away: a nearer one sees a cooldown in time."""
+        return self._down or delay > interval
+
+    async def cooldown(self, seconds: float) -> float:
+        """See `PacingBackend.cooldown`; grow-only in Redis."""
+        local = await self._fallback.cooldown(seconds)
+        result = await self._run("cooldown", [self._key("state")], [_ms(seconds)])
+        if result is None:
+            return local
+        self._cooldown_left = float(result) / 1000
+        return self._cooldown_left
+
+    async def block_daily(self, seconds: float, code: str | None) -> None:
+        """See `PacingBackend.block_daily`; grow-only in Redis."""
+        await self._fallback.block_daily(seconds, code)
+        await self._run("daily", [self._key("state")], [_ms(seconds), code or ""])
+        self._daily_left = max(self._daily_left, seconds)
+        self._daily_code = code
+
+    async def aclose(self) -> None:
+        """Close this process's connection (if it was made in this loop)."""
+        client, self._client = self._client, None
+        if client is not None and self._owner == (os.getpid(), _loop_id()):
+            await client.aclose(close_connection_pool=True)
+
+
+_KINDS: dict[str, GrantKind] = {"go": "go", "too_long": "too_long", "daily": "daily"}
+
+
+def _ms(seconds: float) -> str:
+    return repr(round(min(seconds, 1e12) * 1000, 3)) if math.isfinite(seconds) else "1e15"
+
+
+def _loop_id() -> int:
+    try:
+        return id(asyncio.get_running_loop())
+    except RuntimeError:
+        return 0
