@@ -413,3 +413,12 @@ def test_retry_after_is_read_from_a_plain_mapping_of_lowercase_headers(headers, 
     # HTTP/2 sends header names in lower case; any Mapping will do, not only httpx.Headers.
     now = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
     assert parse_retry_after(headers, now=now) == expected
+
+
+@pytest.mark.parametrize(("retry_after", "longest"), [(5, 5.5), (30, 31.0)])
+def test_a_retry_after_gets_a_tenth_of_jitter_on_top_at_most_a_second(
+    monkeypatch, retry_after, longest
+):
+    monkeypatch.setattr(random, "uniform", _top_of_range)
+    error = status_error(429, b"{}", retry_after=retry_after)
+    assert backoff_seconds(RetryPolicy(), 1, error) == longest
