@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import random
+import re
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -422,3 +423,27 @@ def test_a_retry_after_gets_a_tenth_of_jitter_on_top_at_most_a_second(
     monkeypatch.setattr(random, "uniform", _top_of_range)
     error = status_error(429, b"{}", retry_after=retry_after)
     assert backoff_seconds(RetryPolicy(), 1, error) == longest
+
+
+async def test_every_retry_honours_retry_after_and_says_what_it_retries(
+    mock_api, png_b64, instant_backoff, caplog
+):
+    # The first retry runs outside tenacity, the later ones inside: both paths are pinned.
+    busy = httpx.Response(429, headers={"Retry-After": "2"}, json={"error": {"message": "busy"}})
+    mock_api.post(GEN).mock(side_effect=[busy, busy, busy, ok(png_b64)])
+    policy = RetryPolicy(max_retries=3, backoff_initial=0.01, backoff_max=0.01)
+
+    with caplog.at_level("INFO", logger="nanogpt_async"):
+        async with AsyncNanoGPT(api_key=KEY, base_url=BASE, retry_policy=policy) as client:
+            await client.images.generate(prompt="x")
+
+    assert len(instant_backoff) == 3
+    assert all(2 <= wait <= 2.2 for wait in instant_backoff)  # Retry-After, plus jitter
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
+    assert len(lines) == 3
+    for number, line in enumerate(lines, start=2):
+        assert re.fullmatch(
+            rf"retrying POST \S+ in 2\.\d\ds \(attempt {number} of 4\) after: "
+            r"NanoGPT answered 429: busy.*",
+            line,
+        ), line
