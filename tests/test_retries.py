@@ -447,3 +447,15 @@ async def test_every_retry_honours_retry_after_and_says_what_it_retries(
             r"NanoGPT answered 429: busy.*",
             line,
         ), line
+
+
+async def test_a_permanent_error_on_a_retry_ends_the_retries(mock_api, png_b64):
+    busy = httpx.Response(503, json={"error": {"message": "busy"}})
+    refused = httpx.Response(400, json={"error": {"message": "bad size"}})
+    route = mock_api.post(GEN).mock(side_effect=[busy, busy, refused, ok(png_b64)])
+
+    async with AsyncNanoGPT(api_key=KEY, base_url=BASE, max_retries=5) as client:
+        with pytest.raises(BadRequestError):
+            await client.images.generate(prompt="x")
+
+    assert route.call_count == 3  # the 400 on the third of six attempts is not retried
