@@ -153,8 +153,16 @@ def _loads_for_resume(line: bytes) -> Any:
 def _parse_record(line: bytes, parse: Callable[[bytes], Any] = loads) -> dict[str, Any] | None:
     try:
         record = parse(line)
-    except (ValueError, RecursionError):  # torn by a crash, or not ours: that line only is lost
+    except RecursionError:
         return None
+    except ValueError:
+        # orjson refuses a lone surrogate escape ("\ud800"), which `ManifestWriter` writes for
+        # a text that is not valid Unicode (an item id given through the Python API): the
+        # stdlib reads it back as written. Else the line was torn by a crash, or is not ours.
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            return None
     if not isinstance(record, dict):
         return None
     if not isinstance(record.get("id"), str) or record.get("status") not in ("ok", "failed"):

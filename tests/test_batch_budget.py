@@ -158,6 +158,35 @@ def test_the_estimate_falls_back_to_the_highest_price_per_image_seen() -> None:
     assert budget.estimate("listed", "1024x1024") == D("0.02")  # the list wins where it has one
 
 
+def test_the_estimate_is_the_listed_price_of_the_items_own_size() -> None:
+    prices = PriceList([ImageModel("m", pricing={"1024*1024": 0.01, "2048*2048": 0.04})])
+    assert Budget(D(1), prices).estimate("m", "1024x1024") == D("0.01")
+
+
+def test_without_a_price_list_the_estimate_is_the_highest_price_seen() -> None:
+    budget = Budget(D(1))
+    assert budget.estimate("m", "1024x1024") is None
+    budget.in_flight = 1
+    budget.settle(Reservation(D("0.01"), 1), D("0.05"), 1, charged=True)
+    assert budget.estimate("m", "1024x1024") == D("0.05")
+
+
+async def test_without_a_budget_requests_are_admitted_and_counted_in_flight() -> None:
+    budget = Budget(None)
+    reservations = [await budget.admit(None, 4) for _ in range(3)]
+    assert budget.in_flight == 3
+    assert all(r is not None and r.amount == 0 for r in reservations)
+    for reservation in reservations:
+        assert reservation is not None
+        budget.settle(reservation, D("0.01"), 1, charged=True)
+    assert (budget.in_flight, budget.spent) == (0, D("0.03"))
+
+
+async def test_a_budgeted_request_without_an_estimate_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match=r"^a budgeted request needs a price estimate$"):
+        await Budget(D(1)).admit(None, 1)
+
+
 def test_a_size_without_its_own_price_takes_the_models_highest() -> None:
     prices = PriceList(
         [
@@ -167,6 +196,7 @@ def test_a_size_without_its_own_price_takes_the_models_highest() -> None:
     )
     assert prices.per_image("m", "2048x2048") == D("0.04")
     assert prices.per_image("m", "1024*1024") == D("0.01")
+    assert prices.per_image("m", "1024x1024") == D("0.01")  # the API's "x" is the list's "*"
     assert prices.per_image("m", "auto") == D("0.04")
     assert prices.per_image("m", None) == D("0.04")
     assert prices.per_image("free-text", None) is None
@@ -201,6 +231,46 @@ def test_latency_percentiles_come_from_the_sample_and_none_without_one() -> None
         small.add(float(value))
     assert small.max == 999.0
     assert len(small._values) == 10
+    assert small.quantile(0.0) is not None  # every kept value is a number, even replaced ones
+
+
+class RecordingRandom:
+    """Stands in for the sample's RNG: records each ``randrange`` bound, answers slot 0."""
+
+    def __init__(self) -> None:
+        self.bounds: list[int] = []
+
+    def randrange(self, stop: int) -> int:
+        self.bounds.append(stop)
+        return 0
+
+
+def test_a_full_sample_draws_each_new_values_slot_among_every_value_seen() -> None:
+    # Algorithm R: the k-th value replaces a kept one with probability size/k, so the sample
+    # stays uniform. Drawing among fewer or more values than seen biases the percentiles.
+    sample = Sample(size=3)
+    sample._rng = RecordingRandom()  # type: ignore[assignment]
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):
+        sample.add(value)
+    assert sample._rng.bounds == [4, 5, 6]  # type: ignore[attr-defined]
+    assert sorted(sample._values) == [2.0, 3.0, 6.0]  # slot 0 replaced by each later value
+
+
+def test_a_reservoir_sample_stays_uniform_over_a_long_stream() -> None:
+    sample = Sample(size=100)
+    for value in range(10_000):
+        sample.add(float(value))
+    median = sample.quantile(0.5)
+    assert median is not None
+    assert 4_000 <= median <= 6_000  # early values are not favoured (true median: 5000)
+
+
+def test_the_same_stream_gives_the_same_percentiles_run_after_run() -> None:
+    first, second = Sample(size=10), Sample(size=10)
+    for value in range(1000):
+        first.add(float(value))
+        second.add(float(value))
+    assert first._values == second._values  # a fixed seed: reproducible summaries
 
 
 # -- money against the fake -------------------------------------------------------------------

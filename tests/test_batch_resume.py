@@ -394,3 +394,16 @@ async def test_a_resume_reads_only_a_few_items_with_input_images_ahead(
     assert batch.summary.ok == 40
     # Resuming reads far ahead (1,024 items) for small items, but not for these.
     assert read_at_results[0] <= 12
+
+
+async def test_resume_skips_an_item_whose_id_is_not_valid_unicode(
+    serve: Serve, tmp_path: Path
+) -> None:
+    # A Python caller may pass any str as an id; the manifest must read back what it wrote.
+    server = serve()
+    items = [{"id": "odd\ud800", "prompt": "a lighthouse"}]
+    async with client_for(server) as client:
+        first = await client.images.generate_many(items, output_dir=tmp_path, rps=None).run()
+        again = await client.images.generate_many(items, output_dir=tmp_path, rps=None).run()
+    assert (first.ok, again.ok, again.skipped) == (1, 0, 1)
+    assert server.fake.stats.generations == 1  # paid once, not once per resume

@@ -9,6 +9,8 @@ import httpx
 import pytest
 
 from nanogpt_async import (
+    APIConnectionError,
+    APIError,
     APIResponseValidationError,
     APIStatusError,
     AsyncNanoGPT,
@@ -17,6 +19,7 @@ from nanogpt_async import (
     ConflictError,
     ContentPolicyViolationError,
     DailyLimitExceededError,
+    ImageDownloadError,
     InsufficientBalanceError,
     InternalServerError,
     NanoGPTError,
@@ -25,7 +28,13 @@ from nanogpt_async import (
     RequestTimeoutError,
     UnprocessableEntityError,
 )
-from nanogpt_async._errors import parse_error_body, status_error
+from nanogpt_async._errors import (
+    ERROR_SCAN_BYTES,
+    parse_error_body,
+    redact,
+    redact_error,
+    status_error,
+)
 from tests.conftest import BASE, KEY
 
 GEN = f"{BASE}/images/generations"
@@ -283,3 +292,175 @@ def test_a_huge_json_error_body_is_not_parsed_past_the_bounded_prefix():
     message, _ = parse_error_body(body)
 
     assert message.startswith("non-JSON response")
+
+
+# -- details pinned by mutation testing (docs/reliability.md, "Mutation testing") -------------
+
+
+def test_a_request_id_is_quoted_once_in_an_errors_text() -> None:
+    assert repr(APIError("boom", request_id="req-1")) == "APIError('boom')"
+    assert str(APIError("boom", request_id="req-1")) == "boom (request id: req-1)"
+    assert str(APIError("boom for req-1", request_id="req-1")) == "boom for req-1"
+    assert str(APIError("boom")) == "boom"
+
+
+def test_connection_and_download_errors_keep_what_they_were_given() -> None:
+    error = APIConnectionError("reset", request_sent=True, request_id="req-2")
+    assert (error.message, error.request_sent, error.request_id) == ("reset", True, "req-2")
+    download = ImageDownloadError("gone", url="https://cdn.test/a.png", status_code=404)
+    assert (download.url, download.status_code, str(download)) == (
+        "https://cdn.test/a.png",
+        404,
+        "gone",
+    )
+
+
+def test_a_daily_cap_keeps_the_servers_message() -> None:
+    error = status_error(429, b'{"code": "daily_rpd_limit_exceeded", "message": "Daily cap hit"}')
+    assert isinstance(error, DailyLimitExceededError)
+    assert error.message == "Daily cap hit"
+    assert str(error).startswith("NanoGPT answered 429: Daily cap hit (code: daily_rpd_limit")
+
+
+@pytest.mark.parametrize(
+    ("page", "message"),
+    [
+        (  # an inline SVG's <title> further down is not the page's
+            b"<html><head><title>502 Bad Gateway</title></head><svg><title>icon</title></svg>",
+            "non-JSON response: 502 Bad Gateway",
+        ),
+        (
+            b"<!-- stray </title> --><title>504 Gateway Time-out</title>",
+            "non-JSON response: 504 Gateway Time-out",
+        ),
+        (b"x<title>520 Unknown error</title>", "non-JSON response: 520 Unknown error"),
+        (b"<title>unterminated", "non-JSON response: <title>unterminated"),
+    ],
+)
+def test_a_proxy_pages_first_whole_title_is_its_message(page: bytes, message: str) -> None:
+    assert parse_error_body(page)[0] == message
+
+
+def test_a_json_object_without_any_message_is_quoted_as_the_message() -> None:
+    message, fields = parse_error_body(b'{"status": 500}')
+    assert message == 'unrecognised error body: {"status": 500}'
+    assert fields["body"] == {"status": 500}
+
+
+def test_a_param_that_is_not_text_is_left_out() -> None:
+    assert parse_error_body(b'{"error": {"message": "m", "param": 5}}')[1]["param"] is None
+    assert parse_error_body(b'{"error": {"message": "m", "param": "size"}}')[1]["param"] == "size"
+
+
+def test_a_key_anywhere_in_a_body_is_redacted_keys_of_objects_included() -> None:
+    body = {"errors": [{"detail": f"bad key {KEY}"}, 3], f"echo {KEY}": "v", "n": None}
+    error = redact_error(APIStatusError("m", status_code=401, body=body), [KEY])
+    assert isinstance(error, APIStatusError)
+    assert error.body == {
+        "errors": [{"detail": "bad key <redacted>"}, 3],
+        "echo <redacted>": "v",
+        "n": None,
+    }
+
+
+@pytest.mark.parametrize("container", ["list", "object"])
+def test_a_body_is_redacted_to_twenty_levels_deep_and_cut_below(container: str) -> None:
+    def nested(levels: int) -> object:
+        value: object = 1
+        for _ in range(levels):
+            value = [value] if container == "list" else {"k": value}
+        return value
+
+    def leaf(value: object) -> object:
+        while isinstance(value, (list, dict)):
+            value = value[0] if isinstance(value, list) else value["k"]
+        return value
+
+    kept = redact_error(APIStatusError("m", status_code=500, body=nested(20)), [KEY])
+    cut = redact_error(APIStatusError("m", status_code=500, body=nested(21)), [KEY])
+    assert isinstance(kept, APIStatusError)
+    assert isinstance(cut, APIStatusError)
+    assert (leaf(kept.body), leaf(cut.body)) == (1, "<redacted>")
+
+
+def test_a_json_error_body_that_is_not_an_object_is_recognised_by_its_content_type() -> None:
+    error = status_error(500, b'"busy"', content_type="application/json")
+    assert error.message == 'unrecognised error body: "busy"'
+    assert error.body == "busy"
+
+
+def test_a_status_error_carries_the_bodys_type_param_and_parsed_body() -> None:
+    body = b'{"error": {"message": "m", "type": "invalid_request_error", "param": "size"}}'
+    error = status_error(400, body)
+    assert (error.error_type, error.param) == ("invalid_request_error", "size")
+    assert error.body == {
+        "error": {"message": "m", "type": "invalid_request_error", "param": "size"}
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error": {"message": "Refused by policy", "type": "content_policy_violation"}}',
+        b'{"error": {"message": "Refused by policy", "code": "content_policy_violation"}}',
+    ],
+)
+def test_a_content_policy_refusal_is_recognised_by_its_type_or_code(body: bytes) -> None:
+    error = status_error(400, body)
+    assert type(error) is ContentPolicyViolationError
+    assert error.message == "Refused by policy"
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        (0.5, dt.datetime(2026, 11, 24, 15, 30, 0, 750_000, tzinfo=dt.timezone.utc)),
+        (None, dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)),
+    ],
+)
+def test_a_daily_caps_reset_time_is_exact_to_the_microsecond(retry_after, expected) -> None:
+    now = dt.datetime(2026, 11, 24, 15, 30, 0, 250_000, tzinfo=dt.timezone.utc)
+    error = status_error(
+        429, b'{"code": "daily_usd_limit_exceeded"}', retry_after=retry_after, now=now
+    )
+    assert isinstance(error, DailyLimitExceededError)
+    assert error.resets_at == expected  # a sub-second Retry-After still counts; midnight is :00
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"", "", "empty response body"),
+        (b"{not json", "", "non-JSON response: {not json"),
+        (b"502", "", "non-JSON response: 502"),  # parsed as JSON only if it looks like JSON
+        (b"502", "text/plain", "non-JSON response: 502"),
+        (b"502", "application/json", "unrecognised error body: 502"),
+        (b"[502]", "", "unrecognised error body: [502]"),
+    ],
+)
+def test_an_error_body_is_parsed_as_json_only_when_it_looks_or_says_so(
+    body: bytes, content_type: str, message: str
+) -> None:
+    assert parse_error_body(body, content_type)[0] == message
+
+
+def test_an_error_body_is_parsed_as_json_up_to_the_scan_limit_and_never_past_it() -> None:
+    json_error = b'{"error": {"message": "m"}}'
+    at_limit = json_error + b" " * (ERROR_SCAN_BYTES - len(json_error))
+    assert parse_error_body(at_limit)[0] == "m"
+    # One byte more and only a prefix is seen: never parsed, even if the prefix is valid JSON.
+    assert parse_error_body(at_limit + b"x")[0] == f"non-JSON response: {json_error.decode()}"
+
+
+def test_a_text_error_bodys_message_is_cut_to_200_characters_of_its_first_1000() -> None:
+    assert parse_error_body(b"<title>" + b"t" * 300 + b"</title>")[0] == (
+        "non-JSON response: " + "t" * 200
+    )
+    assert parse_error_body(b"u" * 300)[0] == "non-JSON response: " + "u" * 200
+    spaced = b"a" + b" " * 998 + b"bc"  # the 1000th character is the "b"
+    assert parse_error_body(spaced)[0] == "non-JSON response: a b"
+
+
+@pytest.mark.parametrize("word", ["Bearer", "bearer", "BEARER"])
+def test_a_bearer_credential_is_redacted_whatever_its_case(word: str) -> None:
+    assert redact(f"sent {word} abc.def-123, then", []) == "sent <redacted>, then"

@@ -211,8 +211,11 @@ async def test_two_batches_sharing_a_budget_spend_no_more_than_it_together(
         )
         if line["cost"] is not None
     )
-    assert charged == recorded == Decimal("0.05")  # one cap for both, not 0.05 each
-    assert sum(s.ok for s in summaries) == 5
+    assert charged == recorded  # every charge on record
+    # One cap for both, not $0.05 each. Under heavy load a reservation can outlive its lease and
+    # count as spent (the safe direction), so a run may stop a request short of the cap.
+    assert Decimal("0.04") <= charged <= Decimal("0.05")
+    assert sum(s.ok for s in summaries) == int(charged / Decimal("0.01"))
     assert all(s.stopped_reason == "budget" for s in summaries)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import random
+import re
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -395,3 +396,66 @@ async def test_a_daily_cap_without_retry_after_is_not_retried(client, mock_api, 
     assert route.call_count == 1
     assert info.value.resets_at > dt.datetime.now(dt.timezone.utc)
     assert (info.value.resets_at.hour, info.value.resets_at.minute) == (0, 0)
+
+
+# -- details pinned by mutation testing (docs/reliability.md, "Mutation testing") -------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after": "Wed, 25 Nov 2026 00:00:10 -0000"}, 10.0),  # no zone: UTC
+        ({"retry-after": "Wed, 25 Nov 2026 00:00:10 GMT"}, 10.0),
+    ],
+)
+def test_retry_after_is_read_from_a_plain_mapping_of_lowercase_headers(headers, expected):
+    # HTTP/2 sends header names in lower case; any Mapping will do, not only httpx.Headers.
+    now = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
+    assert parse_retry_after(headers, now=now) == expected
+
+
+@pytest.mark.parametrize(("retry_after", "longest"), [(5, 5.5), (30, 31.0)])
+def test_a_retry_after_gets_a_tenth_of_jitter_on_top_at_most_a_second(
+    monkeypatch, retry_after, longest
+):
+    monkeypatch.setattr(random, "uniform", _top_of_range)
+    error = status_error(429, b"{}", retry_after=retry_after)
+    assert backoff_seconds(RetryPolicy(), 1, error) == longest
+
+
+async def test_every_retry_honours_retry_after_and_says_what_it_retries(
+    mock_api, png_b64, instant_backoff, caplog
+):
+    # The first retry runs outside tenacity, the later ones inside: both paths are pinned.
+    busy = httpx.Response(429, headers={"Retry-After": "2"}, json={"error": {"message": "busy"}})
+    mock_api.post(GEN).mock(side_effect=[busy, busy, busy, ok(png_b64)])
+    policy = RetryPolicy(max_retries=3, backoff_initial=0.01, backoff_max=0.01)
+
+    with caplog.at_level("INFO", logger="nanogpt_async"):
+        async with AsyncNanoGPT(api_key=KEY, base_url=BASE, retry_policy=policy) as client:
+            await client.images.generate(prompt="x")
+
+    assert len(instant_backoff) == 3
+    assert all(2 <= wait <= 2.2 for wait in instant_backoff)  # Retry-After, plus jitter
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
+    assert len(lines) == 3
+    for number, line in enumerate(lines, start=2):
+        assert re.fullmatch(
+            rf"retrying POST \S+ in 2\.\d\ds \(attempt {number} of 4\) after: "
+            r"NanoGPT answered 429: busy.*",
+            line,
+        ), line
+
+
+async def test_a_permanent_error_on_a_retry_ends_the_retries(mock_api, png_b64):
+    busy = httpx.Response(503, json={"error": {"message": "busy"}})
+    refused = httpx.Response(400, json={"error": {"message": "bad size"}})
+    route = mock_api.post(GEN).mock(side_effect=[busy, busy, refused, ok(png_b64)])
+
+    async with AsyncNanoGPT(api_key=KEY, base_url=BASE, max_retries=5) as client:
+        with pytest.raises(BadRequestError):
+            await client.images.generate(prompt="x")
+
+    assert route.call_count == 3  # the 400 on the third of six attempts is not retried
