@@ -28,23 +28,15 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import anyio
 import anyio.to_thread
 
 from nanogpt_async._batch_manifest import iter_records
 from nanogpt_async._errors import NanoGPTError
-from nanogpt_async._pacing._redis import (
-    CONNECT_TIMEOUT,
-    SOCKET_TIMEOUT,
-    redis_display,
-    redis_namespace,
-)
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
+from nanogpt_async._pacing._redis import SOCKET_TIMEOUT, redis_namespace
+from nanogpt_async._pacing._scripts import FailClosedScripts
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -173,66 +165,21 @@ class RedisFence:
             raise ValueError("the fence needs the redis client: pip install 'nanogpt-async[redis]'")
         if not lease > 0:
             raise ValueError(f"lease must be > 0 seconds, got {lease!r}")
-        self._url = url
-        self.display = redis_display(url)
         self.job = fence_job(job_id)
         prefix = f"{redis_namespace(key)}fence:{self.job}:"
         self.keys = [prefix + "claims", prefix + "done", prefix + "marker", prefix + "owner:"]
+        self._redis = FailClosedScripts(
+            url,
+            sources={"claim": _CLAIM, "finish": _FINISH, "rebuild": _REBUILD},
+            keys=self.keys,
+            socket_timeout=SOCKET_TIMEOUT,
+            what="the item fence",
+        )
         self.owner = uuid.uuid4().hex
         self._folder = folder
         self._lease_ms = max(1, int(lease * 1000))
         self.lease = lease
         self._sleep = sleep
-        self._client: Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
-        self._unsent: list[list[Any]] = []
-        self._warned = False
-
-    def _connection(self) -> Redis:
-        if self._client is None:
-            from redis.asyncio import BlockingConnectionPool, Redis  # noqa: PLC0415
-            from redis.asyncio.retry import Retry  # noqa: PLC0415
-            from redis.backoff import NoBackoff  # noqa: PLC0415
-
-            pool = BlockingConnectionPool.from_url(
-                self._url,
-                max_connections=4,
-                timeout=CONNECT_TIMEOUT,
-                socket_timeout=SOCKET_TIMEOUT,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                retry=Retry(NoBackoff(), 1),
-            )
-            client = Redis(connection_pool=pool)
-            self._client = client
-            self._scripts = {
-                "claim": client.register_script(_CLAIM),
-                "finish": client.register_script(_FINISH),
-                "rebuild": client.register_script(_REBUILD),
-            }
-        return self._client
-
-    async def _run(self, script: str, args: list[Any]) -> Any:
-        from redis.exceptions import RedisError  # noqa: PLC0415
-
-        try:
-            connection = self._connection()
-            with anyio.fail_after(CONNECT_TIMEOUT + SOCKET_TIMEOUT * 2):
-                return await self._scripts[script](keys=self.keys, args=args, client=connection)
-        except (RedisError, OSError, TimeoutError) as exc:
-            if not self._warned:
-                self._warned = True
-                logger.warning(
-                    "nanogpt-async: the item fence in Redis at %s cannot be reached (%s): no "
-                    "paid request is sent until it answers",
-                    self.display,
-                    type(exc).__name__,
-                )
-            raise
-
-    async def _flush(self) -> None:
-        while self._unsent:
-            await self._run("finish", self._unsent[0])
-            self._unsent.pop(0)
 
     async def claim(self, item_id: str, *, take_over: bool = False) -> Verdict:
         """Claim ``item_id`` before its paid request; see the module for the answers.
@@ -243,19 +190,17 @@ class RedisFence:
         args = [item_id, self.owner, int(take_over), self._lease_ms]
         while True:
             try:
-                await self._flush()
-                verdict = await self._run("claim", args)
+                await self._redis.flush("finish")
+                verdict = await self._redis.run("claim", args)
                 if isinstance(verdict, bytes):
                     verdict = verdict.decode()
                 if verdict == "rebuild":
                     await self.rebuild()
                     continue
-            except Exception:  # noqa: BLE001 - logged once in _run; fail closed and try again
+            except Exception:  # noqa: BLE001 - logged once by run(); fail closed and try again
                 await self._sleep(_RETRY_EVERY)
                 continue
-            if self._warned:
-                self._warned = False
-                logger.warning("nanogpt-async: the item fence in Redis answers again")
+            self._redis.answered()
             return verdict  # type: ignore[no-any-return]
 
     async def finish(self, item_id: str, *, done: bool) -> None:
@@ -263,10 +208,10 @@ class RedisFence:
 
         Never raises for Redis: a mark that cannot be written now goes with the next call.
         """
-        self._unsent.append([item_id, self.owner, int(done)])
+        self._redis.unsent.append([item_id, self.owner, int(done)])
         try:
-            await self._flush()
-        except Exception:  # noqa: BLE001 - kept in _unsent, written later
+            await self._redis.flush("finish")
+        except Exception:  # noqa: BLE001 - kept in unsent, written with the next call
             return
 
     async def rebuild(self) -> int:
@@ -274,9 +219,9 @@ class RedisFence:
         done = await anyio.to_thread.run_sync(done_ids_in, self._folder)
         ids = sorted(done)
         for start in range(0, len(ids), _REBUILD_CHUNK):
-            await self._run("rebuild", ids[start : start + _REBUILD_CHUNK])
+            await self._redis.run("rebuild", ids[start : start + _REBUILD_CHUNK])
         # The marker last: until it is there, every claim rebuilds first.
-        await self._connection().set(self.keys[2], "1", px=_KEEP_MS)
+        await self._redis.connection().set(self.keys[2], "1", px=_KEEP_MS)
         if ids:
             logger.warning(
                 "nanogpt-async: the item fence was rebuilt from the manifests in %s (%d done)",
@@ -288,32 +233,30 @@ class RedisFence:
     async def heartbeat(self) -> None:
         """Keep this process's lease (run as a task until cancelled)."""
         while True:
-            with anyio.move_on_after(CONNECT_TIMEOUT + SOCKET_TIMEOUT * 2):
+            with anyio.move_on_after(self._redis.call_timeout):
                 try:
-                    await self._connection().set(self.keys[3] + self.owner, "1", px=self._lease_ms)
+                    await self._redis.connection().set(
+                        self.keys[3] + self.owner, "1", px=self._lease_ms
+                    )
                 except Exception:
                     logger.debug("fence heartbeat failed", exc_info=True)
             await anyio.sleep(self.lease / 3)
 
     async def aclose(self) -> None:
         """End the lease (claims left unfinished turn uncertain now) and close the connection."""
-        client, self._client = self._client, None
-        if client is None:
+        if self._redis.client is None:
             return
-        with anyio.move_on_after(CONNECT_TIMEOUT + SOCKET_TIMEOUT * 2):
+        with anyio.move_on_after(self._redis.call_timeout):
             try:
-                if self._unsent:
-                    self._client = client
-                    await self._flush()
-                    self._client = None
-                await client.delete(self.keys[3] + self.owner)
+                await self._redis.flush("finish")
+                await self._redis.connection().delete(self.keys[3] + self.owner)
             except Exception:
                 logger.debug("fence close failed", exc_info=True)
-        await client.aclose(close_connection_pool=True)
+        await self._redis.aclose()
 
     async def claims(self) -> dict[str, str]:
         """``{item id: "live" | "uncertain"}`` of the claims Redis holds now (for status)."""
-        connection = self._connection()
+        connection = self._redis.connection()
         held = await connection.hgetall(self.keys[0])
         states: dict[str, str] = {}
         for raw_item, raw_owner in held.items():

@@ -80,10 +80,10 @@ async def test_repeated_calls_count_once(redis_server: RedisProcess) -> None:
     budget = budget_on(redis_server)
     booking = await budget.reserve(CENT)
     assert booking is not None
-    connection = budget._connection()
-    reserve = budget._scripts["reserve"]
-    settle = budget._scripts["settle"]
-    keys = budget._keys
+    connection = budget._redis.connection()
+    reserve = budget._redis.scripts["reserve"]
+    settle = budget._redis.scripts["settle"]
+    keys = budget._redis.keys
     assert await reserve(keys=keys, args=[booking.id, 10000, 50000, 60000], client=connection)
     assert await budget.totals() == (Decimal(0), CENT)
     for _ in range(2):

@@ -547,7 +547,7 @@ def test_status_counts_the_claims_redis_holds(redis_server: RedisProcess, tmp_pa
         assert await dead.claim("a") == "claimed"
         assert await live.claim("b") == "claimed"
         await dead.aclose()  # stopped: its claim is uncertain
-        await live._connection().aclose()
+        await live._redis.connection().aclose()
         return live
 
     anyio.run(claim)

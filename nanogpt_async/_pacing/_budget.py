@@ -22,28 +22,16 @@ of the API key) plus the budget's name, so separate jobs on one key can have sep
 from __future__ import annotations
 
 import importlib.util
-import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from decimal import ROUND_CEILING, Decimal
-from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from nanogpt_async._pacing._redis import (
-    CONNECT_TIMEOUT,
-    SOCKET_TIMEOUT,
-    redis_display,
-    redis_namespace,
-)
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
+from nanogpt_async._pacing._redis import SOCKET_TIMEOUT, redis_namespace
+from nanogpt_async._pacing._scripts import FailClosedScripts
 
 __all__ = ["BudgetReservation", "RedisBudget"]
-
-logger = logging.getLogger("nanogpt_async")
 
 _MICRO = Decimal("0.000001")
 #: An unsettled reservation is presumed dead (and spent) after this long: longer than any
@@ -188,64 +176,17 @@ class RedisBudget:
             )
         if max_cost < 0:
             raise ValueError(f"max_cost must be >= 0, got {max_cost}")
-        self._url = url
-        self.display = redis_display(url)
         self.max_cost = max_cost
         prefix = f"{redis_namespace(key)}budget:{name}:"
-        self._keys = [prefix + "totals", prefix + "reservations", prefix + "amounts", prefix + "m:"]
+        self._redis = FailClosedScripts(
+            url,
+            sources={"reserve": _RESERVE, "settle": _SETTLE, "totals": _TOTALS},
+            keys=[prefix + "totals", prefix + "reservations", prefix + "amounts", prefix + "m:"],
+            socket_timeout=socket_timeout,
+            what="the shared budget",
+        )
         self._ttl_ms = int(reservation_ttl * 1000)
-        self._timeout = socket_timeout
         self._sleep = sleep
-        self._client: Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
-        self._unsent: list[list[Any]] = []
-        self._warned = False
-
-    def _connection(self) -> Redis:
-        if self._client is None:
-            from redis.asyncio import BlockingConnectionPool, Redis  # noqa: PLC0415
-            from redis.asyncio.retry import Retry  # noqa: PLC0415
-            from redis.backoff import NoBackoff  # noqa: PLC0415
-
-            pool = BlockingConnectionPool.from_url(
-                self._url,
-                max_connections=4,
-                timeout=CONNECT_TIMEOUT,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                retry=Retry(NoBackoff(), 1),
-            )
-            client = Redis(connection_pool=pool)
-            self._client = client
-            self._scripts = {
-                "reserve": client.register_script(_RESERVE),
-                "settle": client.register_script(_SETTLE),
-                "totals": client.register_script(_TOTALS),
-            }
-        return self._client
-
-    async def _run(self, script: str, args: list[Any]) -> Any:
-        from redis.exceptions import RedisError  # noqa: PLC0415
-
-        try:
-            connection = self._connection()
-            with anyio.fail_after(CONNECT_TIMEOUT + self._timeout * 2):
-                return await self._scripts[script](keys=self._keys, args=args, client=connection)
-        except (RedisError, OSError, TimeoutError) as exc:
-            if not self._warned:
-                self._warned = True
-                logger.warning(
-                    "nanogpt-async: the shared budget in Redis at %s cannot be checked (%s): "
-                    "no paid request is sent until it answers",
-                    self.display,
-                    type(exc).__name__,
-                )
-            raise
-
-    async def _flush(self) -> None:
-        while self._unsent:
-            await self._run("settle", self._unsent[0])
-            self._unsent.pop(0)
 
     async def reserve(self, estimate: Decimal) -> BudgetReservation | None:
         """Book ``estimate`` USD before sending; ``None`` when the cap would be passed.
@@ -256,14 +197,12 @@ class RedisBudget:
         args = [booking.id, _micro(estimate), _micro(self.max_cost), self._ttl_ms]
         while True:
             try:
-                await self._flush()
-                admitted = await self._run("reserve", args)
-            except Exception:  # noqa: BLE001 - logged once in _run; fail closed and try again
+                await self._redis.flush("settle")
+                admitted = await self._redis.run("reserve", args)
+            except Exception:  # noqa: BLE001 - logged once by run(); fail closed and try again
                 await self._sleep(RETRY_EVERY)
                 continue
-            if self._warned:
-                self._warned = False
-                logger.warning("nanogpt-async: the shared budget in Redis answers again")
+            self._redis.answered()
             return booking if int(admitted) == 1 else None
 
     async def settle(
@@ -281,20 +220,18 @@ class RedisBudget:
             int(maybe_charged),
             _micro(booking.estimate),
         ]
-        self._unsent.append(args)
+        self._redis.unsent.append(args)
         try:
-            await self._flush()
-        except Exception:  # noqa: BLE001 - kept in _unsent, written later
+            await self._redis.flush("settle")
+        except Exception:  # noqa: BLE001 - kept in unsent, written with the next call
             return
 
     async def totals(self) -> tuple[Decimal, Decimal]:
         """``(spent, reserved)`` in USD, as Redis holds them now."""
-        await self._flush()
-        spent, held = await self._run("totals", [])
+        await self._redis.flush("settle")
+        spent, held = await self._redis.run("totals", [])
         return Decimal(int(float(spent))) * _MICRO, Decimal(int(float(held))) * _MICRO
 
     async def aclose(self) -> None:
         """Close the connection."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose(close_connection_pool=True)
+        await self._redis.aclose()

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["RedisBackend", "redis_display", "redis_namespace"]
+__all__ = ["RedisBackend", "redis_client", "redis_display", "redis_namespace"]
 
 logger = logging.getLogger("nanogpt_async")
 
@@ -177,6 +177,28 @@ def redis_namespace(api_key: str) -> str:
     return f"nanogpt:{{{digest}}}:"
 
 
+def redis_client(url: str, *, socket_timeout: float, max_connections: int) -> Redis:
+    """A redis-py asyncio client with our short timeouts; call it inside the running loop.
+
+    One retry of a timed-out call at most: every script of ours is safe to repeat, and more
+    retries would only delay the fallback (pacing) or the fail-closed wait (budget, fence).
+    """
+    from redis.asyncio import BlockingConnectionPool, Redis  # noqa: PLC0415 - optional
+    from redis.asyncio.retry import Retry  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=CONNECT_TIMEOUT,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=0,
+    )
+    return Redis(connection_pool=pool)
+
+
 def redis_display(url: str) -> str:
     """``redis://host:port/db`` without user or password, for messages."""
     parts = urlsplit(url)
@@ -264,22 +286,9 @@ class RedisBackend:
         """The client for this process and this event loop (made on first use)."""
         owner = (os.getpid(), id(asyncio.get_running_loop()))
         if self._client is None or self._owner != owner:
-            from redis.asyncio import BlockingConnectionPool, Redis  # noqa: PLC0415 - optional
-            from redis.asyncio.retry import Retry  # noqa: PLC0415
-            from redis.backoff import NoBackoff  # noqa: PLC0415
-
-            # One retry of a timed-out call at most: the scripts are safe to repeat, and more
-            # would only delay the fallback.
-            pool = BlockingConnectionPool.from_url(
-                self._url,
-                max_connections=POOL_SIZE,
-                timeout=CONNECT_TIMEOUT,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                retry=Retry(NoBackoff(), 1),
-                health_check_interval=0,
+            client = redis_client(
+                self._url, socket_timeout=self._timeout, max_connections=POOL_SIZE
             )
-            client = Redis(connection_pool=pool)
             self._client = client
             self._owner = owner
             self._scripts = {
