@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 from nanogpt_async import AsyncNanoGPT, BatchItem, InvalidInputError, read_prompts
 from nanogpt_async.testing import FakeNanoGPT, FakeServer
+from tests._waiting import wait_until
 
 KEY = "ngk_input_errors_SECRET_8080"
 
@@ -31,16 +31,10 @@ def recorded_prompts(folder: Path) -> list[str]:
     return sorted(row["prompt"] for row in rows(folder) if row["status"] == "ok")
 
 
-def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll a condition of the fake (it runs in its own thread), bounded; no timing asserted."""
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 async def settled(server: FakeServer) -> None:
-    await anyio.to_thread.run_sync(wait_until, lambda: server.fake.stats.in_flight == 0)
+    await anyio.to_thread.run_sync(
+        wait_until, lambda: server.fake.stats.in_flight == 0, "the fake to finish"
+    )
 
 
 class BrokenSourceError(Exception):
@@ -54,7 +48,9 @@ async def test_an_input_that_raises_mid_run_lets_in_flight_items_finish_then_rai
         for i in range(6):
             yield f"prompt {i}"
         # Raised while six generations are in flight, all of them paid for.
-        await anyio.to_thread.run_sync(wait_until, lambda: server.fake.stats.in_flight == 6)
+        await anyio.to_thread.run_sync(
+            wait_until, lambda: server.fake.stats.in_flight == 6, "six generations in flight"
+        )
         raise BrokenSourceError("the database went away")
 
     async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:

@@ -12,8 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from nanogpt_async import _batch_manifest as manifest_module
 from nanogpt_async._cli import _batchrun
 from nanogpt_async._cli._commands import cli
 from nanogpt_async.testing import FakeServer, Fault
+from tests._waiting import wait_until
 
 SECRET = "ngk_BATCH_OPS_SECRET_never_print_3141"
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -42,14 +41,6 @@ def rows(folder: Path) -> list[dict[str, Any]]:
 
 def ok_prompts(folder: Path) -> list[str]:
     return sorted(row["prompt"] for row in rows(folder) if row["status"] == "ok")
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    """Wait (bounded) for a condition; nothing is asserted on how long it took."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def settle(server: FakeServer) -> None:

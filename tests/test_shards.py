@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from nanogpt_async._pacing._redis import redis_namespace
 from nanogpt_async._shards import Shard, ShardError, resolve_shard, shard_manifests
 from nanogpt_async.testing import FakeNanoGPT
 from tests._redis import RedisProcess, free_port, redis_server
+from tests._waiting import wait_until
 
 __all__ = ["redis_server"]  # the fixture, used by name below
 
@@ -329,14 +329,6 @@ def _prompt_file(tmp_path: Path, count: int) -> tuple[Path, list[str]]:
     return path, prompts
 
 
-def _wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
-
-
 def _leases(redis_url: str) -> int:
     return len(redis.Redis.from_url(redis_url).keys("*fence:*:owner:*"))
 
@@ -389,12 +381,12 @@ def test_killing_three_of_eight_workers_and_restarting_them_pays_for_no_item_twi
         fake = server.fake
         workers = workers_for(server.base_url, redis_server.url, prompts_file)
         running = [workers.start(out, f"{i}/8", *lease, "-c", "4") for i in range(8)]
-        _wait_until(lambda: fake.stats.generations >= 40, "40 charged generations")
+        wait_until(lambda: fake.stats.generations >= 40, "40 charged generations", DEADLINE)
         for process in running[:3]:
             process.send_signal(signal.SIGKILL)
         workers.wait(running)
         # Every live process ended (their leases deleted); the killed ones' run out.
-        _wait_until(lambda: _leases(redis_server.url) == 0, "the killed workers' leases")
+        wait_until(lambda: _leases(redis_server.url) == 0, "the killed workers' leases", DEADLINE)
         again = workers.wait([workers.start(out, f"{i}/8", *lease) for i in range(3)])
         stats = fake.stats
     # 1 where the restarted shard found uncertain items (recorded failed), else 0.
@@ -443,7 +435,9 @@ def test_the_same_shard_twice_in_one_folder_is_refused_by_its_lock(
     with FakeNanoGPT(api_key=KEY, latency=0.2).run_in_thread() as server:
         workers = workers_for(server.base_url, redis_server.url, prompts_file)
         running = workers.start(out, "1/2", "-c", "2")
-        _wait_until(lambda: server.fake.stats.generation_requests >= 1, "the first request")
+        wait_until(
+            lambda: server.fake.stats.generation_requests >= 1, "the first request", DEADLINE
+        )
         second = workers.start(out, "1/2")
         other = workers.start(out, "0/2")
         codes = workers.wait([running, second, other])
