@@ -85,28 +85,39 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
     late: list[float] = []
     sleep = pacer._sleep  # noqa: SLF001
 
+    # Per call: [overhead, first reservation, later reservations, sleeps' lateness] (s).
+    parts: list[list[float]] = []
+    current: contextvars.ContextVar[list[float]] = contextvars.ContextVar("current")
+
     async def timed_sleep(seconds: float) -> None:
         started = time.perf_counter()
         await sleep(seconds)
         late.append(time.perf_counter() - started - seconds)
+        current.get()[3] += late[-1]
 
     async def timed_reserve(**kwargs: Any) -> Any:
         started = time.perf_counter()
         grant = await reserve(**kwargs)
         round_trips.append(time.perf_counter() - started)
+        mine = current.get()
+        mine[1 if not mine[1] else 2] += round_trips[-1]
         if grant.kind == "go":
             slept.get().append(grant.delay)
         return grant
 
     async def timed_wait_turn() -> None:
         delays: list[float] = []
-        token = slept.set(delays)
+        mine = [0.0, 0.0, 0.0, 0.0]
+        token, token_parts = slept.set(delays), current.set(mine)
         started = time.perf_counter()
         try:
             await wait_turn()
         finally:
             slept.reset(token)
+            current.reset(token_parts)
         overheads.append(time.perf_counter() - started - sum(delays))
+        mine[0] = overheads[-1]
+        parts.append(mine)
 
     backend.reserve = timed_reserve  # type: ignore[method-assign]
     pacer.wait_turn = timed_wait_turn  # type: ignore[method-assign]
@@ -172,7 +183,8 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
         "overheads": overheads,
         "round_trips": round_trips,
         "late": late,
-        "redis_calls": getattr(backend, "calls", 0),
+        "parts": parts,
+        "redis_calls": getattr(backend, "calls", 0) + getattr(backend, "subscriptions", 0),
         "switches": switches,
         "booked": booked,
     }
@@ -193,6 +205,20 @@ def _max_in_window(times: list[float], width: float = 1.0) -> int:
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _slowest(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Where the slowest 1% of turns spent their overhead (mean ms per part)."""
+    parts = sorted((p for r in results for p in r.get("parts", [])), reverse=True)
+    top = parts[: max(1, len(parts) // 100)] if parts else []
+    names = ("overhead", "reserve", "recheck", "sleep_late")
+    means = {
+        n: round(1000 * sum(p[i] for p in top) / max(1, len(top)), 3) for i, n in enumerate(names)
+    }
+    means["rest"] = round(
+        means["overhead"] - means["reserve"] - means["recheck"] - means["sleep_late"], 3
+    )
+    return means
 
 
 def _summarise(  # noqa: PLR0917 - one run's facts
@@ -241,6 +267,7 @@ def _summarise(  # noqa: PLR0917 - one run's facts
             "p50": round(1000 * _quantile([o for r in results for o in r["overheads"]], 0.5), 3),
             "p99": round(1000 * _quantile([o for r in results for o in r["overheads"]], 0.99), 3),
         },
+        "slowest_1pct_ms": _slowest(results),
         "load_avg": os.getloadavg(),
     }
     if events:

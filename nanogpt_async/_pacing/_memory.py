@@ -76,7 +76,7 @@ class MemoryBackend:
             new_slot=new_slot,
         )
 
-    def should_recheck(self, delay: float, interval: float) -> bool:  # noqa: ARG002
+    def should_recheck(self, grant: Grant, interval: float) -> bool:  # noqa: ARG002
         """Always: a recheck costs nothing here."""
         return True
 

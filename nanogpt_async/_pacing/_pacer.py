@@ -158,18 +158,20 @@ class Pacer:
                 raise self._daily_error(grant.delay, grant.daily_code)
             if grant.kind == "too_long":
                 raise self._too_long(grant)
-            if grant.delay <= 0:
+            # The delay counts from when the backend read its clock, part of it ago already.
+            wait = grant.delay - grant.elapsed
+            if wait <= 0:
                 self._sending()
                 return
-            due = self._clock() + grant.delay
-            await self._sleep(grant.delay)
+            due = self._clock() + wait
+            await self._sleep(wait)
             if interval and not overslept and self._clock() - due > max(LATE_SLOT, 2 * interval):
                 overslept = True
                 grant = await self.backend.reserve(
                     interval=interval, burst=self.burst, max_wait=self.max_wait
                 )
                 continue
-            if not self.backend.should_recheck(grant.delay, interval):
+            if not self.backend.should_recheck(grant, interval):
                 self._sending()
                 return
             # A cooldown that began while we slept covers our slot: take a new one after it.

@@ -39,11 +39,12 @@ class PacingBackend(Protocol):
         """
         ...
 
-    def should_recheck(self, delay: float, interval: float) -> bool:
-        """Whether a caller that slept ``delay`` must recheck for a cooldown before sending.
+    def should_recheck(self, grant: Grant, interval: float) -> bool:
+        """Whether a caller that slept for ``grant`` must recheck for a cooldown before sending.
 
-        A shared backend skips it for delays within one slot: a cooldown is then seen within
-        one slot anyway, and the round trip is saved.
+        A shared backend skips it for delays within one slot (a cooldown is then seen within
+        one slot anyway), and when it knows no cooldown or daily block began since the slot
+        was reserved (Redis: its notice watch heard none): the round trip is saved.
         """
         ...
 

@@ -38,6 +38,7 @@ import anyio
 
 from nanogpt_async._pacing._memory import MemoryBackend
 from nanogpt_async._pacing._state import Grant, GrantKind
+from nanogpt_async._pacing._watch import NoticeWatch
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -62,6 +63,10 @@ CONNECT_TIMEOUT = 2.0
 #: is back, the ones still pacing alone add to the shared schedule (W9 with 1 s: up to 47
 #: requests in the second after Redis returned, against 25).
 PROBE_INTERVAL = 0.25
+#: The most of a slot's delay counted as past when the answer arrives (half the round trip:
+#: Redis reads its clock midway, W8 on loopback: 0.35 ms at the median). A longer round trip
+#: is a stall whose place in the trip is unknown: the caller then does not go early by more.
+MAX_ELAPSED = 0.002
 #: How long a reservation's token (and its stored answer) is kept.
 TOKEN_TTL_MS = 60_000
 #: A process counts as sharing the key if it reserved within this window.
@@ -75,6 +80,17 @@ local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local function keep(state_key, ends)
   local ttl = math.ceil(math.max(ends - now, 0) + 60000)
   redis.call('PEXPIRE', state_key, ttl)
+end
+-- A numbered notice to every process's watch (see _watch.py): "<schedule id> <number>".
+-- ARGV[1] of the caller is the channel, ARGV[2] a schedule id for a state not made yet.
+local function notify(state_key)
+  local epoch = redis.call('HGET', state_key, 'epoch')
+  if not epoch then
+    epoch = ARGV[2]
+    redis.call('HSET', state_key, 'epoch', epoch)
+  end
+  local n = redis.call('HINCRBY', state_key, 'n', 1)
+  redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. n)
 end
 """
 
@@ -90,17 +106,17 @@ _RESERVE = (
 local stored = redis.call('GET', KEYS[3])
 if stored then
   local kind, slot, new_slot = string.match(stored, '^(%a+) ([^ ]+) (%d)$')
-  local st = redis.call('HMGET', KEYS[1], 'tat', 'cd', 'daily', 'dcode', 'epoch')
+  local st = redis.call('HMGET', KEYS[1], 'tat', 'cd', 'daily', 'dcode', 'epoch', 'n')
   local cd = tonumber(st[2]) or 0
   local daily = tonumber(st[3]) or 0
   return {kind, tostring(math.max(tonumber(slot) - now, 0)), tostring(math.max(cd - now, 0)),
           tostring(math.max(daily - now, 0)), '0', st[4] or '', tonumber(new_slot), 1,
-          st[5] or ''}
+          st[5] or '', tonumber(st[6]) or 0}
 end
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
-local st = redis.call('HMGET', KEYS[1], 'tat', 'cd', 'daily', 'dcode', 'epoch')
+local st = redis.call('HMGET', KEYS[1], 'tat', 'cd', 'daily', 'dcode', 'epoch', 'n')
 local epoch = st[5]
 if not epoch then
   epoch = ARGV[8]
@@ -138,31 +154,35 @@ end
 redis.call('SET', KEYS[3], kind .. ' ' .. tostring(now + delay) .. ' ' .. new_slot,
            'PX', tonumber(ARGV[6]))
 return {kind, tostring(delay), tostring(math.max(cd - now, 0)), tostring(math.max(daily - now, 0)),
-        tostring(math.max(tat - now, cd - now, 0)), st[4] or '', new_slot, members, epoch}
+        tostring(math.max(tat - now, cd - now, 0)), st[4] or '', new_slot, members, epoch,
+        tonumber(st[6]) or 0}
 """
 )
 
-# KEYS: state hash. ARGV: seconds ms. Grow-only, so a repeat is a no-op.
+# KEYS: state hash. ARGV: channel, new schedule id, seconds ms. Grow-only, so a repeat
+# changes nothing but a needless notice (callers then recheck once).
 _COOLDOWN = (
     _PRELUDE
     + """
 local st = redis.call('HMGET', KEYS[1], 'tat', 'cd', 'daily')
-local cd = math.max(tonumber(st[2]) or 0, now + tonumber(ARGV[1]))
+local cd = math.max(tonumber(st[2]) or 0, now + tonumber(ARGV[3]))
 local tat = math.max(tonumber(st[1]) or 0, cd)
 redis.call('HSET', KEYS[1], 'cd', tostring(cd), 'tat', tostring(tat))
+notify(KEYS[1])
 keep(KEYS[1], math.max(tat, cd, tonumber(st[3]) or 0))
 return tostring(cd - now)
 """
 )
 
-# KEYS: state hash. ARGV: seconds ms, code. Grow-only.
+# KEYS: state hash. ARGV: channel, new schedule id, seconds ms, code. Grow-only.
 _DAILY = (
     _PRELUDE
     + """
 local daily = tonumber(redis.call('HGET', KEYS[1], 'daily')) or 0
-local until_ms = now + tonumber(ARGV[1])
+local until_ms = now + tonumber(ARGV[3])
 if until_ms > daily then
-  redis.call('HSET', KEYS[1], 'daily', tostring(until_ms), 'dcode', ARGV[2])
+  redis.call('HSET', KEYS[1], 'daily', tostring(until_ms), 'dcode', ARGV[4])
+  notify(KEYS[1])
   keep(KEYS[1], until_ms)
 end
 return tostring(math.max(daily, until_ms) - now)
@@ -226,6 +246,11 @@ class RedisBackend:
         calls: Script calls sent to Redis (the benchmark's calls per request).
     """
 
+    @property
+    def subscriptions(self) -> int:
+        """SUBSCRIBE commands sent for the notices (per process and loop, and per reconnect)."""
+        return self._watch.subscriptions
+
     def __init__(
         self,
         url: str,
@@ -262,6 +287,11 @@ class RedisBackend:
         self._cooldown_left = 0.0
         self._daily_left = 0.0
         self._daily_code: str | None = None
+        # The highest notice number a reservation reported, per schedule (see _watch.py).
+        self._reported: tuple[str, int] = ("", 0)
+        self._watch = NoticeWatch(
+            self._key("notices"), errors=_redis_errors(), retry_after=PROBE_INTERVAL
+        )
         self.calls = 0
 
     @property
@@ -296,6 +326,7 @@ class RedisBackend:
                 "cooldown": client.register_script(_COOLDOWN),
                 "daily": client.register_script(_DAILY),
             }
+            self._watch.start(client)
         return self._client
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
@@ -367,6 +398,8 @@ class RedisBackend:
         recheck of a local slot once Redis is back, or of a slot from before Redis lost its
         data, takes a slot in the current shared schedule (else the two would add up).
         """
+        mark = self._watch.mark()  # before the call: a notice heard during it counts
+        asked = self._clock()
         result = await self._run(
             "reserve",
             [self._key("state"), self._key("members"), self._key(f"t:{uuid.uuid4().hex}")],
@@ -390,7 +423,11 @@ class RedisBackend:
                 max_wait=max_wait,
                 recheck=recheck and schedule is None,
             )
-        kind, delay, cooldown, daily, queued, code, new_slot, members, epoch = result
+        kind, delay, cooldown, daily, queued, code, new_slot, members, epoch, notice = result
+        round_trip = max(0.0, self._clock() - asked)
+        schedule_id = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        if schedule_id != self._reported[0] or int(notice) > self._reported[1]:
+            self._reported = (schedule_id, int(notice))
         self._members = int(members)
         self._cooldown_left = float(cooldown) / 1000
         self._daily_left = float(daily) / 1000
@@ -405,17 +442,37 @@ class RedisBackend:
             queued=float(queued) / 1000,
             daily_code=self._daily_code if self._daily_left > 0 else None,
             new_slot=bool(int(new_slot)),
-            schedule=epoch.decode() if isinstance(epoch, bytes) else str(epoch),
+            schedule=schedule_id,
+            elapsed=min(round_trip / 2, MAX_ELAPSED),
+            mark=mark,
         )
 
-    def should_recheck(self, delay: float, interval: float) -> bool:
-        """Only for slots more than one slot away: a nearer one sees a cooldown in time."""
-        return self._down or delay > interval
+    def should_recheck(self, grant: Grant, interval: float) -> bool:
+        """Whether a caller must ask Redis again before sending on ``grant``.
+
+        Yes while Redis is unreachable and for a slot of this process alone (it must move into
+        the shared schedule). No for a slot within one slot: a cooldown begun meanwhile could
+        not have been seen sooner anyway. Otherwise only when this process's notice watch may
+        have missed a cooldown or daily block since the reservation (see `NoticeWatch`); a
+        quiet key costs one round trip per request (W8: 1.0 calls per request, was 2.0).
+        """
+        if self._down or not grant.shared:
+            return True
+        if grant.delay <= interval:
+            return False
+        schedule, reported = self._reported
+        return self._watch.missed(
+            grant.mark, grant.schedule, reported if schedule == grant.schedule else 0
+        )
 
     async def cooldown(self, seconds: float) -> float:
         """See `PacingBackend.cooldown`; grow-only in Redis."""
         local = await self._fallback.cooldown(seconds)
-        result = await self._run("cooldown", [self._key("state")], [_ms(seconds)])
+        result = await self._run(
+            "cooldown",
+            [self._key("state")],
+            [self._watch.channel, uuid.uuid4().hex[:16], _ms(seconds)],
+        )
         if result is None:
             return local
         self._cooldown_left = float(result) / 1000
@@ -424,7 +481,11 @@ class RedisBackend:
     async def block_daily(self, seconds: float, code: str | None) -> None:
         """See `PacingBackend.block_daily`; grow-only in Redis."""
         await self._fallback.block_daily(seconds, code)
-        await self._run("daily", [self._key("state")], [_ms(seconds), code or ""])
+        await self._run(
+            "daily",
+            [self._key("state")],
+            [self._watch.channel, uuid.uuid4().hex[:16], _ms(seconds), code or ""],
+        )
         self._daily_left = max(self._daily_left, seconds)
         self._daily_code = code
 
@@ -432,6 +493,7 @@ class RedisBackend:
         """Close this process's connection (if it was made in this loop)."""
         client, self._client = self._client, None
         if client is not None and self._owner == (os.getpid(), _loop_id()):
+            await self._watch.stop()
             await client.aclose(close_connection_pool=True)
 
 

@@ -30,6 +30,13 @@ class Grant:
         schedule: Which shared schedule (Redis) the slot is in, or ``None`` for this
             process's own. A slot is only valid in its schedule: one from before Redis lost
             its data, or from this process alone, is replaced when rechecked.
+        elapsed: How much of ``delay`` had passed when the answer arrived: Redis reads its
+            clock midway through the round trip, so half of it (the caller sleeps the rest;
+            sleeping all of ``delay`` after the answer sent every request half a round trip
+            after its slot).
+        mark: What the backend knew of shared notices when it reserved the slot (Redis: the
+            notice watch's count, ``None`` when not subscribed): tells it whether the slot
+            must be rechecked before sending.
     """
 
     kind: GrantKind
@@ -40,6 +47,8 @@ class Grant:
     daily_code: str | None = None
     new_slot: bool = True
     schedule: str | None = None
+    elapsed: float = 0.0
+    mark: int | None = None
 
     @property
     def shared(self) -> bool:
