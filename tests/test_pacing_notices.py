@@ -224,3 +224,38 @@ def test_a_process_ends_whenever_its_loop_ends_while_the_subscription_starts(
             worker.start()
             worker.join(timeout=20)
             assert not worker.is_alive(), f"hung at exit after {steps} steps (close={close})"
+
+
+async def test_a_cooldown_survives_an_empty_restart_of_redis(redis_server: RedisProcess) -> None:
+    # A cooldown lived only in Redis: a restart without persistence lifted it for everyone.
+    # A process that knew of it sets it again when it sees the new schedule.
+    knew, newcomer = (
+        RedisBackend(redis_server.url, key=KEY),
+        RedisBackend(redis_server.url, key=KEY),
+    )
+    await reserve(knew)
+    await knew.cooldown(30.0)
+    redis_server.stop()
+    redis_server.start()
+    grant = await reserve(knew)
+    assert grant.delay == pytest.approx(30.0, abs=1.0)
+    assert (await reserve(newcomer)).cooldown == pytest.approx(30.0, abs=1.0)
+    await knew.aclose()
+    await newcomer.aclose()
+
+
+async def test_a_daily_block_survives_an_empty_restart_of_redis(redis_server: RedisProcess) -> None:
+    knew, newcomer = (
+        RedisBackend(redis_server.url, key=KEY),
+        RedisBackend(redis_server.url, key=KEY),
+    )
+    await reserve(knew)
+    await knew.block_daily(3600.0, "daily_usd_limit_exceeded")
+    redis_server.stop()
+    redis_server.start()
+    assert (await reserve(knew)).kind == "daily"
+    refused = await reserve(newcomer)
+    assert refused.kind == "daily"
+    assert refused.daily_code == "daily_usd_limit_exceeded"
+    await knew.aclose()
+    await newcomer.aclose()

@@ -287,6 +287,11 @@ class RedisBackend:
         self._cooldown_left = 0.0
         self._daily_left = 0.0
         self._daily_code: str | None = None
+        # The holds this process knows of, on its own clock: kept when Redis forgets them.
+        self._hold_until = -math.inf
+        self._block_until = -math.inf
+        self._block_code: str | None = None
+        self._schedule: str | None = None
         # The highest notice number a reservation reported, per schedule (see _watch.py).
         self._reported: tuple[str, int] = ("", 0)
         self._watch = NoticeWatch(
@@ -364,8 +369,11 @@ class RedisBackend:
             return
         self._down = True
         # Carry over what we knew, so a cooldown running when Redis went away still holds.
+        now = self._clock()
         self._fallback.seed(
-            cooldown=self._cooldown_left, daily=self._daily_left, daily_code=self._daily_code
+            cooldown=max(0.0, self._hold_until - now),
+            daily=max(0.0, self._block_until - now),
+            daily_code=self._block_code,
         )
         if not self._warned:
             self._warned = True
@@ -433,6 +441,18 @@ class RedisBackend:
         self._daily_left = float(daily) / 1000
         code_text = code.decode() if isinstance(code, bytes) else str(code)
         self._daily_code = code_text or None
+        self._remember(self._cooldown_left, self._daily_left, self._daily_code)
+        known, self._schedule = self._schedule, schedule_id
+        if known is not None and known != schedule_id and await self._restore():
+            # Redis lost its data (restarted empty): the holds it forgot are back, and this
+            # call's slot, taken before they were, moves after them.
+            return await self.reserve(
+                interval=interval,
+                burst=burst,
+                max_wait=max_wait,
+                recheck=True,
+                schedule=schedule_id,
+            )
         kind_text = kind.decode() if isinstance(kind, bytes) else str(kind)
         return Grant(
             kind=_KINDS.get(kind_text, "go"),
@@ -446,6 +466,31 @@ class RedisBackend:
             elapsed=min(round_trip / 2, MAX_ELAPSED),
             mark=mark,
         )
+
+    def _remember(self, cooldown: float, daily: float, code: str | None) -> None:
+        """Keep the holds Redis reported (relative seconds) on this process's clock."""
+        now = self._clock()
+        self._hold_until = max(self._hold_until, now + cooldown)
+        if daily > 0 and now + daily > self._block_until:
+            self._block_until, self._block_code = now + daily, code
+
+    async def _restore(self) -> bool:
+        """Set again in Redis the holds this process knows of and Redis forgot.
+
+        Returns whether there was any. A cooldown or daily block lived only in Redis: an empty
+        restart (no persistence) used to lift it for every process at once.
+        """
+        now = self._clock()
+        # Less a margin: what Redis reported came back after its clock read it.
+        cooldown = self._hold_until - now - MAX_ELAPSED
+        daily = self._block_until - now - MAX_ELAPSED
+        restore_cooldown = cooldown > self._cooldown_left
+        restore_daily = daily > self._daily_left
+        if restore_cooldown:
+            await self.cooldown(cooldown)
+        if restore_daily:
+            await self.block_daily(daily, self._block_code)
+        return restore_cooldown or restore_daily
 
     def should_recheck(self, grant: Grant, interval: float) -> bool:
         """Whether a caller must ask Redis again before sending on ``grant``.
@@ -474,8 +519,10 @@ class RedisBackend:
             [self._watch.channel, uuid.uuid4().hex[:16], _ms(seconds)],
         )
         if result is None:
+            self._remember(local, 0.0, None)
             return local
         self._cooldown_left = float(result) / 1000
+        self._remember(self._cooldown_left, 0.0, None)
         return self._cooldown_left
 
     async def block_daily(self, seconds: float, code: str | None) -> None:
@@ -488,6 +535,7 @@ class RedisBackend:
         )
         self._daily_left = max(self._daily_left, seconds)
         self._daily_code = code
+        self._remember(0.0, seconds, code)
 
     async def aclose(self) -> None:
         """Close this process's connection (if it was made in this loop)."""
