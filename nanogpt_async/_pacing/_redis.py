@@ -1,13 +1,16 @@
 """The Redis pacing backend: one key's slots, cooldown and daily block, shared by processes.
 
 Every step is one Lua script run with EVALSHA (redis-py's ``register_script`` falls back to
-loading it on NOSCRIPT), so a request costs one round trip to reserve its slot, plus one to
-recheck when its slot was more than one slot away (a 429 elsewhere then moves it):
+loading it on NOSCRIPT), so a request costs one round trip to reserve its slot; a second one,
+to recheck a slot more than one slot away, only when a 429 or a daily cap elsewhere may have
+moved it (see `NoticeWatch`: one subscription per process hears them):
 
 * **GCRA "next slot"**: the script answers "your slot is in 0.12 s"; callers sleep that
   relative delay. Redis ``TIME`` is the only clock, so hosts' clock skew does not matter.
 * **Cooldown** ``until = max(until, now + Retry-After)`` and the **daily block** live in Redis:
-  every process sees them at its next reservation or recheck, within one slot.
+  every process sees them at its next reservation, and callers already holding a slot through
+  a notice the script publishes, within one slot. A process that knew of a hold Redis then
+  forgot (an empty restart) sets it again.
 * **Safe to repeat**: a reservation carries a random token and its result is stored under it
   for a minute; a repeated call (redis-py retries a timed-out command) returns the stored slot
   instead of taking a second one. Cooldown and block are ``max`` updates: repeats are no-ops.
