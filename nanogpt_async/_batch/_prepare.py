@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.lowlevel
 import anyio.to_thread
 
-from nanogpt_async._batch._budget import DEFAULT_MODEL, Budget, PriceList
+from nanogpt_async._batch._budget import PriceList
 from nanogpt_async._batch._names import IdentityCounter, describe_request, has_input_images
 from nanogpt_async._batch._results import BatchItem, ItemResult
 from nanogpt_async._errors import InvalidInputError, NanoGPTError
@@ -180,30 +180,6 @@ class Preparer:
                 "must be unique, as a re-run finds finished items by id. The batch stopped "
                 "before sending it"
             )
-
-
-def priced(job: Job, budget: Budget) -> Job | ItemResult:
-    """Give a budgeted job its price estimate; an item with none fails, unsent."""
-    model, size = job.body.get("model"), job.body.get("size")
-    job.per_image = budget.estimate(
-        model if isinstance(model, str) else None, size if isinstance(size, str) else None
-    )
-    if job.per_image is not None:
-        return job
-    return ItemResult(
-        id=job.id,
-        index=job.index,
-        request=job.request,
-        status="failed",
-        started_at=job.started_at,
-        finished_at=time.time(),
-        error=InvalidInputError(
-            f"no price estimate for model {model or DEFAULT_MODEL!r}: the image-models list "
-            "has no price for it and no answer has stated a price yet, so max_cost cannot "
-            "be kept. Check the model name (a dry run lists the known ones), or run "
-            "without max_cost"
-        ),
-    )
 
 
 async def price_list(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ import anyio.to_thread
 
 from nanogpt_async._batch._manifest import ManifestIndex, RecordedItem, files_intact
 from nanogpt_async._batch._names import has_input_images
-from nanogpt_async._batch._prepare import Job
+from nanogpt_async._batch._prepare import FAIR_SHARE, Entries, Job, Preparer
 from nanogpt_async._batch._results import ItemResult
 
 if TYPE_CHECKING:
@@ -26,21 +27,25 @@ if TYPE_CHECKING:
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["HEAVY_LOOKAHEAD", "LOOKAHEAD", "Ahead", "Resume", "head_ready"]
+    from nanogpt_async._batch._lifecycle import Lifecycle
+    from nanogpt_async._batch._shards import Shard
+    from nanogpt_async._batch._tally import Tally
+
+__all__ = ["Ahead", "ReadAhead", "Resume"]
 
 #: Items read ahead while resume checks run: checks (a thread hop, a manifest read, a stat or
 #: a hash of the item's files) overlap instead of queueing one behind the other, and a group
 #: of waiting items shares one hop. Measured before grouping (500 recorded items of 1 MB,
 #: loaded 2-core machine, best of 3): 0.97 ms/item with 8 checks at once, 1.0 to 2.2 ms/item
 #: with one.
-LOOKAHEAD = 1024
+_LOOKAHEAD = 1024
 #: Resume checks running at once (each a worker thread, each on a group of items).
 _CHECKERS = 4
 #: Items one resume check takes at most: bounds one thread call to a few milliseconds
 #: when files must be hashed.
 _CHECK_GROUP = 128
 #: Items with input images read ahead at most: their bodies hold the images' data URLs.
-HEAVY_LOOKAHEAD = 8
+_HEAVY_LOOKAHEAD = 8
 
 
 class Ahead:
@@ -63,11 +68,6 @@ class Ahead:
         if self.done is not None:
             await self.done.wait()
         return self.value
-
-
-def head_ready(ahead: deque[Ahead]) -> bool:
-    """The first item read ahead can be taken now."""
-    return bool(ahead) and ahead[0].ready
 
 
 class Resume:
@@ -93,7 +93,7 @@ class Resume:
         """Start the resume checkers in ``checks`` if an earlier run recorded anything."""
         if self._recorded is None:
             return
-        send, receive = anyio.create_memory_object_stream[Ahead](LOOKAHEAD)
+        send, receive = anyio.create_memory_object_stream[Ahead](_LOOKAHEAD)
         self._lookups = send
         for _ in range(_CHECKERS):
             checks.start_soon(self._check_resumed, receive)
@@ -103,7 +103,7 @@ class Resume:
         ahead = Ahead(prepared)
         if self._lookups is not None and isinstance(prepared, Job):
             ahead.done = anyio.Event()
-            # Never blocks: the inbox holds LOOKAHEAD, and only items still ahead are in it.
+            # Never blocks: the inbox holds _LOOKAHEAD, and only items still ahead are in it.
             self._lookups.send_nowait(ahead)
         return ahead
 
@@ -162,3 +162,80 @@ class Resume:
         if recorded.status == "failed":
             return None if self._retry_failed else recorded
         return recorded if files_intact(self._folder, recorded.files) else None
+
+
+class ReadAhead:
+    """The input, read ahead while resume checks run, handed out in input order.
+
+    Resuming from an in-memory input, it reads as far ahead as allowed: reading cannot block,
+    and the checkers take what is waiting in groups (one thread hop each). An async input may
+    block (lines piped in slowly), so it is only read on while the next item's check still
+    runs. Items of other shards are read (their ids count) but not handed out.
+    """
+
+    __slots__ = (
+        "_ahead",
+        "_entries",
+        "_exhausted",
+        "_greedy",
+        "_heavy",
+        "_index",
+        "_lifecycle",
+        "_preparer",
+        "_resume",
+        "_shard",
+        "_tally",
+    )
+
+    def __init__(
+        self,
+        entries: Entries,
+        *,
+        preparer: Preparer,
+        resume: Resume,
+        shard: Shard | None,
+        lifecycle: Lifecycle,
+        tally: Tally,
+    ) -> None:
+        self._entries = entries
+        self._preparer = preparer
+        self._resume = resume
+        self._shard = shard
+        self._lifecycle = lifecycle
+        self._tally = tally
+        self._ahead: deque[Ahead] = deque()
+        self._index = 0
+        self._exhausted = False
+        self._heavy = 0  # items ahead carrying input images (megabytes each, maybe)
+        self._greedy = resume.active and isinstance(entries, Iterator)
+        if self._greedy:
+            # Most items are skipped: no need to let each started one send at once (a
+            # checkpoint per item lets an item started just before an input error send).
+            preparer.fairness.interval = FAIR_SHARE
+
+    async def next(self) -> Ahead | None:
+        """The next item to take; ``None`` at the end of the input (or once it halted)."""
+        ahead, lifecycle, shard = self._ahead, self._lifecycle, self._shard
+        while (
+            not self._exhausted
+            and not lifecycle.halted
+            and len(ahead) < _LOOKAHEAD
+            and self._heavy < _HEAVY_LOOKAHEAD
+            and (self._greedy or not (ahead and ahead[0].ready))
+        ):
+            prepared = await self._preparer.next(self._entries, self._index)
+            if prepared is None:  # the end, or an input error (which halts)
+                self._exhausted = True
+                break
+            self._index += 1
+            if shard is not None and not shard.owns(prepared.index):
+                continue  # another shard's: read (its id counts), not done here
+            self._tally.consumed += 1
+            item = self._resume.look_up(prepared)
+            ahead.append(item)
+            self._heavy += item.heavy
+        if not ahead:
+            return None
+        head = ahead.popleft()
+        self._heavy -= head.heavy
+        return head

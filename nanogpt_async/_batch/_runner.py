@@ -19,10 +19,8 @@ where it is (`BatchState`) live in `_lifecycle`; its counts in `_tally`.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from decimal import Decimal
 from os import PathLike
 from types import TracebackType
@@ -33,41 +31,25 @@ import anyio.abc
 import anyio.to_thread
 from typing_extensions import Self
 
-from nanogpt_async._batch._budget import Budget, Reservation, known_cost
-from nanogpt_async._batch._lifecycle import SAVE_TIMEOUT, AbandonedError, BatchState, Lifecycle
+from nanogpt_async._batch._admit import Admission
+from nanogpt_async._batch._budget import Budget
+from nanogpt_async._batch._item import ItemFlow, Results
+from nanogpt_async._batch._lifecycle import SAVE_TIMEOUT, BatchState, Lifecycle
 from nanogpt_async._batch._manifest import read_manifest
-from nanogpt_async._batch._plan import BatchPlan, Planner
-from nanogpt_async._batch._prepare import (
-    END,
-    FAIR_SHARE,
-    BatchInput,
-    Job,
-    Preparer,
-    entries_of,
-    next_entry,
-    price_list,
-    priced,
-)
+from nanogpt_async._batch._plan import BatchPlan, Planner, plan_input
+from nanogpt_async._batch._prepare import BatchInput, Job, Preparer, entries_of, price_list
 from nanogpt_async._batch._results import BatchProgress, BatchSummary, ItemResult
-from nanogpt_async._batch._resume import HEAVY_LOOKAHEAD, LOOKAHEAD, Ahead, Resume, head_ready
+from nanogpt_async._batch._resume import Ahead, ReadAhead, Resume
 from nanogpt_async._batch._save import Saver
-from nanogpt_async._batch._send import Attempts, Sender
+from nanogpt_async._batch._send import Sender
 from nanogpt_async._batch._settings import BatchSettings, ProgressCallback, own_pace_client
-from nanogpt_async._batch._shared import FencedError, Shared
-from nanogpt_async._batch._streak import ErrorStreak
+from nanogpt_async._batch._shared import Shared
 from nanogpt_async._batch._tally import Tally
-from nanogpt_async._errors import (
-    APIConnectionError,
-    APIResponseValidationError,
-    GatewayError,
-    NanoGPTError,
-)
 from nanogpt_async._types import NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
     from nanogpt_async._batch._shards import Shard
     from nanogpt_async._client import AsyncNanoGPT
-    from nanogpt_async._output._responses import ImagesResponse
 
 __all__ = ["SAVE_TIMEOUT", "Batch", "BatchInput", "ProgressCallback"]
 
@@ -140,12 +122,9 @@ class Batch:
         self._lifecycle = Lifecycle()
         self._tally = Tally(settings.total)
         self._preparer = Preparer(settings.defaults, self._lifecycle, self._tally)
-        self._streak = ErrorStreak()
         # Replaced once the price list is read; a summary of a batch that never started
         # (no price for --max-cost) still needs one.
         self._budget = Budget(None)
-        #: ``run()`` discards results: then they are not sent through the stream at all.
-        self._results_wanted = True
 
     # -- public surface -----------------------------------------------------------------
 
@@ -190,31 +169,22 @@ class Batch:
         path = self._settings.manifest_path
         recorded = await anyio.to_thread.run_sync(read_manifest, path) if path else None
         resume = Resume(recorded, self._settings.folder, retry_failed=self._settings.retry_failed)
-        entries = entries_of(self._items)
-        index = 0
-        while (entry := await next_entry(entries, self._preparer.fairness)) is not END:
-            prepared = await self._preparer.prepare(entry, index)
-            index += 1
-            if not self._owns(prepared.index):
-                continue
-            self._tally.consumed += 1
-            if isinstance(prepared, Job):
-                prepared = await resume.resumed(prepared)
-            if isinstance(prepared, Job):
-                planner.add_request(prepared.body, prepared.n)
-            elif prepared.status == "skipped":
-                planner.add_skipped()
-            else:
-                planner.add_invalid(str(prepared.error))
-        self._tally.input_read = True
+        plan = await plan_input(
+            planner,
+            entries_of(self._items),
+            preparer=self._preparer,
+            resume=resume,
+            shard=self._settings.shard,
+            tally=self._tally,
+        )
         self._tally.ended = time.monotonic()
         self._lifecycle.advance(BatchState.DONE)
-        return planner.plan()
+        return plan
 
     async def run(self) -> BatchSummary:
         """Run the whole batch, discarding per-item results; return the summary."""
         async with self:
-            self._results_wanted = False
+            self._results.wanted = False
             async for _ in self:  # what was sent before
                 pass
         return self.summary
@@ -225,13 +195,21 @@ class Batch:
         settings, lifecycle, tally = self._settings, self._lifecycle, self._tally
         tally.started = time.monotonic()
         # Sync primitives need a running event loop: made here, not in __init__.
-        self._sender = Sender(self._client, settings.concurrency, lifecycle, tally, self._shared)
+        self._sender = sender = Sender(
+            self._client, settings.concurrency, lifecycle, tally, self._shared
+        )
         self._saver = Saver(settings, lifecycle, tally)
-        self._pipeline = anyio.Semaphore(settings.concurrency + settings.download_concurrency)
         prices = await price_list(self._client, settings.max_cost, settings.defaults)
         self._budget = Budget(settings.max_cost, prices)
-        self._send, self._receive = anyio.create_memory_object_stream[ItemResult](
-            settings.download_concurrency
+        self._admission = Admission(settings, self._budget, sender.slots, self._shared)
+        self._results = Results(settings.download_concurrency, tally)
+        self._flow = ItemFlow(
+            admission=self._admission,
+            sender=sender,
+            saver=self._saver,
+            results=self._results,
+            lifecycle=lifecycle,
+            tally=tally,
         )
         self._aux_scope = anyio.CancelScope()
         self._heartbeat_scope = anyio.CancelScope()
@@ -265,7 +243,7 @@ class Batch:
             try:
                 if self._lifecycle.state != BatchState.DONE:
                     self.stop()
-                async for _ in self._receive:  # let in-flight items finish and be saved
+                async for _ in self._results.receive:  # let in-flight items finish and be saved
                     pass
             except BaseException as drain_error:
                 if not await self._group.__aexit__(
@@ -282,7 +260,7 @@ class Batch:
         """Results as items finish (ok, failed, or skipped because done before)."""
         if self._lifecycle.state == BatchState.NEW:
             raise RuntimeError("iterate a Batch inside 'async with batch:'")
-        return self._receive.__aiter__()
+        return self._results.receive.__aiter__()
 
     def __repr__(self) -> str:
         """Show where it writes and how far it got."""
@@ -325,180 +303,42 @@ class Batch:
             self._heartbeat_scope.cancel()
             await self._saver.close()
             await self._shared.aclose()
-            self._send.close()
+            self._results.close()
             self._report_progress()
 
     async def _produce(self, work: anyio.abc.TaskGroup) -> None:
         """Read items ahead (their resume checks overlap) and start them in input order."""
-        entries = entries_of(self._items)
-        index = 0
-        ahead: deque[Ahead] = deque()
-        exhausted = False
-        lifecycle, preparer, resume = self._lifecycle, self._preparer, self._resume
+        lifecycle = self._lifecycle
         async with anyio.create_task_group() as checks:
-            resume.start_checks(checks)
-            # Resuming from an in-memory input, read as far ahead as allowed: reading cannot
-            # block, and the checkers take what is waiting in groups (one thread hop each).
-            # An async input may block (lines piped in slowly), so it is only read on while
-            # the next item's check still runs.
-            greedy = resume.active and isinstance(entries, Iterator)
-            if greedy:
-                # Most items are skipped: no need to let each started one send at once (a
-                # checkpoint per item lets an item started just before an input error send).
-                preparer.fairness.interval = FAIR_SHARE
-            heavy = 0  # items ahead carrying input images (megabytes each, maybe)
+            self._resume.start_checks(checks)
+            reader = ReadAhead(
+                entries_of(self._items),
+                preparer=self._preparer,
+                resume=self._resume,
+                shard=self._settings.shard,
+                lifecycle=lifecycle,
+                tally=self._tally,
+            )
             while not lifecycle.halted:
-                while (
-                    not exhausted
-                    and not lifecycle.halted
-                    and len(ahead) < LOOKAHEAD
-                    and heavy < HEAVY_LOOKAHEAD
-                    and (greedy or not head_ready(ahead))
-                ):
-                    prepared = await preparer.next(entries, index)
-                    if prepared is None:  # the end, or an input error (which halts)
-                        exhausted = True
-                        break
-                    index += 1
-                    if not self._owns(prepared.index):
-                        continue  # another shard's: read (its id counts), not done here
-                    self._tally.consumed += 1
-                    ahead.append(resume.look_up(prepared))
-                    heavy += ahead[-1].heavy
-                if not ahead:
-                    break
-                head = ahead.popleft()
-                heavy -= head.heavy
-                if not await self._take(head, work):
+                head = await reader.next()
+                if head is None or not await self._take(head, work):
                     break
             checks.cancel_scope.cancel()
 
     async def _take(self, head: Ahead, work: anyio.abc.TaskGroup) -> bool:
         """Start the next item, or report it (skipped, or failed unsent); ``False``: stop."""
         prepared = head.value if head.ready else await head.result()
-        if isinstance(prepared, Job) and self._settings.max_cost:
-            prepared = priced(prepared, self._budget)
+        if isinstance(prepared, Job):
+            prepared = self._admission.priced(prepared)
         if isinstance(prepared, ItemResult):
             if prepared.status == "failed":
                 await self._saver.record(prepared, None)
-            await self._emit(prepared)
+            await self._results.emit(prepared)
             return True
-        return await self._start(prepared, work)
-
-    async def _start(self, job: Job, work: anyio.abc.TaskGroup) -> bool:
-        """Admit a job (pipeline slot, generation slot, budget) and start it; ``False``: stop."""
-        slots = self._sender.slots
-        await self._pipeline.acquire()
-        try:
-            # The slot is taken here, not in the item's task, so only items that can go
-            # now are started (and reserve budget); the task hands it back.
-            await slots.acquire_on_behalf_of(job)
-            try:
-                reservation = await self._budget.admit(job.per_image, job.n)
-                if reservation is not None and not await self._shared.book(
-                    job, reservation, self._budget
-                ):
-                    reservation = None
-            except BaseException:
-                slots.release_on_behalf_of(job)
-                raise
-        except BaseException:
-            self._pipeline.release()
-            raise
+        reservation = await self._admission.admit(prepared)
         if reservation is None:
-            slots.release_on_behalf_of(job)
-            self._pipeline.release()
             self._lifecycle.stop_for("budget")
             return False
         self._tally.in_flight += 1
-        work.start_soon(self._process, job, reservation)
+        work.start_soon(self._flow.process, prepared, reservation)
         return True
-
-    def _owns(self, index: int) -> bool:
-        shard = self._settings.shard
-        return shard is None or shard.owns(index)
-
-    # -- one item -----------------------------------------------------------------------
-
-    async def _process(self, job: Job, reservation: Reservation) -> None:
-        try:
-            try:
-                result = await self._generate_and_save(job, reservation)
-            finally:
-                self._tally.in_flight -= 1
-                if job.holds_slot:
-                    self._sender.slots.release_on_behalf_of(job)
-            if result is not None:
-                await self._emit(result)
-        finally:
-            self._pipeline.release()
-
-    async def _generate_and_save(self, job: Job, reservation: Reservation) -> ItemResult | None:
-        """Send, settle the budget, save, then let the fence know; ``None``: never sent."""
-        attempts = Attempts(self._sender, job)
-        response: ImagesResponse | None = None
-        error: NanoGPTError | None = None
-        settled = False
-        try:
-            try:
-                response = await self._sender.send(job, attempts)
-            except FencedError as fenced:
-                self._budget.settle(reservation, None, job.n, charged=False)
-                settled = True
-                await self._shared.settle(job, None, charged=False)
-                if fenced.record:
-                    return await self._saver.record(fenced.result, None)
-                return fenced.result
-            except AbandonedError:
-                if attempts.count == 0:
-                    await self._shared.unclaim(job)
-                    return None  # never sent: counted in not_started, a later run does it
-                error = attempts.last_error
-            except NanoGPTError as exc:
-                error = exc
-            answered = time.monotonic()
-            # An answer means a charge, stated or not; a lost answer to a sent request may be one.
-            charged = response is not None or _maybe_charged(error)
-            cost = known_cost(response.cost) if response is not None else None
-            images = len(response.data) if response is not None else job.n
-            self._budget.settle(reservation, cost, images, charged=charged)
-            settled = True
-            await self._shared.settle(job, cost, charged=charged)
-            if self._streak.observe(error if response is None else None) and error is not None:
-                self._lifecycle.fail_fast(error, self._streak.describe())
-            if cost is not None:
-                self._tally.cost += cost
-        finally:
-            if not settled:
-                self._budget.settle(reservation, None, job.n, charged=True)
-                await self._shared.settle(job, None, charged=True)
-        latency = answered - attempts.last_started if response is not None else None
-        result = await self._saver.save(
-            job,
-            response=response,
-            error=error,
-            attempts=attempts,
-            latency=latency,
-            answered=answered,
-        )
-        await self._shared.finish_claim(job, result, charged=charged)
-        return result
-
-    async def _emit(self, result: ItemResult) -> None:
-        self._tally.count(result.status)
-        if not self._results_wanted:
-            return
-        # If nobody is listening any more, the manifest has it.
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            try:
-                # No loop turn when there is room (the stream's send always takes one).
-                self._send.send_nowait(result)
-            except anyio.WouldBlock:
-                await self._send.send(result)
-
-
-def _maybe_charged(error: NanoGPTError | None) -> bool:
-    # A gateway's page instead of NanoGPT's answer: the origin may have charged (issue 10.16).
-    return isinstance(error, (APIResponseValidationError, GatewayError)) or (
-        isinstance(error, APIConnectionError) and error.request_sent
-    )
