@@ -23,9 +23,9 @@ from nanogpt_async._input._body import build_item_body
 from nanogpt_async._input._ids import RepeatedIds
 
 if TYPE_CHECKING:
+    from nanogpt_async._batch._api import BatchApi
     from nanogpt_async._batch._lifecycle import Lifecycle
     from nanogpt_async._batch._tally import Tally
-    from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._pacing._budget import BudgetReservation
 
 __all__ = [
@@ -183,7 +183,7 @@ class Preparer:
 
 
 async def price_list(
-    client: AsyncNanoGPT, max_cost: Decimal | None, defaults: Mapping[str, Any]
+    api: BatchApi, max_cost: Decimal | None, defaults: Mapping[str, Any]
 ) -> PriceList | None:
     """The image-models pricing, fetched once for a budgeted run (``None`` without one).
 
@@ -196,7 +196,7 @@ async def price_list(
     model = defaults.get("model")
     model = model if isinstance(model, str) else None
     try:
-        prices = PriceList(await client.images.models())
+        prices = PriceList(await api.models())
     except NanoGPTError as exc:
         raise InvalidInputError(
             "max_cost needs a price estimate, but the image-models list (its pricing) could "

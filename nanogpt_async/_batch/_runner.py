@@ -32,6 +32,7 @@ import anyio.to_thread
 from typing_extensions import Self
 
 from nanogpt_async._batch._admit import Admission
+from nanogpt_async._batch._api import BatchApi
 from nanogpt_async._batch._budget import Budget
 from nanogpt_async._batch._item import ItemFlow, Results
 from nanogpt_async._batch._lifecycle import SAVE_TIMEOUT, BatchState, Lifecycle
@@ -42,7 +43,7 @@ from nanogpt_async._batch._results import BatchProgress, BatchSummary, ItemResul
 from nanogpt_async._batch._resume import Ahead, ReadAhead, Resume
 from nanogpt_async._batch._save import Saver
 from nanogpt_async._batch._send import Sender
-from nanogpt_async._batch._settings import BatchSettings, ProgressCallback, own_pace_client
+from nanogpt_async._batch._settings import BatchSettings, ProgressCallback
 from nanogpt_async._batch._shared import Shared
 from nanogpt_async._batch._tally import Tally
 from nanogpt_async._types import NOT_GIVEN, NotGiven
@@ -117,8 +118,8 @@ class Batch:
             fence_lease=fence_lease,
         )
         self._items = items
-        self._client = own_pace_client(client, settings)
-        self._shared = Shared.build(self._client, settings)
+        self._api = BatchApi(client, rps=settings.rps, burst=settings.burst)
+        self._shared = Shared.build(self._api, settings)
         self._lifecycle = Lifecycle()
         self._tally = Tally(settings.total)
         self._preparer = Preparer(settings.defaults, self._lifecycle, self._tally)
@@ -165,7 +166,7 @@ class Batch:
             ([], Decimal('0.50'))
         """
         self._lifecycle.begin(BatchState.PLANNING)
-        planner = Planner(await self._client.images.models())
+        planner = Planner(await self._api.models())
         path = self._settings.manifest_path
         recorded = await anyio.to_thread.run_sync(read_manifest, path) if path else None
         resume = Resume(recorded, self._settings.folder, retry_failed=self._settings.retry_failed)
@@ -196,10 +197,10 @@ class Batch:
         tally.started = time.monotonic()
         # Sync primitives need a running event loop: made here, not in __init__.
         self._sender = sender = Sender(
-            self._client, settings.concurrency, lifecycle, tally, self._shared
+            self._api, settings.concurrency, lifecycle, tally, self._shared
         )
         self._saver = Saver(settings, lifecycle, tally)
-        prices = await price_list(self._client, settings.max_cost, settings.defaults)
+        prices = await price_list(self._api, settings.max_cost, settings.defaults)
         self._budget = Budget(settings.max_cost, prices)
         self._admission = Admission(settings, self._budget, sender.slots, self._shared)
         self._results = Results(settings.download_concurrency, tally)

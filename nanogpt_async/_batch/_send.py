@@ -3,7 +3,7 @@
 Turns come from the client's pacer (one limiter per key, shared with every other call the
 client makes); the batch only decides whether an attempt may still go (`Lifecycle`), claims
 the item in the fence at its first turn, and adapts its concurrency to the answers (AIMD).
-This is the batch's only way to the API: `Sender.send`.
+This is the batch's only call to the API: `Sender.send` (through `BatchApi`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from nanogpt_async._errors import (
 from nanogpt_async._pacing import AIMD
 
 if TYPE_CHECKING:
+    from nanogpt_async._batch._api import BatchApi
     from nanogpt_async._batch._prepare import Job
     from nanogpt_async._batch._shared import Shared
     from nanogpt_async._batch._tally import Tally
-    from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._output._responses import ImagesResponse
 
 __all__ = ["Attempts", "Sender"]
@@ -77,18 +77,18 @@ class Attempts:
 class Sender:
     """Sends jobs: the generation slots, the turns, and what the answers teach."""
 
-    __slots__ = ("_client", "_control", "_lifecycle", "_paced", "_tally", "shared", "slots")
+    __slots__ = ("_api", "_control", "_lifecycle", "_paced", "_tally", "shared", "slots")
 
     def __init__(
         self,
-        client: AsyncNanoGPT,
+        api: BatchApi,
         concurrency: int,
         lifecycle: Lifecycle,
         tally: Tally,
         shared: Shared,
     ) -> None:
-        self._client = client
-        self._paced = client.pacing.max_rate is not None
+        self._api = api
+        self._paced = api.paced
         self._control = AIMD(concurrency, floor=1, beta=0.5)
         #: Items being generated at most (the AIMD's current limit).
         self.slots = anyio.CapacityLimiter(concurrency)
@@ -99,9 +99,7 @@ class Sender:
     async def send(self, job: Job, attempts: Attempts) -> ImagesResponse:
         """Send the job (retried by the client) and return its answer; frees its slot."""
         try:
-            api = self._client.images
-            send = api.edit_from_body if job.edit else api.generate_from_body
-            return await send(job.body, hooks=attempts)
+            return await self._api.send(job.body, edit=job.edit, hooks=attempts)
         finally:
             job.holds_slot = False
             self.slots.release_on_behalf_of(job)

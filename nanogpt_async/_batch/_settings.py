@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nanogpt_async._batch._results import BatchProgress
 from nanogpt_async._batch._shards import Shard
@@ -20,10 +20,7 @@ from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._input._body import check_generation_fields
 from nanogpt_async._types import NotGiven
 
-if TYPE_CHECKING:
-    from nanogpt_async._client import AsyncNanoGPT
-
-__all__ = ["BatchSettings", "ProgressCallback", "own_pace_client"]
+__all__ = ["BatchSettings", "ProgressCallback"]
 
 ProgressCallback = Callable[[BatchProgress], object]
 #: A shard's manifest is named after it unless the caller named the manifest.
@@ -120,14 +117,6 @@ class BatchSettings:
             job_id=job_id,
             fence_lease=fence_lease,
         )
-
-
-def own_pace_client(client: AsyncNanoGPT, settings: BatchSettings) -> AsyncNanoGPT:
-    """The client the batch sends through: with a pacer of its own if given its own pace."""
-    if isinstance(settings.rps, NotGiven) and settings.burst is None:
-        return client  # the client's pacer, shared with every other call it makes
-    rps = client.pacing.max_rate if isinstance(settings.rps, NotGiven) else settings.rps
-    return client._with_own_pacer(rps=rps, burst=settings.burst or 1)  # noqa: SLF001
 
 
 def _check_concurrency(

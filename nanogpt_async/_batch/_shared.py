@@ -19,13 +19,12 @@ from nanogpt_async._batch._lifecycle import RECORD_TIMEOUT
 from nanogpt_async._batch._results import ItemResult
 from nanogpt_async._errors import InvalidInputError, NanoGPTError
 from nanogpt_async._pacing._budget import RedisBudget
-from nanogpt_async._pacing._redis import RedisBackend
 
 if TYPE_CHECKING:
+    from nanogpt_async._batch._api import BatchApi
     from nanogpt_async._batch._budget import Budget, Reservation
     from nanogpt_async._batch._prepare import Job
     from nanogpt_async._batch._settings import BatchSettings
-    from nanogpt_async._client import AsyncNanoGPT
 
 __all__ = ["FencedError", "Shared"]
 
@@ -56,13 +55,13 @@ class Shared:
         self.take_over = take_over
 
     @classmethod
-    def build(cls, client: AsyncNanoGPT, settings: BatchSettings) -> Shared:
+    def build(cls, api: BatchApi, settings: BatchSettings) -> Shared:
         """The fence and shared budget ``settings`` ask for, on the client's Redis.
 
         Raises:
             InvalidInputError: one is asked for without what it needs.
         """
-        redis = _redis_of(client)
+        redis = api.redis()
         budget = None
         if settings.shared_budget is not None:
             if settings.max_cost is None or redis is None:
@@ -74,8 +73,7 @@ class Shared:
             budget = RedisBudget(
                 url, key=key, max_cost=settings.max_cost, name=settings.shared_budget
             )
-        take_over = client.retry_policy.retry_ambiguous
-        return cls(_fence(redis, settings), budget, take_over=take_over)
+        return cls(_fence(redis, settings), budget, take_over=api.retry_ambiguous)
 
     async def heartbeat(self, scope: anyio.CancelScope) -> None:
         """Keep the fence's claims this process's own until ``scope`` is cancelled."""
@@ -160,14 +158,6 @@ class Shared:
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + RECORD_TIMEOUT
             await self.budget.settle(booking, cost, maybe_charged=charged)
-
-
-def _redis_of(client: AsyncNanoGPT) -> tuple[str, str] | None:
-    """``(url, key)`` of the client's Redis (``limits_url``); the key is only hashed."""
-    backend = client._pacer.backend  # noqa: SLF001 - the client's own pacer
-    if not isinstance(backend, RedisBackend):
-        return None
-    return backend.url, client._api_key  # noqa: SLF001 - only hashed, for the Redis key names
 
 
 def _fence(redis: tuple[str, str] | None, settings: BatchSettings) -> RedisFence | None:
