@@ -251,3 +251,28 @@ def test_cli_batches_with_one_shared_budget_stop_at_it_together(
     second = tmp_path / "second" / "manifest.jsonl"
     lines = second.read_text().splitlines() if second.exists() else []
     assert not [line for line in map(json_module.loads, lines) if line["status"] == "ok"]
+
+
+async def test_every_key_of_a_budget_and_its_pacing_is_in_one_cluster_hash_slot(
+    redis_server: RedisProcess,
+) -> None:
+    # Redis Cluster runs a script only when the keys it touches live on one node. Every key is
+    # named under the key's hash in braces (a hash tag), the budget's per-booking markers
+    # included, so they all hash to one slot.
+    from redis.crc import key_slot  # noqa: PLC0415 - redis is optional
+
+    from nanogpt_async._pacing._redis import RedisBackend  # noqa: PLC0415
+
+    budget = budget_on(redis_server, "1.00")
+    pacing = RedisBackend(redis_server.url, key=KEY)
+    await pacing.reserve(interval=0.1, burst=1, max_wait=60.0)
+    await pacing.cooldown(1.0)
+    booked = await budget.reserve(Decimal("0.01"))
+    assert booked is not None
+    await budget.settle(booked, Decimal("0.01"), maybe_charged=False)
+    connection = pacing._connection()
+    keys = [key async for key in connection.scan_iter("*")]
+    assert len(keys) >= 5  # pacing state, members, a token, budget totals, a marker
+    assert len({key_slot(key) for key in keys}) == 1, keys
+    await pacing.aclose()
+    await budget.aclose()
