@@ -200,9 +200,11 @@ class _Attempts:
     async def take_turn(self, wait_turn: Callable[[], Awaitable[None]]) -> None:
         await self._batch._before_attempt(self, wait_turn)  # noqa: SLF001 - the runner's own
         if self.count == 0 and self._job is not None:
-            # Claimed once its turn has come, not when admitted: an item waiting for a turn
-            # in a process that dies was never sent, and must not read as "may be charged"
-            # (W10: claiming at admission left 192 such items uncertain, 4 of them charged).
+            # Booked and claimed once its turn has come, not when admitted: an item waiting for
+            # a turn holds no money and, in a process that dies, was never sent, so it must not
+            # read as "may be charged" (W10: claiming at admission left 192 such items
+            # uncertain, 4 of them charged; booking at admission stopped 8 x 64 at $0.33 of $2).
+            await self._batch._book_shared(self, self._job, wait_turn)  # noqa: SLF001
             await self._batch._claim(self._job)  # noqa: SLF001
         self.count += 1
         self.last_started = time.monotonic()
@@ -861,8 +863,6 @@ class Batch:
             await self._generation_slots.acquire_on_behalf_of(prepared)
             try:
                 reservation = await self._budget.admit(prepared.per_image, prepared.n)
-                if reservation is not None and not await self._book_shared(prepared, reservation):
-                    reservation = None
             except BaseException:
                 self._generation_slots.release_on_behalf_of(prepared)
                 raise
@@ -912,16 +912,31 @@ class Batch:
     def _owns(self, index: int) -> bool:
         return self._shard is None or self._shard.owns(index)
 
-    async def _book_shared(self, job: _Job, reservation: Reservation) -> bool:
-        """Book the request's estimate in the shared budget too; ``False``: it is spent."""
+    async def _book_shared(
+        self, attempts: _Attempts, job: _Job, wait_turn: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Book the request's estimate in the shared budget, at its turn; stop when spent.
+
+        "Full" (other requests' reservations are in the way) waits for one to settle, then
+        takes a new turn: the old one went by. Waits while Redis cannot be checked (fails
+        closed).
+        """
         if self._shared_budget is None:
-            return True
-        # Waits while Redis cannot be checked (fails closed).
-        job.booking = await self._shared_budget.reserve(reservation.amount)
-        if job.booking is None:
-            self._budget.settle(reservation, None, job.n, charged=False)
-            return False
-        return True
+            return
+        assert job.per_image is not None  # noqa: S101 - a shared budget has max_cost: estimated
+        amount = job.per_image * job.n
+        while True:
+            booked = await self._shared_budget.book(amount)
+            if isinstance(booked, BudgetReservation):
+                job.booking = booked
+                return
+            if booked == "spent":
+                if self._stop_reason is None:
+                    self._stop_reason = "budget"
+                self._halt()
+                raise _Abandoned
+            await self._shared_budget.room()
+            await self._take_turn(attempts, wait_turn)
 
     async def _settle_shared(self, job: _Job, cost: Decimal | None, *, charged: bool) -> None:
         if self._shared_budget is None or job.booking is None:
@@ -1082,6 +1097,12 @@ class Batch:
     async def _before_attempt(
         self, attempts: _Attempts, wait_turn: Callable[[], Awaitable[None]]
     ) -> None:
+        await self._take_turn(attempts, wait_turn)
+        self._attempts += 1
+
+    async def _take_turn(
+        self, attempts: _Attempts, wait_turn: Callable[[], Awaitable[None]]
+    ) -> None:
         while True:
             self._check_may_send(attempts)
             with anyio.CancelScope() as scope:
@@ -1099,7 +1120,6 @@ class Batch:
                     self._waiting.discard(scope)
             if not scope.cancelled_caught:
                 self._check_may_send(attempts)
-                self._attempts += 1
                 return
 
     def _check_may_send(self, attempts: _Attempts) -> None:
@@ -1146,6 +1166,9 @@ class Batch:
                 return fenced.result
             except _Abandoned:
                 if attempts.count == 0:
+                    self._budget.settle(reservation, None, job.n, charged=False)
+                    settled = True
+                    await self._settle_shared(job, None, charged=False)
                     await self._unclaim(job)
                     return None  # never sent: counted in not_started, a later run does it
                 error = attempts.last_error
