@@ -58,7 +58,7 @@ def mutation(session: nox.Session) -> None:
     """Mutation testing of the code that guards money and limits (not part of CI: minutes).
 
     `nox -s mutation` runs every module listed in pyproject's [tool.mutmut]; pass mutant
-    globs to run one module quickly: `nox -s mutation -- "nanogpt_async._batch_budget*"`.
+    globs to run one module quickly: `nox -s mutation -- "nanogpt_async._batch._budget*"`.
     Prints the score per module, counting the equivalent mutants listed (with a reason each)
     in tools/mutation_equivalents.txt.
     """

@@ -76,8 +76,8 @@ def _rate(samples: list[tuple[float, int]], low: float, high: float) -> float:
 
 
 def _recorded(out: Path) -> tuple[Counter[str], Counter[str]]:
-    from nanogpt_async._batch_manifest import iter_records  # noqa: PLC0415
-    from nanogpt_async._shards import shard_manifests  # noqa: PLC0415
+    from nanogpt_async._batch._manifest import iter_records  # noqa: PLC0415
+    from nanogpt_async._batch._shards import shard_manifests  # noqa: PLC0415
 
     ok: Counter[str] = Counter()
     uncertain: Counter[str] = Counter()

@@ -14,8 +14,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nanogpt_async._batch import Batch
-    from nanogpt_async._batch_models import (
+    from nanogpt_async._batch._plan import BatchPlan
+    from nanogpt_async._batch._results import (
         BatchItem,
         BatchProgress,
         BatchSummary,
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
         ItemResult,
         OutputWriteError,
     )
-    from nanogpt_async._batch_plan import BatchPlan
+    from nanogpt_async._batch._runner import Batch
     from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._errors import (
         APIConnectionError,
@@ -55,9 +55,15 @@ if TYPE_CHECKING:
         UnprocessableEntityError,
     )
     from nanogpt_async._gallery import write_gallery
+    from nanogpt_async._http._retry import RetryPolicy
     from nanogpt_async._images import Images
-    from nanogpt_async._inputs import MAX_INPUT_IMAGE_BYTES, fetch_image_data_url, image_data_url
-    from nanogpt_async._models import (
+    from nanogpt_async._input._data_urls import (
+        MAX_INPUT_IMAGE_BYTES,
+        fetch_image_data_url,
+        image_data_url,
+    )
+    from nanogpt_async._input._prompts import PromptFileError, read_prompts
+    from nanogpt_async._output._responses import (
         Balance,
         GeneratedImage,
         ImageModel,
@@ -65,8 +71,6 @@ if TYPE_CHECKING:
         ModelCapabilities,
     )
     from nanogpt_async._pacing import PacerState
-    from nanogpt_async._prompts import PromptFileError, read_prompts
-    from nanogpt_async._retry import RetryPolicy
     from nanogpt_async._types import NOT_GIVEN, NotGiven
 
 __version__ = "0.1.0"
@@ -139,49 +143,49 @@ _HOME = {
     "AsyncNanoGPT": "nanogpt_async._client",
     "AuthenticationError": "nanogpt_async._errors",
     "BadRequestError": "nanogpt_async._errors",
-    "Balance": "nanogpt_async._models",
-    "Batch": "nanogpt_async._batch",
-    "BatchItem": "nanogpt_async._batch_models",
-    "BatchPlan": "nanogpt_async._batch_plan",
-    "BatchProgress": "nanogpt_async._batch_models",
-    "BatchSummary": "nanogpt_async._batch_models",
+    "Balance": "nanogpt_async._output._responses",
+    "Batch": "nanogpt_async._batch._runner",
+    "BatchItem": "nanogpt_async._batch._results",
+    "BatchPlan": "nanogpt_async._batch._plan",
+    "BatchProgress": "nanogpt_async._batch._results",
+    "BatchSummary": "nanogpt_async._batch._results",
     "ConflictError": "nanogpt_async._errors",
     "ContentPolicyViolationError": "nanogpt_async._errors",
     "DailyLimitExceededError": "nanogpt_async._errors",
     "GatewayError": "nanogpt_async._errors",
-    "GeneratedImage": "nanogpt_async._models",
+    "GeneratedImage": "nanogpt_async._output._responses",
     "ImageDownloadError": "nanogpt_async._errors",
     "ImageError": "nanogpt_async._errors",
     "ImageInputError": "nanogpt_async._errors",
-    "ImageModel": "nanogpt_async._models",
+    "ImageModel": "nanogpt_async._output._responses",
     "ImageURLExpiredError": "nanogpt_async._errors",
     "Images": "nanogpt_async._images",
-    "ImagesResponse": "nanogpt_async._models",
+    "ImagesResponse": "nanogpt_async._output._responses",
     "InsufficientBalanceError": "nanogpt_async._errors",
     "InternalServerError": "nanogpt_async._errors",
     "InvalidImageError": "nanogpt_async._errors",
     "InvalidInputError": "nanogpt_async._errors",
-    "ItemResult": "nanogpt_async._batch_models",
+    "ItemResult": "nanogpt_async._batch._results",
     "LocalRateLimitError": "nanogpt_async._errors",
-    "MAX_INPUT_IMAGE_BYTES": "nanogpt_async._inputs",
-    "ModelCapabilities": "nanogpt_async._models",
+    "MAX_INPUT_IMAGE_BYTES": "nanogpt_async._input._data_urls",
+    "ModelCapabilities": "nanogpt_async._output._responses",
     "NOT_GIVEN": "nanogpt_async._types",
     "NanoGPTError": "nanogpt_async._errors",
     "NotFoundError": "nanogpt_async._errors",
     "NotGiven": "nanogpt_async._types",
-    "FolderInUseError": "nanogpt_async._batch_models",
-    "OutputWriteError": "nanogpt_async._batch_models",
+    "FolderInUseError": "nanogpt_async._batch._results",
+    "OutputWriteError": "nanogpt_async._batch._results",
     "PacerState": "nanogpt_async._pacing",
     "PayloadTooLargeError": "nanogpt_async._errors",
     "PermissionDeniedError": "nanogpt_async._errors",
-    "PromptFileError": "nanogpt_async._prompts",
+    "PromptFileError": "nanogpt_async._input._prompts",
     "RateLimitError": "nanogpt_async._errors",
     "RequestTimeoutError": "nanogpt_async._errors",
-    "RetryPolicy": "nanogpt_async._retry",
+    "RetryPolicy": "nanogpt_async._http._retry",
     "UnprocessableEntityError": "nanogpt_async._errors",
-    "fetch_image_data_url": "nanogpt_async._inputs",
-    "image_data_url": "nanogpt_async._inputs",
-    "read_prompts": "nanogpt_async._prompts",
+    "fetch_image_data_url": "nanogpt_async._input._data_urls",
+    "image_data_url": "nanogpt_async._input._data_urls",
+    "read_prompts": "nanogpt_async._input._prompts",
     "write_gallery": "nanogpt_async._gallery",
 }
 

@@ -31,7 +31,7 @@ from nanogpt_async._errors import (
     redact,
     status_error,
 )
-from nanogpt_async._exchange import (
+from nanogpt_async._http._exchange import (
     Exchange,
     UndecodableBody,
     attempt_deadline,
@@ -41,9 +41,11 @@ from nanogpt_async._exchange import (
     redact_payload,
     seal,
 )
+from nanogpt_async._http._redaction import guard_library_logs
+from nanogpt_async._http._retry import RetryPolicy, parse_retry_after, run_with_retries
+from nanogpt_async._http._transport import AutoTransport
 from nanogpt_async._images import Images
-from nanogpt_async._log_redaction import guard_library_logs
-from nanogpt_async._models import Balance, checked_image, redact_url
+from nanogpt_async._output._responses import Balance, checked_image, redact_url
 from nanogpt_async._pacing import (
     PacedAttempts,
     Pacer,
@@ -51,8 +53,6 @@ from nanogpt_async._pacing import (
     PacingBackend,
     TurnHooks,
 )
-from nanogpt_async._retry import RetryPolicy, parse_retry_after, run_with_retries
-from nanogpt_async._transport import AutoTransport
 from nanogpt_async._types import NOT_GIVEN, NotGiven, TimeoutTypes
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "AsyncNanoGPT"]

@@ -7,16 +7,16 @@ from decimal import Decimal
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
-from nanogpt_async._models import ImageModel, ImagesResponse
-from nanogpt_async._request import build_edit_body, build_generation_body
+from nanogpt_async._input._body import build_edit_body, build_generation_body
+from nanogpt_async._output._responses import ImageModel, ImagesResponse
 from nanogpt_async._types import NOT_GIVEN, ImageInput, NotGiven, ResponseFormat, TimeoutTypes
 
 if TYPE_CHECKING:
-    from nanogpt_async._batch import Batch, BatchInput
-    from nanogpt_async._batch_models import BatchProgress
+    from nanogpt_async._batch._results import BatchProgress
+    from nanogpt_async._batch._runner import Batch, BatchInput
+    from nanogpt_async._batch._shards import Shard
     from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._pacing import TurnHooks
-    from nanogpt_async._shards import Shard
 
 __all__ = ["Images"]
 
@@ -315,8 +315,8 @@ class Images:
             ...     ["a red fox", "a blue jay"], output_dir="out", model="hidream"
             ... ).run()
         """
-        from nanogpt_async._batch import Batch  # noqa: PLC0415 - keeps client import light
-        from nanogpt_async._fence import DEFAULT_LEASE  # noqa: PLC0415
+        from nanogpt_async._batch._fence import DEFAULT_LEASE  # noqa: PLC0415
+        from nanogpt_async._batch._runner import Batch  # noqa: PLC0415 - keeps client import light
 
         return Batch(
             self._client,

@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from nanogpt_async import AsyncNanoGPT
-from nanogpt_async._retry import recorded_backoff
+from nanogpt_async._http._retry import recorded_backoff
 from nanogpt_async.testing import make_png
 
 #: A distinctive key so tests can prove it never leaks anywhere.

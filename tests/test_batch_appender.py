@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 
-from nanogpt_async._batch_appender import GroupAppender
+from nanogpt_async._batch._appender import GroupAppender
 
 
 class BlockingWriter:

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from nanogpt_async import AsyncNanoGPT, ImageModel, InvalidInputError
-from nanogpt_async._batch_budget import Budget, PriceList, Reservation, Sample, known_cost
+from nanogpt_async._batch._budget import Budget, PriceList, Reservation, Sample, known_cost
 from nanogpt_async._cli._commands import cli
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault
 

@@ -18,7 +18,7 @@ from nanogpt_async import (
     InternalServerError,
     NotFoundError,
 )
-from nanogpt_async._batch_streak import STREAK, ErrorStreak
+from nanogpt_async._batch._streak import STREAK, ErrorStreak
 from nanogpt_async._cli._commands import cli
 from nanogpt_async.testing import FakeNanoGPT, FakeServer
 

@@ -15,8 +15,8 @@ import pytest
 import respx
 
 from nanogpt_async import AsyncNanoGPT, ImageURLExpiredError
-from nanogpt_async._batch import Batch
-from nanogpt_async._batch_expiry import DeadlineGate, describe_expiry, url_expiry, urls_expiry
+from nanogpt_async._batch._expiry import DeadlineGate, describe_expiry, url_expiry, urls_expiry
+from nanogpt_async._batch._runner import Batch
 from nanogpt_async.testing import FakeNanoGPT, make_png
 
 from .conftest import BASE, KEY

@@ -22,8 +22,8 @@ from typing import IO, Any
 import pytest
 from typing_extensions import Self
 
-from nanogpt_async import _batch_manifest as manifest_module
-from nanogpt_async._batch_manifest import (
+from nanogpt_async._batch import _manifest as manifest_module
+from nanogpt_async._batch._manifest import (
     FileEntry,
     ManifestIndex,
     ManifestWriter,
@@ -34,8 +34,8 @@ from nanogpt_async._batch_manifest import (
     write_images,
     write_new,
 )
-from nanogpt_async._batch_models import OutputWriteError
-from nanogpt_async._files import TEMP_SUFFIX
+from nanogpt_async._batch._results import OutputWriteError
+from nanogpt_async._output._files import TEMP_SUFFIX
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes and FIFOs")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nanogpt_async._batch_manifest import (
+from nanogpt_async._batch._manifest import (
     FileEntry,
     ManifestWriter,
     files_intact,
@@ -15,7 +15,7 @@ from nanogpt_async._batch_manifest import (
     sweep_temp_files,
     write_images,
 )
-from nanogpt_async._batch_names import (
+from nanogpt_async._batch._names import (
     IdentityCounter,
     image_file_name,
     public_request,
@@ -23,7 +23,7 @@ from nanogpt_async._batch_names import (
     safe_path,
     slugify,
 )
-from nanogpt_async._files import TEMP_SUFFIX
+from nanogpt_async._output._files import TEMP_SUFFIX
 from nanogpt_async.testing import make_png
 
 HOSTILE = [

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from nanogpt_async import AsyncNanoGPT
-from nanogpt_async import _batch_manifest as manifest_module
-from nanogpt_async._batch_manifest import (
+from nanogpt_async._batch import _manifest as manifest_module
+from nanogpt_async._batch._manifest import (
     FileEntry,
     ManifestWriter,
     files_intact,
@@ -28,7 +28,7 @@ from nanogpt_async._batch_manifest import (
     write_images,
     write_new,
 )
-from nanogpt_async._batch_names import image_file_name
+from nanogpt_async._batch._names import image_file_name
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, make_png
 
 KEY = "ngk_resume_SECRET_31"

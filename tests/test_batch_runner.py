@@ -22,7 +22,7 @@ from nanogpt_async import (
     InvalidInputError,
     ItemResult,
 )
-from nanogpt_async._files import TEMP_SUFFIX
+from nanogpt_async._output._files import TEMP_SUFFIX
 from nanogpt_async._sniff import sniff_image
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault
 

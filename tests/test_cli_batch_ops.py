@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from nanogpt_async import _batch_manifest as manifest_module
+from nanogpt_async._batch import _manifest as manifest_module
 from nanogpt_async._cli import _batchrun
 from nanogpt_async._cli._commands import cli
 from nanogpt_async.testing import FakeServer, Fault

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanogpt_async import AsyncNanoGPT, InvalidInputError
-from nanogpt_async._request import build_edit_body, build_generation_body
+from nanogpt_async._input._body import build_edit_body, build_generation_body
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault, make_png
 from nanogpt_async.testing._faults import Route
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from nanogpt_async._files import TEMP_SUFFIX
+from nanogpt_async._output._files import TEMP_SUFFIX
 from nanogpt_async.testing import FakeNanoGPT, FakeServer
 
 KEY = "ngk_crash_consistency_key_5150"

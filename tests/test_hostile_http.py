@@ -33,8 +33,8 @@ from nanogpt_async import (
 )
 from nanogpt_async import _client as client_module
 from nanogpt_async._client import BIG_BODY_BYTES, MAX_REDIRECTS
-from nanogpt_async._exchange import attempt_deadline
-from nanogpt_async._transport import AutoTransport
+from nanogpt_async._http._exchange import attempt_deadline
+from nanogpt_async._http._transport import AutoTransport
 from tests import hostile_http as hostile
 from tests.conftest import BASE, KEY
 from tests.hostile_http import HostileServer

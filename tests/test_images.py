@@ -15,8 +15,8 @@ from nanogpt_async import (
     InvalidImageError,
     InvalidInputError,
 )
-from nanogpt_async._files import TEMP_SUFFIX
-from nanogpt_async._models import Balance, ImageModel
+from nanogpt_async._output._files import TEMP_SUFFIX
+from nanogpt_async._output._responses import Balance, ImageModel
 from tests.conftest import BASE, KEY
 
 GEN = f"{BASE}/images/generations"

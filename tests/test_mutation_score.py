@@ -25,10 +25,13 @@ def tool() -> ModuleType:
 @pytest.mark.parametrize(
     ("mutant", "module"),
     [
-        ("nanogpt_async._retry.x_should_retry__mutmut_3", "nanogpt_async._retry"),
+        ("nanogpt_async._http._retry.x_should_retry__mutmut_3", "nanogpt_async._http._retry"),
         ("nanogpt_async._errors.x__status_error__mutmut_12", "nanogpt_async._errors"),
-        ("nanogpt_async._batch_budget.xǁBudgetǁadmit__mutmut_2", "nanogpt_async._batch_budget"),
-        ("nanogpt_async._batch_budget.xǁSampleǁ__init____mutmut_7", "nanogpt_async._batch_budget"),
+        ("nanogpt_async._batch._budget.xǁBudgetǁadmit__mutmut_2", "nanogpt_async._batch._budget"),
+        (
+            "nanogpt_async._batch._budget.xǁSampleǁ__init____mutmut_7",
+            "nanogpt_async._batch._budget",
+        ),
         ("nanogpt_async._pacing._pacer.xǁPacerǁwait__mutmut_1", "nanogpt_async._pacing._pacer"),
     ],
 )

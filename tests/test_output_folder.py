@@ -17,9 +17,9 @@ import anyio
 import pytest
 
 from nanogpt_async import AsyncNanoGPT, OutputWriteError
-from nanogpt_async import _batch_manifest as manifest_module
-from nanogpt_async._batch_models import FolderInUseError
-from nanogpt_async._files import LOCK_NAME, FolderLock
+from nanogpt_async._batch import _manifest as manifest_module
+from nanogpt_async._batch._results import FolderInUseError
+from nanogpt_async._output._files import LOCK_NAME, FolderLock
 from nanogpt_async.testing import FakeNanoGPT, FakeServer
 
 KEY = "ngk_output_folder_SECRET_5521"
@@ -82,7 +82,7 @@ async def test_a_second_batch_into_a_running_batchs_folder_is_refused_before_it_
 _HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from nanogpt_async._files import FolderLock
+from nanogpt_async._output._files import FolderLock
 FolderLock.acquire(Path(sys.argv[1]))
 print("locked", flush=True)
 time.sleep(600)  # until the test kills it

@@ -105,7 +105,7 @@ async def test_a_turn_beyond_max_wait_raises_before_sending_and_reserves_nothing
 
 
 def test_a_local_rate_limit_error_is_a_rate_limit_error_and_never_retried() -> None:
-    from nanogpt_async._retry import RetryPolicy, should_retry  # noqa: PLC0415
+    from nanogpt_async._http._retry import RetryPolicy, should_retry  # noqa: PLC0415
 
     error = LocalRateLimitError("not sent", retry_after=3.0)
     assert isinstance(error, RateLimitError)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nanogpt_async import InvalidInputError, PromptFileError, read_prompts
-from nanogpt_async._prompts import numbered_prompts
+from nanogpt_async._input._prompts import numbered_prompts
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanogpt_async._batch_manifest import read_manifest
-from nanogpt_async._batch_names import IdentityCounter, image_file_name, safe_path, slugify
+from nanogpt_async._batch._manifest import read_manifest
+from nanogpt_async._batch._names import IdentityCounter, image_file_name, safe_path, slugify
 
 #: Text that tries to escape: separators, dot-dot, NUL, reserved names, any unicode, long.
 hostile_text = st.one_of(

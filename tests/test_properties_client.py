@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from nanogpt_async import image_data_url
 from nanogpt_async._errors import parse_error_body, status_error
-from nanogpt_async._inputs import parse_data_url
-from nanogpt_async._retry import parse_retry_after
+from nanogpt_async._http._retry import parse_retry_after
+from nanogpt_async._input._data_urls import parse_data_url
 from nanogpt_async._sniff import sniff_image
 
 MAGIC = {

@@ -29,7 +29,7 @@ from nanogpt_async import (
     RetryPolicy,
 )
 from nanogpt_async._errors import status_error
-from nanogpt_async._retry import backoff_seconds, parse_retry_after, should_retry
+from nanogpt_async._http._retry import backoff_seconds, parse_retry_after, should_retry
 from tests.conftest import BASE, KEY
 
 GEN = f"{BASE}/images/generations"

@@ -22,10 +22,10 @@ import pytest
 import redis
 
 from nanogpt_async import AsyncNanoGPT, RetryPolicy
-from nanogpt_async._batch_manifest import iter_records
-from nanogpt_async._fence import RedisFence
+from nanogpt_async._batch._fence import RedisFence
+from nanogpt_async._batch._manifest import iter_records
+from nanogpt_async._batch._shards import Shard, ShardError, resolve_shard, shard_manifests
 from nanogpt_async._pacing._redis import redis_namespace
-from nanogpt_async._shards import Shard, ShardError, resolve_shard, shard_manifests
 from nanogpt_async.testing import FakeNanoGPT
 from tests._redis import RedisProcess, free_port, redis_server
 from tests._waiting import wait_until

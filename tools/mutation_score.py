@@ -46,8 +46,8 @@ def module_of(mutant: str) -> str:
     ``{module}.x\u01c1{Class}\u01c1{method}__mutmut_{n}`` (``\u01c1`` is mutmut's separator).
 
     Example:
-        >>> module_of("nanogpt_async._retry.x_should_retry__mutmut_3")
-        'nanogpt_async._retry'
+        >>> module_of("nanogpt_async._http._retry.x_should_retry__mutmut_3")
+        'nanogpt_async._http._retry'
         >>> module_of("nanogpt_async._pacing._pacer.x\u01c1Pacer\u01c1wait__mutmut_12")
         'nanogpt_async._pacing._pacer'
     """

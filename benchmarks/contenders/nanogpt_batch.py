@@ -14,7 +14,7 @@ import aiohttp  # noqa: F401 - imported before the clock starts, as every conten
 import httpx_aiohttp  # noqa: F401 - (nanogpt_async imports them lazily, at the first request)
 
 # generate_many loads the runner lazily; load it before the clock starts, as every stack is.
-import nanogpt_async._batch  # noqa: F401
+import nanogpt_async._batch._runner  # noqa: F401
 from benchmarks._job import Job, Probe
 from benchmarks.contenders.nanogpt_generate import benchmark_client
 from nanogpt_async import ImageURLExpiredError

@@ -21,7 +21,8 @@ import anyio.abc
 import anyio.to_thread
 import click
 
-from nanogpt_async._batch_models import BatchProgress, BatchSummary, ItemResult
+from nanogpt_async._batch._fence import DEFAULT_LEASE
+from nanogpt_async._batch._results import BatchProgress, BatchSummary, ItemResult
 from nanogpt_async._cli._common import (
     EXIT_BUDGET,
     EXIT_FAILED,
@@ -34,13 +35,12 @@ from nanogpt_async._cli._common import (
 )
 from nanogpt_async._cli._gallery import refresh_gallery
 from nanogpt_async._errors import InvalidInputError
-from nanogpt_async._fence import DEFAULT_LEASE
-from nanogpt_async._prompts import PromptFormat, read_prompts
+from nanogpt_async._input._prompts import PromptFormat, read_prompts
 
 if TYPE_CHECKING:
-    from nanogpt_async._batch import Batch
+    from nanogpt_async._batch._runner import Batch
+    from nanogpt_async._batch._shards import Shard
     from nanogpt_async._client import AsyncNanoGPT
-    from nanogpt_async._shards import Shard
 
 __all__ = ["BatchSettings", "PromptSource", "aiter_sync", "prompt_items", "run_batch"]
 

@@ -17,9 +17,11 @@ import anyio.to_thread
 import click
 
 from nanogpt_async import __version__
-from nanogpt_async._batch_budget import DEFAULT_MODEL
-from nanogpt_async._batch_manifest import FileEntry, write_images
-from nanogpt_async._batch_names import slugify
+from nanogpt_async._batch._budget import DEFAULT_MODEL
+from nanogpt_async._batch._fence import DEFAULT_LEASE
+from nanogpt_async._batch._manifest import FileEntry, write_images
+from nanogpt_async._batch._names import slugify
+from nanogpt_async._batch._shards import SHARD_COUNT_ENV, ShardError, resolve_shard
 from nanogpt_async._cli._common import (
     EXIT_BUDGET,
     EXIT_BUSY,
@@ -34,9 +36,7 @@ from nanogpt_async._cli._common import (
     run_async,
 )
 from nanogpt_async._errors import ImageError
-from nanogpt_async._fence import DEFAULT_LEASE
-from nanogpt_async._models import checked_image
-from nanogpt_async._shards import SHARD_COUNT_ENV, ShardError, resolve_shard
+from nanogpt_async._output._responses import checked_image
 
 __all__ = ["cli"]
 
@@ -932,9 +932,9 @@ def merge(*, out: Path, name: str, gallery: bool) -> None:
     Example:
       nanogpt-async merge out/ && xdg-open out/index.html
     """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    from nanogpt_async._batch._shard_report import merge_manifests  # noqa: PLC0415
     from nanogpt_async._cli._gallery import refresh_gallery  # noqa: PLC0415
     from nanogpt_async._cli._shards import require_shards  # noqa: PLC0415
-    from nanogpt_async._shard_report import merge_manifests  # noqa: PLC0415
 
     if not name or name in (".", "..") or any(sep in name for sep in "/\\\0"):
         raise click.BadParameter(f"a plain file name, not {name!r}", param_hint="--name")
@@ -988,7 +988,7 @@ def demo(*, out: Path, count: int, fast: bool, progress: str, progress_interval:
         aiter_sync,
         run_batch,
     )
-    from nanogpt_async._demo import demo_fake, demo_items  # noqa: PLC0415
+    from nanogpt_async._cli._demo import demo_fake, demo_items  # noqa: PLC0415
 
     fake = demo_fake(fast=fast)
     settings = BatchSettings(

@@ -15,7 +15,7 @@ from typing import IO, Any, NoReturn, TypeVar
 import anyio
 import click
 
-from nanogpt_async._batch_models import FolderInUseError
+from nanogpt_async._batch._results import FolderInUseError
 from nanogpt_async._client import AsyncNanoGPT
 from nanogpt_async._errors import (
     APIStatusError,
@@ -26,7 +26,7 @@ from nanogpt_async._errors import (
     NanoGPTError,
     PermissionDeniedError,
 )
-from nanogpt_async._retry import RetryPolicy, should_retry
+from nanogpt_async._http._retry import RetryPolicy, should_retry
 
 __all__ = [
     "EXIT_BUDGET",

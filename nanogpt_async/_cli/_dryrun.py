@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from nanogpt_async._cli._common import EXIT_OK, EXIT_USAGE, output
 
 if TYPE_CHECKING:
-    from nanogpt_async._batch_plan import BatchPlan
+    from nanogpt_async._batch._plan import BatchPlan
     from nanogpt_async._cli._batchrun import BatchSettings, PromptSource
     from nanogpt_async._client import AsyncNanoGPT
 

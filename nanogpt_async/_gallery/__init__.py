@@ -17,7 +17,6 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from nanogpt_async._files import write_atomic
 from nanogpt_async._gallery._page import render_page
 from nanogpt_async._gallery._records import Card, Totals, read_cards
 from nanogpt_async._gallery._thumbs import (
@@ -28,6 +27,7 @@ from nanogpt_async._gallery._thumbs import (
     require_pillow,
     sweep,
 )
+from nanogpt_async._output._files import write_atomic
 
 __all__ = ["GalleryReport", "build_gallery", "require_pillow", "write_gallery"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanogpt_async._batch_manifest import iter_records
-from nanogpt_async._batch_names import safe_path
+from nanogpt_async._batch._manifest import iter_records
+from nanogpt_async._batch._names import safe_path
 
 __all__ = ["Card", "Picture", "Totals", "read_cards"]
 

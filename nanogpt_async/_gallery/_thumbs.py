@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
-from nanogpt_async._files import TEMP_SUFFIX
+from nanogpt_async._output._files import TEMP_SUFFIX
 
 if TYPE_CHECKING:
     from PIL.Image import Image

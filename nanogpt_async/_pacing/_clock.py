@@ -1,6 +1,6 @@
 """The pacer's default clock and sleep, and how test suites' instant retries reach the pacer.
 
-Under `nanogpt_async._retry.recorded_backoff` (autouse in our tests, and what users' test
+Under `nanogpt_async._http._retry.recorded_backoff` (autouse in our tests, and what users' test
 suites use to make retries instant) the retry engine's waits are recorded, not slept. The
 client pacer's 429 cooldown is the same wait (the server's ``Retry-After``) for every caller:
 so in that mode a pacer on the default clock does not hold callers for it, and a test

@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nanogpt_async._retry import recorded_backoff as instant_retries
+    from nanogpt_async._http._retry import recorded_backoff as instant_retries
     from nanogpt_async.testing._fake import FakeNanoGPT, FakeStats, ManualClock
     from nanogpt_async.testing._faults import Fault
     from nanogpt_async.testing._png import make_png
@@ -52,7 +52,7 @@ _HOME = {
 def __getattr__(name: str) -> Any:
     if name == "instant_retries":
         # The retry engine's own testing switch, re-exported where test helpers live.
-        from nanogpt_async._retry import recorded_backoff  # noqa: PLC0415
+        from nanogpt_async._http._retry import recorded_backoff  # noqa: PLC0415
 
         globals()[name] = recorded_backoff
         return recorded_backoff

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 if TYPE_CHECKING:
-    from nanogpt_async._models import ImageModel
+    from nanogpt_async._output._responses import ImageModel
 
 __all__ = [
     "DEFAULT_MODEL",

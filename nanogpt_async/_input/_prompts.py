@@ -29,9 +29,9 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from nanogpt_async._batch_ids import RepeatedIds
 from nanogpt_async._errors import InvalidInputError
-from nanogpt_async._request import ITEM_FIELDS, check_generation_fields
+from nanogpt_async._input._body import ITEM_FIELDS, check_generation_fields
+from nanogpt_async._input._ids import RepeatedIds
 
 __all__ = ["PromptFileError", "PromptFormat", "numbered_prompts", "read_prompts"]
 

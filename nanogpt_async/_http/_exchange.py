@@ -36,7 +36,7 @@ from nanogpt_async._errors import (
     redact_error,
     secret_forms,
 )
-from nanogpt_async._transport import PROGRESS_EXTENSION, Progress
+from nanogpt_async._http._transport import PROGRESS_EXTENSION, Progress
 
 _IMAGE_FIELD = "b64_json"
 #: The compression method nibble of a zlib header (RFC 1950): deflate.

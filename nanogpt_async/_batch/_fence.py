@@ -33,7 +33,7 @@ from typing import Literal
 import anyio
 import anyio.to_thread
 
-from nanogpt_async._batch_manifest import iter_records
+from nanogpt_async._batch._manifest import iter_records
 from nanogpt_async._errors import NanoGPTError
 from nanogpt_async._pacing._redis import SOCKET_TIMEOUT, redis_namespace
 from nanogpt_async._pacing._scripts import FailClosedScripts

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from nanogpt_async._batch_models import OutputWriteError
-from nanogpt_async._batch_names import safe_path
+from nanogpt_async._batch._names import safe_path
+from nanogpt_async._batch._results import OutputWriteError
 from nanogpt_async._codec import loads
-from nanogpt_async._files import TEMP_SUFFIX, open_no_follow
+from nanogpt_async._output._files import TEMP_SUFFIX, open_no_follow
 
 __all__ = [
     "FileEntry",

@@ -21,7 +21,7 @@ from nanogpt_async._errors import (
     InvalidImageError,
     InvalidInputError,
 )
-from nanogpt_async._files import write_atomic_async
+from nanogpt_async._output._files import write_atomic_async
 from nanogpt_async._sniff import SUFFIXES, ImageKind, sniff_image
 
 __all__ = [

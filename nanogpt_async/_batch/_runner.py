@@ -35,8 +35,8 @@ import anyio.lowlevel
 import anyio.to_thread
 from typing_extensions import Self
 
-from nanogpt_async._batch_appender import GroupAppender
-from nanogpt_async._batch_budget import (
+from nanogpt_async._batch._appender import GroupAppender
+from nanogpt_async._batch._budget import (
     DEFAULT_MODEL,
     Budget,
     PriceList,
@@ -44,9 +44,9 @@ from nanogpt_async._batch_budget import (
     Sample,
     known_cost,
 )
-from nanogpt_async._batch_expiry import DeadlineGate, describe_expiry, url_expiry, urls_expiry
-from nanogpt_async._batch_ids import RepeatedIds
-from nanogpt_async._batch_manifest import (
+from nanogpt_async._batch._expiry import DeadlineGate, describe_expiry, url_expiry, urls_expiry
+from nanogpt_async._batch._fence import RedisFence, busy_error, uncertain_error
+from nanogpt_async._batch._manifest import (
     FileEntry,
     ManifestIndex,
     ManifestWriter,
@@ -56,7 +56,14 @@ from nanogpt_async._batch_manifest import (
     sweep_temp_files,
     write_images,
 )
-from nanogpt_async._batch_models import (
+from nanogpt_async._batch._names import (
+    IdentityCounter,
+    describe_request,
+    has_input_images,
+    image_file_name,
+)
+from nanogpt_async._batch._plan import BatchPlan, Planner
+from nanogpt_async._batch._results import (
     BatchItem,
     BatchProgress,
     BatchSummary,
@@ -64,14 +71,8 @@ from nanogpt_async._batch_models import (
     ItemStatus,
     OutputWriteError,
 )
-from nanogpt_async._batch_names import (
-    IdentityCounter,
-    describe_request,
-    has_input_images,
-    image_file_name,
-)
-from nanogpt_async._batch_plan import BatchPlan, Planner
-from nanogpt_async._batch_streak import ErrorStreak
+from nanogpt_async._batch._shards import Shard
+from nanogpt_async._batch._streak import ErrorStreak
 from nanogpt_async._errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -87,13 +88,12 @@ from nanogpt_async._errors import (
     PermissionDeniedError,
     RateLimitError,
 )
-from nanogpt_async._fence import RedisFence, busy_error, uncertain_error
-from nanogpt_async._files import LOCK_NAME, FolderLock, describe_write_error
+from nanogpt_async._input._body import build_item_body, check_generation_fields
+from nanogpt_async._input._ids import RepeatedIds
+from nanogpt_async._output._files import LOCK_NAME, FolderLock, describe_write_error
 from nanogpt_async._pacing import AIMD
 from nanogpt_async._pacing._budget import BudgetReservation, RedisBudget
 from nanogpt_async._pacing._redis import RedisBackend
-from nanogpt_async._request import build_item_body, check_generation_fields
-from nanogpt_async._shards import Shard
 from nanogpt_async._sniff import sniff_image
 from nanogpt_async._types import NOT_GIVEN, NotGiven
 
@@ -103,7 +103,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from nanogpt_async._client import AsyncNanoGPT
-    from nanogpt_async._models import GeneratedImage, ImagesResponse
+    from nanogpt_async._output._responses import GeneratedImage, ImagesResponse
 
 __all__ = ["SAVE_TIMEOUT", "Batch", "BatchInput", "ProgressCallback"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from nanogpt_async._batch_models import FolderInUseError, OutputWriteError
+from nanogpt_async._batch._results import FolderInUseError, OutputWriteError
 
 __all__ = [
     "LOCK_NAME",

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from nanogpt_async._batch_budget import DEFAULT_MODEL, PriceList
+from nanogpt_async._batch._budget import DEFAULT_MODEL, PriceList
 
 if TYPE_CHECKING:
-    from nanogpt_async._models import ImageModel
+    from nanogpt_async._output._responses import ImageModel
 
 __all__ = ["BatchPlan", "PlanLine", "Planner"]
 

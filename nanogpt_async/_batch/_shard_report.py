@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanogpt_async._batch_manifest import iter_records
-from nanogpt_async._files import write_atomic
-from nanogpt_async._shards import Shard, shard_manifests
+from nanogpt_async._batch._manifest import iter_records
+from nanogpt_async._batch._shards import Shard, shard_manifests
+from nanogpt_async._output._files import write_atomic
 
 __all__ = ["MERGED_NAME", "ShardProgress", "job_progress", "merge_manifests"]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from nanogpt_async._errors import InvalidInputError
-from nanogpt_async._inputs import image_data_url_async
+from nanogpt_async._input._data_urls import image_data_url_async
 from nanogpt_async._types import ImageInput
 
 __all__ = [
