@@ -108,6 +108,48 @@ async def test_generate_many_with_shards_does_each_item_once(tmp_path: Path) -> 
     assert names == [Shard(i, 3).manifest_name for i in range(3)]
 
 
+async def test_shards_hold_only_their_share_of_the_schedule_ahead_whatever_the_concurrency(
+    redis_server: RedisProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiting turn holds a slot: 64 waiting per shard held 20 s of W11's schedule.
+
+    Each shard lets its share of ``LOOKAHEAD`` seconds of turns wait (here 0.2 s of 100 req/s
+    shared by 2: 10), however many items its concurrency admits.
+    """
+    monkeypatch.setattr("nanogpt_async._batch._turns.LOOKAHEAD", 0.2)
+    prompts = [f"prompt {i}" for i in range(80)]
+    most: list[int] = []
+
+    async def shard(index: int, base_url: str) -> None:
+        client = AsyncNanoGPT(api_key=KEY, base_url=base_url, limits_url=redis_server.url, rps=100)
+        pacer = client._pacer
+        wait_turn, waiting = pacer.wait_turn, [0, 0]
+
+        async def counted() -> None:
+            waiting[0] += 1
+            waiting[1] = max(waiting)
+            try:
+                await wait_turn()
+            finally:
+                waiting[0] -= 1
+
+        monkeypatch.setattr(pacer, "wait_turn", counted)
+        async with client:
+            batch = client.images.generate_many(
+                prompts, output_dir=tmp_path, shard=(index, 2), concurrency=64
+            )
+            assert (await batch.run()).ok == 40
+        most.append(waiting[1])
+
+    async with FakeNanoGPT(api_key=KEY, latency=0.05).serve() as server:
+        async with anyio.create_task_group() as group:
+            for index in range(2):
+                group.start_soon(shard, index, server.base_url)
+        stats = server.fake.stats
+    assert stats.generations_by_prompt == Counter(prompts)
+    assert max(most) <= 10  # 100 req/s x 1/2 x 0.2 s; before Redis says "2": 1/4 of it
+
+
 # -- the fence -------------------------------------------------------------------------------
 
 

@@ -73,6 +73,7 @@ from nanogpt_async._batch._results import (
 )
 from nanogpt_async._batch._shards import Shard
 from nanogpt_async._batch._streak import ErrorStreak
+from nanogpt_async._batch._turns import TurnGate
 from nanogpt_async._errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -531,6 +532,7 @@ class Batch:
         self._started = time.monotonic()
         self._concurrency_control = AIMD(self._concurrency, floor=1, beta=0.5)
         self._generation_slots = anyio.CapacityLimiter(self._concurrency)
+        self._turn_gate = TurnGate(self._client._pacer, self._concurrency)  # noqa: SLF001
         self._save_gate = DeadlineGate(self._download_concurrency)
         self._pipeline = anyio.Semaphore(self._concurrency + self._download_concurrency)
         self._budget = Budget(self._max_cost, await self._price_list())
@@ -1108,7 +1110,8 @@ class Batch:
             with anyio.CancelScope() as scope:
                 self._waiting.add(scope)
                 try:
-                    await wait_turn()
+                    async with self._turn_gate.waiting():
+                        await wait_turn()
                 except (LocalRateLimitError, DailyLimitExceededError) as exc:
                     # Refused by the pacer before sending (a cooldown longer than max_wait,
                     # e.g. a Retry-After of 99999999; or the daily cap): waiting would only
