@@ -67,7 +67,12 @@ class TurnGate:
         else:
             self._limiter.total_tokens = self.limit()
         token = object()
-        await self._limiter.acquire_on_behalf_of(token)
+        try:
+            # No checkpoint when there is room: an unpaced turn must not yield either (items
+            # admitted before a bad input line are sent before the batch stops at it).
+            self._limiter.acquire_on_behalf_of_nowait(token)
+        except anyio.WouldBlock:
+            await self._limiter.acquire_on_behalf_of(token)
         try:
             yield
         finally:
