@@ -58,7 +58,7 @@ from nanogpt_async._batch._manifest import (
 )
 from nanogpt_async._batch._names import (
     IdentityCounter,
-    describe_request,
+    fingerprint_body,
     has_input_images,
     image_file_name,
 )
@@ -69,27 +69,26 @@ from nanogpt_async._batch._results import (
     BatchSummary,
     ItemResult,
     ItemStatus,
-    OutputWriteError,
 )
 from nanogpt_async._batch._shards import Shard
 from nanogpt_async._batch._streak import ErrorStreak
 from nanogpt_async._errors import (
+    FATAL_ERRORS,
     APIConnectionError,
     APIResponseValidationError,
-    AuthenticationError,
     DailyLimitExceededError,
     GatewayError,
     ImageError,
     ImageURLExpiredError,
-    InsufficientBalanceError,
     InvalidInputError,
     LocalRateLimitError,
     NanoGPTError,
-    PermissionDeniedError,
+    OutputWriteError,
     RateLimitError,
 )
 from nanogpt_async._input._body import build_item_body, check_generation_fields
 from nanogpt_async._input._ids import RepeatedIds
+from nanogpt_async._output._calls import EDITS, GENERATIONS, image_models, images_call
 from nanogpt_async._output._files import LOCK_NAME, FolderLock, describe_write_error
 from nanogpt_async._pacing import AIMD
 from nanogpt_async._pacing._budget import BudgetReservation, RedisBudget
@@ -102,7 +101,7 @@ if TYPE_CHECKING:
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from nanogpt_async._client import AsyncNanoGPT
+    from nanogpt_async._http._channel import Channel
     from nanogpt_async._output._responses import GeneratedImage, ImagesResponse
 
 __all__ = ["SAVE_TIMEOUT", "Batch", "BatchInput", "ProgressCallback"]
@@ -117,14 +116,6 @@ ProgressCallback = Callable[[BatchProgress], object]
 SAVE_TIMEOUT = 30.0
 #: Bound on writing one manifest line under cancellation.
 _RECORD_TIMEOUT = 10.0
-
-#: Errors no retry fixes: stop scheduling at the first one.
-_FATAL = (
-    AuthenticationError,
-    InsufficientBalanceError,
-    PermissionDeniedError,
-    DailyLimitExceededError,
-)
 
 
 class _Abandoned(Exception):  # noqa: N818 - internal signal, never escapes
@@ -283,7 +274,7 @@ class Batch:
 
     def __init__(  # noqa: C901, PLR0915 - argument checks, one per argument
         self,
-        client: AsyncNanoGPT,
+        channel: Channel,
         items: BatchInput,
         *,
         output_dir: str | PathLike[str] | None = None,
@@ -304,12 +295,12 @@ class Batch:
         fence_lease: float = 30.0,  # DEFAULT_LEASE, spelled out for the docs
     ) -> None:
         """See [Images.generate_many][nanogpt_async.Images.generate_many] for the arguments."""
-        self._client = client
+        self._channel = channel
         self._concurrency = _check_positive_int("concurrency", concurrency)
         self._download_concurrency = _check_positive_int(
             "download_concurrency", download_concurrency
         )
-        limit = client.max_connections
+        limit = channel.pools.size
         if concurrency > limit:
             raise InvalidInputError(
                 f"concurrency ({concurrency}) must not exceed the client's connection pool "
@@ -356,9 +347,9 @@ class Batch:
         self._manifest_path = self._folder / manifest_name if self._folder is not None else None
         if not isinstance(rps, NotGiven) or burst is not None:
             # An explicit pace for this batch alone: a pacer of its own (see generate_many).
-            own_rps = client.pacing.max_rate if isinstance(rps, NotGiven) else rps
-            self._client = client._with_own_pacer(rps=own_rps, burst=burst or 1)  # noqa: SLF001
-        self._paced = self._client.pacing.max_rate is not None
+            own_rps = channel.pacer.state.max_rate if isinstance(rps, NotGiven) else rps
+            self._channel = channel.with_own_pacer(rps=own_rps, burst=burst or 1)
+        self._paced = self._channel.pacer.state.max_rate is not None
         self._max_cost = Decimal(str(max_cost)) if max_cost is not None else None
         self._shared_budget = self._make_shared_budget(shared_budget)
         self._fence = self._make_fence(job_id, fence_lease)
@@ -489,7 +480,7 @@ class Batch:
         if self._entered:
             raise RuntimeError("a Batch runs once; call generate_many() again for another run")
         self._entered = self._dry = True
-        planner = Planner(await self._client.images.models())
+        planner = Planner(await image_models(self._channel))
         self._budget = Budget(None)
         if self._manifest_path is not None:
             self._recorded = await anyio.to_thread.run_sync(read_manifest, self._manifest_path)
@@ -617,7 +608,7 @@ class Batch:
         model = self._defaults.get("model")
         model = model if isinstance(model, str) else None
         try:
-            prices = PriceList(await self._client.images.models())
+            prices = PriceList(await image_models(self._channel))
         except NanoGPTError as exc:
             raise InvalidInputError(
                 "max_cost needs a price estimate, but the image-models list (its pricing) could "
@@ -883,20 +874,20 @@ class Batch:
     def _make_shared_budget(self, name: str | None) -> RedisBudget | None:
         if name is None:
             return None
-        backend = self._client._pacer.backend  # noqa: SLF001 - the client's own pacer
+        backend = self._channel.pacer.backend
         if self._max_cost is None or not isinstance(backend, RedisBackend):
             raise InvalidInputError(
                 "shared_budget needs max_cost and a client with limits_url (redis://...): "
                 "the cap is kept in Redis"
             )
-        key = self._client._api_key  # noqa: SLF001 - only hashed, for the Redis key names
+        key = self._channel.api_key  # only hashed, for the Redis key names
         return RedisBudget(backend.url, key=key, max_cost=self._max_cost, name=name)
 
     def _make_fence(self, job_id: str | None, lease: float) -> RedisFence | None:
         """The at-most-once fence: with a shard or a job id, and ``limits_url`` (Redis)."""
         if self._shard is None and job_id is None:
             return None
-        backend = self._client._pacer.backend  # noqa: SLF001 - the client's own pacer
+        backend = self._channel.pacer.backend
         if not isinstance(backend, RedisBackend) or self._folder is None:
             if job_id is None:
                 return None  # shards without Redis: disjoint by construction, no fence
@@ -906,7 +897,7 @@ class Batch:
             )
         if job_id is None:
             job_id = str(self._folder.resolve())
-        key = self._client._api_key  # noqa: SLF001 - only hashed, for the Redis key names
+        key = self._channel.api_key  # only hashed, for the Redis key names
         return RedisFence(backend.url, key=key, job_id=job_id, folder=self._folder, lease=lease)
 
     def _owns(self, index: int) -> bool:
@@ -982,9 +973,9 @@ class Batch:
         described = body if operation == "generate" else {**body, "operation": operation}
         if has_input_images(body):
             # Hashing megabytes of data URLs would stall the event loop: a worker thread.
-            digest, request = await anyio.to_thread.run_sync(describe_request, described)
+            digest, request = await anyio.to_thread.run_sync(fingerprint_body, described)
         else:
-            digest, request = describe_request(described)
+            digest, request = fingerprint_body(described)
         item_id = user_id if user_id is not None else self._ids.next_id(digest)
         job = _Job(index, item_id, body, request, started)
         job.edit = operation == "edit"
@@ -1111,7 +1102,7 @@ class Batch:
         if isinstance(error, RateLimitError):
             self._rate_limited += 1
         self._adapt_concurrency(error)
-        if isinstance(error, _FATAL):
+        if isinstance(error, FATAL_ERRORS):
             self._fail_fast(error)
 
     async def _process(self, job: _Job, reservation: Reservation) -> None:
@@ -1134,9 +1125,8 @@ class Batch:
         settled = False
         try:
             try:
-                api = self._client.images
-                send = api.edit_from_body if job.edit else api.generate_from_body
-                response = await send(job.body, hooks=attempts)
+                path = EDITS if job.edit else GENERATIONS
+                response = await images_call(self._channel, path, job.body, hooks=attempts)
             except _Fenced as fenced:
                 self._budget.settle(reservation, None, job.n, charged=False)
                 settled = True
@@ -1190,7 +1180,7 @@ class Batch:
         """
         if self._fence is None:
             return
-        take_over = self._client.retry_policy.retry_ambiguous
+        take_over = self._channel.retry_policy.retry_ambiguous
         verdict = await self._fence.claim(job.id, take_over=take_over)
         if verdict == "claimed":
             job.claimed = True
@@ -1534,7 +1524,7 @@ def _shard_total(total: int | None, shard: Shard | None) -> int | None:
 def _shard(shard: tuple[int, int] | Shard | None) -> Shard | None:
     if shard is None or isinstance(shard, Shard):
         return shard
-    if not isinstance(shard, tuple) or len(shard) != 2:  # noqa: PLR2004 - (index, count)
+    if not isinstance(shard, tuple) or len(shard) != 2:
         raise InvalidInputError(f"shard must be (index, count), got {shard!r}")
     try:
         return Shard(*shard)
@@ -1543,6 +1533,6 @@ def _shard(shard: tuple[int, int] | Shard | None) -> Shard | None:
 
 
 def _replace_failed(result: ItemResult, error: NanoGPTError) -> ItemResult:
-    from dataclasses import replace  # noqa: PLC0415 - rare path
+    from dataclasses import replace
 
     return replace(result, status="failed", error=error)

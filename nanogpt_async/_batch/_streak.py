@@ -34,7 +34,7 @@ def signature(error: NanoGPTError | None) -> Signature | None:
     if not isinstance(error, APIStatusError) or isinstance(error, ContentPolicyViolationError):
         return None
     status = error.status_code
-    if not 400 <= status < 500 or status in _PER_ITEM_STATUSES:  # noqa: PLR2004 - 4xx
+    if not 400 <= status < 500 or status in _PER_ITEM_STATUSES:
         return None
     code = getattr(error, "code", None)
     return type(error).__name__, status, code if isinstance(code, str) else None
