@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import enum
-import ipaddress
 import logging
 import os
 import warnings
@@ -24,7 +23,7 @@ from nanogpt_async._http._channel import Channel, Pools, as_timeout
 from nanogpt_async._http._download import MAX_REDIRECTS
 from nanogpt_async._http._redaction import guard_library_logs
 from nanogpt_async._http._retry import RetryPolicy
-from nanogpt_async._http._transport import AutoTransport
+from nanogpt_async._http._transport import AutoTransport, is_loopback
 from nanogpt_async._images import Images
 from nanogpt_async._output._responses import Balance
 from nanogpt_async._pacing import Pacer, PacerState, PacingBackend
@@ -44,8 +43,6 @@ DEFAULT_MAX_CONNECTIONS = 256
 #: Caps on what a misbehaving server can make us hold in memory.
 DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
-
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
 class ClientState(enum.Enum):
@@ -87,15 +84,6 @@ def _without_cookies(client: httpx.AsyncClient) -> httpx.AsyncClient:
     # The ``cookies`` setter would wrap the subclass in a plain Cookies again.
     client._cookies = _NoCookieParsing(_NoCookies())  # noqa: SLF001 - httpx has no public hook
     return client
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _pools(
@@ -160,7 +148,7 @@ def _check_base_url(url: str) -> str:
         raise InvalidInputError(
             f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {url!r}"
         )
-    if parsed.scheme == "http" and not _is_loopback(parsed.host):
+    if parsed.scheme == "http" and not is_loopback(parsed.host):
         warnings.warn(
             f"base_url {url!r} is plain http to a non-loopback host: the API key would "
             "cross the network unencrypted. Use https.",

@@ -39,7 +39,7 @@ from nanogpt_async._errors import redact
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["PROGRESS_EXTENSION", "AutoTransport", "Progress", "environment_proxy"]
+__all__ = ["PROGRESS_EXTENSION", "AutoTransport", "Progress", "environment_proxy", "is_loopback"]
 
 #: The request extension under which the client passes a `Progress` to the transport.
 PROGRESS_EXTENSION = "nanogpt_async.progress"
@@ -90,7 +90,8 @@ def _bypass(host: str, proxies: Mapping[str, str]) -> bool:
     return bool(bypass(host, proxies))
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (a loopback name or address)."""
     if host in ("localhost", "localhost.localdomain"):
         return True
     try:
@@ -105,7 +106,7 @@ def environment_proxy(url: httpx.URL, proxies: Mapping[str, str]) -> str | None:
     Loopback hosts never go through a proxy: no proxy can reach this machine's loopback, and a
     CI runner's ``HTTP_PROXY`` must not break a local fake server.
     """
-    if not proxies or _is_loopback(url.host):
+    if not proxies or is_loopback(url.host):
         return None
     host = url.host
     if host and "no" in proxies and _bypass(host, proxies):
