@@ -2,11 +2,11 @@
 
 The data's way through, one task per item, all inside one task group::
 
-    input (read lazily) -> prepare: id, checked body, price estimate       (_prepare)
+    input (read lazily) -> prepare: id, checked body                       (_prepare)
       -> resume: skip what an earlier run did, checked ahead in groups     (_resume)
-      -> admission: a pipeline slot, a generation slot, the budget         (here, _budget)
-      -> send: adaptive concurrency, the client's pace, the fence's claim  (_send, _shared)
-      -> save: its own limit; decode/download, atomic writes, one manifest line  (_save)
+      -> admission: price estimate, pipeline slot, generation slot, budget (_admit, _budget)
+      -> send: adaptive concurrency, the client's pace, the fence's claim  (_send, _api, _shared)
+      -> save: its own limit; decode/download, atomic writes, one manifest line  (_item, _save)
       -> results stream (bounded) -> ``async for result in batch``
 
 Memory is bounded by the pipeline slots (``concurrency + download_concurrency`` items at most
