@@ -6,6 +6,7 @@ Every exception is a `NanoGPTError`; catch that to catch them all:
     ├── InvalidInputError               bad input, refused before anything is paid
     │   ├── ImageInputError             input image unreadable, too big, no image
     │   ├── PromptFileError             a prompt file's line that cannot become a request
+    │   ├── RepeatedIdError             two items of a batch carry the same id
     │   └── ShardError                  a shard that cannot be used (bad I/N, none set)
     ├── APIError                        something went wrong talking to NanoGPT
     │   ├── APIStatusError              NanoGPT answered with an error status
@@ -94,6 +95,7 @@ __all__ = [
     "PermissionDeniedError",
     "PromptFileError",
     "RateLimitError",
+    "RepeatedIdError",
     "RequestTimeoutError",
     "ShardError",
     "UnprocessableEntityError",
@@ -414,6 +416,10 @@ class PromptFileError(InvalidInputError):
         self.source = source
         self.line = line
         super().__init__(f"{source} line {line}: {message}")
+
+
+class RepeatedIdError(InvalidInputError):
+    """Two input items of a batch carry the same id."""
 
 
 class ShardError(InvalidInputError):

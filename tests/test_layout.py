@@ -104,7 +104,11 @@ def test_the_layers_contract_in_pyproject_is_kept() -> None:
 
 
 #: Internal signals: raised and caught inside one module, never seen by a user.
-_INTERNAL_SIGNALS = {"nanogpt_async._http._exchange.UndecodableBodyError"}
+_INTERNAL_SIGNALS = {
+    "nanogpt_async._http._exchange.UndecodableBodyError",
+    "nanogpt_async._batch._lifecycle.AbandonedError",
+    "nanogpt_async._batch._shared.FencedError",
+}
 
 
 def _exception_classes() -> dict[str, type[BaseException]]:
