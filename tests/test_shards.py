@@ -24,7 +24,8 @@ import redis
 from nanogpt_async import AsyncNanoGPT, RetryPolicy
 from nanogpt_async._batch._fence import RedisFence
 from nanogpt_async._batch._manifest import iter_records
-from nanogpt_async._batch._shards import Shard, ShardError, resolve_shard, shard_manifests
+from nanogpt_async._batch._shards import Shard, resolve_shard, shard_manifests
+from nanogpt_async._errors import ShardError
 from nanogpt_async._pacing._redis import redis_namespace
 from nanogpt_async.testing import FakeNanoGPT
 from tests._redis import RedisProcess, free_port, redis_server
@@ -121,7 +122,7 @@ async def test_shards_hold_only_their_share_of_the_schedule_ahead_whatever_the_c
     most: list[int] = []
 
     async def shard(client: AsyncNanoGPT, index: int) -> None:
-        pacer = client._pacer
+        pacer = client.channel.pacer
         wait_turn, waiting = pacer.wait_turn, [0, 0]
 
         async def counted() -> None:
@@ -149,7 +150,7 @@ async def test_shards_hold_only_their_share_of_the_schedule_ahead_whatever_the_c
         # Both take two turns first, so each knows from Redis that 2 processes share the key
         # (the first to start would otherwise, rightly, see itself alone till the other came).
         for client in clients * 2:
-            await client._pacer.wait_turn()
+            await client.channel.pacer.wait_turn()
         async with anyio.create_task_group() as group:
             for index, client in enumerate(clients):
                 group.start_soon(shard, client, index)
@@ -532,9 +533,9 @@ def _run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def _cli(args: list[str], **env: str) -> Any:
-    from click.testing import CliRunner  # noqa: PLC0415
+    from click.testing import CliRunner
 
-    from nanogpt_async._cli._commands import cli  # noqa: PLC0415
+    from nanogpt_async._cli._commands import cli
 
     return CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
 
