@@ -50,7 +50,7 @@ from nanogpt_async._types import NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
     from nanogpt_async._batch._shards import Shard
-    from nanogpt_async._client import AsyncNanoGPT
+    from nanogpt_async._http._channel import Channel
 
 __all__ = ["SAVE_TIMEOUT", "Batch", "BatchInput", "ProgressCallback"]
 
@@ -76,7 +76,7 @@ class Batch:
 
     def __init__(
         self,
-        client: AsyncNanoGPT,
+        channel: Channel,
         items: BatchInput,
         *,
         output_dir: str | PathLike[str] | None = None,
@@ -98,7 +98,7 @@ class Batch:
     ) -> None:
         """See [Images.generate_many][nanogpt_async.Images.generate_many] for the arguments."""
         self._settings = settings = BatchSettings.check(
-            max_connections=client.max_connections,
+            max_connections=channel.pools.size,
             items=items,
             output_dir=output_dir,
             concurrency=concurrency,
@@ -118,7 +118,7 @@ class Batch:
             fence_lease=fence_lease,
         )
         self._items = items
-        self._api = BatchApi(client, rps=settings.rps, burst=settings.burst)
+        self._api = BatchApi(channel, rps=settings.rps, burst=settings.burst)
         self._shared = Shared.build(self._api, settings)
         self._lifecycle = Lifecycle()
         self._tally = Tally(settings.total)

@@ -16,12 +16,10 @@ import anyio
 
 from nanogpt_async._batch._lifecycle import AbandonedError, Lifecycle
 from nanogpt_async._errors import (
-    AuthenticationError,
+    FATAL_ERRORS,
     DailyLimitExceededError,
-    InsufficientBalanceError,
     LocalRateLimitError,
     NanoGPTError,
-    PermissionDeniedError,
     RateLimitError,
 )
 from nanogpt_async._pacing import AIMD
@@ -34,14 +32,6 @@ if TYPE_CHECKING:
     from nanogpt_async._output._responses import ImagesResponse
 
 __all__ = ["Attempts", "Sender"]
-
-#: Errors no retry fixes: stop scheduling at the first one.
-_FATAL = (
-    AuthenticationError,
-    InsufficientBalanceError,
-    PermissionDeniedError,
-    DailyLimitExceededError,
-)
 
 
 class Attempts:
@@ -132,7 +122,7 @@ class Sender:
         if isinstance(error, RateLimitError):
             self._tally.rate_limited += 1
         self._adapt_concurrency(error)
-        if isinstance(error, _FATAL):
+        if isinstance(error, FATAL_ERRORS):
             self._lifecycle.fail_fast(error)
 
     def _adapt_concurrency(self, error: BaseException | None) -> None:
