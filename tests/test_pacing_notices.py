@@ -190,7 +190,7 @@ async def test_a_slots_wait_counts_from_when_redis_read_its_clock(
         async def reserve(self, **_: object) -> Grant:
             return StateGrant(kind="go", delay=0.3, elapsed=0.1, schedule="s")
 
-        def should_recheck(self, grant: Grant, interval: float) -> bool:  # noqa: ARG002
+        def should_recheck(self, grant: Grant, interval: float) -> bool:
             return False
 
     async def sleep(seconds: float) -> None:

@@ -1,57 +1,67 @@
-"""The batch's only way to the client: its sends, its pace, its Redis and the models list.
+"""The batch's only way to the API: its sends, its pace, its Redis and the models list.
 
-Every other stage talks to `BatchApi`, never to the client, so how the batch reaches the API
-(today: the client's ``*_from_body`` entry points and three of its internals) changes here
-alone.
+Every other stage talks to `BatchApi`, never to the client: it wraps the client's `Channel`
+(``_http/_channel``), the same one ``client.images`` sends through.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from nanogpt_async._output._calls import EDITS, GENERATIONS, image_models, images_call
 from nanogpt_async._pacing._redis import RedisBackend
 from nanogpt_async._types import NotGiven
 
 if TYPE_CHECKING:
-    from nanogpt_async._client import AsyncNanoGPT
+    from collections.abc import Coroutine
+
+    from nanogpt_async._http._channel import Channel
     from nanogpt_async._output._responses import ImageModel, ImagesResponse
+    from nanogpt_async._pacing import Pacer
     from nanogpt_async._pacing._hooks import TurnHooks
 
 __all__ = ["BatchApi"]
 
 
 class BatchApi:
-    """The client as the batch uses it (with a pacer of its own when given its own pace)."""
+    """The channel as the batch uses it (with a pacer of its own when given its own pace)."""
 
-    __slots__ = ("_client", "paced", "retry_ambiguous")
+    __slots__ = ("_channel", "paced", "retry_ambiguous")
 
     def __init__(
-        self, client: AsyncNanoGPT, *, rps: float | NotGiven | None, burst: int | None
+        self, channel: Channel, *, rps: float | NotGiven | None, burst: int | None
     ) -> None:
         if not isinstance(rps, NotGiven) or burst is not None:
             # An explicit pace for this batch alone: a pacer of its own (see generate_many).
-            own_rps = client.pacing.max_rate if isinstance(rps, NotGiven) else rps
-            client = client._with_own_pacer(rps=own_rps, burst=burst or 1)  # noqa: SLF001
-        self._client = client
+            own_rps = channel.pacer.state.max_rate if isinstance(rps, NotGiven) else rps
+            channel = channel.with_own_pacer(rps=own_rps, burst=burst or 1)
+        self._channel = channel
         #: Turns are paced (a rate limit is set): a 429 is the pacer's business.
-        self.paced = client.pacing.max_rate is not None
+        self.paced = channel.pacer.state.max_rate is not None
         #: Take over items another run left uncertain (``RetryPolicy(retry_ambiguous=True)``).
-        self.retry_ambiguous = client.retry_policy.retry_ambiguous
+        self.retry_ambiguous = channel.retry_policy.retry_ambiguous
 
-    async def send(self, body: dict[str, Any], *, edit: bool, hooks: TurnHooks) -> ImagesResponse:
-        """Send a built body (retried by the client, turns taken through ``hooks``)."""
-        images = self._client.images
-        if edit:
-            return await images.edit_from_body(body, hooks=hooks)
-        return await images.generate_from_body(body, hooks=hooks)
+    def send(
+        self, body: dict[str, Any], *, edit: bool, hooks: TurnHooks
+    ) -> Coroutine[Any, Any, ImagesResponse]:
+        """Send a built body (retried by the channel, turns taken through ``hooks``).
+
+        The channel's own coroutine, not one wrapping it: one frame less for every resumption
+        of the request on the per-item path.
+        """
+        return images_call(self._channel, EDITS if edit else GENERATIONS, body, hooks=hooks)
 
     async def models(self) -> list[ImageModel]:
         """The image-models list with its pricing (one free ``GET``)."""
-        return await self._client.images.models()
+        return await image_models(self._channel)
+
+    def pacer(self) -> Pacer:
+        """The pacer the batch's turns come from (the client's, or the batch's own)."""
+        return self._channel.pacer
 
     def redis(self) -> tuple[str, str] | None:
         """``(url, key)`` of the client's Redis (``limits_url``), if any; the key is only hashed."""
-        backend = self._client._pacer.backend  # noqa: SLF001 - the client's own pacer
+        backend = self._channel.pacer.backend
         if not isinstance(backend, RedisBackend):
             return None
-        return backend.url, self._client._api_key  # noqa: SLF001 - hashed into key names
+        return backend.url, self._channel.api_key

@@ -16,9 +16,9 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from nanogpt_async._batch._budget import PriceList
-from nanogpt_async._batch._names import IdentityCounter, describe_request, has_input_images
+from nanogpt_async._batch._names import IdentityCounter, fingerprint_body, has_input_images
 from nanogpt_async._batch._results import BatchItem, ItemResult
-from nanogpt_async._errors import InvalidInputError, NanoGPTError
+from nanogpt_async._errors import InvalidInputError, NanoGPTError, RepeatedIdError
 from nanogpt_async._input._body import build_item_body
 from nanogpt_async._input._ids import RepeatedIds
 
@@ -93,10 +93,6 @@ class Job:
         self.claimed = False  # claimed in the fence (at its first turn, just before sending)
 
 
-class RepeatedIdError(InvalidInputError):
-    """Two input items carry the same user id."""
-
-
 class Preparer:
     """Turns input entries into jobs: the batch's defaults merged in, ids given, checked."""
 
@@ -162,9 +158,9 @@ class Preparer:
         described = body if operation == "generate" else {**body, "operation": operation}
         if has_input_images(body):
             # Hashing megabytes of data URLs would stall the event loop: a worker thread.
-            digest, request = await anyio.to_thread.run_sync(describe_request, described)
+            digest, request = await anyio.to_thread.run_sync(fingerprint_body, described)
         else:
-            digest, request = describe_request(described)
+            digest, request = fingerprint_body(described)
         item_id = user_id if user_id is not None else self._ids.next_id(digest)
         job = Job(index, item_id, body, request, started)
         job.edit = operation == "edit"

@@ -2,11 +2,11 @@
 
 The data's way through, one task per item, all inside one task group::
 
-    input (read lazily) -> prepare: id, checked body, price estimate       (_prepare)
+    input (read lazily) -> prepare: id, checked body                       (_prepare)
       -> resume: skip what an earlier run did, checked ahead in groups     (_resume)
-      -> admission: a pipeline slot, a generation slot, the budget         (here, _budget)
-      -> send: adaptive concurrency, the client's pace, the fence's claim  (_send, _shared)
-      -> save: its own limit; decode/download, atomic writes, one manifest line  (_save)
+      -> admission: price estimate, pipeline slot, generation slot, budget (_admit, _budget)
+      -> send: adaptive concurrency, the client's pace, the fence's claim  (_send, _api, _shared)
+      -> save: its own limit; decode/download, atomic writes, one manifest line  (_item, _save)
       -> results stream (bounded) -> ``async for result in batch``
 
 Memory is bounded by the pipeline slots (``concurrency + download_concurrency`` items at most
@@ -50,7 +50,7 @@ from nanogpt_async._types import NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
     from nanogpt_async._batch._shards import Shard
-    from nanogpt_async._client import AsyncNanoGPT
+    from nanogpt_async._http._channel import Channel
 
 __all__ = ["SAVE_TIMEOUT", "Batch", "BatchInput", "ProgressCallback"]
 
@@ -76,7 +76,7 @@ class Batch:
 
     def __init__(
         self,
-        client: AsyncNanoGPT,
+        channel: Channel,
         items: BatchInput,
         *,
         output_dir: str | PathLike[str] | None = None,
@@ -98,7 +98,7 @@ class Batch:
     ) -> None:
         """See [Images.generate_many][nanogpt_async.Images.generate_many] for the arguments."""
         self._settings = settings = BatchSettings.check(
-            max_connections=client.max_connections,
+            max_connections=channel.pools.size,
             items=items,
             output_dir=output_dir,
             concurrency=concurrency,
@@ -118,7 +118,7 @@ class Batch:
             fence_lease=fence_lease,
         )
         self._items = items
-        self._api = BatchApi(client, rps=settings.rps, burst=settings.burst)
+        self._api = BatchApi(channel, rps=settings.rps, burst=settings.burst)
         self._shared = Shared.build(self._api, settings)
         self._lifecycle = Lifecycle()
         self._tally = Tally(settings.total)
@@ -202,7 +202,7 @@ class Batch:
         self._saver = Saver(settings, lifecycle, tally)
         prices = await price_list(self._api, settings.max_cost, settings.defaults)
         self._budget = Budget(settings.max_cost, prices)
-        self._admission = Admission(settings, self._budget, sender.slots, self._shared)
+        self._admission = Admission(settings, self._budget, sender.slots)
         self._results = Results(settings.download_concurrency, tally)
         self._flow = ItemFlow(
             admission=self._admission,

@@ -31,8 +31,8 @@ from nanogpt_async._batch._manifest import (
     write_images,
 )
 from nanogpt_async._batch._names import image_file_name
-from nanogpt_async._batch._results import ItemResult, ItemStatus, OutputWriteError
-from nanogpt_async._errors import ImageError, ImageURLExpiredError, NanoGPTError
+from nanogpt_async._batch._results import ItemResult, ItemStatus
+from nanogpt_async._errors import ImageError, ImageURLExpiredError, NanoGPTError, OutputWriteError
 from nanogpt_async._output._files import LOCK_NAME, FolderLock, describe_write_error
 from nanogpt_async._sniff import sniff_image
 
