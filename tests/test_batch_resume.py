@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from nanogpt_async import AsyncNanoGPT
@@ -29,6 +31,7 @@ from nanogpt_async._batch._manifest import (
     write_new,
 )
 from nanogpt_async._batch._names import image_file_name
+from nanogpt_async._batch._results import ItemResult
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, make_png
 
 KEY = "ngk_resume_SECRET_31"
@@ -415,3 +418,58 @@ async def test_resume_skips_an_item_whose_id_is_not_valid_unicode(
         again = await client.images.generate_many(items, output_dir=tmp_path, rps=None).run()
     assert (first.ok, again.ok, again.skipped) == (1, 0, 1)
     assert server.fake.stats.generations == 1  # paid once, not once per resume
+
+
+# -- resume at scale: few hops, the same verdicts ---------------------------------------------
+
+
+def record_items(folder: Path, count: int) -> list[dict[str, str]]:
+    """``count`` items recorded ok with their files, as a finished run leaves them."""
+    writer = ManifestWriter(folder / "manifest.jsonl")
+    items = []
+    for i in range(count):
+        item = {"id": f"item-{i}", "prompt": f"recorded {i}"}
+        path, data = folder / f"{item['id']}.png", f"image {i}".encode()
+        path.write_bytes(data)  # no fsync per file, unlike the batch: fast enough for a test
+        info = path.lstat()
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+        entry = FileEntry(path.name, hashlib.sha256(data).hexdigest(), len(data), stamp)
+        writer.append(
+            {"id": item["id"], "status": "ok", "files": [entry.as_json()], "request_id": f"r{i}"}
+        )
+        items.append(item)
+    writer.close()
+    return items
+
+
+@pytest.mark.parametrize("read_results", [False, True])
+async def test_a_resume_checks_its_recorded_items_in_a_few_worker_thread_calls(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_results: bool
+) -> None:
+    server = serve()
+    items = record_items(tmp_path, 1100)
+    hops: list[object] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    results: list[ItemResult] = []
+    async with client_for(server) as client:
+        batch = client.images.generate_many(items, output_dir=tmp_path, rps=None)
+        if read_results:
+            async with batch:
+                results = [result async for result in batch]
+        else:
+            await batch.run()
+    assert (batch.summary.skipped, batch.summary.ok) == (1100, 0)
+    assert server.fake.stats.generations == 0
+    # One call per 256 items read (5), plus opening and closing the folder; the per-item path
+    # took a hop per group of waiting items (13 here, 37 when reading the results).
+    assert len(hops) <= 7
+    if read_results:
+        assert [result.status for result in results] == ["skipped"] * 1100
+        assert results[7].files == [tmp_path / "item-7.png"]
+        assert results[7].request_id == "r7"
