@@ -473,3 +473,29 @@ async def test_a_resume_checks_its_recorded_items_in_a_few_worker_thread_calls(
         assert [result.status for result in results] == ["skipped"] * 1100
         assert results[7].files == [tmp_path / "item-7.png"]
         assert results[7].request_id == "r7"
+
+
+async def test_an_input_error_in_a_resumed_run_stops_it_and_keeps_what_was_paid_for(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+    recorded = record_items(tmp_path, 300)
+
+    def items() -> Iterator[dict[str, str]]:
+        yield from recorded
+        yield {"id": "new-1", "prompt": "new one"}
+        raise ValueError("line 302 of prompts.jsonl is not JSON")
+        yield {"id": "never", "prompt": "never"}  # pragma: no cover - after the error
+
+    async with client_for(server) as client:
+        batch = client.images.generate_many(items(), output_dir=tmp_path, rps=None)
+        with pytest.raises(ValueError, match="line 302"):
+            await batch.run()
+    assert batch.summary.skipped == 300
+    assert server.fake.stats.generations == batch.summary.ok <= 1
+    latest = {row["id"]: row for row in rows(tmp_path)}
+    assert "never" not in latest
+    assert all(latest[f"item-{i}"]["status"] == "ok" for i in range(300))
+    if batch.summary.ok:  # paid for: recorded, with its file
+        assert latest["new-1"]["status"] == "ok"
+        assert_every_row_matches_its_files(tmp_path)

@@ -835,19 +835,25 @@ class Batch:
                 self._input_failed(failure)
 
     async def _read_chunk(self, entries: Iterator[Any]) -> tuple[list[object], Exception | None]:
-        """Up to `_TRIAGE_CHUNK` entries, and the input's error if it raised after them."""
+        """Up to `_TRIAGE_CHUNK` entries, and the input's error if it raised after them.
+
+        Read without a coroutine per entry (a fifth of the loop's share of a million-item
+        resume), but for at most `_FAIR_SHARE` seconds at a time: a slow input still lets the
+        loop in between. An entry naming input images ends the chunk: its images may be
+        megabytes, so it is prepared before anything further is read.
+        """
+        await self._fairness.share()
         chunk: list[object] = []
-        while len(chunk) < _TRIAGE_CHUNK:
-            try:
-                entry = await _next_entry(entries, self._fairness)
-            except Exception as exc:  # noqa: BLE001 - the input's own error, raised at the end
-                return chunk, exc
-            if entry is _END:
+        until = time.monotonic() + _FAIR_SHARE
+        try:
+            for entry in entries:
+                chunk.append(entry)
+                if len(chunk) >= _TRIAGE_CHUNK or _names_images(entry) or time.monotonic() > until:
+                    break
+            else:
                 self._input_read = True
-                break
-            chunk.append(entry)
-            if _names_images(entry):  # its images may be megabytes: read no further for now
-                break
+        except Exception as exc:  # noqa: BLE001 - the input's own error, raised at the end
+            return chunk, exc
         return chunk, None
 
     async def _take_chunk(self, chunk: list[object], index: int, work: anyio.abc.TaskGroup) -> bool:
@@ -856,7 +862,7 @@ class Batch:
         while done < len(chunk) and not self._halted:
             outcomes = await anyio.to_thread.run_sync(self._triage, chunk[done:], index + done)
             for triaged in outcomes:
-                if not await self._take_triaged(triaged, work):
+                if self._halted or not await self._take_triaged(triaged, work):
                     return False
             done += len(outcomes)
             if done < len(chunk) and not self._halted:  # it has input images: on the loop
