@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -374,8 +374,9 @@ def test_closing_the_writer_flushes_to_disk_and_closes(
     assert read_manifest(tmp_path / "manifest.jsonl").get("a") is not None
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
 async def test_a_resume_reads_only_a_few_items_with_input_images_ahead(
-    serve: Serve, tmp_path: Path
+    serve: Serve, tmp_path: Path, *, asynchronous: bool
 ) -> None:
     server = serve()
     data_url = "data:image/png;base64," + base64.b64encode(make_png("in")).decode()
@@ -390,7 +391,7 @@ async def test_a_resume_reads_only_a_few_items_with_input_images_ahead(
     async with client_for(server) as client:
         await client.images.generate_many(["recorded"], output_dir=tmp_path, rps=None).run()
         batch = client.images.generate_many(
-            items(),
+            as_async(items()) if asynchronous else items(),
             output_dir=tmp_path,
             rps=None,
             concurrency=1,
@@ -423,6 +424,12 @@ async def test_resume_skips_an_item_whose_id_is_not_valid_unicode(
 # -- resume at scale: few hops, the same verdicts ---------------------------------------------
 
 
+async def as_async(items: Iterable[Any]) -> AsyncIterator[Any]:
+    """``items`` as an async input, the way the CLI hands a prompt file to the batch."""
+    for item in items:
+        yield item
+
+
 def record_items(folder: Path, count: int) -> list[dict[str, str]]:
     """``count`` items recorded ok with their files, as a finished run leaves them."""
     writer = ManifestWriter(folder / "manifest.jsonl")
@@ -442,9 +449,15 @@ def record_items(folder: Path, count: int) -> list[dict[str, str]]:
     return items
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
 @pytest.mark.parametrize("read_results", [False, True])
 async def test_a_resume_checks_its_recorded_items_in_a_few_worker_thread_calls(
-    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_results: bool
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    read_results: bool,
+    asynchronous: bool,
 ) -> None:
     server = serve()
     items = record_items(tmp_path, 1100)
@@ -458,7 +471,9 @@ async def test_a_resume_checks_its_recorded_items_in_a_few_worker_thread_calls(
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
     results: list[ItemResult] = []
     async with client_for(server) as client:
-        batch = client.images.generate_many(items, output_dir=tmp_path, rps=None)
+        batch = client.images.generate_many(
+            as_async(items) if asynchronous else items, output_dir=tmp_path, rps=None
+        )
         if read_results:
             async with batch:
                 results = [result async for result in batch]
@@ -475,8 +490,9 @@ async def test_a_resume_checks_its_recorded_items_in_a_few_worker_thread_calls(
         assert results[7].request_id == "r7"
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
 async def test_an_input_error_in_a_resumed_run_stops_it_and_keeps_what_was_paid_for(
-    serve: Serve, tmp_path: Path
+    serve: Serve, tmp_path: Path, *, asynchronous: bool
 ) -> None:
     server = serve()
     recorded = record_items(tmp_path, 300)
@@ -487,7 +503,9 @@ async def test_an_input_error_in_a_resumed_run_stops_it_and_keeps_what_was_paid_
         raise ValueError("line 302 of prompts.jsonl is not JSON")
 
     async with client_for(server) as client:
-        batch = client.images.generate_many(items(), output_dir=tmp_path, rps=None)
+        batch = client.images.generate_many(
+            as_async(items()) if asynchronous else items(), output_dir=tmp_path, rps=None
+        )
         with pytest.raises(ValueError, match="line 302"):
             await batch.run()
     assert batch.summary.skipped == 300

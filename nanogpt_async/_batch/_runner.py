@@ -21,7 +21,6 @@ import errno
 import math
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from os import PathLike
@@ -44,6 +43,7 @@ from nanogpt_async._batch._budget import (
     Sample,
     known_cost,
 )
+from nanogpt_async._batch._chunks import InputChunks
 from nanogpt_async._batch._expiry import DeadlineGate, describe_expiry, url_expiry, urls_expiry
 from nanogpt_async._batch._fence import RedisFence, busy_error, uncertain_error
 from nanogpt_async._batch._manifest import (
@@ -58,7 +58,6 @@ from nanogpt_async._batch._manifest import (
 from nanogpt_async._batch._names import (
     IdentityCounter,
     describe_request,
-    has_input_images,
     image_file_name,
 )
 from nanogpt_async._batch._plan import BatchPlan, Planner
@@ -102,8 +101,6 @@ from nanogpt_async._types import NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence
-
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._output._responses import GeneratedImage, ImagesResponse
@@ -379,7 +376,6 @@ class Batch:
         self._fatal_error: NanoGPTError | None = None
         self._aborting = False
         self._recorded: ManifestIndex | None = None
-        self._fairness = _Fairness()
         #: ``run()`` discards results: then they are not sent through the stream at all.
         self._results_wanted = True
         self._writer: ManifestWriter | None = None
@@ -498,7 +494,7 @@ class Batch:
             self._recorded = await anyio.to_thread.run_sync(read_manifest, self._manifest_path)
         entries = _entries(self._items)
         index = 0
-        while (entry := await _next_entry(entries, self._fairness)) is not _END:
+        while (entry := await _next_entry(entries)) is not _END:
             prepared = await self._prepare(entry, index)
             index += 1
             if not self._owns(prepared.index):
@@ -772,89 +768,44 @@ class Batch:
 
     async def _produce(self, work: anyio.abc.TaskGroup) -> None:
         entries = _entries(self._items)
-        if self._recorded is not None and len(self._recorded) and isinstance(entries, Iterator):
+        if self._recorded is not None and len(self._recorded):
             await self._produce_resumed(entries, work)
             return
         index = 0
-        ahead: deque[_Ahead] = deque()
-        exhausted = False
-        async with anyio.create_task_group() as checks:
-            lookups = self._start_checks(checks)
-            # Resuming from an in-memory input, read as far ahead as allowed: reading cannot
-            # block, and the checkers take what is waiting in groups (one thread hop each).
-            # An async input may block (lines piped in slowly), so it is only read on while
-            # the next item's check still runs.
-            greedy = lookups is not None and isinstance(entries, Iterator)
-            if greedy:
-                # Most items are skipped: no need to let each started one send at once (a
-                # checkpoint per item lets an item started just before an input error send).
-                self._fairness.interval = _FAIR_SHARE
-            heavy = 0  # items ahead carrying input images (megabytes each, maybe)
-            while not self._halted:
-                while (
-                    not exhausted
-                    and not self._halted
-                    and len(ahead) < _LOOKAHEAD
-                    and heavy < _HEAVY_LOOKAHEAD
-                    and (greedy or not _head_ready(ahead))
-                ):
-                    prepared = await self._next_prepared(entries, index)
-                    if prepared is None:  # the end, or an input error (which halts)
-                        exhausted = True
-                        break
-                    index += 1
-                    if not self._owns(prepared.index):
-                        continue  # another shard's: read (its id counts), not done here
-                    self._consumed += 1
-                    ahead.append(_look_up(prepared, lookups))
-                    heavy += ahead[-1].heavy
-                if not ahead:
-                    break
-                head = ahead.popleft()
-                heavy -= head.heavy
-                if not await self._take(head.value if head.ready else await head.result(), work):
-                    break
-            checks.cancel_scope.cancel()
+        while not self._halted:
+            prepared = await self._next_prepared(entries, index)
+            if prepared is None:  # the end, or an input error (which halts)
+                break
+            index += 1
+            if not self._owns(prepared.index):
+                continue  # another shard's: read (its id counts), not done here
+            self._consumed += 1
+            if not await self._take(prepared, work):
+                break
 
-    async def _produce_resumed(self, entries: Iterator[Any], work: anyio.abc.TaskGroup) -> None:
-        """Resume from an in-memory input: items in chunks, each triaged in one thread call.
+    async def _produce_resumed(
+        self, entries: Iterator[Any] | AsyncIterator[Any], work: anyio.abc.TaskGroup
+    ) -> None:
+        """Resume: items in chunks (`InputChunks`), each triaged in one worker-thread call.
 
-        A chunk is read on the loop (the input is the user's iterator), then prepared, looked
-        up and checked against its files in one worker-thread call (`_triage`): no task, event
-        or stream per item. A million recorded items took 56 s (about 50 µs an item) going
-        through the per-item path; see docs/benchmarks.md for this path's figures.
+        Each chunk is prepared, looked up and checked against its files in one call
+        (`_triage`): no task, event or stream per item. A million recorded items took 56 s
+        (about 50 µs an item) going through the per-item path; see docs/benchmarks.md.
         """
-        self._fairness.interval = _FAIR_SHARE  # a checkpoint per item cost half the time
         index = 0
-        while not self._halted and not self._input_read:
-            chunk, failure = await self._read_chunk(entries)
-            if not await self._take_chunk(chunk, index, work):
-                return
-            index += len(chunk)
-            if failure is not None:
-                self._input_failed(failure)
-
-    async def _read_chunk(self, entries: Iterator[Any]) -> tuple[list[object], Exception | None]:
-        """Up to `_TRIAGE_CHUNK` entries, and the input's error if it raised after them.
-
-        Read without a coroutine per entry (a fifth of the loop's share of a million-item
-        resume), but for at most `_FAIR_SHARE` seconds at a time: a slow input still lets the
-        loop in between. An entry naming input images ends the chunk: its images may be
-        megabytes, so it is prepared before anything further is read.
-        """
-        await self._fairness.share()
-        chunk: list[object] = []
-        until = time.monotonic() + _FAIR_SHARE
-        try:
-            for entry in entries:
-                chunk.append(entry)
-                if len(chunk) >= _TRIAGE_CHUNK or _names_images(entry) or time.monotonic() > until:
-                    break
-            else:
-                self._input_read = True
-        except Exception as exc:  # noqa: BLE001 - the input's own error, raised at the end
-            return chunk, exc
-        return chunk, None
+        async with InputChunks(entries, size=_TRIAGE_CHUNK, fair_share=_FAIR_SHARE) as chunks:
+            while not self._halted:
+                chunk, failure = await chunks.next()
+                ended = chunks.ended
+                if ended and failure is None:
+                    self._input_read = True
+                if not await self._take_chunk(chunk, index, work):
+                    return
+                index += len(chunk)
+                if failure is not None:
+                    self._input_failed(failure)
+                if ended:
+                    return
 
     async def _take_chunk(self, chunk: list[object], index: int, work: anyio.abc.TaskGroup) -> bool:
         """Triage ``chunk`` (input item ``index`` first) and take its items; ``False``: stop."""
@@ -935,36 +886,6 @@ class Batch:
             await self._emit(prepared)
             return True
         return await self._start(prepared, work)
-
-    def _start_checks(self, checks: anyio.abc.TaskGroup) -> MemoryObjectSendStream[_Ahead] | None:
-        """Start the resume checkers if an earlier run recorded anything; their inbox."""
-        if self._recorded is None or not len(self._recorded):
-            return None
-        send, receive = anyio.create_memory_object_stream[_Ahead](_LOOKAHEAD)
-        for _ in range(_CHECKERS):
-            checks.start_soon(self._check_resumed, receive)
-        return send
-
-    async def _check_resumed(self, lookups: MemoryObjectReceiveStream[_Ahead]) -> None:
-        """Answer resume checks in groups: one thread hop for all the items waiting.
-
-        One hop per item cost more than the check itself (a million skipped items: over
-        200 s); while a group is checked, the producer reads on and the next group grows.
-        """
-        async for first in lookups:
-            waiting = lookups.statistics().current_buffer_used
-            group = [first] + [
-                lookups.receive_nowait() for _ in range(min(waiting, _CHECK_GROUP - 1))
-            ]
-            try:
-                jobs = [ahead.value for ahead in group if isinstance(ahead.value, _Job)]
-                found = await anyio.to_thread.run_sync(self._earlier_runs, [j.id for j in jobs])
-                for ahead, job, recorded in zip(group, jobs, found, strict=True):
-                    ahead.value = job if recorded is None else self._skipped_result(job, recorded)
-            finally:
-                for ahead in group:
-                    assert ahead.done is not None  # noqa: S101 - only pending checks are sent
-                    ahead.done.set()
 
     async def _start(self, prepared: _Job, work: anyio.abc.TaskGroup) -> bool:
         """Admit a job (pipeline slot, generation slot, budget) and start it; ``False``: stop."""
@@ -1051,7 +972,7 @@ class Batch:
     ) -> _Job | ItemResult | None:
         """The next input item, prepared; ``None`` at the end of the input or on its error."""
         try:
-            entry = await _next_entry(entries, self._fairness)
+            entry = await _next_entry(entries)
         except Exception as exc:  # noqa: BLE001 - the input's own error, raised at the end
             self._input_failed(exc)
             return None
@@ -1496,21 +1417,6 @@ class Batch:
 
 
 _END = object()
-#: Items read ahead while resume checks run: checks (a thread hop, a manifest read, a stat or
-#: a hash of the item's files) overlap instead of queueing one behind the other, and a group
-#: of waiting items shares one hop. Measured before grouping (500 recorded items of 1 MB,
-#: loaded 2-core machine, best of 3): 0.97 ms/item with 8 checks at once, 1.0 to 2.2 ms/item
-#: with one.
-_LOOKAHEAD = 1024
-#: Resume checks running at once (each a worker thread, each on a group of items).
-_CHECKERS = 4
-#: Items one resume check takes at most: bounds one thread call to a few milliseconds
-#: when files must be hashed.
-_CHECK_GROUP = 128
-
-
-#: Items with input images read ahead at most: their bodies hold the images' data URLs.
-_HEAVY_LOOKAHEAD = 8
 #: Items a resume reads and triages per worker-thread call (`Batch._triage`): a few ms each.
 _TRIAGE_CHUNK = 256
 
@@ -1532,50 +1438,16 @@ _SKIPPED = _Mark("skipped")
 _Triaged = _Job | ItemResult | _RepeatedIdError | _Mark
 
 
-class _Ahead:
-    """A prepared item whose resume check may still be running."""
-
-    __slots__ = ("done", "heavy", "value")
-
-    def __init__(self, value: _Job | ItemResult) -> None:
-        self.value = value
-        self.done: anyio.Event | None = None
-        self.heavy = isinstance(value, _Job) and has_input_images(value.body)
-
-    @property
-    def ready(self) -> bool:
-        return self.done is None or self.done.is_set()
-
-    async def result(self) -> _Job | ItemResult:
-        if self.done is not None:
-            await self.done.wait()
-        return self.value
-
-
-def _look_up(prepared: _Job | ItemResult, lookups: MemoryObjectSendStream[_Ahead] | None) -> _Ahead:
-    """``prepared``, its resume check sent to the checkers (if resuming and it is a job)."""
-    ahead = _Ahead(prepared)
-    if isinstance(prepared, _Job) and lookups is not None:
-        ahead.done = anyio.Event()
-        # Never blocks: the inbox holds _LOOKAHEAD, and only items still ahead are in it.
-        lookups.send_nowait(ahead)
-    return ahead
-
-
-def _head_ready(ahead: deque[_Ahead]) -> bool:
-    return bool(ahead) and ahead[0].ready
-
-
 def _entries(items: BatchInput) -> Iterator[Any] | AsyncIterator[Any]:
     if isinstance(items, AsyncIterable):
         return items.__aiter__()
     return iter(items)
 
 
-async def _next_entry(entries: Iterator[Any] | AsyncIterator[Any], fairness: _Fairness) -> object:
+async def _next_entry(entries: Iterator[Any] | AsyncIterator[Any]) -> object:
     """The next input entry, or ``_END``."""
     if isinstance(entries, Iterator):
-        await fairness.share()  # a long sync input must not starve the loop
+        await anyio.lowlevel.checkpoint()  # a long sync input must not starve the loop
         return next(entries, _END)
     try:
         return await entries.__anext__()
@@ -1583,26 +1455,9 @@ async def _next_entry(entries: Iterator[Any] | AsyncIterator[Any], fairness: _Fa
         return _END
 
 
-#: Longest the producer runs on without letting other tasks in (seconds). A checkpoint per
-#: item was a full event-loop turn per item: about half of a million-item resume's time.
+#: Longest a resume reads a sync input without letting other tasks in (seconds). A checkpoint
+#: per item was a full event-loop turn per item: about half of a million-item resume's time.
 _FAIR_SHARE = 0.002
-
-
-class _Fairness:
-    """Checkpoints for a task that could run on without awaiting anything that blocks."""
-
-    __slots__ = ("_last", "interval")
-
-    def __init__(self, interval: float = 0.0) -> None:
-        self.interval = interval
-        self._last = 0.0
-
-    async def share(self) -> None:
-        """A checkpoint, if the last one was ``interval`` seconds ago or more."""
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            await anyio.lowlevel.checkpoint()
-            self._last = time.monotonic()
 
 
 def _invalid(
@@ -1623,17 +1478,6 @@ def _invalid(
         finished_at=time.time(),
         error=error,
     )
-
-
-def _names_images(entry: object) -> bool:
-    """Whether an input entry names input images (the data, a path, or a data URL)."""
-    if type(entry) is str:
-        return False
-    fields = entry.params if isinstance(entry, BatchItem) else entry
-    if type(fields) is not dict and not isinstance(fields, Mapping):  # dict: no ABC check
-        return False
-    get = fields.get
-    return get("image") is not None or get("images") is not None or get("mask") is not None
 
 
 def _raw_prompt(entry: object) -> str:
