@@ -217,11 +217,11 @@ def _normalise(entry: object) -> tuple[str | None, dict[str, Any]]:
     """``(user id, fields)`` of one input entry; raises InvalidInputError for anything else."""
     if isinstance(entry, str):
         return None, {"prompt": entry}
-    if isinstance(entry, BatchItem):
+    if type(entry) is not dict and isinstance(entry, BatchItem):  # a dict: no ABC checks
         if "prompt" in entry.params or "id" in entry.params:
             raise InvalidInputError("BatchItem.params must not repeat 'prompt' or 'id'")
         return entry.id, {**entry.params, "prompt": entry.prompt}
-    if isinstance(entry, Mapping):
+    if type(entry) is dict or isinstance(entry, Mapping):
         fields = {str(k): v for k, v in entry.items()}
         item_id = fields.pop("id", None)
         if item_id is not None and not isinstance(item_id, (str, int)):
@@ -1037,7 +1037,8 @@ class Batch:
     def _fields(self, entry: object) -> tuple[str | None, dict[str, Any]]:
         """``(user id, fields with the batch's defaults)``; raises for an invalid entry."""
         user_id, fields = _normalise(entry)
-        merged = {**self._defaults, **{k: v for k, v in fields.items() if v is not None}}
+        given = {k: v for k, v in fields.items() if v is not None}
+        merged = {**self._defaults, **given} if self._defaults else given
         prompt = merged.get("prompt")
         if isinstance(prompt, str):
             prompt.encode("utf-8")  # a lone surrogate cannot be sent as JSON
