@@ -76,8 +76,8 @@ def _rate(samples: list[tuple[float, int]], low: float, high: float) -> float:
 
 
 def _recorded(out: Path) -> tuple[Counter[str], Counter[str]]:
-    from nanogpt_async._batch._manifest import iter_records  # noqa: PLC0415
-    from nanogpt_async._batch._shards import shard_manifests  # noqa: PLC0415
+    from nanogpt_async._batch._manifest import iter_records
+    from nanogpt_async._batch._shards import shard_manifests
 
     ok: Counter[str] = Counter()
     uncertain: Counter[str] = Counter()
@@ -92,7 +92,7 @@ def _recorded(out: Path) -> tuple[Counter[str], Counter[str]]:
 
 
 def run_phase(tmp: Path, count: int, env: dict[str, str]) -> dict[str, Any]:
-    from nanogpt_async.testing import FakeNanoGPT  # noqa: PLC0415
+    from nanogpt_async.testing import FakeNanoGPT
 
     prompts = [f"a lighthouse, study {i}" for i in range(count)]
     prompt_file = tmp / "prompts.txt"
@@ -156,7 +156,7 @@ def run_phase(tmp: Path, count: int, env: dict[str, str]) -> dict[str, Any]:
 
 
 def budget_phase(tmp: Path, count: int, env: dict[str, str], cap: float) -> dict[str, Any]:
-    from nanogpt_async.testing import FakeNanoGPT  # noqa: PLC0415
+    from nanogpt_async.testing import FakeNanoGPT
 
     prompts = [f"a harbour, study {i}" for i in range(count)]
     prompt_file = tmp / "budget-prompts.txt"
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the JSON summary here")
     args = parser.parse_args()
 
-    from tests._redis import RedisProcess, redis_executable  # noqa: PLC0415
+    from tests._redis import RedisProcess, redis_executable
 
     executable = redis_executable()
     if executable is None:

@@ -21,6 +21,7 @@ from nanogpt_async import AsyncNanoGPT, ImageModel, InvalidInputError
 from nanogpt_async._batch._budget import Budget, PriceList, Reservation, Sample, known_cost
 from nanogpt_async._cli._commands import cli
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault
+from nanogpt_async.testing._state import FakeState
 
 KEY = "ngk_budget_SECRET_77"
 Serve = Callable[..., FakeServer]
@@ -47,7 +48,7 @@ def prompts(count: int) -> list[str]:
     return [f"budget prompt {i}" for i in range(count)]
 
 
-def state_cost_as(fake: FakeNanoGPT, stated: object) -> None:
+def state_cost_as(fake: FakeState, stated: object) -> None:
     """Make the fake charge as usual but state ``stated`` as the answer's ``cost``."""
     charge = fake.charge
 

@@ -52,7 +52,7 @@ async def test_generate_and_read_b64_end_to_end_on_the_aiohttp_transport(client,
     assert len(set(images)) == 3  # three distinct pictures
     assert response.cost == pytest.approx(3 * server.fake.price_per_image)
     assert response.request_id
-    assert client._http._transport.kind == "aiohttp"
+    assert client.channel.pools.api._transport.kind == "aiohttp"
 
 
 async def test_signed_urls_are_downloaded_without_credentials(client, server):
@@ -183,7 +183,7 @@ def test_generate_and_read_work_under_trio(server):
             b64 = await client.images.generate(prompt="trio fox")
             url = await client.images.generate(prompt="trio fox", response_format="url")
             data = await b64.data[0].read() + await url.data[0].read()
-            return data, client._http._transport.kind  # type: ignore[attr-defined]
+            return data, client.channel.pools.api._transport.kind  # type: ignore[attr-defined]
 
     data, kind = trio.run(main)
 

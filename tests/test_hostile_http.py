@@ -31,8 +31,9 @@ from nanogpt_async import (
     RetryPolicy,
     _codec,
 )
-from nanogpt_async import _client as client_module
-from nanogpt_async._client import BIG_BODY_BYTES, MAX_REDIRECTS
+from nanogpt_async._http import _channel as channel_module
+from nanogpt_async._http._channel import BIG_BODY_BYTES
+from nanogpt_async._http._download import MAX_REDIRECTS
 from nanogpt_async._http._exchange import attempt_deadline
 from nanogpt_async._http._transport import AutoTransport
 from tests import hostile_http as hostile
@@ -317,8 +318,8 @@ async def test_gzipped_answers_within_the_cap_are_read(client, server, png_b64):
 
 async def test_big_chunked_answers_take_a_big_body_slot_too(client, server):
     server.always(hostile.big_chunked_answer(2 * BIG_BODY_BYTES))
-    counter = _CountingSemaphore(client._big_bodies)
-    client._big_bodies = counter
+    counter = _CountingSemaphore(client.channel.big_bodies._semaphore)
+    client.channel.big_bodies._semaphore = counter
 
     async def generate(prompt: str) -> None:
         await client.images.generate(prompt=prompt)
@@ -558,7 +559,7 @@ async def test_an_answer_received_in_full_is_kept_though_parsing_it_ends_past_th
         await anyio.sleep(0.3)  # well past the 0.05 s deadline below
         return await real(chunks)
 
-    monkeypatch.setattr(client_module, "loads_chunks_maybe_offloaded", slow_parse)
+    monkeypatch.setattr(channel_module, "loads_chunks_maybe_offloaded", slow_parse)
 
     response = await client.images.generate(prompt="x", timeout=0.05)
 
@@ -622,7 +623,7 @@ def test_under_trio_httpx_s_own_pool_classifies_malformed_answers_the_same_way(a
             try:
                 await client.images.generate(prompt="x", timeout=0.5)
             except NanoGPTError as exc:
-                assert client._http._transport.kind == "httpx"  # type: ignore[attr-defined]
+                assert client.channel.pools.api._transport.kind == "httpx"  # type: ignore[attr-defined]
                 return exc
         raise AssertionError("no error")  # pragma: no cover
 

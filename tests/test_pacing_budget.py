@@ -178,9 +178,9 @@ def test_processes_sharing_a_budget_spend_no_more_than_it(
 async def test_two_batches_sharing_a_budget_spend_no_more_than_it_together(
     redis_server: RedisProcess, tmp_path: Path
 ) -> None:
-    import json as json_module  # noqa: PLC0415
+    import json as json_module
 
-    from nanogpt_async import AsyncNanoGPT  # noqa: PLC0415
+    from nanogpt_async import AsyncNanoGPT
 
     with FakeNanoGPT(api_key=KEY, price_per_image=0.01).run_in_thread() as server:
         url = redis_server.url
@@ -220,7 +220,7 @@ async def test_two_batches_sharing_a_budget_spend_no_more_than_it_together(
 
 
 def test_a_shared_budget_needs_a_cap_and_redis() -> None:
-    from nanogpt_async import AsyncNanoGPT, InvalidInputError  # noqa: PLC0415
+    from nanogpt_async import AsyncNanoGPT, InvalidInputError
 
     client = AsyncNanoGPT(api_key=KEY)
     with pytest.raises(InvalidInputError, match="limits_url"):
@@ -230,11 +230,11 @@ def test_a_shared_budget_needs_a_cap_and_redis() -> None:
 def test_cli_batches_with_one_shared_budget_stop_at_it_together(
     redis_server: RedisProcess, tmp_path: Path
 ) -> None:
-    import json as json_module  # noqa: PLC0415
+    import json as json_module
 
-    from click.testing import CliRunner  # noqa: PLC0415
+    from click.testing import CliRunner
 
-    from nanogpt_async._cli._commands import cli  # noqa: PLC0415
+    from nanogpt_async._cli._commands import cli
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt {i}\n" for i in range(5)))

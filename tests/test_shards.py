@@ -24,7 +24,8 @@ import redis
 from nanogpt_async import AsyncNanoGPT, RetryPolicy
 from nanogpt_async._batch._fence import RedisFence
 from nanogpt_async._batch._manifest import iter_records
-from nanogpt_async._batch._shards import Shard, ShardError, resolve_shard, shard_manifests
+from nanogpt_async._batch._shards import Shard, resolve_shard, shard_manifests
+from nanogpt_async._errors import ShardError
 from nanogpt_async._pacing._redis import redis_namespace
 from nanogpt_async.testing import FakeNanoGPT
 from tests._redis import RedisProcess, free_port, redis_server
@@ -481,9 +482,9 @@ def _run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def _cli(args: list[str], **env: str) -> Any:
-    from click.testing import CliRunner  # noqa: PLC0415
+    from click.testing import CliRunner
 
-    from nanogpt_async._cli._commands import cli  # noqa: PLC0415
+    from nanogpt_async._cli._commands import cli
 
     return CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
 

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import stat
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from nanogpt_async._batch._names import safe_path
-from nanogpt_async._batch._results import OutputWriteError
 from nanogpt_async._codec import loads
+from nanogpt_async._errors import OutputWriteError
 from nanogpt_async._output._files import TEMP_SUFFIX, open_no_follow
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "iter_records",
     "open_folder",
     "read_manifest",
+    "record_number",
     "sweep_temp_files",
     "write_images",
     "write_new",
@@ -466,6 +468,13 @@ def read_manifest(path: Path) -> ManifestIndex:
     return ManifestIndex.build(path)
 
 
+def record_number(value: object) -> float | None:
+    """A record's number field (``cost``, ``started_at``...): a finite float, else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """Every parsable record of ``path`` in file order (a bad or torn line is skipped).
 
@@ -521,7 +530,7 @@ def files_intact(folder: Path, files: Sequence[FileEntry], dir_fd: int | None = 
     if None in checks:
         return False
     return all(
-        unchanged or _sha256_of(os.path.join(folder, entry.path)) == entry.sha256  # noqa: PTH118 - a str, see _unchanged
+        unchanged or _sha256_of(os.path.join(folder, entry.path)) == entry.sha256
         for unchanged, entry in zip(checks, files, strict=True)
     )
 
@@ -563,7 +572,7 @@ def _unchanged(folder: Path, entry: FileEntry, dir_fd: int | None) -> bool | Non
     try:
         # A symlink swapped in for a recorded file is not that file: lstat, never stat.
         if dir_fd is None:
-            info = os.lstat(os.path.join(folder, name))  # noqa: PTH118 - a str: no Path per file
+            info = os.lstat(os.path.join(folder, name))
         else:
             info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except (OSError, ValueError):
@@ -576,7 +585,7 @@ def _unchanged(folder: Path, entry: FileEntry, dir_fd: int | None) -> bool | Non
 def _sha256_of(path: str) -> str | None:
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as file:  # noqa: PTH123 - a str path, see _sized_path
+        with open(path, "rb") as file:
             while chunk := file.read(_HASH_CHUNK):
                 digest.update(chunk)
     except OSError:
@@ -604,7 +613,7 @@ def write_images(folder: Path, named: Sequence[tuple[str, bytes]]) -> list[FileE
 
 
 def _write_new_version(folder: Path, name: str, data: bytes) -> str:
-    stem, extension = os.path.splitext(name)  # noqa: PTH122 - a name, not a path
+    stem, extension = os.path.splitext(name)
     for version in range(1, _MAX_VERSIONS + 1):
         candidate = name if version == 1 else f"{stem}-v{version}{extension}"
         try:

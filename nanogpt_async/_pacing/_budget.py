@@ -199,7 +199,7 @@ class RedisBudget:
             try:
                 await self._redis.flush("settle")
                 admitted = await self._redis.run("reserve", args)
-            except Exception:  # noqa: BLE001 - logged once by run(); fail closed and try again
+            except Exception:
                 await self._sleep(RETRY_EVERY)
                 continue
             self._redis.answered()
@@ -223,7 +223,7 @@ class RedisBudget:
         self._redis.unsent.append(args)
         try:
             await self._redis.flush("settle")
-        except Exception:  # noqa: BLE001 - kept in unsent, written with the next call
+        except Exception:
             return
 
     async def totals(self) -> tuple[Decimal, Decimal]:
