@@ -2,9 +2,9 @@
 
 An item starts only with a pipeline slot (memory: at most ``concurrency +
 download_concurrency`` items between the producer and the results stream), a generation slot
-(the adaptive concurrency limit) and its estimate reserved in the budget (and in the shared
-budget, with one). The slots are taken before the item's task starts, so only items that can
-go now are started and reserve budget.
+(the adaptive concurrency limit) and its estimate reserved in the budget. The slots are taken
+before the item's task starts, so only items that can go now are started and reserve budget.
+A shared budget is booked later, at the item's turn (`Sender.book_shared`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from nanogpt_async._errors import InvalidInputError
 
 if TYPE_CHECKING:
     from nanogpt_async._batch._settings import BatchSettings
-    from nanogpt_async._batch._shared import Shared
 
 __all__ = ["Admission"]
 
@@ -29,18 +28,16 @@ __all__ = ["Admission"]
 class Admission:
     """The pipeline slots, the generation slots and the budget, taken in that order."""
 
-    __slots__ = ("_budgeted", "_pipeline", "_shared", "_slots", "budget")
+    __slots__ = ("_budgeted", "_pipeline", "_slots", "budget")
 
     def __init__(
         self,
         settings: BatchSettings,
         budget: Budget,
         slots: anyio.CapacityLimiter,
-        shared: Shared,
     ) -> None:
         self._pipeline = anyio.Semaphore(settings.concurrency + settings.download_concurrency)
         self._slots = slots
-        self._shared = shared
         self._budgeted = bool(settings.max_cost)
         self.budget = budget
 
@@ -77,10 +74,6 @@ class Admission:
             await slots.acquire_on_behalf_of(job)
             try:
                 reservation = await self.budget.admit(job.per_image, job.n)
-                if reservation is not None and not await self._shared.book(
-                    job, reservation, self.budget
-                ):
-                    reservation = None
             except BaseException:
                 slots.release_on_behalf_of(job)
                 raise

@@ -13,8 +13,11 @@ from nanogpt_async._pacing._redis import RedisBackend
 from nanogpt_async._types import NotGiven
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from nanogpt_async._http._channel import Channel
     from nanogpt_async._output._responses import ImageModel, ImagesResponse
+    from nanogpt_async._pacing import Pacer
     from nanogpt_async._pacing._hooks import TurnHooks
 
 __all__ = ["BatchApi"]
@@ -38,13 +41,23 @@ class BatchApi:
         #: Take over items another run left uncertain (``RetryPolicy(retry_ambiguous=True)``).
         self.retry_ambiguous = channel.retry_policy.retry_ambiguous
 
-    async def send(self, body: dict[str, Any], *, edit: bool, hooks: TurnHooks) -> ImagesResponse:
-        """Send a built body (retried by the channel, turns taken through ``hooks``)."""
-        return await images_call(self._channel, EDITS if edit else GENERATIONS, body, hooks=hooks)
+    def send(
+        self, body: dict[str, Any], *, edit: bool, hooks: TurnHooks
+    ) -> Coroutine[Any, Any, ImagesResponse]:
+        """Send a built body (retried by the channel, turns taken through ``hooks``).
+
+        The channel's own coroutine, not one wrapping it: one frame less for every resumption
+        of the request on the per-item path.
+        """
+        return images_call(self._channel, EDITS if edit else GENERATIONS, body, hooks=hooks)
 
     async def models(self) -> list[ImageModel]:
         """The image-models list with its pricing (one free ``GET``)."""
         return await image_models(self._channel)
+
+    def pacer(self) -> Pacer:
+        """The pacer the batch's turns come from (the client's, or the batch's own)."""
+        return self._channel.pacer
 
     def redis(self) -> tuple[str, str] | None:
         """``(url, key)`` of the client's Redis (``limits_url``), if any; the key is only hashed."""

@@ -51,7 +51,13 @@ class Results:
 
     async def emit(self, result: ItemResult) -> None:
         """Count ``result`` and hand it to the reader (waiting while the stream is full)."""
-        self._tally.count(result.status)
+        tally, status = self._tally, result.status
+        if status == "ok":
+            tally.ok += 1
+        elif status == "failed":
+            tally.failed += 1
+        else:
+            tally.skipped += 1
         if not self.wanted:
             return
         # If nobody is listening any more, the manifest has it.
@@ -131,6 +137,9 @@ class ItemFlow:
                 return fenced.result
             except AbandonedError:
                 if attempts.count == 0:
+                    budget.settle(reservation, None, job.n, charged=False)
+                    settled = True
+                    await shared.settle(job, None, charged=False)
                     await shared.unclaim(job)
                     return None  # never sent: counted in not_started, a later run does it
                 error = attempts.last_error

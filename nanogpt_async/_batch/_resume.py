@@ -282,7 +282,7 @@ class Triage:
     ) -> None:
         if isinstance(outcome, _Skipped):
             self._tally.consumed += 1
-            self._tally.count("skipped")
+            self._tally.skipped += 1
         elif self._owns(outcome.index):
             self._tally.consumed += 1
             taken.append(outcome)

@@ -202,7 +202,7 @@ class Batch:
         self._saver = Saver(settings, lifecycle, tally)
         prices = await price_list(self._api, settings.max_cost, settings.defaults)
         self._budget = Budget(settings.max_cost, prices)
-        self._admission = Admission(settings, self._budget, sender.slots, self._shared)
+        self._admission = Admission(settings, self._budget, sender.slots)
         self._results = Results(settings.download_concurrency, tally)
         self._flow = ItemFlow(
             admission=self._admission,

@@ -1,8 +1,10 @@
 """Stage 3 of a batch: send each job, within the concurrency limit and the client's pace.
 
 Turns come from the client's pacer (one limiter per key, shared with every other call the
-client makes); the batch only decides whether an attempt may still go (`Lifecycle`), claims
-the item in the fence at its first turn, and adapts its concurrency to the answers (AIMD).
+client makes); the batch only decides whether an attempt may still go (`Lifecycle`), lets
+only this process's share of 2 s of turns wait at once (`TurnGate`), books the item's
+estimate in a shared budget and claims it in the fence at its first turn, and adapts its
+concurrency to the answers (AIMD).
 This is the batch's only call to the API: `Sender.send` (through `BatchApi`).
 """
 
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from nanogpt_async._batch._lifecycle import AbandonedError, Lifecycle
+from nanogpt_async._batch._turns import TurnGate
 from nanogpt_async._errors import (
     FATAL_ERRORS,
     DailyLimitExceededError,
@@ -50,9 +53,12 @@ class Attempts:
         """Wait for the pacer's turn unless the batch stopped; claim the item at its first."""
         await self._sender.take_turn(self.count, wait_turn)
         if self.count == 0:
-            # Claimed once its turn has come, not when admitted: an item waiting for a turn
-            # in a process that dies was never sent, and must not read as "may be charged"
-            # (W10: claiming at admission left 192 such items uncertain, 4 of them charged).
+            # Booked and claimed once its turn has come, not when admitted: an item waiting
+            # for a turn holds no money and, in a process that dies, was never sent, so it must
+            # not read as "may be charged" (W10: claiming at admission left 192 such items
+            # uncertain, 4 of them charged; booking at admission stopped 8 shards x 64 at
+            # $0.33 of a $2 cap).
+            await self._sender.book_shared(self._job, wait_turn)
             await self._sender.shared.claim(self._job)
         self.count += 1
         self.last_started = time.monotonic()
@@ -67,7 +73,7 @@ class Attempts:
 class Sender:
     """Sends jobs: the generation slots, the turns, and what the answers teach."""
 
-    __slots__ = ("_api", "_control", "_lifecycle", "_paced", "_tally", "shared", "slots")
+    __slots__ = ("_api", "_control", "_gate", "_lifecycle", "_paced", "_tally", "shared", "slots")
 
     def __init__(
         self,
@@ -82,6 +88,7 @@ class Sender:
         self._control = AIMD(concurrency, floor=1, beta=0.5)
         #: Items being generated at most (the AIMD's current limit).
         self.slots = anyio.CapacityLimiter(concurrency)
+        self._gate = TurnGate(api.pacer(), concurrency)
         self._lifecycle = lifecycle
         self._tally = tally
         self.shared = shared
@@ -96,13 +103,35 @@ class Sender:
 
     async def take_turn(self, sent_before: int, wait_turn: Callable[[], Awaitable[None]]) -> None:
         """Wait for the pacer's turn; raise `AbandonedError` once the batch may not send."""
+        await self._wait(sent_before, wait_turn)
+        self._tally.attempts += 1
+
+    async def book_shared(self, job: Job, wait_turn: Callable[[], Awaitable[None]]) -> None:
+        """Book the job's estimate in the shared budget (if any) at its first turn.
+
+        "full" (the requests in flight hold the rest of the cap) waits for one to settle and
+        takes a new turn: the old one went by. "spent" stops the batch (``"budget"``) and
+        abandons the job, unsent.
+        """
+        while True:
+            verdict = await self.shared.book(job)
+            if verdict == "booked":
+                return
+            if verdict == "spent":
+                self._lifecycle.stop_for("budget")
+                raise AbandonedError
+            await self.shared.room()
+            await self._wait(0, wait_turn)
+
+    async def _wait(self, sent_before: int, wait_turn: Callable[[], Awaitable[None]]) -> None:
         lifecycle = self._lifecycle
         while True:
             lifecycle.check_may_send(sent_before)
             with anyio.CancelScope() as scope:
                 lifecycle.waiting.add(scope)
                 try:
-                    await wait_turn()
+                    async with self._gate.waiting():
+                        await wait_turn()
                 except (LocalRateLimitError, DailyLimitExceededError) as exc:
                     # Refused by the pacer before sending (a cooldown longer than max_wait,
                     # e.g. a Retry-After of 99999999; or the daily cap): waiting would only
@@ -114,7 +143,6 @@ class Sender:
                     lifecycle.waiting.discard(scope)
             if not scope.cancelled_caught:  # woken by a stop: check again
                 lifecycle.check_may_send(sent_before)
-                self._tally.attempts += 1
                 return
 
     def learn(self, error: BaseException | None) -> None:

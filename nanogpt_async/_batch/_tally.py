@@ -8,13 +8,16 @@ from pathlib import Path
 
 from nanogpt_async._batch._budget import Sample
 from nanogpt_async._batch._lifecycle import Lifecycle
-from nanogpt_async._batch._results import BatchProgress, BatchSummary, ItemStatus
+from nanogpt_async._batch._results import BatchProgress, BatchSummary
 
 __all__ = ["Tally"]
 
 
 class Tally:
-    """The batch's counters; every stage adds to them, `progress` and `summary` read them."""
+    """The batch's counters; every stage adds to them, `progress` and `summary` read them.
+
+    Results are counted as they are handed out (`Results.emit`).
+    """
 
     __slots__ = (
         "attempts",
@@ -47,15 +50,6 @@ class Tally:
         self.delay = Sample()
         self.started = time.monotonic()
         self.ended: float | None = None
-
-    def count(self, status: ItemStatus) -> None:
-        """One item finished with ``status``."""
-        if status == "ok":
-            self.ok += 1
-        elif status == "failed":
-            self.failed += 1
-        else:
-            self.skipped += 1
 
     def elapsed(self) -> float:
         """Seconds from the start to the end (or to now, while running)."""
