@@ -400,3 +400,55 @@ def test_a_closed_writer_refuses_more_records(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(ValueError, match=r"^the manifest writer is closed$"):
         writer.append({"id": "a", "status": "ok", "files": []})
+
+
+# -- what a resume skips ---------------------------------------------------------------------
+
+
+def recorded_folder(folder: Path, *, stamped: bool = True) -> tuple[ManifestIndex, Path]:
+    [entry] = write_images(folder, [("a.png", b"12345678")])
+    if not stamped:
+        entry = dataclasses.replace(entry, stamp=None)
+    writer = ManifestWriter(folder / "manifest.jsonl")
+    writer.append({"id": "a", "status": "ok", "files": [entry.as_json()], "request_id": "r"})
+    writer.append({"id": "f", "status": "failed", "files": []})
+    writer.close()
+    return read_manifest(folder / "manifest.jsonl"), folder / "a.png"
+
+
+def test_finished_items_are_those_recorded_ok_with_their_files_unchanged(tmp_path: Path) -> None:
+    index, _ = recorded_folder(tmp_path)
+    found = index.finished(tmp_path, ["a", "f", "new"], retry_failed=True)
+    assert [item.request_id if item else None for item in found] == ["r", None, None]
+    [entry] = found[0].files if found[0] else ()
+    assert entry.path == "a.png"
+    assert entry.stamp is not None
+    kept = index.finished(tmp_path, ["f"], retry_failed=False)  # a failed item, not retried
+    assert kept == [RecordedItem("failed", (), None)]
+
+
+def test_a_symlink_swapped_in_for_a_recorded_file_is_not_that_file(tmp_path: Path) -> None:
+    index, image = recorded_folder(tmp_path)
+    (tmp_path / "copy.png").write_bytes(image.read_bytes())  # same bytes, same size
+    image.unlink()
+    image.symlink_to(tmp_path / "copy.png")
+    assert index.finished(tmp_path, ["a"], retry_failed=True) == [None]
+
+
+@pytest.mark.parametrize("stamped", [True, False])
+def test_a_recorded_file_whose_stamp_changed_is_hashed_before_it_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, stamped: bool
+) -> None:
+    index, image = recorded_folder(tmp_path, stamped=stamped)
+    hashed: list[str] = []
+    real = manifest_module._sha256_of
+
+    def counting(path: str) -> str | None:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(manifest_module, "_sha256_of", counting)
+    assert index.finished(tmp_path, ["a"], retry_failed=True)[0] is not None
+    assert len(hashed) == (0 if stamped else 1)  # the stamp settles it, else the hash does
+    image.write_bytes(b"87654321")  # same size, other bytes: a new ctime
+    assert index.finished(tmp_path, ["a"], retry_failed=True) == [None]

@@ -12,10 +12,12 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from nanogpt_async import AsyncNanoGPT
@@ -29,6 +31,7 @@ from nanogpt_async._batch._manifest import (
     write_new,
 )
 from nanogpt_async._batch._names import image_file_name
+from nanogpt_async._batch._results import ItemResult
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, make_png
 
 KEY = "ngk_resume_SECRET_31"
@@ -371,8 +374,9 @@ def test_closing_the_writer_flushes_to_disk_and_closes(
     assert read_manifest(tmp_path / "manifest.jsonl").get("a") is not None
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
 async def test_a_resume_reads_only_a_few_items_with_input_images_ahead(
-    serve: Serve, tmp_path: Path
+    serve: Serve, tmp_path: Path, *, asynchronous: bool
 ) -> None:
     server = serve()
     data_url = "data:image/png;base64," + base64.b64encode(make_png("in")).decode()
@@ -387,7 +391,7 @@ async def test_a_resume_reads_only_a_few_items_with_input_images_ahead(
     async with client_for(server) as client:
         await client.images.generate_many(["recorded"], output_dir=tmp_path, rps=None).run()
         batch = client.images.generate_many(
-            items(),
+            as_async(items()) if asynchronous else items(),
             output_dir=tmp_path,
             rps=None,
             concurrency=1,
@@ -415,3 +419,100 @@ async def test_resume_skips_an_item_whose_id_is_not_valid_unicode(
         again = await client.images.generate_many(items, output_dir=tmp_path, rps=None).run()
     assert (first.ok, again.ok, again.skipped) == (1, 0, 1)
     assert server.fake.stats.generations == 1  # paid once, not once per resume
+
+
+# -- resume at scale: few hops, the same verdicts ---------------------------------------------
+
+
+async def as_async(items: Iterable[Any]) -> AsyncIterator[Any]:
+    """``items`` as an async input, the way the CLI hands a prompt file to the batch."""
+    for item in items:
+        yield item
+
+
+def record_items(folder: Path, count: int) -> list[dict[str, str]]:
+    """``count`` items recorded ok with their files, as a finished run leaves them."""
+    writer = ManifestWriter(folder / "manifest.jsonl")
+    items = []
+    for i in range(count):
+        item = {"id": f"item-{i}", "prompt": f"recorded {i}"}
+        path, data = folder / f"{item['id']}.png", f"image {i}".encode()
+        path.write_bytes(data)  # no fsync per file, unlike the batch: fast enough for a test
+        info = path.lstat()
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+        entry = FileEntry(path.name, hashlib.sha256(data).hexdigest(), len(data), stamp)
+        writer.append(
+            {"id": item["id"], "status": "ok", "files": [entry.as_json()], "request_id": f"r{i}"}
+        )
+        items.append(item)
+    writer.close()
+    return items
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("read_results", [False, True])
+async def test_a_resume_checks_its_recorded_items_in_a_few_worker_thread_calls(
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    read_results: bool,
+    asynchronous: bool,
+) -> None:
+    server = serve()
+    items = record_items(tmp_path, 1100)
+    hops: list[object] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    results: list[ItemResult] = []
+    async with client_for(server) as client:
+        batch = client.images.generate_many(
+            as_async(items) if asynchronous else items, output_dir=tmp_path, rps=None
+        )
+        if read_results:
+            async with batch:
+                results = [result async for result in batch]
+        else:
+            await batch.run()
+    assert (batch.summary.skipped, batch.summary.ok) == (1100, 0)
+    assert server.fake.stats.generations == 0
+    # One call per 256 items read (5), plus opening and closing the folder; the per-item path
+    # took a hop per group of waiting items (13 here, 37 when reading the results).
+    assert len(hops) <= 7
+    if read_results:
+        assert [result.status for result in results] == ["skipped"] * 1100
+        assert results[7].files == [tmp_path / "item-7.png"]
+        assert results[7].request_id == "r7"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_an_input_error_in_a_resumed_run_stops_it_and_keeps_what_was_paid_for(
+    serve: Serve, tmp_path: Path, *, asynchronous: bool
+) -> None:
+    server = serve()
+    recorded = record_items(tmp_path, 300)
+
+    def items() -> Iterator[dict[str, str]]:
+        yield from recorded
+        yield {"id": "new-1", "prompt": "new one"}
+        raise ValueError("line 302 of prompts.jsonl is not JSON")
+
+    async with client_for(server) as client:
+        batch = client.images.generate_many(
+            as_async(items()) if asynchronous else items(), output_dir=tmp_path, rps=None
+        )
+        with pytest.raises(ValueError, match="line 302"):
+            await batch.run()
+    assert batch.summary.skipped == 300
+    assert server.fake.stats.generations == batch.summary.ok <= 1
+    latest = {row["id"]: row for row in rows(tmp_path)}
+    assert len(latest) == 300 + batch.summary.ok
+    assert all(latest[f"item-{i}"]["status"] == "ok" for i in range(300))
+    if batch.summary.ok:  # paid for: recorded, with its file
+        assert latest["new-1"]["status"] == "ok"
+        assert_every_row_matches_its_files(tmp_path)

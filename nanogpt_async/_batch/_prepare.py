@@ -16,10 +16,10 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from nanogpt_async._batch._budget import PriceList
-from nanogpt_async._batch._names import IdentityCounter, fingerprint_body, has_input_images
+from nanogpt_async._batch._names import IdentityCounter, fingerprint_body
 from nanogpt_async._batch._results import BatchItem, ItemResult
 from nanogpt_async._errors import InvalidInputError, NanoGPTError, RepeatedIdError
-from nanogpt_async._input._body import build_item_body
+from nanogpt_async._input._body import build_item_body, build_item_body_now
 from nanogpt_async._input._ids import RepeatedIds
 
 if TYPE_CHECKING:
@@ -128,43 +128,59 @@ class Preparer:
 
     async def prepare(self, entry: object, index: int) -> Job | ItemResult:
         """Normalise an entry and give it its id (in input order: ids count occurrences)."""
-        started = time.time()
+        prepared = self.prepare_now(entry, index)
+        if prepared is not None:
+            return prepared
+        started = time.time()  # input images to read and encode: in worker threads
         user_id: str | None = None
         try:
-            user_id, fields = _normalise(entry)
-            merged = {**self._defaults, **{k: v for k, v in fields.items() if v is not None}}
-            prompt = merged.get("prompt")
-            if isinstance(prompt, str):
-                prompt.encode("utf-8")  # a lone surrogate cannot be sent as JSON
+            user_id, merged = self._fields(entry)
             operation, body = await build_item_body(merged)
         except (InvalidInputError, UnicodeEncodeError) as exc:
-            error = (
-                exc
-                if isinstance(exc, InvalidInputError)
-                else InvalidInputError(f"the prompt is not valid Unicode text: {exc}")
-            )
-            return ItemResult(
-                id=user_id if user_id is not None else f"invalid-{index:06d}",
-                index=index,
-                request={"prompt": _raw_prompt(entry)},
-                status="failed",
-                started_at=started,
-                finished_at=time.time(),
-                error=error,
-            )
+            return _invalid(entry, user_id, index, started, exc)
         if user_id is not None:
             self._check_unique(user_id, index)
         # An edit's id and manifest line say so; a generation's stay as before (resume works).
         described = body if operation == "generate" else {**body, "operation": operation}
-        if has_input_images(body):
-            # Hashing megabytes of data URLs would stall the event loop: a worker thread.
-            digest, request = await anyio.to_thread.run_sync(fingerprint_body, described)
-        else:
-            digest, request = fingerprint_body(described)
+        # Hashing megabytes of data URLs would stall the event loop: a worker thread.
+        digest, request = await anyio.to_thread.run_sync(fingerprint_body, described)
         item_id = user_id if user_id is not None else self._ids.next_id(digest)
         job = Job(index, item_id, body, request, started)
         job.edit = operation == "edit"
         return job
+
+    def prepare_now(self, entry: object, index: int) -> Job | ItemResult | None:
+        """`prepare` for an item without input images, at once; ``None`` for the others.
+
+        Nothing to await: a resume runs it in a worker thread for a whole chunk of items, in
+        input order (`_resume.Triage`). Raises `RepeatedIdError` as `prepare` does.
+        """
+        started = time.time()
+        user_id: str | None = None
+        try:
+            user_id, merged = self._fields(entry)
+            built = build_item_body_now(merged)
+        except (InvalidInputError, UnicodeEncodeError) as exc:
+            return _invalid(entry, user_id, index, started, exc)
+        if built is None:
+            return None
+        _, body = built
+        if user_id is not None:
+            self._check_unique(user_id, index)
+            # The id is the user's: no digest needed, and no image to show as a placeholder.
+            return Job(index, user_id, body, dict(body), started)
+        digest, request = fingerprint_body(body)
+        return Job(index, self._ids.next_id(digest), body, request, started)
+
+    def _fields(self, entry: object) -> tuple[str | None, dict[str, Any]]:
+        """``(user id, fields with the batch's defaults)``; raises for an invalid entry."""
+        user_id, fields = _normalise(entry)
+        given = {k: v for k, v in fields.items() if v is not None}
+        merged = {**self._defaults, **given} if self._defaults else given
+        prompt = merged.get("prompt")
+        if isinstance(prompt, str):
+            prompt.encode("utf-8")  # a lone surrogate cannot be sent as JSON
+        return user_id, merged
 
     def _check_unique(self, item_id: str, index: int) -> None:
         """Refuse a user id given twice: both items would share one manifest record."""
@@ -249,11 +265,11 @@ def _normalise(entry: object) -> tuple[str | None, dict[str, Any]]:
     """``(user id, fields)`` of one input entry; raises InvalidInputError for anything else."""
     if isinstance(entry, str):
         return None, {"prompt": entry}
-    if isinstance(entry, BatchItem):
+    if type(entry) is not dict and isinstance(entry, BatchItem):  # a dict: no ABC checks
         if "prompt" in entry.params or "id" in entry.params:
             raise InvalidInputError("BatchItem.params must not repeat 'prompt' or 'id'")
         return entry.id, {**entry.params, "prompt": entry.prompt}
-    if isinstance(entry, Mapping):
+    if type(entry) is dict or isinstance(entry, Mapping):
         fields = {str(k): v for k, v in entry.items()}
         item_id = fields.pop("id", None)
         if item_id is not None and not isinstance(item_id, (str, int)):
@@ -263,6 +279,26 @@ def _normalise(entry: object) -> tuple[str | None, dict[str, Any]]:
         return (str(item_id) if item_id is not None else None), fields
     raise InvalidInputError(
         f"a batch item must be a prompt string, a BatchItem or a dict, got {type(entry).__name__}"
+    )
+
+
+def _invalid(
+    entry: object, user_id: str | None, index: int, started: float, exc: Exception
+) -> ItemResult:
+    """The failed result of an entry that cannot be sent (checked before anything is sent)."""
+    error = (
+        exc
+        if isinstance(exc, InvalidInputError)
+        else InvalidInputError(f"the prompt is not valid Unicode text: {exc}")
+    )
+    return ItemResult(
+        id=user_id if user_id is not None else f"invalid-{index:06d}",
+        index=index,
+        request={"prompt": _raw_prompt(entry)},
+        status="failed",
+        started_at=started,
+        finished_at=time.time(),
+        error=error,
     )
 
 

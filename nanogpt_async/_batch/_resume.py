@@ -1,79 +1,59 @@
 """Stage 2 of a batch: skip what an earlier run into the same folder already did.
 
-The producer reads items ahead (`Ahead`) while checkers answer their resume checks in groups
-in a worker thread; an item an earlier run finished comes out as a ``skipped`` result, never
-sent. Without a manifest (or an empty one) nothing is checked and nothing waits.
+A resumed run reads its input in chunks (`Triage`): each chunk is prepared, looked up and its
+files checked in one worker-thread call, and handed out in input order; an item an earlier run
+finished comes out as a ``skipped`` result, never sent. Without a manifest (or an empty one)
+nothing is checked and nothing waits: the producer reads one item ahead (`ReadAhead`).
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 import anyio.to_thread
+from typing_extensions import Self
 
-from nanogpt_async._batch._manifest import ManifestIndex, RecordedItem, files_intact
-from nanogpt_async._batch._names import has_input_images
+from nanogpt_async._batch._chunks import InputChunks
+from nanogpt_async._batch._manifest import ManifestIndex, RecordedItem
 from nanogpt_async._batch._prepare import FAIR_SHARE, Entries, Job, Preparer
 from nanogpt_async._batch._results import ItemResult
+from nanogpt_async._errors import RepeatedIdError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from nanogpt_async._batch._lifecycle import Lifecycle
     from nanogpt_async._batch._shards import Shard
     from nanogpt_async._batch._tally import Tally
 
-__all__ = ["Ahead", "ReadAhead", "Resume"]
+__all__ = ["SKIPPED", "ReadAhead", "Resume", "Triage", "Triaged"]
 
-#: Items read ahead while resume checks run: checks (a thread hop, a manifest read, a stat or
-#: a hash of the item's files) overlap instead of queueing one behind the other, and a group
-#: of waiting items shares one hop. Measured before grouping (500 recorded items of 1 MB,
-#: loaded 2-core machine, best of 3): 0.97 ms/item with 8 checks at once, 1.0 to 2.2 ms/item
-#: with one.
-_LOOKAHEAD = 1024
-#: Resume checks running at once (each a worker thread, each on a group of items).
-_CHECKERS = 4
-#: Items one resume check takes at most: bounds one thread call to a few milliseconds
-#: when files must be hashed.
-_CHECK_GROUP = 128
-#: Items with input images read ahead at most: their bodies hold the images' data URLs.
-_HEAVY_LOOKAHEAD = 8
+#: Items a resume reads and triages per worker-thread call (`Resume.triage`): a few ms each.
+_TRIAGE_CHUNK = 256
 
 
-class Ahead:
-    """A prepared item whose resume check may still be running."""
+class _Skipped:
+    """`Resume.triage`'s outcome for an item an earlier run did, when nobody reads results."""
 
-    __slots__ = ("done", "heavy", "value")
+    __slots__ = ()
 
-    def __init__(self, value: Job | ItemResult) -> None:
-        self.value = value
-        self.done: anyio.Event | None = None
-        self.heavy = isinstance(value, Job) and has_input_images(value.body)
 
-    @property
-    def ready(self) -> bool:
-        """Its check is answered (or it needs none)."""
-        return self.done is None or self.done.is_set()
-
-    async def result(self) -> Job | ItemResult:
-        """The job, or its ``skipped`` result, once checked."""
-        if self.done is not None:
-            await self.done.wait()
-        return self.value
+SKIPPED = _Skipped()
+#: What `Resume.triage` says about one item.
+Triaged = Job | ItemResult | RepeatedIdError | _Skipped
 
 
 class Resume:
     """What an earlier run recorded, and the checks that skip it."""
 
-    __slots__ = ("_folder", "_lookups", "_recorded", "_retry_failed")
+    __slots__ = ("_folder", "_recorded", "_retry_failed")
 
     def __init__(
         self, recorded: ManifestIndex | None, folder: Path | None, *, retry_failed: bool
@@ -82,30 +62,11 @@ class Resume:
         self._recorded = recorded if folder is not None and recorded else None
         self._folder = folder or Path()
         self._retry_failed = retry_failed
-        self._lookups: MemoryObjectSendStream[Ahead] | None = None
 
     @property
     def active(self) -> bool:
         """An earlier run recorded something: items are checked before they run."""
         return self._recorded is not None
-
-    def start_checks(self, checks: anyio.abc.TaskGroup) -> None:
-        """Start the resume checkers in ``checks`` if an earlier run recorded anything."""
-        if self._recorded is None:
-            return
-        send, receive = anyio.create_memory_object_stream[Ahead](_LOOKAHEAD)
-        self._lookups = send
-        for _ in range(_CHECKERS):
-            checks.start_soon(self._check_resumed, receive)
-
-    def look_up(self, prepared: Job | ItemResult) -> Ahead:
-        """``prepared``, its resume check sent to the checkers (if resuming and it is a job)."""
-        ahead = Ahead(prepared)
-        if self._lookups is not None and isinstance(prepared, Job):
-            ahead.done = anyio.Event()
-            # Never blocks: the inbox holds _LOOKAHEAD, and only items still ahead are in it.
-            self._lookups.send_nowait(ahead)
-        return ahead
 
     async def resumed(self, job: Job) -> Job | ItemResult:
         """``job``, or its ``skipped`` result when an earlier run did it (checked in a thread)."""
@@ -113,27 +74,6 @@ class Resume:
             return job
         [recorded] = await anyio.to_thread.run_sync(self._earlier_runs, [job.id])
         return job if recorded is None else self._skipped_result(job, recorded)
-
-    async def _check_resumed(self, lookups: MemoryObjectReceiveStream[Ahead]) -> None:
-        """Answer resume checks in groups: one thread hop for all the items waiting.
-
-        One hop per item cost more than the check itself (a million skipped items: over
-        200 s); while a group is checked, the producer reads on and the next group grows.
-        """
-        async for first in lookups:
-            waiting = lookups.statistics().current_buffer_used
-            group = [first] + [
-                lookups.receive_nowait() for _ in range(min(waiting, _CHECK_GROUP - 1))
-            ]
-            try:
-                jobs = [ahead.value for ahead in group if isinstance(ahead.value, Job)]
-                found = await anyio.to_thread.run_sync(self._earlier_runs, [j.id for j in jobs])
-                for ahead, job, recorded in zip(group, jobs, found, strict=True):
-                    ahead.value = job if recorded is None else self._skipped_result(job, recorded)
-            finally:
-                for ahead in group:
-                    if ahead.done is not None:  # always: only pending checks are sent
-                        ahead.done.set()
 
     def _skipped_result(self, job: Job, recorded: RecordedItem) -> ItemResult:
         return ItemResult(
@@ -153,39 +93,97 @@ class Resume:
         ``None`` when the item must run: never recorded, recorded failed with ``retry_failed``,
         or recorded ok but a file has gone or changed since (size, then stamp or SHA-256).
         """
-        recorded = self._recorded.get_many(item_ids) if self._recorded is not None else []
-        return [self._still_valid(item) for item in recorded]
+        if self._recorded is None:
+            return [None] * len(item_ids)
+        return self._recorded.finished(self._folder, item_ids, retry_failed=self._retry_failed)
 
-    def _still_valid(self, recorded: RecordedItem | None) -> RecordedItem | None:
-        if recorded is None:
-            return None
-        if recorded.status == "failed":
-            return None if self._retry_failed else recorded
-        return recorded if files_intact(self._folder, recorded.files) else None
+    def triage(
+        self,
+        preparer: Preparer,
+        entries: Sequence[object],
+        first_index: int,
+        *,
+        wanted: bool,
+        owns: Callable[[int], bool],
+    ) -> list[Triaged]:
+        """Prepare ``entries`` and check them against earlier runs (blocking: a worker thread).
+
+        One outcome per entry, in order, up to the first that needs the loop: an item with
+        input images (read and encoded in threads of their own) is left for
+        `Preparer.prepare`; a repeated id ends the list as its error. Skipped items are only
+        counted (`SKIPPED`) when nobody reads the results (``wanted`` false: `Batch.run`).
+        Items this process does not do (``owns``: another shard's) are prepared (their ids
+        count) but not looked up.
+        """
+        outcomes: list[Triaged] = []
+        looked_up: list[tuple[int, Job]] = []
+        for offset, entry in enumerate(entries):
+            try:
+                prepared = preparer.prepare_now(entry, first_index + offset)
+            except RepeatedIdError as exc:
+                outcomes.append(exc)
+                break
+            if prepared is None:
+                break
+            if isinstance(prepared, Job) and owns(prepared.index):
+                looked_up.append((len(outcomes), prepared))
+            outcomes.append(prepared)
+        if looked_up:
+            found = self._earlier_runs([job.id for _, job in looked_up])
+            for (position, job), recorded in zip(looked_up, found, strict=True):
+                if recorded is not None:
+                    outcomes[position] = self._skipped_result(job, recorded) if wanted else SKIPPED
+        return outcomes
 
 
 class ReadAhead:
-    """The input, read ahead while resume checks run, handed out in input order.
+    """A run's input with nothing to resume: one item at a time, prepared, in input order.
 
-    Resuming from an in-memory input, it reads as far ahead as allowed: reading cannot block,
-    and the checkers take what is waiting in groups (one thread hop each). An async input may
-    block (lines piped in slowly), so it is only read on while the next item's check still
-    runs. Items of other shards are read (their ids count) but not handed out.
+    Items of other shards are read (their ids count) but not handed out.
     """
 
-    __slots__ = (
-        "_ahead",
-        "_entries",
-        "_exhausted",
-        "_greedy",
-        "_heavy",
-        "_index",
-        "_lifecycle",
-        "_preparer",
-        "_resume",
-        "_shard",
-        "_tally",
-    )
+    __slots__ = ("_entries", "_index", "_lifecycle", "_preparer", "_shard", "_tally")
+
+    def __init__(
+        self,
+        entries: Entries,
+        *,
+        preparer: Preparer,
+        shard: Shard | None,
+        lifecycle: Lifecycle,
+        tally: Tally,
+    ) -> None:
+        self._entries = entries
+        self._preparer = preparer
+        self._shard = shard
+        self._lifecycle = lifecycle
+        self._tally = tally
+        self._index = 0
+
+    async def next(self) -> Job | ItemResult | None:
+        """The next item to take; ``None`` at the end of the input (or once it halted)."""
+        while not self._lifecycle.halted:
+            prepared = await self._preparer.next(self._entries, self._index)
+            if prepared is None:  # the end, or an input error (which halts)
+                return None
+            self._index += 1
+            if self._shard is not None and not self._shard.owns(prepared.index):
+                continue  # another shard's: read (its id counts), not done here
+            self._tally.consumed += 1
+            return prepared
+        return None
+
+
+class Triage:
+    """A resumed run's input: chunks of items prepared and checked in one thread call each.
+
+    A resumed run meets mostly items an earlier run finished; checking them one by one cost a
+    task switch, an event and a thread hop each (a million items: 56 s, about 50 µs an item).
+    Here a chunk of up to 256 entries (`InputChunks`) is prepared, looked up and checked
+    against its files in one worker-thread call (`Resume.triage`), and handed out in input
+    order: jobs to start, results to report. Items of other shards are read (their ids count)
+    but not handed out; skipped items nobody reads are only counted.
+    """
 
     def __init__(
         self,
@@ -196,46 +194,95 @@ class ReadAhead:
         shard: Shard | None,
         lifecycle: Lifecycle,
         tally: Tally,
+        wanted: Callable[[], bool],
     ) -> None:
-        self._entries = entries
+        """Triage ``entries``; ``wanted``: whether someone reads the results (`Results`)."""
+        self._chunks = InputChunks(entries, size=_TRIAGE_CHUNK, fair_share=FAIR_SHARE)
         self._preparer = preparer
         self._resume = resume
         self._shard = shard
         self._lifecycle = lifecycle
         self._tally = tally
-        self._ahead: deque[Ahead] = deque()
+        self._wanted = wanted
         self._index = 0
-        self._exhausted = False
-        self._heavy = 0  # items ahead carrying input images (megabytes each, maybe)
-        self._greedy = resume.active and isinstance(entries, Iterator)
-        if self._greedy:
-            # Most items are skipped: no need to let each started one send at once (a
-            # checkpoint per item lets an item started just before an input error send).
-            preparer.fairness.interval = FAIR_SHARE
+        self._ended = False
 
-    async def next(self) -> Ahead | None:
-        """The next item to take; ``None`` at the end of the input (or once it halted)."""
-        ahead, lifecycle, shard = self._ahead, self._lifecycle, self._shard
-        while (
-            not self._exhausted
-            and not lifecycle.halted
-            and len(ahead) < _LOOKAHEAD
-            and self._heavy < _HEAVY_LOOKAHEAD
-            and (self._greedy or not (ahead and ahead[0].ready))
-        ):
-            prepared = await self._preparer.next(self._entries, self._index)
-            if prepared is None:  # the end, or an input error (which halts)
-                self._exhausted = True
-                break
-            self._index += 1
-            if shard is not None and not shard.owns(prepared.index):
-                continue  # another shard's: read (its id counts), not done here
-            self._tally.consumed += 1
-            item = self._resume.look_up(prepared)
-            ahead.append(item)
-            self._heavy += item.heavy
-        if not ahead:
+    async def __aenter__(self) -> Self:
+        """Start reading the input (an async one is read ahead by a task)."""
+        await self._chunks.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Stop reading ahead."""
+        return await self._chunks.__aexit__(exc_type, exc, tb)
+
+    async def next(self) -> list[Job | ItemResult] | None:
+        """The next items to take, in input order; ``None`` at the end (or once halted).
+
+        An input error (a bad line, a repeated id) halts the batch after the items before it
+        are handed out; it is raised once the items in flight were saved.
+        """
+        if self._lifecycle.halted or self._ended:
             return None
-        head = ahead.popleft()
-        self._heavy -= head.heavy
-        return head
+        chunk, failure = await self._chunks.next()
+        self._ended = self._chunks.ended
+        if self._ended and failure is None:
+            self._tally.input_read = True
+        taken: list[Job | ItemResult] = []
+        done = 0
+        while done < len(chunk) and not self._lifecycle.halted:
+            outcomes = await anyio.to_thread.run_sync(
+                partial(
+                    self._resume.triage,
+                    self._preparer,
+                    chunk[done:],
+                    self._index,
+                    wanted=self._wanted(),
+                    owns=self._owns,
+                )
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, RepeatedIdError):
+                    self._lifecycle.input_failed(outcome)
+                    return taken
+                self._hand_out(outcome, taken)
+            done += len(outcomes)
+            self._index += len(outcomes)
+            if done < len(chunk) and not self._lifecycle.halted:  # input images: on the loop
+                prepared = await self._prepare_on_loop(chunk[done])
+                done += 1
+                self._index += 1
+                if prepared is None:
+                    return taken
+                self._hand_out(prepared, taken)
+        if failure is not None:
+            self._lifecycle.input_failed(failure)
+        return taken
+
+    async def _prepare_on_loop(self, entry: object) -> Job | ItemResult | _Skipped | None:
+        try:
+            prepared = await self._preparer.prepare(entry, self._index)
+        except RepeatedIdError as exc:
+            self._lifecycle.input_failed(exc)
+            return None
+        if isinstance(prepared, Job) and self._owns(prepared.index):
+            return await self._resume.resumed(prepared)
+        return prepared
+
+    def _owns(self, index: int) -> bool:
+        return self._shard is None or self._shard.owns(index)
+
+    def _hand_out(
+        self, outcome: Job | ItemResult | _Skipped, taken: list[Job | ItemResult]
+    ) -> None:
+        if isinstance(outcome, _Skipped):
+            self._tally.consumed += 1
+            self._tally.skipped += 1
+        elif self._owns(outcome.index):
+            self._tally.consumed += 1
+            taken.append(outcome)

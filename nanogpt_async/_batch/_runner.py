@@ -3,7 +3,7 @@
 The data's way through, one task per item, all inside one task group::
 
     input (read lazily) -> prepare: id, checked body                       (_prepare)
-      -> resume: skip what an earlier run did, checked ahead in groups     (_resume)
+      -> resume: skip what an earlier run did, checked in chunks          (_resume, _chunks)
       -> admission: price estimate, pipeline slot, generation slot, budget (_admit, _budget)
       -> send: adaptive concurrency, the client's pace, the fence's claim  (_send, _api, _shared)
       -> save: its own limit; decode/download, atomic writes, one manifest line  (_item, _save)
@@ -40,7 +40,7 @@ from nanogpt_async._batch._manifest import read_manifest
 from nanogpt_async._batch._plan import BatchPlan, Planner, plan_input
 from nanogpt_async._batch._prepare import BatchInput, Job, Preparer, entries_of, price_list
 from nanogpt_async._batch._results import BatchProgress, BatchSummary, ItemResult
-from nanogpt_async._batch._resume import Ahead, ReadAhead, Resume
+from nanogpt_async._batch._resume import ReadAhead, Resume, Triage
 from nanogpt_async._batch._save import Saver
 from nanogpt_async._batch._send import Sender
 from nanogpt_async._batch._settings import BatchSettings, ProgressCallback
@@ -308,27 +308,45 @@ class Batch:
             self._report_progress()
 
     async def _produce(self, work: anyio.abc.TaskGroup) -> None:
-        """Read items ahead (their resume checks overlap) and start them in input order."""
+        """Read items (a resume: in checked chunks) and start them in input order."""
         lifecycle = self._lifecycle
-        async with anyio.create_task_group() as checks:
-            self._resume.start_checks(checks)
-            reader = ReadAhead(
-                entries_of(self._items),
-                preparer=self._preparer,
-                resume=self._resume,
-                shard=self._settings.shard,
-                lifecycle=lifecycle,
-                tally=self._tally,
-            )
-            while not lifecycle.halted:
-                head = await reader.next()
-                if head is None or not await self._take(head, work):
-                    break
-            checks.cancel_scope.cancel()
+        if self._resume.active:
+            await self._produce_resumed(work)
+            return
+        reader = ReadAhead(
+            entries_of(self._items),
+            preparer=self._preparer,
+            shard=self._settings.shard,
+            lifecycle=lifecycle,
+            tally=self._tally,
+        )
+        while not lifecycle.halted:
+            prepared = await reader.next()
+            if prepared is None or not await self._take(prepared, work):
+                break
 
-    async def _take(self, head: Ahead, work: anyio.abc.TaskGroup) -> bool:
-        """Start the next item, or report it (skipped, or failed unsent); ``False``: stop."""
-        prepared = head.value if head.ready else await head.result()
+    async def _produce_resumed(self, work: anyio.abc.TaskGroup) -> None:
+        """Resume: items triaged in chunks, one worker-thread call each (`Triage`)."""
+        lifecycle, results = self._lifecycle, self._results
+        async with Triage(
+            entries_of(self._items),
+            preparer=self._preparer,
+            resume=self._resume,
+            shard=self._settings.shard,
+            lifecycle=lifecycle,
+            tally=self._tally,
+            wanted=lambda: results.wanted,
+        ) as triage:
+            while (taken := await triage.next()) is not None:
+                for prepared in taken:
+                    if lifecycle.halted or not await self._take(prepared, work):
+                        return
+
+    async def _take(self, prepared: Job | ItemResult, work: anyio.abc.TaskGroup) -> bool:
+        """Start the next item, or report it (skipped, or failed unsent); ``False``: stop.
+
+        ``prepared``'s resume check is answered: a job runs, a result is reported.
+        """
         if isinstance(prepared, Job):
             prepared = self._admission.priced(prepared)
         if isinstance(prepared, ItemResult):

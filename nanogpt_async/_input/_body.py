@@ -28,6 +28,7 @@ __all__ = [
     "build_edit_body",
     "build_generation_body",
     "build_item_body",
+    "build_item_body_now",
     "check_generation_fields",
 ]
 
@@ -178,8 +179,8 @@ def check_generation_fields(
     Raises:
         InvalidInputError: a value NanoGPT would refuse, or an unknown field name.
     """
-    unknown = set(fields) - ITEM_FIELDS
-    if unknown:
+    if not ITEM_FIELDS.issuperset(fields):
+        unknown = set(fields) - ITEM_FIELDS
         raise InvalidInputError(
             f"unknown request field(s) {sorted(unknown)}; known: "
             f"{sorted(ITEM_FIELDS)} (put undocumented fields in extra_body)"
@@ -199,7 +200,7 @@ def check_generation_fields(
             )
     body: dict[str, Any] = {"prompt": _string("prompt", fields.get("prompt"))}
     for name, value in fields.items():
-        if value is not None and name in _CHECKS:
+        if value is not None and name in _CHECKS and name != "prompt":
             body[GENERATE_FIELDS[name]] = _CHECKS[name](name, value)
     extra = fields.get("extra_body")
     if extra is not None:
@@ -259,6 +260,23 @@ async def build_edit_body(fields: Mapping[str, Any]) -> dict[str, Any]:
             "or images=[...]"
         )
     return await _add_images(body, fields)
+
+
+def build_item_body_now(fields: Mapping[str, Any]) -> tuple[Operation, dict[str, Any]] | None:
+    """`build_item_body` for an item with no input image to read: at once, without awaiting.
+
+    ``None`` for an item naming an input image or an edit (which needs one): build those with
+    `build_item_body`, which reads and encodes images in worker threads. A resume triages
+    thousands of items in one worker-thread call through this.
+    """
+    if fields.get("image") is not None or fields.get("images") is not None:
+        return None
+    if fields.get("mask") is not None:
+        return None
+    operation = _operation(fields)
+    if operation == "edit":
+        return None
+    return operation, check_generation_fields(fields, operation="generate")
 
 
 async def build_item_body(fields: Mapping[str, Any]) -> tuple[Operation, dict[str, Any]]:

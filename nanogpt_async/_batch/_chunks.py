@@ -1,0 +1,180 @@
+"""A batch's input read in chunks, for a resume that checks many items per worker-thread call.
+
+A resumed run meets mostly items an earlier run finished. Checking them one by one cost a
+task switch, an event and a thread hop each (a million items: 56 s); `Batch._triage` checks a
+chunk of up to 256 in one worker-thread call instead. This module hands out those chunks:
+
+- an in-memory (sync) input is read on the loop, without a coroutine per entry, for at most
+  ``fair_share`` seconds at a time;
+- an async input (lines read off the loop, piped in slowly...) is read by a task of its own
+  into a buffer; a chunk is what the buffer holds, at least one entry. Reading stays ahead of
+  the checks instead of waiting for them, and a slow input simply makes small chunks.
+
+An entry naming input images (megabytes each, maybe) ends its chunk, and the reader waits for
+it to be taken before reading on: at most two such entries are held at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from typing_extensions import Self
+
+from nanogpt_async._batch._results import BatchItem
+
+__all__ = ["InputChunks", "names_images"]
+
+
+def names_images(entry: object) -> bool:
+    """Whether an input entry names input images (the data, a path, or a data URL)."""
+    if type(entry) is str:
+        return False
+    fields = entry.params if isinstance(entry, BatchItem) else entry
+    if type(fields) is not dict and not isinstance(fields, Mapping):  # dict: no ABC check
+        return False
+    get = fields.get
+    return get("image") is not None or get("images") is not None or get("mask") is not None
+
+
+class _Heavy:
+    """An entry naming input images, with the event its reader waits on."""
+
+    __slots__ = ("entry", "taken")
+
+    def __init__(self, entry: object) -> None:
+        self.entry = entry
+        self.taken = anyio.Event()
+
+
+class _Failed:
+    """The input raised: what, after the entries read before it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class InputChunks:
+    """The entries of a batch's input, a chunk at a time; use as ``async with``."""
+
+    def __init__(
+        self, entries: Iterator[Any] | AsyncIterator[Any], *, size: int, fair_share: float
+    ) -> None:
+        """Chunks of at most ``size`` entries of ``entries``.
+
+        ``fair_share``: the longest a sync input is read without letting other tasks in.
+        """
+        self._entries = entries
+        self._size = size
+        self._fair_share = fair_share
+        self._last_checkpoint = 0.0
+        #: Nothing more to read: the input ended (or raised).
+        self.ended = False
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._receive: MemoryObjectReceiveStream[object] | None = None
+
+    async def __aenter__(self) -> Self:
+        """Start reading an async input ahead."""
+        if isinstance(self._entries, AsyncIterator):
+            send, self._receive = anyio.create_memory_object_stream[object](self._size)
+            self._tasks = anyio.create_task_group()
+            await self._tasks.__aenter__()
+            self._tasks.start_soon(self._read_ahead, self._entries, send)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Stop reading ahead (what was read and not taken is dropped, never started)."""
+        if self._tasks is None:
+            return None
+        self._tasks.cancel_scope.cancel()
+        if self._receive is not None:
+            self._receive.close()
+        return await self._tasks.__aexit__(exc_type, exc, tb)
+
+    async def next(self) -> tuple[list[object], Exception | None]:
+        """The next chunk (empty at the end), and the input's error if it raised after it."""
+        if self.ended:
+            return [], None
+        if self._receive is None:
+            return await self._next_sync()
+        return await self._next_async(self._receive)
+
+    async def _next_sync(self) -> tuple[list[object], Exception | None]:
+        assert isinstance(self._entries, Iterator)  # noqa: S101 - only for sync input
+        now = time.monotonic()
+        if now - self._last_checkpoint >= self._fair_share:
+            await anyio.lowlevel.checkpoint()
+            now = self._last_checkpoint = time.monotonic()
+        chunk: list[object] = []
+        until = now + self._fair_share
+        try:
+            for entry in self._entries:
+                chunk.append(entry)
+                if len(chunk) >= self._size or names_images(entry) or time.monotonic() > until:
+                    break
+            else:
+                self.ended = True
+        except Exception as exc:  # noqa: BLE001 - the input's own error, handed to the batch
+            self.ended = True
+            return chunk, exc
+        return chunk, None
+
+    async def _next_async(
+        self, receive: MemoryObjectReceiveStream[object]
+    ) -> tuple[list[object], Exception | None]:
+        chunk: list[object] = []
+        try:
+            item = await receive.receive()  # at least one entry: this may wait for the input
+            while True:
+                if isinstance(item, _Failed):
+                    self.ended = True
+                    return chunk, item.error
+                if isinstance(item, _Heavy):
+                    chunk.append(item.entry)
+                    item.taken.set()
+                    break
+                chunk.append(item)
+                if len(chunk) >= self._size:
+                    break
+                item = receive.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            self.ended = True
+        return chunk, None
+
+    @staticmethod
+    async def _read_ahead(
+        entries: AsyncIterator[Any], send: MemoryObjectSendStream[object]
+    ) -> None:
+        async with send:
+            while True:
+                try:
+                    entry = await entries.__anext__()
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:  # noqa: BLE001 - the input's own error, handed on
+                    await send.send(_Failed(exc))
+                    return
+                item: object = _Heavy(entry) if names_images(entry) else entry
+                try:
+                    # No loop turn per entry while there is room: a fast input fills a whole
+                    # chunk before the batch takes one (with a turn each, chunks of 1 to 2).
+                    send.send_nowait(item)
+                except anyio.WouldBlock:
+                    await send.send(item)
+                if isinstance(item, _Heavy):
+                    await item.taken.wait()
