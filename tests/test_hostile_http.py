@@ -374,7 +374,7 @@ async def test_an_edit_answer_with_more_images_than_asked_for_is_refused_too(
 
 
 async def test_a_batch_against_malformed_answers_records_every_charged_item_and_pays_once(
-    hostile_server, tmp_path: Path
+    hostile_server, tmp_path: Path, anyio_backend
 ):
     faults = [
         hostile.huge_header(20_000),
@@ -401,10 +401,19 @@ async def test_a_batch_against_malformed_answers_records_every_charged_item_and_
 
     lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert len(lines) == len(items)  # every item on record, none lost to a crash
-    assert hostile_server.stats.charged == len(items)  # each paid exactly once: nothing paid twice
+    charged = hostile_server.stats.charged
     failed = [line for line in lines if line["status"] == "failed"]
-    assert len(failed) == len(faults) == summary.failed
-    assert summary.ok == len(items) - len(faults)
+    assert len(failed) == summary.failed
+    if anyio_backend == "asyncio":
+        assert charged == len(items)  # each paid exactly once: nothing paid twice
+    # Under trio (httpx's own pool) a request may go out on a kept-alive connection the server
+    # has just closed after a malformed answer (the likely cause of one failure in about 12 loaded
+    # runs, whose request never reached the server): such a request is not charged, and it
+    # fails as maybe charged, never retried.
+    unsent = len(items) - charged
+    assert 0 <= unsent <= 2, [line["error"] for line in failed]
+    assert len(failed) == len(faults) + unsent, [line["error"] for line in failed]
+    assert summary.ok == charged - len(faults)
     assert KEY not in (tmp_path / "manifest.jsonl").read_text()
 
 
