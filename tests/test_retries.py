@@ -7,6 +7,7 @@ import email.utils
 import random
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -288,8 +289,9 @@ def test_a_negative_retry_setting_is_refused():
 @pytest.mark.parametrize("setting", ["backoff_initial", "backoff_max", "retry_after_max"])
 def test_a_negative_wait_setting_is_refused_naming_the_three(setting):
     message = "backoff_initial, backoff_max and retry_after_max must be >= 0"
+    negative: dict[str, Any] = {setting: -0.5}
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        RetryPolicy(**{setting: -0.5})
+        RetryPolicy(**negative)
 
 
 def test_zero_waits_and_zero_retries_are_valid_settings():
