@@ -19,10 +19,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """Ruff lint and format check."""
-    session.install("ruff>=0.6")
+    """Ruff lint and format check, and the import layers contract (import-linter)."""
+    session.install("ruff>=0.6", "import-linter>=2")
+    # import-linter reads the package's source where Python finds it: no dependencies needed.
+    session.install("--no-deps", "-e", ".")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports", "--no-cache")
 
 
 @nox.session(python="3.11")

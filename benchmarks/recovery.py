@@ -25,7 +25,7 @@ KEY = "recovery-key"
 
 
 async def _run(base_url: str, items: int) -> dict[str, object]:
-    import httpx  # noqa: PLC0415
+    import httpx
 
     sends: list[float] = []
     refused = 0
@@ -39,7 +39,7 @@ async def _run(base_url: str, items: int) -> dict[str, object]:
             refused += 1
 
     async with AsyncNanoGPT(api_key=KEY, base_url=base_url) as client:
-        client._http.event_hooks = {"request": [on_request], "response": [on_response]}  # noqa: SLF001
+        client.channel.pools.api.event_hooks = {"request": [on_request], "response": [on_response]}
         started = time.monotonic()
         summary = await client.images.generate_many(
             [f"recovery {i}" for i in range(items)], concurrency=64

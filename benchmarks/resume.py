@@ -90,9 +90,9 @@ def _inputs(items: int, new: int) -> Iterator[dict[str, str]]:
 
 
 async def _run(folder: Path, items: int, new: int, base_url: str) -> dict[str, Any]:
-    import httpx  # noqa: PLC0415
+    import httpx
 
-    from nanogpt_async import AsyncNanoGPT  # noqa: PLC0415
+    from nanogpt_async import AsyncNanoGPT
 
     first_request: list[float] = []
 
@@ -102,7 +102,7 @@ async def _run(folder: Path, items: int, new: int, base_url: str) -> dict[str, A
 
     started = time.monotonic()
     async with AsyncNanoGPT(api_key=KEY, base_url=base_url) as client:
-        client._http.event_hooks = {"request": [on_request]}  # noqa: SLF001
+        client.channel.pools.api.event_hooks = {"request": [on_request]}
         summary = await client.images.generate_many(
             _inputs(items, new), output_dir=folder, rps=None
         ).run()
@@ -166,7 +166,7 @@ def main() -> None:
     if args.child:
         _child(args)
         return
-    from nanogpt_async.testing import start_process  # noqa: PLC0415
+    from nanogpt_async.testing import start_process
 
     folder = args.folder / ("legacy" if args.legacy else "stamped")
     _build(folder, args.items, legacy=args.legacy)

@@ -47,9 +47,9 @@ FAULTS = ((15.0, "pause"), (20.0, "resume"), (30.0, "kill"), (40.0, "start"))
 
 
 async def _worker(config: dict[str, Any]) -> dict[str, Any]:
-    import httpx  # noqa: PLC0415 - a worker imports what it needs once it runs
+    import httpx
 
-    from nanogpt_async import AsyncNanoGPT, NanoGPTError  # noqa: PLC0415
+    from nanogpt_async import AsyncNanoGPT, NanoGPTError
 
     sends: list[float] = []
     overheads: list[float] = []
@@ -76,8 +76,8 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
         if response.status_code == 429:
             rate_limited += 1
 
-    client._http.event_hooks = {"request": [on_request], "response": [on_response]}  # noqa: SLF001
-    pacer = client._pacer  # noqa: SLF001 - measured from inside on purpose
+    client.channel.pools.api.event_hooks = {"request": [on_request], "response": [on_response]}
+    pacer = client.channel.pacer
     backend = pacer.backend
     reserve, wait_turn = backend.reserve, pacer.wait_turn
 
@@ -116,7 +116,7 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
     booked: list[float] = []
     budget = None
     if config.get("budget"):
-        from nanogpt_async._pacing._budget import RedisBudget  # noqa: PLC0415
+        from nanogpt_async._pacing._budget import RedisBudget
 
         budget = RedisBudget(
             config["redis_url"], key=KEY, max_cost=Decimal(1000), name="w9", sleep=asyncio.sleep
@@ -289,8 +289,8 @@ def main() -> None:
         print(json.dumps(asyncio.run(_worker(json.loads(args.worker)))))
         return
 
-    from nanogpt_async.testing import start_process  # noqa: PLC0415
-    from tests._redis import RedisProcess, redis_executable  # noqa: PLC0415
+    from nanogpt_async.testing import start_process
+    from tests._redis import RedisProcess, redis_executable
 
     executable = redis_executable()
     if executable is None:

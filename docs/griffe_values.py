@@ -74,6 +74,6 @@ def _walk(obj: griffe.Object) -> None:
 class ShowDefaultValues(griffe.Extension):
     """Rewrite parameter defaults once the whole package is loaded (see the module docstring)."""
 
-    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:  # noqa: ARG002
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         """Walk every module, class and function of the package."""
         _walk(pkg)

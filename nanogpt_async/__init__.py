@@ -19,9 +19,7 @@ if TYPE_CHECKING:
         BatchItem,
         BatchProgress,
         BatchSummary,
-        FolderInUseError,
         ItemResult,
-        OutputWriteError,
     )
     from nanogpt_async._batch._runner import Batch
     from nanogpt_async._client import AsyncNanoGPT
@@ -36,6 +34,7 @@ if TYPE_CHECKING:
         ConflictError,
         ContentPolicyViolationError,
         DailyLimitExceededError,
+        FolderInUseError,
         GatewayError,
         ImageDownloadError,
         ImageError,
@@ -48,8 +47,10 @@ if TYPE_CHECKING:
         LocalRateLimitError,
         NanoGPTError,
         NotFoundError,
+        OutputWriteError,
         PayloadTooLargeError,
         PermissionDeniedError,
+        PromptFileError,
         RateLimitError,
         RequestTimeoutError,
         UnprocessableEntityError,
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
         fetch_image_data_url,
         image_data_url,
     )
-    from nanogpt_async._input._prompts import PromptFileError, read_prompts
+    from nanogpt_async._input._prompts import read_prompts
     from nanogpt_async._output._responses import (
         Balance,
         GeneratedImage,
@@ -73,7 +74,8 @@ if TYPE_CHECKING:
     from nanogpt_async._pacing import PacerState
     from nanogpt_async._types import NOT_GIVEN, NotGiven
 
-__version__ = "0.1.0"
+#: The installed version (from the package metadata; pyproject is where it is written).
+__version__: str
 
 __all__ = [
     "MAX_INPUT_IMAGE_BYTES",
@@ -173,12 +175,12 @@ _HOME = {
     "NanoGPTError": "nanogpt_async._errors",
     "NotFoundError": "nanogpt_async._errors",
     "NotGiven": "nanogpt_async._types",
-    "FolderInUseError": "nanogpt_async._batch._results",
-    "OutputWriteError": "nanogpt_async._batch._results",
+    "FolderInUseError": "nanogpt_async._errors",
+    "OutputWriteError": "nanogpt_async._errors",
     "PacerState": "nanogpt_async._pacing",
     "PayloadTooLargeError": "nanogpt_async._errors",
     "PermissionDeniedError": "nanogpt_async._errors",
-    "PromptFileError": "nanogpt_async._input._prompts",
+    "PromptFileError": "nanogpt_async._errors",
     "RateLimitError": "nanogpt_async._errors",
     "RequestTimeoutError": "nanogpt_async._errors",
     "RetryPolicy": "nanogpt_async._http._retry",
@@ -191,6 +193,12 @@ _HOME = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        # Read on first use: importlib.metadata costs more than importing this package.
+        from nanogpt_async._version import package_version
+
+        globals()[name] = package_version()
+        return globals()[name]
     try:
         home = _HOME[name]
     except KeyError:

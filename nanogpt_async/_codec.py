@@ -14,8 +14,6 @@ from typing import Any
 
 import anyio.to_thread
 
-from nanogpt_async._errors import InvalidInputError
-
 __all__ = [
     "OFFLOAD_THRESHOLD",
     "JSONDecodeError",
@@ -248,18 +246,12 @@ async def dumps_maybe_offloaded(body: Mapping[str, Any]) -> bytes:
     """Serialise a request body, in a worker thread when it carries megabytes (input images).
 
     Raises:
-        InvalidInputError: a value JSON cannot carry (an object in ``extra_body``...): nothing
-            is sent.
+        TypeError, ValueError, RecursionError: a value JSON cannot carry (an object in
+            ``extra_body``...); the caller says what to do (see `_http._channel`).
     """
-    try:
-        if _text_size(body) > OFFLOAD_THRESHOLD:
-            return await anyio.to_thread.run_sync(dumps, body)
-        return dumps(body)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidInputError(
-            f"the request body cannot be written as JSON ({exc}); extra_body values must be "
-            "strings, numbers, booleans, None, lists or dicts. Nothing was sent"
-        ) from None
+    if _text_size(body) > OFFLOAD_THRESHOLD:
+        return await anyio.to_thread.run_sync(dumps, body)
+    return dumps(body)
 
 
 async def b64decode_maybe_offloaded(data: str) -> bytes:

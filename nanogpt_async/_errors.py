@@ -4,7 +4,10 @@ Every exception is a `NanoGPTError`; catch that to catch them all:
 
     NanoGPTError
     ├── InvalidInputError               bad input, refused before anything is paid
-    │   └── ImageInputError             input image unreadable, too big, no image
+    │   ├── ImageInputError             input image unreadable, too big, no image
+    │   ├── PromptFileError             a prompt file's line that cannot become a request
+    │   ├── RepeatedIdError             two items of a batch carry the same id
+    │   └── ShardError                  a shard that cannot be used (bad I/N, none set)
     ├── APIError                        something went wrong talking to NanoGPT
     │   ├── APIStatusError              NanoGPT answered with an error status
     │   │   ├── BadRequestError             400
@@ -25,18 +28,27 @@ Every exception is a `NanoGPTError`; catch that to catch them all:
     │   ├── APIConnectionError          no usable answer: refused, reset, garbled
     │   │   └── APITimeoutError         the request timed out
     │   └── APIResponseValidationError  a 2xx answer that cannot be read
-    └── ImageError                      no bytes for a generated image
-        ├── InvalidImageError           not an image (bad base64, HTML page)
-        └── ImageDownloadError          a signed URL could not be downloaded
-            └── ImageURLExpiredError    the signed URL expired or the file is gone
+    ├── ImageError                      no bytes for a generated image
+    │   ├── InvalidImageError           not an image (bad base64, HTML page)
+    │   └── ImageDownloadError          a signed URL could not be downloaded
+    │       └── ImageURLExpiredError    the signed URL expired or the file is gone
+    ├── OutputWriteError                a batch's image or manifest line not written (fatal)
+    │   └── FolderInUseError            another run writes into the output folder
+    ├── ChargeUncertainError            a sharded item's claimer died: maybe charged, skipped
+    └── ItemBusyError                   another live process is doing this sharded item
+
+`FATAL_ERRORS` lists the errors no retry or next item can fix: a batch stops at the first one
+and the CLI exits with its "fatal" code.
 
 Messages say what happened and what to do, carry the status, server message, error code and
 request id, and never contain the API key: the client redacts it (`redact_error`) from every
 error it raises, server-provided text included, before the error leaves the call.
 
-Nothing else escapes a client call: every failure of the HTTP layer (aiohttp's and httpx's
-exceptions, malformed answers, decoding errors, redirect loops) is translated into this tree at
-the transport/client boundary, with ``request_sent`` saying whether it may have been charged.
+Internal signals (``UndecodableBodyError`` in the HTTP layer, the batch's ``_Abandoned``) are
+caught where they are raised. Nothing else escapes a client call: every failure of the HTTP
+layer (aiohttp's and httpx's exceptions, malformed answers, decoding errors, redirect loops)
+is translated into this tree at the channel's boundary, with ``request_sent`` saying whether
+it may have been charged.
 """
 
 from __future__ import annotations
@@ -46,9 +58,13 @@ import functools
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+from nanogpt_async._codec import loads
+
 __all__ = [
+    "FATAL_ERRORS",
     "APIConnectionError",
     "APIError",
     "APIResponseValidationError",
@@ -56,9 +72,11 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ChargeUncertainError",
     "ConflictError",
     "ContentPolicyViolationError",
     "DailyLimitExceededError",
+    "FolderInUseError",
     "GatewayError",
     "ImageDownloadError",
     "ImageError",
@@ -68,17 +86,23 @@ __all__ = [
     "InternalServerError",
     "InvalidImageError",
     "InvalidInputError",
+    "ItemBusyError",
     "LocalRateLimitError",
     "NanoGPTError",
     "NotFoundError",
+    "OutputWriteError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "PromptFileError",
     "RateLimitError",
+    "RepeatedIdError",
     "RequestTimeoutError",
+    "ShardError",
     "UnprocessableEntityError",
     "parse_error_body",
     "redact",
     "redact_error",
+    "redact_url",
     "secret_forms",
     "status_error",
 ]
@@ -376,6 +400,85 @@ class ImageURLExpiredError(ImageDownloadError):
     """The signed URL expired (403) or the file is gone (404); generate again to get it."""
 
 
+# -- input files and shards (the CLI's and the batch's inputs) ---------------------------------
+
+
+class PromptFileError(InvalidInputError):
+    """A line of a prompt file cannot become a request.
+
+    Attributes:
+        source: The file name (``"<stdin>"`` for standard input).
+        line: The 1-based line number (for CSV: where the record starts).
+    """
+
+    def __init__(self, message: str, *, source: str, line: int) -> None:
+        """Build the error; ``str()`` reads ``"prompts.jsonl line 7: ..."``."""
+        self.source = source
+        self.line = line
+        super().__init__(f"{source} line {line}: {message}")
+
+
+class RepeatedIdError(InvalidInputError):
+    """Two input items of a batch carry the same id."""
+
+
+class ShardError(InvalidInputError):
+    """A shard that cannot be used: a bad ``I/N``, or an environment that names none."""
+
+
+# -- the batch: its output folder and its fence ----------------------------------------------
+
+
+class OutputWriteError(NanoGPTError):
+    """An image or manifest line could not be written to the output folder (disk full...).
+
+    The batch treats it as fatal: every later item would fail the same way.
+    """
+
+
+class FolderInUseError(OutputWriteError):
+    """Another batch (in this or another process) is writing into the same output folder.
+
+    Two runs into one folder would each pay for every item and sweep each other's temp files,
+    so a batch holds an OS lock on ``.nanogpt-batch.lock`` inside its folder for the whole run.
+
+    Attributes:
+        folder: The output folder.
+        pid: The process id of the run holding the lock, when it could be read.
+        host: The host name of that run, when it could be read.
+    """
+
+    def __init__(
+        self, message: str, *, folder: Path, pid: int | None = None, host: str | None = None
+    ) -> None:
+        """Build the error; ``str()`` is ``message``."""
+        super().__init__(message)
+        self.folder = folder
+        self.pid = pid
+        self.host = host
+
+
+class ChargeUncertainError(NanoGPTError):
+    """The item's process died after claiming it: its request may have been sent and charged.
+
+    Skipped, so it is not paid twice; ``--retry-ambiguous`` generates it again.
+    """
+
+
+class ItemBusyError(NanoGPTError):
+    """Another live process (the same shard started twice) is doing this item now."""
+
+
+#: Errors no retry or next item can fix (the key, the money, the permission, the day's cap): a
+#: batch stops scheduling at the first one and the CLI exits with its "fatal" code.
+FATAL_ERRORS: tuple[type[NanoGPTError], ...] = (
+    AuthenticationError,
+    InsufficientBalanceError,
+    PermissionDeniedError,
+    DailyLimitExceededError,
+)
+
+
 def _first_str(*values: object) -> str | None:
     for value in values:
         if isinstance(value, str) and value.strip():
@@ -408,8 +511,6 @@ def parse_error_body(content: bytes, content_type: str = "") -> tuple[str, dict[
     ``type``, ``param`` and ``body`` where found. Only the first `ERROR_SCAN_BYTES` bytes
     are looked at, so the work is bounded whatever the server sends.
     """
-    from nanogpt_async._codec import loads  # noqa: PLC0415 - avoid an import cycle at load time
-
     truncated = len(content) > ERROR_SCAN_BYTES
     head = content[:ERROR_SCAN_BYTES]
     text = head.decode("utf-8", "replace").strip()
@@ -479,9 +580,14 @@ def secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
     """Each secret as it may appear in text: as is and URL-encoded; longest first."""
     forms: set[str] = set()
     for secret in secrets:
-        if len(secret) >= 4:  # noqa: PLR2004 - shorter "secrets" would redact ordinary text
+        if len(secret) >= 4:
             forms.update({secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)})
     return tuple(sorted(forms, key=len, reverse=True))
+
+
+def redact_url(url: str) -> str:
+    """The URL without its query string: a signed URL's signature is a credential of its own."""
+    return url.split("?", 1)[0]
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -497,7 +603,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 def _redact_value(value: object, secrets: list[str], depth: int = 0) -> object:
     if isinstance(value, str):
         return redact(value, secrets)
-    if depth > 20:  # noqa: PLR2004 - a body nested deeper than this is cut, not walked
+    if depth > 20:
         return REDACTED
     if isinstance(value, Mapping):
         return {
@@ -558,7 +664,7 @@ def status_error(
         "body": fields.get("body"),
         "retry_after": retry_after,
     }
-    if status_code == 429 and code in DAILY_LIMIT_CODES:  # noqa: PLR2004
+    if status_code == 429 and code in DAILY_LIMIT_CODES:
         now = now or dt.datetime.now(dt.timezone.utc)
         if retry_after is not None and retry_after > 0:
             resets_at = now + dt.timedelta(seconds=retry_after)
@@ -570,11 +676,11 @@ def status_error(
         return DailyLimitExceededError(message, resets_at=resets_at, **kwargs)
     if status_code in GATEWAY_STATUSES and not isinstance(fields.get("body"), dict):
         return GatewayError(message, **kwargs)
-    if status_code == 400 and (  # noqa: PLR2004
+    if status_code == 400 and (
         code == "content_policy_violation" or fields.get("type") == "content_policy_violation"
     ):
         return ContentPolicyViolationError(message, **kwargs)
     cls = _STATUS_CLASSES.get(status_code)
     if cls is None:
-        cls = InternalServerError if status_code >= 500 else APIStatusError  # noqa: PLR2004
+        cls = InternalServerError if status_code >= 500 else APIStatusError
     return cls(message, **kwargs)

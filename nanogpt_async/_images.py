@@ -7,7 +7,9 @@ from decimal import Decimal
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
+from nanogpt_async._http._channel import Channel
 from nanogpt_async._input._body import build_edit_body, build_generation_body
+from nanogpt_async._output._calls import EDITS, GENERATIONS, image_models, images_call
 from nanogpt_async._output._responses import ImageModel, ImagesResponse
 from nanogpt_async._types import NOT_GIVEN, ImageInput, NotGiven, ResponseFormat, TimeoutTypes
 
@@ -15,7 +17,6 @@ if TYPE_CHECKING:
     from nanogpt_async._batch._results import BatchProgress
     from nanogpt_async._batch._runner import Batch, BatchInput
     from nanogpt_async._batch._shards import Shard
-    from nanogpt_async._client import AsyncNanoGPT
     from nanogpt_async._pacing import TurnHooks
 
 __all__ = ["Images"]
@@ -24,8 +25,8 @@ __all__ = ["Images"]
 class Images:
     """Image generation and edit calls; reach it as ``client.images``."""
 
-    def __init__(self, client: AsyncNanoGPT) -> None:
-        self._client = client
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
 
     async def generate(
         self,
@@ -120,18 +121,7 @@ class Images:
             hooks: Decide when each attempt takes its turn (the batch runner waits inside a
                 scope it can cancel) and are told each outcome.
         """
-        client = self._client
-        payload, request_id = await client._request(  # noqa: SLF001 - the resource's own client
-            "POST",
-            client._generations_url,  # noqa: SLF001
-            json_body=body,
-            idempotent=False,
-            hooks=hooks,
-            timeout=timeout,
-        )
-        return ImagesResponse.from_api(
-            payload, request_id=request_id, downloader=client, requested=body.get("n")
-        )
+        return await images_call(self._channel, GENERATIONS, body, timeout=timeout, hooks=hooks)
 
     async def edit(
         self,
@@ -218,18 +208,7 @@ class Images:
             hooks: Decide when each attempt takes its turn from the client's pacer (retries
                 included) and are told each outcome.
         """
-        client = self._client
-        payload, request_id = await client._request(  # noqa: SLF001 - the resource's own client
-            "POST",
-            f"{client.base_url}/images/edits",
-            json_body=body,
-            idempotent=False,
-            hooks=hooks,
-            timeout=timeout,
-        )
-        return ImagesResponse.from_api(
-            payload, request_id=request_id, downloader=client, requested=body.get("n")
-        )
+        return await images_call(self._channel, EDITS, body, timeout=timeout, hooks=hooks)
 
     def generate_many(
         self,
@@ -315,11 +294,11 @@ class Images:
             ...     ["a red fox", "a blue jay"], output_dir="out", model="hidream"
             ... ).run()
         """
-        from nanogpt_async._batch._fence import DEFAULT_LEASE  # noqa: PLC0415
-        from nanogpt_async._batch._runner import Batch  # noqa: PLC0415 - keeps client import light
+        from nanogpt_async._batch._fence import DEFAULT_LEASE
+        from nanogpt_async._batch._runner import Batch
 
         return Batch(
-            self._client,
+            self._channel,
             items,
             output_dir=output_dir,
             concurrency=concurrency,
@@ -341,13 +320,5 @@ class Images:
 
     async def models(self, *, detailed: bool = True) -> list[ImageModel]:
         """The image-model catalogue: ids, price per size, capabilities, sizes, max images."""
-        client = self._client
-        url = client._models_url + ("?detailed=true" if detailed else "")  # noqa: SLF001
         # Not paced: a rare, free call, which must still work while a daily cap blocks.
-        payload, _ = await client._request(  # noqa: SLF001
-            "GET", url, idempotent=True, paced=False
-        )
-        items = payload.get("data") if isinstance(payload, dict) else payload
-        if not isinstance(items, list):
-            return []
-        return [ImageModel.from_api(item) for item in items if isinstance(item, dict)]
+        return await image_models(self._channel, detailed=detailed)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["ImageKind", "sniff_image"]
+from nanogpt_async._errors import InvalidImageError
+
+__all__ = ["ImageKind", "checked_image", "sniff_image"]
 
 
 class ImageKind(NamedTuple):
@@ -40,3 +42,13 @@ def sniff_image(data: bytes | memoryview) -> ImageKind | None:
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return WEBP
     return None
+
+
+def checked_image(data: bytes, what: str) -> ImageKind:
+    """The kind of ``data``, or `InvalidImageError` saying what it looks like instead."""
+    kind = sniff_image(data)
+    if kind is None:
+        head = data[:64].decode("utf-8", "replace").strip()
+        looks = "an HTML page" if head.lower().startswith(("<!doctype", "<html")) else repr(head)
+        raise InvalidImageError(f"{what} is not a PNG/JPEG/WebP/GIF image; it starts as {looks}")
+    return kind

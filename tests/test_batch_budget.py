@@ -21,6 +21,7 @@ from nanogpt_async import AsyncNanoGPT, ImageModel, InvalidInputError
 from nanogpt_async._batch._budget import Budget, PriceList, Reservation, Sample, known_cost
 from nanogpt_async._cli._commands import cli
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault
+from nanogpt_async.testing._state import FakeState
 
 KEY = "ngk_budget_SECRET_77"
 Serve = Callable[..., FakeServer]
@@ -47,7 +48,7 @@ def prompts(count: int) -> list[str]:
     return [f"budget prompt {i}" for i in range(count)]
 
 
-def state_cost_as(fake: FakeNanoGPT, stated: object) -> None:
+def state_cost_as(fake: FakeState, stated: object) -> None:
     """Make the fake charge as usual but state ``stated`` as the answer's ``cost``."""
     charge = fake.charge
 
@@ -399,3 +400,21 @@ async def test_an_item_of_an_unpriced_model_fails_unsent_in_a_budgeted_run(serve
     assert results["typo"].status == "failed"
     assert "no price estimate for model 'hidraem'" in str(results["typo"].error)
     assert server.fake.stats.generations_by_prompt == {"priced": 1}
+
+
+async def test_items_a_stop_leaves_unsent_are_not_counted_as_spent(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve(price_per_image=0.01)
+    async with client_for(server) as client:
+        batch = client.images.generate_many(
+            prompts(20), output_dir=tmp_path, max_cost=1, concurrency=8, rps=2
+        )
+        async with batch:
+            async for _ in batch:
+                batch.stop()  # the admitted items still waiting for a turn are never sent
+        summary = batch.summary
+    assert summary.not_started > 0
+    # Each was counted as charged at its estimate (no stated price) though never sent.
+    assert summary.unpriced == 0
+    assert summary.cost == pytest.approx(server.fake.stats.charged_usd)

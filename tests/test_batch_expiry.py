@@ -115,7 +115,7 @@ async def test_the_batch_downloads_the_soonest_expiring_urls_first(
     async def download(request: httpx.Request) -> httpx.Response:
         downloads.append(request.url.path.rsplit("/", 1)[-1].removesuffix(".png"))
         if len(downloads) == 1:  # hold the only save slot until the other three queue up
-            while batch is None or batch._save_gate.waiting < 3:
+            while batch is None or batch._saver.gate.waiting < 3:
                 await anyio.lowlevel.checkpoint()
         return httpx.Response(200, content=make_png("x"), headers={"content-type": "image/png"})
 

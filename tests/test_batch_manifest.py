@@ -34,7 +34,7 @@ from nanogpt_async._batch._manifest import (
     write_images,
     write_new,
 )
-from nanogpt_async._batch._results import OutputWriteError
+from nanogpt_async._errors import OutputWriteError
 from nanogpt_async._output._files import TEMP_SUFFIX
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes and FIFOs")

@@ -18,7 +18,7 @@ from nanogpt_async._batch._manifest import (
 from nanogpt_async._batch._names import (
     IdentityCounter,
     image_file_name,
-    public_request,
+    public_body,
     request_digest,
     safe_path,
     slugify,
@@ -98,7 +98,7 @@ def test_duplicate_requests_get_distinct_ids_in_order() -> None:
 
 def test_public_request_replaces_data_urls_with_a_short_placeholder() -> None:
     url = "data:image/png;base64," + "A" * 10_000
-    shown = public_request({"prompt": "x", "imageDataUrl": url, "imageDataUrls": [url]})
+    shown = public_body({"prompt": "x", "imageDataUrl": url, "imageDataUrls": [url]})
     assert shown["prompt"] == "x"
     assert shown["imageDataUrl"].startswith("<image/png, ~7500 bytes, sha256:")
     assert len(shown["imageDataUrl"]) < 80

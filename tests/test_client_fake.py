@@ -48,7 +48,8 @@ async def test_generate_and_read_b64_end_to_end_on_the_backends_transport(
     assert response.request_id
     # aiohttp's pool under asyncio; under trio, where aiohttp cannot run, httpx's own.
     assert (
-        fake_client._http._transport.kind == {"asyncio": "aiohttp", "trio": "httpx"}[anyio_backend]
+        fake_client.channel.pools.api._transport.kind
+        == {"asyncio": "aiohttp", "trio": "httpx"}[anyio_backend]
     )
 
 

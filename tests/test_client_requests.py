@@ -21,6 +21,7 @@ from nanogpt_async import (
     RetryPolicy,
     fetch_image_data_url,
 )
+from nanogpt_async._client import _api_root
 from tests.conftest import BASE, KEY
 
 SPEC = Path(__file__).resolve().parent / "vendor" / "nanogpt-openapi.json"
@@ -313,8 +314,8 @@ async def test_key_and_base_url_come_from_the_environment(monkeypatch, mock_api,
 
 
 def test_check_balance_url_is_derived_from_the_base_url():
-    assert AsyncNanoGPT._api_root("https://nano-gpt.com/api/v1") == "https://nano-gpt.com/api"
-    assert AsyncNanoGPT._api_root("https://nano-gpt.com/v1") == "https://nano-gpt.com/api"
+    assert _api_root("https://nano-gpt.com/api/v1") == "https://nano-gpt.com/api"
+    assert _api_root("https://nano-gpt.com/v1") == "https://nano-gpt.com/api"
 
 
 def test_repr_hides_the_key():
@@ -352,7 +353,7 @@ async def test_with_options_overrides_per_call_and_shares_the_pool(client, mock_
 
     assert strict.retry_policy.max_retries == 0
     assert strict.timeout == httpx.Timeout(5)
-    assert strict._http is client._http
+    assert strict.channel.pools.api is client.channel.pools.api
     assert route.call_count == 2
 
 

@@ -107,8 +107,8 @@ async def test_big_answers_are_read_a_few_at_a_time_and_all_arrive():
     fake = FakeNanoGPT(api_key="k", image_bytes=600_000, latency=0.05)
     with fake.run_in_thread() as server:
         async with AsyncNanoGPT(api_key="k", base_url=server.base_url) as client:
-            counter = _CountingSemaphore(client._big_bodies)
-            client._big_bodies = counter  # type: ignore[assignment]
+            counter = _CountingSemaphore(client.channel.big_bodies._semaphore)
+            client.channel.big_bodies._semaphore = counter  # type: ignore[assignment]
             responses: list[Any] = []
 
             async def generate(i: int) -> None:
@@ -125,7 +125,7 @@ async def test_big_answers_are_read_a_few_at_a_time_and_all_arrive():
 
 @pytest.mark.parametrize("size", [10, 2_000_000])
 async def test_request_bodies_encode_the_same_and_big_ones_leave_the_loop(monkeypatch, size):
-    from nanogpt_async import _codec  # noqa: PLC0415
+    from nanogpt_async import _codec
 
     offloaded: list[object] = []
     real = anyio.to_thread.run_sync

@@ -22,7 +22,8 @@ from nanogpt_async import (
     ItemResult,
 )
 from nanogpt_async._cli._commands import cli
-from nanogpt_async._input._prompts import PromptFileError, read_prompts
+from nanogpt_async._errors import PromptFileError
+from nanogpt_async._input._prompts import read_prompts
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault, make_png
 from tests.conftest import BASE, KEY
 

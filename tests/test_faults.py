@@ -187,6 +187,6 @@ async def test_downloads_over_the_size_cap_are_refused(fake_nanogpt):
 def test_tls_verification_is_on_by_default():
     client = AsyncNanoGPT(api_key=KEY, base_url="https://api.example.test/v1")
 
-    transport = client._http._transport
+    transport = client.channel.pools.api._transport
     assert transport._verify is True  # type: ignore[attr-defined]
-    assert client._download_http._transport._verify is True  # type: ignore[attr-defined]
+    assert client.channel.pools.download._transport._verify is True  # type: ignore[attr-defined]

@@ -31,8 +31,9 @@ from nanogpt_async import (
     RetryPolicy,
     _codec,
 )
-from nanogpt_async import _client as client_module
-from nanogpt_async._client import BIG_BODY_BYTES, MAX_REDIRECTS
+from nanogpt_async._http import _channel as channel_module
+from nanogpt_async._http._channel import BIG_BODY_BYTES
+from nanogpt_async._http._download import MAX_REDIRECTS
 from nanogpt_async._http._exchange import attempt_deadline
 from nanogpt_async._http._transport import AutoTransport
 from tests import hostile_http as hostile
@@ -329,8 +330,8 @@ async def test_gzipped_answers_within_the_cap_are_read(hostile_client, hostile_s
 
 async def test_big_chunked_answers_take_a_big_body_slot_too(hostile_client, hostile_server):
     hostile_server.always(hostile.big_chunked_answer(2 * BIG_BODY_BYTES))
-    counter = _CountingSemaphore(hostile_client._big_bodies)
-    hostile_client._big_bodies = counter
+    counter = _CountingSemaphore(hostile_client.channel.big_bodies._semaphore)
+    hostile_client.channel.big_bodies._semaphore = counter
 
     async def generate(prompt: str) -> None:
         await hostile_client.images.generate(prompt=prompt)
@@ -599,7 +600,7 @@ async def test_an_answer_received_in_full_is_kept_though_parsing_it_ends_past_th
         await anyio.sleep(0.6)  # past the 0.5 s deadline below
         return await real(chunks)
 
-    monkeypatch.setattr(client_module, "loads_chunks_maybe_offloaded", slow_parse)
+    monkeypatch.setattr(channel_module, "loads_chunks_maybe_offloaded", slow_parse)
 
     # 0.5 s for the exchange on loopback: 0.05 s was missed under load (the server runs on a
     # thread of its own, and mutmut's trampolines slow every call).

@@ -195,7 +195,7 @@ async def test_image_reprs_stay_short_and_hide_url_signatures(client, mock_api, 
 
 
 async def test_oversized_api_responses_are_refused(mock_api, png_b64):
-    from nanogpt_async import APIResponseValidationError, AsyncNanoGPT  # noqa: PLC0415
+    from nanogpt_async import APIResponseValidationError, AsyncNanoGPT
 
     mock_api.post(GEN).respond(200, json=answer({"b64_json": png_b64 * 50}))
 

@@ -18,7 +18,7 @@ import pytest
 
 from nanogpt_async import AsyncNanoGPT, OutputWriteError
 from nanogpt_async._batch import _manifest as manifest_module
-from nanogpt_async._batch._results import FolderInUseError
+from nanogpt_async._errors import FolderInUseError
 from nanogpt_async._output._files import LOCK_NAME, FolderLock
 from nanogpt_async.testing import FakeNanoGPT, FakeServer
 

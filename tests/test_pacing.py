@@ -109,7 +109,7 @@ async def test_a_turn_beyond_max_wait_raises_before_sending_and_reserves_nothing
 
 
 def test_a_local_rate_limit_error_is_a_rate_limit_error_and_never_retried() -> None:
-    from nanogpt_async._http._retry import RetryPolicy, should_retry  # noqa: PLC0415
+    from nanogpt_async._http._retry import RetryPolicy, should_retry
 
     error = LocalRateLimitError("not sent", retry_after=3.0)
     assert isinstance(error, RateLimitError)
@@ -363,7 +363,7 @@ def test_nonsense_pacing_settings_are_refused(options: dict[str, float]) -> None
 def test_a_view_shares_its_clients_pacer() -> None:
     client = AsyncNanoGPT(api_key="k")
     view = client.with_options(timeout=5)
-    assert view._pacer is client._pacer
+    assert view.channel.pacer is client.channel.pacer
 
 
 def test_aimd_halves_on_overload_and_ignores_repeats_within_hold() -> None:

@@ -54,6 +54,47 @@ async def test_settling_a_cheaper_cost_frees_room(redis_server: RedisProcess) ->
     assert held == CENT
 
 
+async def test_a_booking_waits_for_live_reservations_and_stops_only_when_spent(
+    redis_server: RedisProcess,
+) -> None:
+    budget, other = budget_on(redis_server, cap="0.03"), budget_on(redis_server, cap="0.03")
+    first, second, third = [await other.book(CENT) for _ in range(3)]
+    assert not isinstance(first, str)
+    assert not isinstance(second, str)
+    assert not isinstance(third, str)
+    # Live reservations are in the way, not spending: "full" (wait), not "spent" (stop).
+    assert await budget.book(CENT) == "full"
+    await other.settle(first, Decimal("0.004"), maybe_charged=False)
+    await other.settle(second, None, maybe_charged=False)  # released: never sent
+    assert not isinstance(await budget.book(CENT), str)  # 0.004 + 0.01 held + 0.01 <= 0.03
+    assert await budget.book(CENT) == "full"  # 0.004 + 0.02 held + 0.01 > 0.03
+    assert await budget.book(Decimal("0.03")) == "spent"  # 0.004 + 0.03 > 0.03 whatever settles
+    assert await budget.reserve(CENT) is None  # the old answer to both: not now
+
+
+async def test_room_wakes_at_a_settlement_in_this_process(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("nanogpt_async._pacing._budget.ROOM_POLL", 3600.0)
+    budget = budget_on(redis_server, cap="0.01")
+    booking = await budget.book(CENT)
+    assert not isinstance(booking, str)
+    assert await budget.book(CENT) == "full"
+    woke: list[bool] = []
+
+    async def wait() -> None:
+        await budget.room()
+        woke.append(True)
+
+    with anyio.fail_after(30):  # without the settlement's wake-up it would wait an hour
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()
+            await budget.settle(booking, None, maybe_charged=False)
+    assert woke == [True]
+    assert not isinstance(await budget.book(CENT), str)
+
+
 async def test_an_ambiguous_failure_counts_as_spent_and_a_refusal_does_not(
     redis_server: RedisProcess,
 ) -> None:
@@ -180,9 +221,9 @@ def test_processes_sharing_a_budget_spend_no_more_than_it(
 async def test_two_batches_sharing_a_budget_spend_no_more_than_it_together(
     redis_server: RedisProcess, tmp_path: Path
 ) -> None:
-    import json as json_module  # noqa: PLC0415
+    import json as json_module
 
-    from nanogpt_async import AsyncNanoGPT  # noqa: PLC0415
+    from nanogpt_async import AsyncNanoGPT
 
     with FakeNanoGPT(api_key=KEY, price_per_image=0.01).run_in_thread() as server:
         url = redis_server.url
@@ -221,8 +262,57 @@ async def test_two_batches_sharing_a_budget_spend_no_more_than_it_together(
     assert all(s.stopped_reason == "budget" for s in summaries)
 
 
+async def test_batches_at_concurrency_64_spend_a_shared_budget_up_to_its_cap(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    """Reservations are taken at each request's turn, and a full cap waits for settlements.
+
+    Taken at admission, 3 x 64 of them filled the cap before a third of it was spent, and a
+    refusal stopped the batch: $0.33 of $2 in W11 (8 processes x 64).
+    """
+    from nanogpt_async import AsyncNanoGPT
+
+    cap = Decimal("0.30")
+    fake = FakeNanoGPT(api_key=KEY, price_per_image=0.01, latency=0.05)
+    with fake.run_in_thread() as server:
+        url = redis_server.url
+        clients = [
+            AsyncNanoGPT(api_key=KEY, base_url=server.base_url, limits_url=url, rps=500)
+            for _ in range(3)
+        ]
+        summaries = []
+
+        async def run(client: AsyncNanoGPT, name: str) -> None:
+            async with client:
+                batch = client.images.generate_many(
+                    [f"{name} {i}" for i in range(60)],
+                    output_dir=tmp_path / name,
+                    max_cost=cap,
+                    shared_budget="wide",
+                    concurrency=64,
+                )
+                summaries.append(await batch.run())
+
+        async with anyio.create_task_group() as group:
+            for index, client in enumerate(clients):
+                group.start_soon(run, client, f"b{index}")
+        charged = Decimal(str(fake.stats.charged_usd))
+    recorded = sum(
+        Decimal(str(line["cost"]))
+        for index in range(3)
+        for line in map(json.loads, (tmp_path / f"b{index}" / "manifest.jsonl").open())
+        if line["cost"] is not None
+    )
+    assert charged == recorded  # every charge on record
+    # Never past the cap (estimates are exact here), and spent to it: short of it by less than
+    # one request's estimate (the only shortfall a stop allows).
+    assert cap - CENT < charged <= cap
+    assert all(s.stopped_reason == "budget" for s in summaries)
+    assert max(fake.stats.generations_by_prompt.values()) == 1
+
+
 def test_a_shared_budget_needs_a_cap_and_redis() -> None:
-    from nanogpt_async import AsyncNanoGPT, InvalidInputError  # noqa: PLC0415
+    from nanogpt_async import AsyncNanoGPT, InvalidInputError
 
     client = AsyncNanoGPT(api_key=KEY)
     with pytest.raises(InvalidInputError, match="limits_url"):
@@ -232,11 +322,11 @@ def test_a_shared_budget_needs_a_cap_and_redis() -> None:
 def test_cli_batches_with_one_shared_budget_stop_at_it_together(
     redis_server: RedisProcess, tmp_path: Path
 ) -> None:
-    import json as json_module  # noqa: PLC0415
+    import json as json_module
 
-    from click.testing import CliRunner  # noqa: PLC0415
+    from click.testing import CliRunner
 
-    from nanogpt_async._cli._commands import cli  # noqa: PLC0415
+    from nanogpt_async._cli._commands import cli
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt {i}\n" for i in range(5)))

@@ -44,8 +44,8 @@ def fake_at(rate: float, **knobs: object) -> Iterator[tuple[FakeServer, SharedCl
 
 def client_on(server: FakeServer, clock: SharedClock, **options: object) -> AsyncNanoGPT:
     client = AsyncNanoGPT(api_key=KEY, base_url=server.base_url, **options)  # type: ignore[arg-type]
-    pacer = client._pacer
-    client._pacer = Pacer(
+    pacer = client.channel.pacer
+    client.channel.pacer = Pacer(
         rps=pacer.max_rate,
         burst=pacer.burst,
         max_wait=pacer.max_wait,
@@ -138,7 +138,7 @@ async def test_retries_are_paced_too(instant_backoff: list[float]) -> None:
     with fake_at(25.0) as (server, clock):
         server.fake.enqueue(Fault.status(503), count=3)
         async with client_on(server, clock, max_retries=5) as client:
-            pacer = client._pacer
+            pacer = client.channel.pacer
             turns = 0
             original = pacer.wait_turn
 
@@ -155,7 +155,7 @@ async def test_retries_are_paced_too(instant_backoff: list[float]) -> None:
 async def test_the_batch_takes_its_turns_from_the_clients_pacer(tmp_path: Path) -> None:
     with fake_at(25.0) as (server, clock):
         async with client_on(server, clock) as client:
-            pacer = client._pacer
+            pacer = client.channel.pacer
             turns = 0
             original = pacer.wait_turn
 

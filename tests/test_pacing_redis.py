@@ -171,7 +171,7 @@ async def test_a_client_with_limits_url_paces_through_redis(
             async with anyio.create_task_group() as group:
                 for number in range(10):
                     group.start_soon(generate, client, f"p {number}")
-            backend = client._pacer.backend
+            backend = client.channel.pacer.backend
             assert isinstance(backend, RedisBackend)
             assert client.pacing.backend == "redis"
             # One reservation per request, plus a recheck for the ones queued past one slot.
@@ -291,7 +291,7 @@ _WORKER = textwrap.dedent(
             async with anyio.create_task_group() as group:
                 for n in range(calls):
                     group.start_soon(one, n)
-            calls_made = client._pacer.backend.calls
+            calls_made = client.channel.pacer.backend.calls
         print(json.dumps({"sent": sent, "redis_calls": calls_made}))
 
     anyio.run(main)
@@ -341,9 +341,9 @@ def test_worker_processes_sharing_redis_stay_within_the_servers_limit(
 def test_the_cli_batch_paces_through_redis_given_limits_url(
     redis_server: RedisProcess, tmp_path: Path, how: str
 ) -> None:
-    from click.testing import CliRunner  # noqa: PLC0415
+    from click.testing import CliRunner
 
-    from nanogpt_async._cli._commands import cli  # noqa: PLC0415
+    from nanogpt_async._cli._commands import cli
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt {i}\n" for i in range(6)))

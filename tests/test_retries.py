@@ -303,7 +303,7 @@ def test_zero_waits_and_zero_retries_are_valid_settings():
 async def test_instant_retries_is_the_public_switch_for_users_test_suites(
     client, mock_api, png_b64
 ):
-    from nanogpt_async.testing import instant_retries  # noqa: PLC0415
+    from nanogpt_async.testing import instant_retries
 
     mock_api.post(GEN).mock(
         side_effect=[httpx.Response(503, headers={"Retry-After": "30"}), ok(png_b64)]

@@ -35,7 +35,7 @@ def benchmark_client(job: Job, probe: Probe) -> AsyncNanoGPT:
         if response.status_code == 429:
             probe.got_429()
 
-    http = client._http  # noqa: SLF001 - the benchmark looks inside on purpose
+    http = client.channel.pools.api
     http.event_hooks = {"request": [], "response": [hook]}
     return client
 

@@ -76,7 +76,7 @@ class Sample:
         self._size = size
         self._values: list[float] = []
         self._seen = 0
-        self._rng = random.Random(0)  # noqa: S311 - sampling, not cryptography
+        self._rng = random.Random(0)
         self.max: float | None = None
 
     def add(self, value: float) -> None:

@@ -34,14 +34,12 @@ import anyio
 import anyio.to_thread
 
 from nanogpt_async._batch._manifest import iter_records
-from nanogpt_async._errors import NanoGPTError
+from nanogpt_async._errors import ChargeUncertainError, ItemBusyError
 from nanogpt_async._pacing._redis import SOCKET_TIMEOUT, redis_namespace
 from nanogpt_async._pacing._scripts import FailClosedScripts
 
 __all__ = [
     "DEFAULT_LEASE",
-    "ChargeUncertainError",
-    "ItemBusyError",
     "RedisFence",
     "busy_error",
     "fence_job",
@@ -107,17 +105,6 @@ end
 redis.call('PEXPIRE', KEYS[2], 2592000000)
 return 1
 """
-
-
-class ChargeUncertainError(NanoGPTError):
-    """The item's process died after claiming it: its request may have been sent and charged.
-
-    Skipped, so it is not paid twice; ``--retry-ambiguous`` generates it again.
-    """
-
-
-class ItemBusyError(NanoGPTError):
-    """Another live process (the same shard started twice) is doing this item now."""
 
 
 def fence_job(job_id: str) -> str:
@@ -197,7 +184,7 @@ class RedisFence:
                 if verdict == "rebuild":
                     await self.rebuild()
                     continue
-            except Exception:  # noqa: BLE001 - logged once by run(); fail closed and try again
+            except Exception:
                 await self._sleep(_RETRY_EVERY)
                 continue
             self._redis.answered()
@@ -211,7 +198,7 @@ class RedisFence:
         self._redis.unsent.append([item_id, self.owner, int(done)])
         try:
             await self._redis.flush("finish")
-        except Exception:  # noqa: BLE001 - kept in unsent, written with the next call
+        except Exception:
             return
 
     async def rebuild(self) -> int:

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import stat
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from nanogpt_async._batch._names import safe_path
-from nanogpt_async._batch._results import OutputWriteError
 from nanogpt_async._codec import loads
+from nanogpt_async._errors import OutputWriteError
 from nanogpt_async._output._files import TEMP_SUFFIX, open_no_follow
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "files_intact",
     "iter_records",
     "read_manifest",
+    "record_number",
     "sweep_temp_files",
     "write_images",
     "write_new",
@@ -322,6 +324,13 @@ def read_manifest(path: Path) -> ManifestIndex:
     return ManifestIndex.build(path)
 
 
+def record_number(value: object) -> float | None:
+    """A record's number field (``cost``, ``started_at``...): a finite float, else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """Every parsable record of ``path`` in file order (a bad or torn line is skipped).
 
@@ -399,7 +408,7 @@ def _sized_path(folder: Path, entry: FileEntry) -> tuple[str, bool] | None:
     # file, a third of a million-item resume): one plain name directly in the folder.
     if not _is_plain_name(name):
         return None
-    path = os.path.join(folder, name)  # noqa: PTH118 - a str for lstat: no Path per file
+    path = os.path.join(folder, name)
     try:
         info = os.lstat(path)  # a symlink swapped in for a recorded file is not that file
     except (OSError, ValueError):
@@ -412,7 +421,7 @@ def _sized_path(folder: Path, entry: FileEntry) -> tuple[str, bool] | None:
 def _sha256_of(path: str) -> str | None:
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as file:  # noqa: PTH123 - a str path, see _sized_path
+        with open(path, "rb") as file:
             while chunk := file.read(_HASH_CHUNK):
                 digest.update(chunk)
     except OSError:
@@ -440,7 +449,7 @@ def write_images(folder: Path, named: Sequence[tuple[str, bytes]]) -> list[FileE
 
 
 def _write_new_version(folder: Path, name: str, data: bytes) -> str:
-    stem, extension = os.path.splitext(name)  # noqa: PTH122 - a name, not a path
+    stem, extension = os.path.splitext(name)
     for version in range(1, _MAX_VERSIONS + 1):
         candidate = name if version == 1 else f"{stem}-v{version}{extension}"
         try:

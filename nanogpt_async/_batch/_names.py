@@ -14,11 +14,11 @@ from typing import Any
 __all__ = [
     "IMAGE_BODY_FIELDS",
     "IdentityCounter",
-    "describe_request",
+    "fingerprint_body",
     "has_input_images",
     "image_file_name",
     "item_tag",
-    "public_request",
+    "public_body",
     "request_digest",
     "safe_path",
     "slugify",
@@ -102,7 +102,7 @@ def has_input_images(body: Mapping[str, Any]) -> bool:
     return any(body.get(name) is not None for name in IMAGE_BODY_FIELDS)
 
 
-def describe_request(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def fingerprint_body(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(digest, public request)`` of a body, hashing each input image once.
 
     The digest is a stable hash of what the item asks for (prompt, effective parameters, input
@@ -131,14 +131,14 @@ def describe_request(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return digest, shown
 
 
-def public_request(body: Mapping[str, Any]) -> dict[str, Any]:
+def public_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """The body as shown in results and the manifest: data URLs become short placeholders."""
-    return describe_request(body)[1]
+    return fingerprint_body(body)[1]
 
 
 def request_digest(body: Mapping[str, Any]) -> str:
-    """A stable hash of what an item asks for; see `describe_request`."""
-    return describe_request(body)[0]
+    """A stable hash of what an item asks for; see `fingerprint_body`."""
+    return fingerprint_body(body)[0]
 
 
 class IdentityCounter:

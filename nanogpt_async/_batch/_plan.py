@@ -14,11 +14,15 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from nanogpt_async._batch._budget import DEFAULT_MODEL, PriceList
+from nanogpt_async._batch._prepare import END, Entries, Job, Preparer, next_entry
 
 if TYPE_CHECKING:
+    from nanogpt_async._batch._resume import Resume
+    from nanogpt_async._batch._shards import Shard
+    from nanogpt_async._batch._tally import Tally
     from nanogpt_async._output._responses import ImageModel
 
-__all__ = ["BatchPlan", "PlanLine", "Planner"]
+__all__ = ["BatchPlan", "PlanLine", "Planner", "plan_input"]
 
 #: Distinct problems listed in a plan; more are counted, not listed.
 _MAX_PROBLEMS = 20
@@ -154,3 +158,36 @@ class Planner:
             lines=lines,
             problems=problems,
         )
+
+
+async def plan_input(
+    planner: Planner,
+    entries: Entries,
+    *,
+    preparer: Preparer,
+    resume: Resume,
+    shard: Shard | None,
+    tally: Tally,
+) -> BatchPlan:
+    """Read the whole input into ``planner`` (items prepared and resume-checked, none sent).
+
+    Raises:
+        Exception: what the input raised (a bad line, a repeated id), at once.
+    """
+    index = 0
+    while (entry := await next_entry(entries, preparer.fairness)) is not END:
+        prepared = await preparer.prepare(entry, index)
+        index += 1
+        if shard is not None and not shard.owns(prepared.index):
+            continue
+        tally.consumed += 1
+        if isinstance(prepared, Job):
+            prepared = await resume.resumed(prepared)
+        if isinstance(prepared, Job):
+            planner.add_request(prepared.body, prepared.n)
+        elif prepared.status == "skipped":
+            planner.add_skipped()
+        else:
+            planner.add_invalid(str(prepared.error))
+    tally.input_read = True
+    return planner.plan()

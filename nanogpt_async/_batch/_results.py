@@ -13,10 +13,8 @@ __all__ = [
     "BatchItem",
     "BatchProgress",
     "BatchSummary",
-    "FolderInUseError",
     "ItemResult",
     "ItemStatus",
-    "OutputWriteError",
     "StoppedReason",
 ]
 
@@ -25,35 +23,6 @@ ItemStatus = Literal["ok", "failed", "skipped"]
 
 #: Why a batch ended before its input did (``"fatal: ..."`` names the error).
 StoppedReason = str
-
-
-class OutputWriteError(NanoGPTError):
-    """An image or manifest line could not be written to the output folder (disk full...).
-
-    The batch treats it as fatal: every later item would fail the same way.
-    """
-
-
-class FolderInUseError(OutputWriteError):
-    """Another batch (in this or another process) is writing into the same output folder.
-
-    Two runs into one folder would each pay for every item and sweep each other's temp files,
-    so a batch holds an OS lock on ``.nanogpt-batch.lock`` inside its folder for the whole run.
-
-    Attributes:
-        folder: The output folder.
-        pid: The process id of the run holding the lock, when it could be read.
-        host: The host name of that run, when it could be read.
-    """
-
-    def __init__(
-        self, message: str, *, folder: Path, pid: int | None = None, host: str | None = None
-    ) -> None:
-        """Build the error; ``str()`` is ``message``."""
-        super().__init__(message)
-        self.folder = folder
-        self.pid = pid
-        self.host = host
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanogpt_async._batch._manifest import iter_records
+from nanogpt_async._batch._manifest import iter_records, record_number
 from nanogpt_async._batch._shards import Shard, shard_manifests
 from nanogpt_async._output._files import write_atomic
 
@@ -58,12 +58,6 @@ class ShardProgress:
         }
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
 def _read(shard: Shard, path: Path) -> ShardProgress:
     progress = ShardProgress(shard, path)
     latest: dict[str, dict[str, Any]] = {}
@@ -72,8 +66,11 @@ def _read(shard: Shard, path: Path) -> ShardProgress:
         if not isinstance(item_id, str):
             continue
         latest[item_id] = record
-        progress.cost += _number(record.get("cost")) or 0.0
-        started, finished = _number(record.get("started_at")), _number(record.get("finished_at"))
+        progress.cost += record_number(record.get("cost")) or 0.0
+        started, finished = (
+            record_number(record.get("started_at")),
+            record_number(record.get("finished_at")),
+        )
         if started is not None and (
             progress.first_started is None or started < progress.first_started
         ):
@@ -132,7 +129,7 @@ def merge_manifests(folder: Path, name: str = MERGED_NAME) -> MergeReport:
     for order, (_, path) in enumerate(shards):
         for record in iter_records(path):
             index = record.get("index")
-            finished = _number(record.get("finished_at")) or 0.0
+            finished = record_number(record.get("finished_at")) or 0.0
             rows.append((index if isinstance(index, int) else -1, finished, order, record))
     rows.sort(key=lambda row: (row[0], row[1], row[2]))
     data = "".join(json.dumps(row[3], ensure_ascii=False) + "\n" for row in rows)

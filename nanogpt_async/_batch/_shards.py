@@ -19,10 +19,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanogpt_async._errors import ShardError
+
 __all__ = [
     "SHARD_COUNT_ENV",
     "Shard",
-    "ShardError",
     "resolve_shard",
     "shard_manifests",
 ]
@@ -31,10 +32,6 @@ __all__ = [
 SHARD_COUNT_ENV = "NANOGPT_SHARD_COUNT"
 _MANIFEST = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.jsonl")
 _TEMP_INDEX = re.compile(r"\.(\d+)-")
-
-
-class ShardError(ValueError):
-    """A shard that cannot be used: a bad ``I/N``, or an environment that names none."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ __all__ = ["STREAK", "ErrorStreak"]
 STREAK = 10
 #: 4xx answers that are about one item (or retried), never a sign the whole input is wrong.
 _PER_ITEM_STATUSES = frozenset({401, 402, 403, 408, 409, 413, 429})
+#: 4xx: what the request itself got wrong.
+_CLIENT_ERRORS = range(400, 500)
 
 Signature = tuple[str, int, str | None]
 
@@ -34,7 +36,7 @@ def signature(error: NanoGPTError | None) -> Signature | None:
     if not isinstance(error, APIStatusError) or isinstance(error, ContentPolicyViolationError):
         return None
     status = error.status_code
-    if not 400 <= status < 500 or status in _PER_ITEM_STATUSES:  # noqa: PLR2004 - 4xx
+    if not _CLIENT_ERRORS.start <= status < _CLIENT_ERRORS.stop or status in _PER_ITEM_STATUSES:
         return None
     code = getattr(error, "code", None)
     return type(error).__name__, status, code if isinstance(code, str) else None

@@ -21,7 +21,7 @@ INSTALL_HINT = (
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line; exits the process with the documented exit code."""
     try:
-        from nanogpt_async._cli._commands import cli  # noqa: PLC0415 - click/rich are optional
+        from nanogpt_async._cli._commands import cli
     except ImportError as exc:  # pragma: no cover - depends on what is installed
         missing = exc.name or "click"
         sys.stderr.write(f"error: the command line needs {missing!r}: {INSTALL_HINT}\n")

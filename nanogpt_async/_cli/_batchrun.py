@@ -110,7 +110,7 @@ async def _chunks(path: str, prompt_format: PromptFormat) -> AsyncIterator[Any]:
                 chunk.append(record)
                 if len(chunk) >= size:
                     break
-        except Exception as exc:  # noqa: BLE001 - raised below, after the good records
+        except Exception as exc:
             failure.append(exc)
         return chunk
 
@@ -162,10 +162,10 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = max(0, round(seconds))
-    if seconds < 60:  # noqa: PLR2004
+    if seconds < 60:
         return f"{seconds}s"
     minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:  # noqa: PLR2004
+    if minutes < 60:
         return f"{minutes}m{seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
@@ -250,8 +250,8 @@ class BarReporter:
 
     def __init__(self) -> None:
         """Start the bar (rich is imported only here)."""
-        from rich.console import Console  # noqa: PLC0415 - rich loads only for a terminal
-        from rich.progress import (  # noqa: PLC0415
+        from rich.console import Console
+        from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
             Progress,
@@ -325,7 +325,7 @@ def make_reporter(mode: str, interval: float) -> Reporter:
 
 def _elapsed(seconds: float) -> str:
     # Tenths of a second matter for short runs only.
-    return f"{seconds:.1f}s" if seconds < 60 else _duration(seconds)  # noqa: PLR2004
+    return f"{seconds:.1f}s" if seconds < 60 else _duration(seconds)
 
 
 def _seconds(value: float | None) -> str:
@@ -398,8 +398,8 @@ def print_summary(summary: BatchSummary, out: Path) -> None:
     """A rich table on a terminal, ``label: value`` lines otherwise (stdout)."""
     rows = summary_rows(summary, out)
     if sys.stdout.isatty():
-        from rich.console import Console  # noqa: PLC0415
-        from rich.table import Table  # noqa: PLC0415
+        from rich.console import Console
+        from rich.table import Table
 
         table = Table(title="batch summary", show_header=False, title_justify="left")
         table.add_column(style="bold")

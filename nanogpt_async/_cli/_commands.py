@@ -16,12 +16,11 @@ import anyio
 import anyio.to_thread
 import click
 
-from nanogpt_async import __version__
 from nanogpt_async._batch._budget import DEFAULT_MODEL
 from nanogpt_async._batch._fence import DEFAULT_LEASE
 from nanogpt_async._batch._manifest import FileEntry, write_images
 from nanogpt_async._batch._names import slugify
-from nanogpt_async._batch._shards import SHARD_COUNT_ENV, ShardError, resolve_shard
+from nanogpt_async._batch._shards import SHARD_COUNT_ENV, resolve_shard
 from nanogpt_async._cli._common import (
     EXIT_BUDGET,
     EXIT_BUSY,
@@ -35,8 +34,9 @@ from nanogpt_async._cli._common import (
     output,
     run_async,
 )
-from nanogpt_async._errors import ImageError
-from nanogpt_async._output._responses import checked_image
+from nanogpt_async._errors import ImageError, ShardError
+from nanogpt_async._sniff import checked_image
+from nanogpt_async._version import package_version
 
 __all__ = ["cli"]
 
@@ -152,7 +152,7 @@ _GENERATION_ONLY_OPTIONS: Sequence[Callable[[Any], Any]] = [
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=_EXIT_CODES_HELP,
 )
-@click.version_option(__version__, "-V", "--version", prog_name="nanogpt-async")
+@click.version_option(package_version(), "-V", "--version", prog_name="nanogpt-async")
 @click.option("-v", "--verbose", is_flag=True, help="Log retries and show tracebacks of bugs.")
 @click.pass_context
 def cli(ctx: click.Context, *, verbose: bool) -> None:
@@ -245,7 +245,7 @@ def generate(
     Examples:
       nanogpt-async generate "a lighthouse at dusk" -n 2 -o out/
       nanogpt-async generate "as a watercolour" --image photo.jpg --strength 0.6
-    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    """
     request = _drop_none(prompt=prompt, **fields)
     if len(images) == 1:
         request["image"] = images[0]
@@ -410,7 +410,7 @@ def edit(
     Examples:
       nanogpt-async edit street.jpg "make it snow" -m flux-kontext -o out/
       nanogpt-async edit room.png "a red sofa" --mask sofa-mask.png -m flux-lora/inpainting
-    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
+    """
     request = _drop_none(prompt=prompt, mask=mask, **fields)
     if more_images:
         request["images"] = [image, *more_images]
@@ -510,8 +510,8 @@ def models(
     ]
     headers = ("id", "name", "USD per image", "capabilities", "max n")
     if sys.stdout.isatty():
-        from rich.console import Console  # noqa: PLC0415 - rich loads only when drawing
-        from rich.table import Table  # noqa: PLC0415
+        from rich.console import Console
+        from rich.table import Table
 
         table = Table(*headers, title=f"{len(rows)} image models")
         for row in rows:
@@ -743,8 +743,8 @@ def batch(
     Examples:
       nanogpt-async batch prompts.txt -o out/ --model flux-schnell --max-cost 5
       cat prompts.jsonl | nanogpt-async batch - -o out/ -f url
-    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
-    from nanogpt_async._cli._batchrun import (  # noqa: PLC0415 - the batch machinery loads on use
+    """
+    from nanogpt_async._cli._batchrun import (
         BatchSettings,
         prompt_items,
         run_batch,
@@ -785,7 +785,7 @@ def batch(
         fence_lease=fence_lease,
     )
     if dry_run:
-        from nanogpt_async._cli._dryrun import dry_run_batch  # noqa: PLC0415
+        from nanogpt_async._cli._dryrun import dry_run_batch
 
         runner = functools.partial(dry_run_batch, client, items, settings)
     else:
@@ -827,9 +827,9 @@ def gallery(*, out: Path, manifest_name: str, thumbnail_size: int) -> None:
     \b
     Example:
       nanogpt-async gallery out/ && xdg-open out/index.html
-    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
-    from nanogpt_async._cli._gallery import describe  # noqa: PLC0415 - Pillow loads on use
-    from nanogpt_async._gallery import build_gallery, require_pillow  # noqa: PLC0415
+    """
+    from nanogpt_async._cli._gallery import describe
+    from nanogpt_async._gallery import build_gallery, require_pillow
 
     if not (out / manifest_name).is_file():
         raise click.BadParameter(
@@ -891,8 +891,8 @@ def status(
     \b
     Example:
       nanogpt-async status out/
-    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
-    from nanogpt_async._cli._shards import (  # noqa: PLC0415
+    """
+    from nanogpt_async._cli._shards import (
         fence_claims,
         print_status,
         require_shards,
@@ -931,10 +931,10 @@ def merge(*, out: Path, name: str, gallery: bool) -> None:
     \b
     Example:
       nanogpt-async merge out/ && xdg-open out/index.html
-    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
-    from nanogpt_async._batch._shard_report import merge_manifests  # noqa: PLC0415
-    from nanogpt_async._cli._gallery import refresh_gallery  # noqa: PLC0415
-    from nanogpt_async._cli._shards import require_shards  # noqa: PLC0415
+    """
+    from nanogpt_async._batch._shard_report import merge_manifests
+    from nanogpt_async._cli._gallery import refresh_gallery
+    from nanogpt_async._cli._shards import require_shards
 
     if not name or name in (".", "..") or any(sep in name for sep in "/\\\0"):
         raise click.BadParameter(f"a plain file name, not {name!r}", param_hint="--name")
@@ -982,13 +982,13 @@ def demo(*, out: Path, count: int, fast: bool, progress: str, progress_interval:
     occasional 5xx errors, some signed URLs falling back to base64, URLs that expire after
     20 seconds. The batch runs through the same code as `nanogpt-async batch`.
     """
-    from nanogpt_async._cli._batchrun import (  # noqa: PLC0415
+    from nanogpt_async._cli._batchrun import (
         BatchSettings,
         PromptSource,
         aiter_sync,
         run_batch,
     )
-    from nanogpt_async._cli._demo import demo_fake, demo_items  # noqa: PLC0415
+    from nanogpt_async._cli._demo import demo_fake, demo_items
 
     fake = demo_fake(fast=fast)
     settings = BatchSettings(
@@ -1081,8 +1081,8 @@ def fake_server(*, host: str, port: int, download_port: int, accept_key: str, **
     \b
     Example:
       nanogpt-async fake-server --port 8765 --latency 1 --rate-limit 25 --error-rate 0.05
-    """  # noqa: D301 - "\b" is click's keep-line-breaks marker
-    from nanogpt_async.testing import FakeNanoGPT, run_forever  # noqa: PLC0415 - aiohttp app
+    """
+    from nanogpt_async.testing import FakeNanoGPT, run_forever
 
     try:
         fake = FakeNanoGPT(api_key=accept_key or None, **knobs)

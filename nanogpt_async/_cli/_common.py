@@ -10,21 +10,18 @@ import traceback
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import click
 
-from nanogpt_async._batch._results import FolderInUseError
 from nanogpt_async._client import AsyncNanoGPT
 from nanogpt_async._errors import (
+    FATAL_ERRORS,
     APIStatusError,
-    AuthenticationError,
-    DailyLimitExceededError,
-    InsufficientBalanceError,
+    FolderInUseError,
     InvalidInputError,
     NanoGPTError,
-    PermissionDeniedError,
 )
 from nanogpt_async._http._retry import RetryPolicy, should_retry
 
@@ -61,14 +58,6 @@ EXIT_BUDGET = 4
 EXIT_INTERRUPTED = 130
 #: The output folder is in use by another run (sysexits' EX_TEMPFAIL: try again later).
 EXIT_BUSY = 75
-
-# Errors no retry or next item can fix: the key, the money, the permission, the day's cap.
-FATAL_ERRORS: tuple[type[NanoGPTError], ...] = (
-    AuthenticationError,
-    InsufficientBalanceError,
-    PermissionDeniedError,
-    DailyLimitExceededError,
-)
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -159,7 +148,7 @@ class Output:
 
     def hide(self, secret: str | None) -> None:
         """Never print ``secret`` (replaced with ``<hidden>``)."""
-        if secret and len(secret.strip()) >= 4:  # noqa: PLR2004 - shorter would redact noise
+        if secret and len(secret.strip()) >= 4:
             self._secrets.append(secret.strip())
 
     def scrub(self, text: str) -> str:
@@ -197,16 +186,12 @@ class Output:
         message = exc if isinstance(exc, str) else cli_message(exc, self.retry_policy)
         return " ".join((message or type(exc).__name__).split())
 
-    def show_warning(  # noqa: PLR0917 - warnings.showwarning's signature
-        self,
-        message: Warning | str,
-        category: type[Warning],  # noqa: ARG002 - warnings.showwarning's signature
-        filename: str,  # noqa: ARG002
-        lineno: int,  # noqa: ARG002
-        file: IO[str] | None = None,  # noqa: ARG002
-        line: str | None = None,  # noqa: ARG002
-    ) -> None:
-        """Print warnings as ``warning: ...`` lines, not with a source location."""
+    def show_warning(self, message: Warning | str, *_where: object, **_how: object) -> None:
+        """Print warnings as ``warning: ...`` lines, not with a source location.
+
+        Installed as ``warnings.showwarning``; the category, file and line it is also given
+        are left out on purpose.
+        """
         self.err(f"warning: {message}")
 
 
@@ -283,7 +268,7 @@ def run_async(func: Callable[[], Awaitable[_T]], *, verbose: bool = False) -> _T
         return anyio.run(func, backend="asyncio")
     except click.ClickException:
         raise
-    except (KeyboardInterrupt, Exception) as raised:  # noqa: BLE001 - no traceback reaches users
+    except (KeyboardInterrupt, Exception) as raised:
         exc = _leaf(raised)
         if isinstance(exc, KeyboardInterrupt):
             output.err("interrupted")

@@ -128,7 +128,7 @@ def demo_items(count: int) -> Iterator[dict[str, Any]]:
         yield {
             "id": f"demo-{index + 1:04d}",
             "prompt": prompt,
-            "response_format": "url" if index % 3 == 2 else "b64_json",  # noqa: PLR2004
+            "response_format": "url" if index % 3 == 2 else "b64_json",
         }
 
 
@@ -139,7 +139,7 @@ def demo_fake(*, fast: bool = False) -> FakeNanoGPT:
     requests fail with a 5xx (the client retries them), 10% of URL items come back as base64,
     and signed URLs expire after 20 seconds. ``fast`` drops latency, limits and faults.
     """
-    from nanogpt_async.testing import FakeNanoGPT  # noqa: PLC0415 - aiohttp loads on use
+    from nanogpt_async.testing import FakeNanoGPT
 
     if fast:
         return FakeNanoGPT(url_fallback_rate=0.1, url_ttl=20.0)

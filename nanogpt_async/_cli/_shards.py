@@ -59,7 +59,7 @@ def print_status(
 
 def fence_claims(out: Path, limits_url: str, api_key: str, job_id: str | None) -> dict[str, int]:
     """``{"live": n, "uncertain": m}``: the claims the job's fence holds in Redis now."""
-    from nanogpt_async._batch._fence import RedisFence  # noqa: PLC0415 - needs the redis extra
+    from nanogpt_async._batch._fence import RedisFence
 
     fence = RedisFence(limits_url, key=api_key, job_id=job_id or str(out.resolve()), folder=out)
 

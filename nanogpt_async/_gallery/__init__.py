@@ -91,7 +91,7 @@ async def build_gallery(
 ) -> GalleryReport:
     """`write_gallery`, returning what it did (how many thumbnails it made)."""
     require_pillow()
-    if not 16 <= thumbnail_size <= 2048:  # noqa: PLR2004 - sane bounds for a thumbnail
+    if not 16 <= thumbnail_size <= 2048:
         raise ValueError(f"thumbnail_size must be 16-2048 pixels, not {thumbnail_size!r}")
     folder = Path(output_dir)
     cards, totals, jobs, todo = await anyio.to_thread.run_sync(

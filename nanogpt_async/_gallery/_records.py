@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanogpt_async._batch._manifest import iter_records
+from nanogpt_async._batch._manifest import iter_records, record_number
 from nanogpt_async._batch._names import safe_path
 
 __all__ = ["Card", "Picture", "Totals", "read_cards"]
@@ -64,12 +64,6 @@ def _text(value: object) -> str:
     if value is None:
         return ""
     return value if isinstance(value, str) else str(value)
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _error_text(error: object) -> str | None:
@@ -132,11 +126,11 @@ def _card(folder: Path, record: Mapping[str, Any], size: int) -> Card:
         size=_text(params.get("size")) or "default",
         seed=_text(params.get("seed")) or "-",
         status=_text(record["status"]),
-        cost=_number(record.get("cost")),
+        cost=record_number(record.get("cost")),
         error=_error_text(record.get("error")),
         request_id=_text(record.get("request_id")) or None,
-        started_at=_number(record.get("started_at")),
-        finished_at=_number(record.get("finished_at")),
+        started_at=record_number(record.get("started_at")),
+        finished_at=record_number(record.get("finished_at")),
         pictures=_pictures(folder, record.get("files"), size),
     )
 
@@ -151,9 +145,9 @@ def read_cards(folder: Path, manifest: Path, size: int) -> tuple[list[Card], Tot
         previous = latest.get(item_id)
         if previous is not None:
             totals.superseded_cost = math.fsum(
-                (totals.superseded_cost, _number(previous.get("cost")) or 0.0)
+                (totals.superseded_cost, record_number(previous.get("cost")) or 0.0)
             )
-        cost = _number(record.get("cost"))
+        cost = record_number(record.get("cost"))
         if cost is not None:
             costs.append(cost)
         latest[item_id] = record

@@ -39,7 +39,7 @@ Job = tuple[Path, Path]
 def require_pillow() -> None:
     """Raise a clear ``ImportError`` if Pillow is not installed."""
     try:
-        import PIL.Image  # noqa: F401, PLC0415 - only checking it is there
+        import PIL.Image  # noqa: F401 - only checking it is there
     except ImportError as exc:
         raise ImportError(
             "the gallery needs Pillow to make thumbnails: install nanogpt-async with its "
@@ -63,7 +63,7 @@ def missing(jobs: Sequence[Job]) -> list[Job]:
 
 def _flatten(image: Image) -> Image:
     """RGB, transparent parts on white (JPEG has no alpha)."""
-    from PIL import Image  # noqa: PLC0415 - Pillow is an optional extra
+    from PIL import Image
 
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
@@ -80,7 +80,7 @@ def thumbnail_bytes(source: Path, size: int) -> bytes:
         OSError: the file cannot be read or is not an image Pillow knows.
         ValueError: the image is too large to decode safely (a decompression bomb).
     """
-    from PIL import Image  # noqa: PLC0415 - Pillow is an optional extra
+    from PIL import Image
 
     try:
         with Image.open(source) as image:
@@ -112,7 +112,7 @@ def _make_one(job: Job, size: int) -> bool:
     source, target = job
     try:
         data = thumbnail_bytes(source, size)
-    except Exception:  # noqa: BLE001 - see below
+    except Exception:
         # Pillow's decoders raise many types on odd input (OSError, ValueError, SyntaxError,
         # EOFError, struct.error...): one bad file costs its preview, never the whole page.
         return False

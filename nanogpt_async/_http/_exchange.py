@@ -18,6 +18,7 @@ leaves it. What it guards against, each measured against a hostile server before
 
 from __future__ import annotations
 
+import contextlib
 import math
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -46,8 +47,9 @@ _ZLIB_CHECK = 31
 
 __all__ = [
     "DECODE_STEP",
+    "BigBodies",
     "Exchange",
-    "UndecodableBody",
+    "UndecodableBodyError",
     "attempt_deadline",
     "connection_error",
     "deadline_error",
@@ -76,8 +78,8 @@ def attempt_deadline(timeout: httpx.Timeout) -> float | None:
     return max(phase for phase in phases if phase is not None)
 
 
-class UndecodableBody(Exception):  # noqa: N818 - internal signal, translated before it leaves
-    """The body's ``Content-Encoding`` is unknown or its data is corrupt."""
+class UndecodableBodyError(Exception):
+    """The body's ``Content-Encoding`` is unknown or its data is corrupt (internal signal)."""
 
 
 def _inflate(decoder: zlib._Decompress, data: bytes) -> Iterator[bytes]:
@@ -91,7 +93,7 @@ def _inflate(decoder: zlib._Decompress, data: bytes) -> Iterator[bytes]:
             elif decoder.eof:
                 return
     except zlib.error as exc:
-        raise UndecodableBody(f"corrupt compressed data ({exc})") from None
+        raise UndecodableBodyError(f"corrupt compressed data ({exc})") from None
 
 
 class _Stage:
@@ -132,7 +134,7 @@ class _Decoder:
         names = [name for name in names if name != "identity"]
         unknown = [name for name in names if name not in ("gzip", "x-gzip", "deflate")]
         if unknown:
-            raise UndecodableBody(f"unsupported Content-Encoding {header[:80]!r}")
+            raise UndecodableBodyError(f"unsupported Content-Encoding {header[:80]!r}")
         # Encodings are listed in the order applied: undo them last first.
         self.stages = [_Stage(name) for name in reversed(names)]
 
@@ -150,6 +152,42 @@ class _Decoder:
     def flush(self) -> Iterator[bytes]:
         for index, stage in enumerate(self.stages):
             yield from self._through(stage.flush(), self.stages[index + 1 :])
+
+
+class BigBodies:
+    """The client's few slots for reading and parsing big answers (see `_channel.BIG_BODY_SLOTS`).
+
+    An attempt takes a slot only once its answer turns out big, and gives it back when the
+    attempt ends (its answer parsed): ``with bodies.slot() as slot:`` then ``await slot.take()``.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._semaphore = anyio.Semaphore(slots)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[_Slot]:
+        """One attempt's claim: taken on demand (`_Slot.take`), always given back on exit."""
+        claim = _Slot(self._semaphore)
+        try:
+            yield claim
+        finally:
+            if claim.held:
+                claim.held = False
+                self._semaphore.release()
+
+
+class _Slot:
+    __slots__ = ("_semaphore", "held")
+
+    def __init__(self, semaphore: anyio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self.held = False
+
+    async def take(self) -> None:
+        """Wait for a slot (once; a second call returns at once)."""
+        if not self.held:
+            await self._semaphore.acquire()
+            self.held = True
 
 
 class Exchange:
@@ -173,7 +211,7 @@ class Exchange:
         self.progress = Progress()
         self._on_big = on_big
         self._big = big
-        self.holding = False
+        self._holding = False
 
     def extensions(self, timeout: httpx.Timeout) -> dict[str, object]:
         """Request extensions: per-phase timeouts and the progress tracker."""
@@ -184,7 +222,7 @@ class Exchange:
         }
 
     async def _become_big(self) -> None:
-        if self.holding or self._on_big is None:
+        if self._holding or self._on_big is None:
             return
         # Waiting for a slot is our own queue, not the server's slowness: the answer is
         # already paid for, so the wait does not count against the attempt's deadline.
@@ -192,7 +230,7 @@ class Exchange:
         self.scope.deadline = math.inf
         started = anyio.current_time()
         await self._on_big()
-        self.holding = True
+        self._holding = True
         self.scope.deadline = saved + (anyio.current_time() - started)
 
     async def read(
@@ -202,7 +240,7 @@ class Exchange:
 
         Raises:
             APIResponseValidationError: the body is over ``limit`` (unless ``truncate``).
-            UndecodableBody: unknown ``Content-Encoding`` or corrupt compressed data.
+            UndecodableBodyError: unknown ``Content-Encoding`` or corrupt compressed data.
         """
         self.progress.sent = self.progress.tracked = True
         declared = _declared_length(response)
@@ -281,7 +319,7 @@ def _cut(
 
 def _declared_length(response: httpx.Response) -> int:
     declared = response.headers.get("content-length", "")
-    return int(declared) if declared.isdigit() and len(declared) < 19 else 0  # noqa: PLR2004
+    return int(declared) if declared.isdigit() and len(declared) < 19 else 0
 
 
 def _too_big(
@@ -424,7 +462,7 @@ def redact_payload(payload: object, secrets: Sequence[str], depth: int = 0) -> A
     """
     if isinstance(payload, str):
         return redact(payload, secrets)
-    if depth > 64:  # noqa: PLR2004 - no real answer nests this deep; leave it as parsed
+    if depth > 64:
         return payload
     if isinstance(payload, dict):
         for key, value in list(payload.items()):

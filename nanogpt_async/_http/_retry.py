@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import email.utils
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ def parse_retry_after(headers: Mapping[str, str], now: dt.datetime | None = None
     if ms is not None:
         with contextlib.suppress(ValueError):
             value = float(ms) / 1000
-            if value == value:  # noqa: PLR0124 - rejects NaN
+            if not math.isnan(value):
                 return max(0.0, value)
     raw = headers.get("retry-after")
     if raw is None:
@@ -118,7 +119,7 @@ def parse_retry_after(headers: Mapping[str, str], now: dt.datetime | None = None
     except ValueError:
         pass
     else:
-        if value != value or value in (float("inf"), float("-inf")):  # noqa: PLR0124
+        if not math.isfinite(value):
             return None
         return max(0.0, value)
     try:
@@ -181,9 +182,9 @@ def backoff_seconds(policy: RetryPolicy, retry_number: int, exc: BaseException |
     """The wait before retry number ``retry_number`` (1-based)."""
     if isinstance(exc, APIStatusError) and exc.retry_after is not None:
         # A little jitter on top so many clients told the same time do not return in lockstep.
-        return exc.retry_after + random.uniform(0, min(1.0, exc.retry_after * 0.1))  # noqa: S311
+        return exc.retry_after + random.uniform(0, min(1.0, exc.retry_after * 0.1))
     ceiling = min(policy.backoff_max, policy.backoff_initial * 2 ** (retry_number - 1))
-    return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+    return random.uniform(0, ceiling)
 
 
 async def _attempt_once(attempt: Callable[[], Awaitable[_T]], hooks: AttemptHooks | None) -> _T:
@@ -197,6 +198,11 @@ async def _attempt_once(attempt: Callable[[], Awaitable[_T]], hooks: AttemptHook
         raise
     await hooks.after_attempt(None)
     return result
+
+
+async def _current_sleep(seconds: float) -> None:
+    """Sleep with whatever `_sleep` is now (`recorded_backoff` swaps it)."""
+    await _sleep(seconds)
 
 
 async def run_with_retries(
@@ -249,8 +255,8 @@ async def run_with_retries(
         stop=stop_after_attempt(policy.max_retries),
         wait=wait,
         retry=retry_if_exception(lambda e: should_retry(policy, e, idempotent=idempotent)),
-        # A lambda, not `_sleep` itself: looked up per call so recorded_backoff() can swap it.
-        sleep=lambda seconds: _sleep(seconds),  # noqa: PLW0108
+        # Not `_sleep` itself: looked up per call so recorded_backoff() can swap it.
+        sleep=_current_sleep,
         before_sleep=log_retry,
         reraise=True,
     )

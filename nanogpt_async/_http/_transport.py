@@ -39,7 +39,7 @@ from nanogpt_async._errors import redact
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["PROGRESS_EXTENSION", "AutoTransport", "Progress", "environment_proxy"]
+__all__ = ["PROGRESS_EXTENSION", "AutoTransport", "Progress", "environment_proxy", "is_loopback"]
 
 #: The request extension under which the client passes a `Progress` to the transport.
 PROGRESS_EXTENSION = "nanogpt_async.progress"
@@ -68,7 +68,7 @@ class Progress:
         """Whether the server may have seen the request (``True`` when nobody can tell)."""
         return self.sent or not self.tracked
 
-    async def trace(self, event: str, info: Mapping[str, Any]) -> None:  # noqa: ARG002
+    async def trace(self, event: str, info: Mapping[str, Any]) -> None:
         """Receive httpcore's ``trace`` extension events (connecting comes first)."""
         self.tracked = True
         if "send_request_headers" in event:
@@ -90,7 +90,8 @@ def _bypass(host: str, proxies: Mapping[str, str]) -> bool:
     return bool(bypass(host, proxies))
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (a loopback name or address)."""
     if host in ("localhost", "localhost.localdomain"):
         return True
     try:
@@ -105,7 +106,7 @@ def environment_proxy(url: httpx.URL, proxies: Mapping[str, str]) -> str | None:
     Loopback hosts never go through a proxy: no proxy can reach this machine's loopback, and a
     CI runner's ``HTTP_PROXY`` must not break a local fake server.
     """
-    if not proxies or _is_loopback(url.host):
+    if not proxies or is_loopback(url.host):
         return None
     host = url.host
     if host and "no" in proxies and _bypass(host, proxies):
@@ -133,7 +134,7 @@ def translate_aiohttp(
     can only happen before sending (connect errors, bad URLs, a proxy refusing) are not-sent
     whatever it says; everything after is ambiguous unless it is known not to have been sent.
     """
-    import aiohttp  # noqa: PLC0415 - loaded already: only aiohttp failures get here
+    import aiohttp
 
     message = _message(exc)
     new: httpx.TransportError
@@ -176,7 +177,7 @@ def _sending_request_class() -> type[aiohttp.ClientRequest]:
     variable. A trace config would say the same through aiohttp's signals, which cost ~5% of
     the request path at fan-out (six signal sends per request, benchmark W1).
     """
-    import aiohttp  # noqa: PLC0415 - ~0.2 s of import time trio users need not pay
+    import aiohttp
 
     class SendingRequest(aiohttp.ClientRequest):
         async def send(self, conn: Any) -> aiohttp.ClientResponse:
@@ -204,7 +205,7 @@ class _AiohttpStream(httpx.AsyncByteStream):
             async for chunk in self._response.content.iter_any():
                 yield chunk
             self._complete = True
-        except Exception as exc:  # noqa: BLE001 - every failure is translated, none escapes raw
+        except Exception as exc:
             failure = translate_aiohttp(exc, self._request, sent=True)
         if failure is not None:
             # Raised outside the handler: no implicit __context__ carrying aiohttp's exception.
@@ -224,7 +225,7 @@ class _AiohttpCarrier:
     def __init__(
         self, *, limits: httpx.Limits, ssl_context: ssl.SSLContext, proxies: Mapping[str, str]
     ) -> None:
-        import aiohttp  # noqa: PLC0415 - ~0.2 s of import time trio users need not pay
+        import aiohttp
 
         connector = aiohttp.TCPConnector(
             limit=limits.max_connections or 0,
@@ -246,7 +247,7 @@ class _AiohttpCarrier:
         )
 
     async def send(self, request: httpx.Request) -> httpx.Response:
-        import aiohttp  # noqa: PLC0415 - loaded in __init__
+        import aiohttp
 
         timeout = request.extensions.get("timeout", {})
         progress = request.extensions.get(PROGRESS_EXTENSION)
@@ -281,7 +282,7 @@ class _AiohttpCarrier:
                 proxy_auth=proxy_auth,
                 server_hostname=request.extensions.get("sni_hostname"),
             )
-        except Exception as exc:  # noqa: BLE001 - every failure is translated, none escapes raw
+        except Exception as exc:
             failure = translate_aiohttp(exc, request, sent=progress.sent)
         finally:
             _SENDING.reset(token)

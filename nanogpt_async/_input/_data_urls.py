@@ -82,7 +82,7 @@ def parse_data_url(url: str, what: str = "image") -> bytes:
     """
     match = _DATA_URL.match(url)
     if match is None:
-        head = url[:40] + ("..." if len(url) > 40 else "")  # noqa: PLR2004
+        head = url[:40] + ("..." if len(url) > 40 else "")
         raise ImageInputError(
             f"{what} data URL must look like 'data:image/png;base64,...' with type jpeg, png, "
             f"webp or gif; got {head!r}"
@@ -165,7 +165,7 @@ async def fetch_image_data_url(
     total = 0
     try:
         async with client.stream("GET", url) as response:
-            if response.status_code != 200:  # noqa: PLR2004
+            if response.status_code != 200:
                 raise ImageInputError(
                     f"downloading input image {shown!r} failed: HTTP {response.status_code}"
                 )

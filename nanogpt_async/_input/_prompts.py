@@ -29,11 +29,11 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from nanogpt_async._errors import InvalidInputError
+from nanogpt_async._errors import InvalidInputError, PromptFileError
 from nanogpt_async._input._body import ITEM_FIELDS, check_generation_fields
 from nanogpt_async._input._ids import RepeatedIds
 
-__all__ = ["PromptFileError", "PromptFormat", "numbered_prompts", "read_prompts"]
+__all__ = ["PromptFormat", "numbered_prompts", "read_prompts"]
 
 #: ``"auto"`` picks the format from the extension, then from the first non-blank line.
 PromptFormat = Literal["auto", "text", "jsonl", "csv"]
@@ -54,25 +54,10 @@ _CSV_ALIASES: Mapping[str, str] = {
 }
 
 
-class PromptFileError(InvalidInputError):
-    """A line of a prompt file cannot become a request.
-
-    Attributes:
-        source: The file name (``"<stdin>"`` for standard input).
-        line: The 1-based line number (for CSV: where the record starts).
-    """
-
-    def __init__(self, message: str, *, source: str, line: int) -> None:
-        """Build the error; ``str()`` reads ``"prompts.jsonl line 7: ..."``."""
-        self.source = source
-        self.line = line
-        super().__init__(f"{source} line {line}: {message}")
-
-
 def read_prompts(
     source: str | os.PathLike[str] | IO[str],
     *,
-    format: PromptFormat = "auto",  # noqa: A002 - the word users know, as in pandas/polars
+    format: PromptFormat = "auto",
 ) -> Generator[dict[str, Any], None, None]:
     r"""Yield one request per prompt of a text, JSONL or CSV file, lazily.
 
@@ -111,7 +96,7 @@ def read_prompts(
 def numbered_prompts(
     source: str | os.PathLike[str] | IO[str],
     *,
-    format: PromptFormat = "auto",  # noqa: A002
+    format: PromptFormat = "auto",
 ) -> Generator[tuple[int, dict[str, Any]], None, None]:
     """`read_prompts`, each request with its line number (where its record starts)."""
     if format not in ("auto", "text", "jsonl", "csv"):
@@ -187,7 +172,7 @@ def _text_lines(stream: Iterable[str], name: str) -> Iterator[str]:
 def _read_stream(
     lines: Iterator[str],
     name: str,
-    format: PromptFormat,  # noqa: A002
+    format: PromptFormat,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     records = _read_csv(lines, name) if format == "csv" else _read_lines(lines, name, format)
     seen = RepeatedIds()
@@ -209,7 +194,7 @@ def _read_stream(
 def _read_lines(
     lines: Iterator[str],
     name: str,
-    format: PromptFormat,  # noqa: A002
+    format: PromptFormat,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     chosen = format
     if chosen == "auto":

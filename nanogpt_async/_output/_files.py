@@ -20,7 +20,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from nanogpt_async._batch._results import FolderInUseError, OutputWriteError
+from nanogpt_async._errors import FolderInUseError, OutputWriteError
 
 __all__ = [
     "LOCK_NAME",
@@ -117,7 +117,7 @@ def describe_write_error(folder: Path, exc: OSError) -> str:
 def _size(count: int) -> str:
     value = float(count)
     for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":  # noqa: PLR2004 - binary units
+        if value < 1024 or unit == "GB":
             return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TB"  # pragma: no cover - the loop returns at GB

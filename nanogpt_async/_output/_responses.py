@@ -20,9 +20,10 @@ from nanogpt_async._errors import (
     APIResponseValidationError,
     InvalidImageError,
     InvalidInputError,
+    redact_url,
 )
 from nanogpt_async._output._files import write_atomic_async
-from nanogpt_async._sniff import SUFFIXES, ImageKind, sniff_image
+from nanogpt_async._sniff import SUFFIXES, ImageKind, checked_image
 
 __all__ = [
     "Balance",
@@ -31,13 +32,7 @@ __all__ = [
     "ImagesResponse",
     "ModelCapabilities",
     "cost_or_none",
-    "redact_url",
 ]
-
-
-def redact_url(url: str) -> str:
-    """The URL without its query string: a signed URL's signature is a credential of its own."""
-    return url.split("?", 1)[0]
 
 
 class Downloader(Protocol):
@@ -77,16 +72,6 @@ def cost_or_none(value: object) -> float | None:
     """
     number = _float_or_none(value)
     return number if number is not None and number >= 0 else None
-
-
-def checked_image(data: bytes, what: str) -> ImageKind:
-    """The kind of ``data``, or `InvalidImageError` saying what it looks like instead."""
-    kind = sniff_image(data)
-    if kind is None:
-        head = data[:64].decode("utf-8", "replace").strip()
-        looks = "an HTML page" if head.lower().startswith(("<!doctype", "<html")) else repr(head)
-        raise InvalidImageError(f"{what} is not a PNG/JPEG/WebP/GIF image; it starts as {looks}")
-    return kind
 
 
 def resolve_image_path(path: str | os.PathLike[str], kind: ImageKind) -> Path:

@@ -2,8 +2,10 @@
 
 Reserve, then settle (check-then-record overshoots under load):
 
-* `RedisBudget.reserve` books an estimate before a paid request is sent, in one script:
-  refused when settled spending plus live reservations plus this estimate would pass the cap;
+* `RedisBudget.book` books an estimate just before a paid request is sent, in one script:
+  ``"spent"`` when settled spending plus this estimate would pass the cap (stop), ``"full"``
+  when live reservations are in the way (wait for one to settle: `RedisBudget.room`, then
+  try again);
 * `RedisBudget.settle` turns it into the real cost after the answer; an ambiguous
   failure (the request may have been charged, no cost known) counts the estimate as spent; a
   failure before sending releases it;
@@ -25,13 +27,14 @@ import importlib.util
 import uuid
 from collections.abc import Awaitable, Callable
 from decimal import ROUND_CEILING, Decimal
+from typing import Literal
 
 import anyio
 
 from nanogpt_async._pacing._redis import SOCKET_TIMEOUT, redis_namespace
 from nanogpt_async._pacing._scripts import FailClosedScripts
 
-__all__ = ["BudgetReservation", "RedisBudget"]
+__all__ = ["BudgetReservation", "RedisBudget", "Refusal"]
 
 _MICRO = Decimal("0.000001")
 #: An unsettled reservation is presumed dead (and spent) after this long: longer than any
@@ -39,6 +42,13 @@ _MICRO = Decimal("0.000001")
 RESERVATION_TTL = 1800.0
 #: How often a fail-closed reservation tries Redis again.
 RETRY_EVERY = 0.5
+#: How long a booking refused as "full" waits for another process's settlement before trying
+#: again (a settlement in this process wakes it at once).
+ROOM_POLL = 0.25
+#: The reserve script's answer when live reservations are in the way.
+FULL = 2
+
+Refusal = Literal["full", "spent"]
 
 _PRELUDE = """
 local t = redis.call('TIME')
@@ -67,8 +77,11 @@ end
 local spent = tonumber(redis.call('HGET', KEYS[1], 'spent')) or 0
 local held = tonumber(redis.call('HGET', KEYS[1], 'held')) or 0
 local estimate = tonumber(ARGV[2])
+if spent + estimate > tonumber(ARGV[3]) then
+  return 0  -- spent: it would not fit even once every live reservation settled
+end
 if spent + held + estimate > tonumber(ARGV[3]) then
-  return 0
+  return 2  -- full for now: live reservations may settle for less (or be released)
 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], estimate)
@@ -187,9 +200,20 @@ class RedisBudget:
         )
         self._ttl_ms = int(reservation_ttl * 1000)
         self._sleep = sleep
+        self._settled: anyio.Event | None = None  # made in the running loop, by room()
 
     async def reserve(self, estimate: Decimal) -> BudgetReservation | None:
-        """Book ``estimate`` USD before sending; ``None`` when the cap would be passed.
+        """Book ``estimate`` USD before sending; ``None`` when the cap would be passed now."""
+        booked = await self.book(estimate)
+        return booked if isinstance(booked, BudgetReservation) else None
+
+    async def book(self, estimate: Decimal) -> BudgetReservation | Refusal:
+        """Book ``estimate`` USD before sending, or say why not.
+
+        ``"spent"``: settled spending plus ``estimate`` passes the cap, whatever the requests in
+        flight cost (stop). ``"full"``: it fits once live reservations settle (wait for
+        `room`, then try again): a refusal then would stop every process long before the
+        money is spent (8 processes x 64 in flight stopped at $0.33 of a $2 cap).
 
         Waits (fails closed) while Redis cannot be reached: nothing paid goes unchecked.
         """
@@ -198,12 +222,21 @@ class RedisBudget:
         while True:
             try:
                 await self._redis.flush("settle")
-                admitted = await self._redis.run("reserve", args)
-            except Exception:  # noqa: BLE001 - logged once by run(); fail closed and try again
+                admitted = int(await self._redis.run("reserve", args))
+            except Exception:
                 await self._sleep(RETRY_EVERY)
                 continue
             self._redis.answered()
-            return booking if int(admitted) == 1 else None
+            if admitted == 1:
+                return booking
+            return "full" if admitted == FULL else "spent"
+
+    async def room(self) -> None:
+        """Wait until this process settles a reservation, or ``ROOM_POLL`` s (others' settle)."""
+        if self._settled is None:
+            self._settled = anyio.Event()
+        with anyio.move_on_after(ROOM_POLL):
+            await self._settled.wait()
 
     async def settle(
         self, booking: BudgetReservation, cost: Decimal | None, *, maybe_charged: bool
@@ -223,8 +256,12 @@ class RedisBudget:
         self._redis.unsent.append(args)
         try:
             await self._redis.flush("settle")
-        except Exception:  # noqa: BLE001 - kept in unsent, written with the next call
+        except Exception:
             return
+        finally:
+            if self._settled is not None:
+                self._settled.set()
+                self._settled = None
 
     async def totals(self) -> tuple[Decimal, Decimal]:
         """``(spent, reserved)`` in USD, as Redis holds them now."""

@@ -43,7 +43,7 @@ class MemoryBackend:
         burst: int,
         max_wait: float,
         recheck: bool = False,
-        schedule: str | None = None,  # noqa: ARG002 - every slot here is this process's
+        schedule: str | None = None,
     ) -> Grant:
         """See `PacingBackend.reserve`."""
         return self.reserve_now(interval=interval, burst=burst, max_wait=max_wait, recheck=recheck)
@@ -76,7 +76,7 @@ class MemoryBackend:
             new_slot=new_slot,
         )
 
-    def should_recheck(self, delay: float, interval: float) -> bool:  # noqa: ARG002
+    def should_recheck(self, delay: float, interval: float) -> bool:
         """Always: a recheck costs nothing here."""
         return True
 

@@ -63,7 +63,7 @@ ACCEPTED_WINDOW = 2.0
 
 
 def _bounded(seconds: float | None, default: float) -> float:
-    if seconds is None or seconds != seconds:  # noqa: PLR0124 - NaN
+    if seconds is None or math.isnan(seconds):
         return default
     return min(max(0.0, seconds), MAX_COOLDOWN)
 

@@ -183,9 +183,9 @@ def redis_client(url: str, *, socket_timeout: float, max_connections: int) -> Re
     One retry of a timed-out call at most: every script of ours is safe to repeat, and more
     retries would only delay the fallback (pacing) or the fail-closed wait (budget, fence).
     """
-    from redis.asyncio import BlockingConnectionPool, Redis  # noqa: PLC0415 - optional
-    from redis.asyncio.retry import Retry  # noqa: PLC0415
-    from redis.backoff import NoBackoff  # noqa: PLC0415
+    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
     pool = BlockingConnectionPool.from_url(
         url,
@@ -208,7 +208,7 @@ def redis_display(url: str) -> str:
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError  # noqa: PLC0415 - optional dependency
+    from redis.exceptions import RedisError
 
     return (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 

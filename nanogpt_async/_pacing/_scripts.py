@@ -79,7 +79,7 @@ class FailClosedScripts:
 
     async def run(self, name: str, args: list[Any]) -> Any:
         """Run script ``name``; on failure warn once (naming Redis, not its password), raise."""
-        from redis.exceptions import RedisError  # noqa: PLC0415 - optional dependency
+        from redis.exceptions import RedisError
 
         try:
             connection = self.connection()

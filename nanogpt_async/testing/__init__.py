@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nanogpt_async._http._retry import recorded_backoff as instant_retries
-    from nanogpt_async.testing._fake import FakeNanoGPT, FakeStats, ManualClock
+    from nanogpt_async.testing._fake import FakeNanoGPT
     from nanogpt_async.testing._faults import Fault
     from nanogpt_async.testing._png import make_png
     from nanogpt_async.testing._server import FakeServer, run_forever, start_process
+    from nanogpt_async.testing._state import FakeStats, ManualClock
 
 __all__ = [
     "FakeNanoGPT",
@@ -39,8 +40,8 @@ __all__ = [
 # test session, which must not pay for aiohttp unless a fixture actually runs.
 _HOME = {
     "FakeNanoGPT": "_fake",
-    "FakeStats": "_fake",
-    "ManualClock": "_fake",
+    "FakeStats": "_state",
+    "ManualClock": "_state",
     "Fault": "_faults",
     "make_png": "_png",
     "FakeServer": "_server",
@@ -52,7 +53,7 @@ _HOME = {
 def __getattr__(name: str) -> Any:
     if name == "instant_retries":
         # The retry engine's own testing switch, re-exported where test helpers live.
-        from nanogpt_async._http._retry import recorded_backoff  # noqa: PLC0415
+        from nanogpt_async._http._retry import recorded_backoff
 
         globals()[name] = recorded_backoff
         return recorded_backoff

@@ -2,7 +2,8 @@
 
 * the API listener: ``/api/v1`` and ``/v1`` routes (generations, edits, image-models),
   ``/api/check-balance`` and ``/capture``;
-* the download listener, a different origin like a storage host, serving signed URLs.
+* the download listener, a different origin like a storage host, serving signed URLs
+  (`_storage`). How answers and faults are written: `_replies`.
 
 Requests are refused the way NanoGPT documents (see ``_catalog`` for the per-model rules): 400
 with an OpenAI-style error object, 401 ``missing_api_key``/``invalid_api_key``, 404 for an unknown
@@ -15,13 +16,11 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import hashlib
 import hmac
 import json
 import math
 import re
 import time
-import urllib.parse
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +34,23 @@ from nanogpt_async.testing._catalog import (
     model_listing,
 )
 from nanogpt_async.testing._faults import PRE_PROCESSING_KINDS, Fault, Route
-from nanogpt_async.testing._png import make_png, make_png_b64
+from nanogpt_async.testing._png import make_png_b64
+from nanogpt_async.testing._replies import (
+    Base64Text,
+    Dropped,
+    daily_cap_answer,
+    error_type,
+    fault_answer,
+    json_response,
+    openai_error,
+    spoiled_answer,
+)
+from nanogpt_async.testing._storage import StorageHost
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from nanogpt_async.testing._fake import FakeNanoGPT, StoredFile
+    from nanogpt_async.testing._state import FakeState
 
 __all__ = ["FakeApps"]
 
@@ -52,14 +62,7 @@ _DATA_URL = re.compile(r"data:image/(?:jpeg|jpg|png|webp|gif);base64,(?P<data>.*
 _CONTENT_POLICY = re.compile(r"\bforbidden\b", re.IGNORECASE)
 _SERVER_ERRORS = [500, 502, 503]
 _RESPONSE_FORMATS = frozenset({"url", "b64_json"})
-_JSON = "application/json"
 _NANO_ADDRESS = "nano_1fake" + "x" * 55
-
-_PROXY_HTML = """<!DOCTYPE html>
-<html><head><title>{status} {phrase}</title></head>
-<body><center><h1>{status} {phrase}</h1></center>
-<hr><center>cloudflare</center></body></html>
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,109 +142,6 @@ def _whole(value: object) -> object:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-class _Base64(str):
-    """Base64 text we produced: safe to put in JSON without escaping or scanning."""
-
-    __slots__ = ()
-
-
-def dumps(body: Any) -> bytes:
-    """Encode ``body`` as JSON, splicing our own base64 items in without re-encoding.
-
-    ``json.dumps`` scans every character of a multi-megabyte string to escape it; base64
-    needs no escaping, and skipping the scan keeps big-image benchmarks about the client.
-    """
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, list) or not any(
-        isinstance(item, dict) and type(item.get("b64_json")) is _Base64 for item in data
-    ):
-        return json.dumps(body).encode()
-    items = [
-        b'{"b64_json": "' + item["b64_json"].encode("ascii") + b'"}'
-        if isinstance(item, dict) and len(item) == 1 and type(item.get("b64_json")) is _Base64
-        else json.dumps(item).encode()
-        for item in data
-    ]
-    rest = json.dumps({key: value for key, value in body.items() if key != "data"}).encode()
-    separator = b", " if rest != b"{}" else b""
-    return b'{"data": [' + b", ".join(items) + b"]" + separator + rest[1:]
-
-
-class _Dropped(web.StreamResponse):
-    """Marks a response whose connection was closed on purpose."""
-
-
-def openai_error(
-    message: str, error_type: str, code: str | None, param: str | None = None
-) -> dict[str, Any]:
-    """Return an OpenAI-style error body."""
-    return {"error": {"message": message, "type": error_type, "code": code, "param": param}}
-
-
-def _error_type(status: int) -> str:
-    if status == HTTPStatus.UNAUTHORIZED:
-        return "authentication_error"
-    if status == HTTPStatus.TOO_MANY_REQUESTS:
-        return "rate_limit_error"
-    if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
-        return "server_error"
-    return "invalid_request_error"
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-def json_response(
-    request_id: str,
-    status: int,
-    body: Any,
-    *,
-    headers: dict[str, str] | None = None,
-    retry_after: str | int | None = None,
-) -> web.Response:
-    """Return a JSON response carrying ``X-Request-ID``."""
-    all_headers = {"X-Request-ID": request_id, **(headers or {})}
-    if retry_after is not None:
-        all_headers["Retry-After"] = str(retry_after)
-    return web.Response(status=status, body=dumps(body), content_type=_JSON, headers=all_headers)
-
-
-def _s3_error(code: str, message: str, status: int) -> web.Response:
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{message}</Message>"
-        "<RequestId>FAKE0000000000</RequestId></Error>"
-    )
-    return web.Response(status=status, text=body, content_type="application/xml")
-
-
-def _sign(key: bytes, file_id: str, date: str, expires: str) -> str:
-    return hmac.new(key, f"{file_id}\n{date}\n{expires}".encode(), hashlib.sha256).hexdigest()
-
-
-def _has_credentials(request: web.Request) -> bool:
-    return "Authorization" in request.headers or "x-api-key" in request.headers
-
-
-def _drop(request: web.Request, *, abort: bool = True) -> _Dropped:
-    """Close the connection without (more of) an answer.
-
-    ``abort`` sends a TCP reset; otherwise a clean close (FIN) after what was written.
-    aiohttp then fails to finish the response, which it treats as a client disconnect.
-    """
-    transport = request.transport
-    if transport is not None:
-        if abort:
-            transport.abort()
-        else:
-            transport.close()
-    return _Dropped()
 
 
 def _validate_data_url(value: object, param: str) -> _Invalid | None:
@@ -365,7 +265,7 @@ def _validate_images(body: dict[str, Any]) -> _Invalid | None:
 class FakeApps:
     """The two aiohttp applications of one running fake, and their in-flight handlers."""
 
-    def __init__(self, fake: FakeNanoGPT, api_root: str, download_root: str) -> None:
+    def __init__(self, fake: FakeState, api_root: str, download_root: str) -> None:
         """Build the applications; the roots are the listeners' ``http://host:port``."""
         self.fake = fake
         self.api_root = api_root
@@ -383,8 +283,9 @@ class FakeApps:
             self.api.router.add_post(path, self.check_balance)
         self.api.router.add_route("*", "/capture", self.capture)
 
+        self.storage = StorageHost(fake, api_root, download_root)
         self.download = web.Application(middlewares=[self._track])
-        self.download.router.add_get("/files/{file_id}.png", self.download_file)
+        self.download.router.add_get("/files/{file_id}.png", self.storage.download_file)
 
     async def cancel_handlers(self) -> None:
         """Cancel handlers still sleeping (latency, stalls) so shutdown is prompt."""
@@ -428,7 +329,7 @@ class FakeApps:
             return json_response(
                 self.fake.next_request_id(),
                 exc.status,
-                openai_error(message, _error_type(exc.status), code),
+                openai_error(message, error_type(exc.status), code),
                 headers=allow,
             )
 
@@ -455,64 +356,6 @@ class FakeApps:
             message, code = "Invalid API key", "invalid_api_key"
         return json_response(rid, 401, openai_error(message, "authentication_error", code))
 
-    async def _pre_fault(  # noqa: PLR0911 - one answer per fault kind
-        self, request: web.Request, rid: str, fault: Fault
-    ) -> web.StreamResponse:
-        """Answer with a fault that preempts all processing (never charged)."""
-        status = fault.code or 500
-        if fault.kind == "reset_before_response":
-            return _drop(request)
-        if fault.kind == "html":
-            return web.Response(
-                status=status,
-                text=_PROXY_HTML.format(status=status, phrase=_phrase(status)),
-                content_type="text/html",
-                headers={"X-Request-ID": rid},
-            )
-        if fault.kind == "rate_limited":
-            return json_response(
-                rid,
-                status,
-                openai_error(
-                    "Rate limit exceeded. Please slow down.",
-                    "rate_limit_error",
-                    "rate_limit_exceeded",
-                ),
-                retry_after=fault.retry_after,
-            )
-        if fault.kind == "daily_cap":
-            return self._daily_cap(rid, fault.detail)
-        headers = {"X-Request-ID": rid, **dict(fault.headers)}
-        if fault.retry_after is not None:
-            headers["Retry-After"] = fault.retry_after
-        body = fault.body
-        if body is None:
-            body = openai_error(
-                f"Fake fault: HTTP {status} {_phrase(status)}",
-                _error_type(status),
-                _phrase(status).lower().replace(" ", "_"),
-            )
-        if isinstance(body, bytes):
-            return web.Response(status=status, body=body, headers=headers)
-        if isinstance(body, str):
-            return web.Response(status=status, text=body, headers=headers)
-        return web.Response(
-            status=status, body=json.dumps(body).encode(), content_type=_JSON, headers=headers
-        )
-
-    def _daily_cap(self, rid: str, kind: str) -> web.Response:
-        what = "requests" if kind == "rpd" else "USD"
-        return json_response(
-            rid,
-            429,
-            openai_error(
-                f"Daily {what} limit for this API key reached; it resets at 00:00 UTC.",
-                "rate_limit_error",
-                f"daily_{kind}_limit_exceeded",
-            ),
-            retry_after=self.fake.seconds_until_utc_midnight(),
-        )
-
     async def _answer_other_route(
         self, request: web.Request, route: Route
     ) -> tuple[str, web.StreamResponse | None]:
@@ -520,8 +363,8 @@ class FakeApps:
         fault = self.fake.pop_fault(route)
         if fault is None:
             return rid, None
-        response = await self._pre_fault(request, rid, fault)
-        if isinstance(response, _Dropped):
+        response = await fault_answer(self.fake, request, rid, fault)
+        if isinstance(response, Dropped):
             self.fake.count(connections_reset=1)
         else:
             self.fake.record_other_status(response.status)
@@ -579,7 +422,7 @@ class FakeApps:
             response = await self._generate(request, rid, edit=edit)
         finally:
             fake.exit_generation()
-        if isinstance(response, _Dropped):
+        if isinstance(response, Dropped):
             fake.count(connections_reset=1)
         else:
             fake.record_status(response.status)
@@ -593,13 +436,11 @@ class FakeApps:
             return key, "'Authorization: Bearer <key>' or 'x-api-key: <key>'"
         return key, "'Authorization: Bearer <key>'"
 
-    async def _generate(  # noqa: C901, PLR0911 - the real server's checks, in its order
-        self, request: web.Request, rid: str, *, edit: bool
-    ) -> web.StreamResponse:
+    async def _generate(self, request: web.Request, rid: str, *, edit: bool) -> web.StreamResponse:
         fake = self.fake
         fault = fake.pop_fault("edits" if edit else "generations")
         if fault is not None and fault.kind in PRE_PROCESSING_KINDS:
-            return await self._pre_fault(request, rid, fault)
+            return await fault_answer(self.fake, request, rid, fault)
 
         refused = self._auth_error(rid, *self._request_key(request, edit=edit))
         if refused is not None:
@@ -619,7 +460,7 @@ class FakeApps:
             )
         cap = fake.admit_daily()
         if cap is not None:
-            return self._daily_cap(rid, cap)
+            return daily_cap_answer(self.fake, rid, cap)
 
         try:
             body = await _read_body(request, edit=edit)
@@ -690,7 +531,7 @@ class FakeApps:
         if fault is None and fake.reset_rate > 0 and fake.random() < fake.reset_rate:
             fault = Fault.reset_after_charge()
         if fault is not None:
-            return await self._post_charge_fault(request, rid, fault, result)
+            return await spoiled_answer(request, rid, fault, result)
         return json_response(rid, 200, result)
 
     async def _sleep_latency(self) -> None:
@@ -709,104 +550,7 @@ class FakeApps:
             fallback = fake.url_fallback_rate > 0 and fake.random() < fake.url_fallback_rate
             if parsed.response_format == "url" and not fallback:
                 file_id, record = fake.store_file(text)
-                items.append({"url": self._signed_url(file_id, record)})
+                items.append({"url": self.storage.signed_url(file_id, record)})
             else:
-                items.append({"b64_json": _Base64(make_png_b64(text, fake.image_bytes))})
+                items.append({"b64_json": Base64Text(make_png_b64(text, fake.image_bytes))})
         return items
-
-    def _signed_url(self, file_id: str, record: StoredFile) -> str:
-        date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        expires = str(max(0, round(record.url_expires_at - self.fake.clock())))
-        query = urllib.parse.urlencode(
-            {
-                "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
-                "X-Amz-Date": date,
-                "X-Amz-Expires": expires,
-                "X-Amz-SignedHeaders": "host",
-                "X-Amz-Signature": _sign(self.fake.signing_key, file_id, date, expires),
-            }
-        )
-        return f"{self.download_root}/files/{file_id}.png?{query}"
-
-    async def _post_charge_fault(
-        self, request: web.Request, rid: str, fault: Fault, result: dict[str, Any]
-    ) -> web.StreamResponse:
-        """Spoil a charged success the way ``fault`` says."""
-        if fault.kind in {"reset_after_charge", "short_body"}:
-            payload = dumps(result)
-            response = web.StreamResponse(status=200, headers={"X-Request-ID": rid})
-            response.content_type = _JSON
-            response.content_length = len(payload)
-            await response.prepare(request)
-            await response.write(payload[: len(payload) // 2])
-            return _drop(request, abort=fault.kind == "reset_after_charge")
-        if fault.kind == "invalid_json":
-            garbage = b'{"created": 1700000000, "data": [{"b64_json": "iVBORw0KGgo\x00<html>'
-            return web.Response(
-                status=200, body=garbage, content_type=_JSON, headers={"X-Request-ID": rid}
-            )
-        if fault.kind == "item_without_image":
-            result["data"][0] = {"revised_prompt": "fake: this item has no image"}
-        elif fault.kind == "invalid_base64":
-            result["data"][0] = {"b64_json": "this is *not* base64!"}
-        return json_response(rid, 200, result)
-
-    # -- download listener -----------------------------------------------------------
-
-    async def download_file(self, request: web.Request) -> web.StreamResponse:  # noqa: C901, PLR0911 - one branch per storage-host behaviour
-        """``GET /files/<id>.png?X-Amz-...``: serve a signed URL like a storage host."""
-        fake = self.fake
-        fake.count(
-            download_requests=1, download_requests_with_credentials=int(_has_credentials(request))
-        )
-        fault = fake.pop_fault("download")
-        if fake.download_latency > 0:
-            await asyncio.sleep(fake.download_latency)
-
-        if fault is not None:
-            if fault.kind == "reset_before_response":
-                fake.count(connections_reset=1)
-                return _drop(request)
-            if fault.kind == "redirect_to_api_host":
-                raise web.HTTPFound(f"{self.api_root}/capture")
-            if fault.kind == "download_html":
-                return web.Response(
-                    text=_PROXY_HTML.format(status=200, phrase="OK"), content_type="text/html"
-                )
-            if fault.kind == "status":
-                rid = fake.next_request_id()
-                faulted = await self._pre_fault(request, rid, fault)
-                fake.record_other_status(faulted.status)
-                return faulted
-
-        query = request.query
-        file_id = request.match_info["file_id"]
-        date, expires = query.get("X-Amz-Date", ""), query.get("X-Amz-Expires", "")
-        signature = query.get("X-Amz-Signature", "")
-        expected = _sign(fake.signing_key, file_id, date, expires)
-        if not hmac.compare_digest(signature.encode(), expected.encode()):
-            return _s3_error(
-                "SignatureDoesNotMatch",
-                "The request signature we calculated does not match the signature you provided.",
-                403,
-            )
-        record = fake.find_file(file_id)
-        if record is None:
-            fake.count(missing_downloads=1)
-            return _s3_error("NoSuchKey", "The specified key does not exist.", 404)
-        if fake.clock() >= record.url_expires_at:
-            fake.count(expired_downloads=1)
-            return _s3_error("AccessDenied", "Request has expired", 403)
-
-        png = make_png(record.text, record.image_bytes)
-        if fault is not None and fault.kind == "download_stall":
-            response = web.StreamResponse(status=200)
-            response.content_type = "image/png"
-            response.content_length = len(png)
-            await response.prepare(request)
-            await asyncio.sleep(fault.seconds)
-            await response.write(png)
-            fake.count(downloads=1)
-            return response
-        fake.count(downloads=1)
-        return web.Response(body=png, content_type="image/png")

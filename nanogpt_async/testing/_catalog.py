@@ -120,7 +120,7 @@ class Refusal(NamedTuple):
     message: str
 
 
-def check_model_rules(  # noqa: PLR0911 - one answer per rule, in the order NanoGPT would check
+def check_model_rules(
     model_id: str,
     *,
     n: int,

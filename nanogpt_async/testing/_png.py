@@ -87,7 +87,7 @@ def _sized_parts(size: int) -> tuple[bytes, bytes, str]:
     # Stored deflate blocks cost 5 bytes per 65535 bytes of data.
     budget = max(row_len, size - _FIXED_OVERHEAD)
     height = max(1, round(budget / (row_len * (1 + 5 / 65535))))
-    pixels = random.Random(size).randbytes(height * _SIZED_WIDTH * _RGB)  # noqa: S311 - test data, not crypto
+    pixels = random.Random(size).randbytes(height * _SIZED_WIDTH * _RGB)
     stride = _SIZED_WIDTH * _RGB
     raw = b"".join(
         b"\x00" + pixels[offset : offset + stride] for offset in range(0, len(pixels), stride)

@@ -26,7 +26,7 @@ from nanogpt_async.testing._app import FakeApps
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
 
-    from nanogpt_async.testing._fake import FakeNanoGPT
+    from nanogpt_async.testing._state import FakeState
 
 __all__ = [
     "FakeServer",
@@ -55,7 +55,7 @@ class FakeServer:
         download_port: Port of the signed-URL (storage host) listener.
     """
 
-    fake: FakeNanoGPT
+    fake: FakeState
     host: str
     api_port: int
     download_port: int
@@ -119,7 +119,7 @@ def _bind(host: str, port: int) -> socket.socket:
             # Lets a fixed --port be reused right after a previous run (TIME_WAIT).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.setblocking(False)  # noqa: FBT003 - the socket API's own signature
+        sock.settimeout(0.0)  # non-blocking, as asyncio's servers need
     except BaseException:
         sock.close()
         raise
@@ -128,7 +128,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 @contextlib.asynccontextmanager
 async def serve(
-    fake: FakeNanoGPT, host: str = "127.0.0.1", port: int = 0, *, download_port: int = 0
+    fake: FakeState, host: str = "127.0.0.1", port: int = 0, *, download_port: int = 0
 ) -> AsyncIterator[FakeServer]:
     """Serve ``fake`` on the running asyncio loop inside an ``async with``.
 
@@ -182,7 +182,7 @@ async def serve(
 class _ThreadRunner:
     """Runs `serve` on a private event loop in a background thread."""
 
-    def __init__(self, fake: FakeNanoGPT, host: str, port: int, download_port: int) -> None:
+    def __init__(self, fake: FakeState, host: str, port: int, download_port: int) -> None:
         self._args = (fake, host, port, download_port)
         self._ready = threading.Event()
         self._server: FakeServer | None = None
@@ -197,7 +197,8 @@ class _ThreadRunner:
         if self._error is not None:
             self._thread.join()
             raise self._error
-        assert self._server is not None  # noqa: S101 - set before _ready when no error
+        if self._server is None:  # pragma: no cover - set before _ready when there is no error
+            raise RuntimeError("the fake server thread signalled ready without a server")
         return self._server
 
     def stop(self) -> None:
@@ -213,7 +214,7 @@ class _ThreadRunner:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+        except BaseException as exc:
             self._error = exc
         finally:
             self._ready.set()
@@ -230,7 +231,7 @@ class _ThreadRunner:
 
 @contextlib.contextmanager
 def run_in_thread(
-    fake: FakeNanoGPT, host: str = "127.0.0.1", port: int = 0, *, download_port: int = 0
+    fake: FakeState, host: str = "127.0.0.1", port: int = 0, *, download_port: int = 0
 ) -> Iterator[FakeServer]:
     """Serve ``fake`` from a background thread with its own asyncio loop.
 
@@ -257,7 +258,7 @@ def run_in_thread(
 
 
 async def serve_until_stopped(
-    fake: FakeNanoGPT,
+    fake: FakeState,
     host: str = "127.0.0.1",
     port: int = 0,
     *,
@@ -291,7 +292,7 @@ def _on_signal(
 
 
 def run_forever(
-    fake: FakeNanoGPT,
+    fake: FakeState,
     host: str = "127.0.0.1",
     port: int = 0,
     *,
@@ -362,15 +363,15 @@ def start_process(
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (_package_root(), env.get("PYTHONPATH", "")) if p
     )
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
-        argv, stdout=subprocess.PIPE, text=True, env=env
-    )
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     try:
         timer = threading.Timer(startup_timeout, process.kill)
         timer.start()
         try:
-            assert process.stdout is not None  # noqa: S101 - stdout=PIPE above
-            line = process.stdout.readline().strip()
+            stdout = process.stdout
+            if stdout is None:  # pragma: no cover - stdout=PIPE above
+                raise RuntimeError("the fake server process has no stdout pipe")
+            line = stdout.readline().strip()
         finally:
             timer.cancel()
         if not line.startswith(READY_PREFIX):

@@ -46,7 +46,7 @@ def fake_nanogpt(request: pytest.FixtureRequest) -> Iterator[FakeServer]:
     arguments come from ``@pytest.mark.fake_nanogpt(...)``.
     """
     # Imported here so that merely having the plugin installed costs nothing.
-    from nanogpt_async.testing import FakeNanoGPT  # noqa: PLC0415 - keep plugin import cheap
+    from nanogpt_async.testing import FakeNanoGPT
 
     marker = request.node.get_closest_marker("fake_nanogpt")
     knobs = dict(marker.kwargs) if marker is not None else {}

@@ -1,0 +1,181 @@
+"""One admitted item's way: send -> settle the budget -> save -> record -> results stream.
+
+Each item runs in a task of its own, started by the producer once admitted (`_admit`). Money
+decides the order: the budget is settled as soon as the answer (or its loss) is known, the
+answer is saved even if the batch is being cancelled (it is paid for), the fence hears of the
+item only after its manifest line, and the pipeline slot is handed back last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from nanogpt_async._batch._budget import Reservation, known_cost
+from nanogpt_async._batch._lifecycle import AbandonedError, Lifecycle
+from nanogpt_async._batch._prepare import Job
+from nanogpt_async._batch._results import ItemResult
+from nanogpt_async._batch._send import Attempts
+from nanogpt_async._batch._shared import FencedError
+from nanogpt_async._batch._streak import ErrorStreak
+from nanogpt_async._errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    GatewayError,
+    NanoGPTError,
+)
+
+if TYPE_CHECKING:
+    from nanogpt_async._batch._admit import Admission
+    from nanogpt_async._batch._save import Saver
+    from nanogpt_async._batch._send import Sender
+    from nanogpt_async._batch._tally import Tally
+    from nanogpt_async._output._responses import ImagesResponse
+
+__all__ = ["ItemFlow", "Results"]
+
+
+class Results:
+    """The bounded results stream behind ``async for result in batch``; counts each result."""
+
+    __slots__ = ("_send", "_tally", "receive", "wanted")
+
+    def __init__(self, size: int, tally: Tally) -> None:
+        self._send, self.receive = anyio.create_memory_object_stream[ItemResult](size)
+        self._tally = tally
+        #: ``run()`` discards results: then they are not sent through the stream at all.
+        self.wanted = True
+
+    async def emit(self, result: ItemResult) -> None:
+        """Count ``result`` and hand it to the reader (waiting while the stream is full)."""
+        tally, status = self._tally, result.status
+        if status == "ok":
+            tally.ok += 1
+        elif status == "failed":
+            tally.failed += 1
+        else:
+            tally.skipped += 1
+        if not self.wanted:
+            return
+        # If nobody is listening any more, the manifest has it.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            try:
+                # No loop turn when there is room (the stream's send always takes one).
+                self._send.send_nowait(result)
+            except anyio.WouldBlock:
+                await self._send.send(result)
+
+    def close(self) -> None:
+        """No more results: the reader's ``async for`` ends once it has read them."""
+        self._send.close()
+
+
+class ItemFlow:
+    """Runs admitted items to their result."""
+
+    __slots__ = (
+        "_admission",
+        "_lifecycle",
+        "_results",
+        "_saver",
+        "_sender",
+        "_streak",
+        "_tally",
+    )
+
+    def __init__(
+        self,
+        *,
+        admission: Admission,
+        sender: Sender,
+        saver: Saver,
+        results: Results,
+        lifecycle: Lifecycle,
+        tally: Tally,
+    ) -> None:
+        self._admission = admission
+        self._sender = sender
+        self._saver = saver
+        self._results = results
+        self._lifecycle = lifecycle
+        self._tally = tally
+        self._streak = ErrorStreak()
+
+    async def process(self, job: Job, reservation: Reservation) -> None:
+        """Run one admitted job to its result, then hand its slots back."""
+        try:
+            try:
+                result = await self._generate_and_save(job, reservation)
+            finally:
+                self._tally.in_flight -= 1
+                if job.holds_slot:
+                    self._sender.slots.release_on_behalf_of(job)
+            if result is not None:
+                await self._results.emit(result)
+        finally:
+            self._admission.leave()
+
+    async def _generate_and_save(self, job: Job, reservation: Reservation) -> ItemResult | None:
+        """Send, settle the budget, save, then let the fence know; ``None``: never sent."""
+        attempts = Attempts(self._sender, job)
+        budget, shared = self._admission.budget, self._sender.shared
+        response: ImagesResponse | None = None
+        error: NanoGPTError | None = None
+        settled = False
+        try:
+            try:
+                response = await self._sender.send(job, attempts)
+            except FencedError as fenced:
+                budget.settle(reservation, None, job.n, charged=False)
+                settled = True
+                await shared.settle(job, None, charged=False)
+                if fenced.record:
+                    return await self._saver.record(fenced.result, None)
+                return fenced.result
+            except AbandonedError:
+                if attempts.count == 0:
+                    budget.settle(reservation, None, job.n, charged=False)
+                    settled = True
+                    await shared.settle(job, None, charged=False)
+                    await shared.unclaim(job)
+                    return None  # never sent: counted in not_started, a later run does it
+                error = attempts.last_error
+            except NanoGPTError as exc:
+                error = exc
+            answered = time.monotonic()
+            # An answer means a charge, stated or not; a lost answer to a sent request may be one.
+            charged = response is not None or _maybe_charged(error)
+            cost = known_cost(response.cost) if response is not None else None
+            images = len(response.data) if response is not None else job.n
+            budget.settle(reservation, cost, images, charged=charged)
+            settled = True
+            await shared.settle(job, cost, charged=charged)
+            if self._streak.observe(error if response is None else None) and error is not None:
+                self._lifecycle.fail_fast(error, self._streak.describe())
+            if cost is not None:
+                self._tally.cost += cost
+        finally:
+            if not settled:
+                budget.settle(reservation, None, job.n, charged=True)
+                await shared.settle(job, None, charged=True)
+        latency = answered - attempts.last_started if response is not None else None
+        result = await self._saver.save(
+            job,
+            response=response,
+            error=error,
+            attempts=attempts,
+            latency=latency,
+            answered=answered,
+        )
+        await shared.finish_claim(job, result, charged=charged)
+        return result
+
+
+def _maybe_charged(error: NanoGPTError | None) -> bool:
+    # A gateway's page instead of NanoGPT's answer: the origin may have charged (issue 10.16).
+    return isinstance(error, (APIResponseValidationError, GatewayError)) or (
+        isinstance(error, APIConnectionError) and error.request_sent
+    )

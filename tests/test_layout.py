@@ -1,0 +1,150 @@
+"""The package's shape: no import cycle between its modules, and the layers contract kept.
+
+Counted as imports: module-level ones, those inside functions (lazy) and those under
+``TYPE_CHECKING``; grimp (import-linter's graph library) sees all three.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import grimp
+import pytest
+
+from nanogpt_async import _errors
+from nanogpt_async._errors import NanoGPTError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph("nanogpt_async", cache_dir=None)
+
+
+def _imports(graph: grimp.ImportGraph) -> dict[str, set[str]]:
+    return {module: graph.find_modules_directly_imported_by(module) for module in graph.modules}
+
+
+def _reachable(edges: Mapping[str, Iterable[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(edges.get(start, ()))
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(edges.get(node, ()))
+    return seen
+
+
+def cycles(edges: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """The groups of modules that reach each other through imports (a few dozen: brute force)."""
+    reach = {module: _reachable(edges, module) for module in edges}
+    groups = {
+        frozenset({module, *(other for other in reach[module] if module in reach[other])})
+        for module in edges
+        if module in reach[module]
+    }
+    return sorted(sorted(group) for group in groups)
+
+
+def test_the_cycle_finder_finds_a_cycle_through_three_modules_and_ignores_a_chain() -> None:
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": {"e"}, "e": set()}
+
+    assert cycles(edges) == [["a", "b", "c"]]
+
+
+def test_the_graph_counts_lazy_and_type_checking_imports(graph: grimp.ImportGraph) -> None:
+    # generate_many imports the batch inside the function (lazy), the batch imports the
+    # channel under TYPE_CHECKING only: both must be edges, or the cycle check below is blind.
+    assert graph.direct_import_exists(
+        importer="nanogpt_async._images", imported="nanogpt_async._batch._runner"
+    )
+    assert graph.direct_import_exists(
+        importer="nanogpt_async._batch._runner", imported="nanogpt_async._http._channel"
+    )
+
+
+def test_no_import_cycle_between_package_modules(graph: grimp.ImportGraph) -> None:
+    found = cycles(_imports(graph))
+
+    details = [
+        f"{a} -> {b} (line {detail['line_number']}: {detail['line_contents']})"
+        for component in found
+        for a in component
+        for b in sorted(graph.find_modules_directly_imported_by(a) & set(component))
+        for detail in graph.get_import_details(importer=a, imported=b)[:1]
+    ]
+    assert found == [], "import cycles:\n" + "\n".join(details)
+
+
+def test_the_layers_contract_in_pyproject_is_kept() -> None:
+    # In a child process: import-linter configures logging, which disables the loggers
+    # that already exist (nanogpt_async's among them) for the rest of the session.
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    code = (
+        "import sys; from importlinter.cli import lint_imports; "
+        "sys.exit(lint_imports(no_cache=True, no_logo=True))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+#: Internal signals: raised and caught inside one module, never seen by a user.
+_INTERNAL_SIGNALS = {
+    "nanogpt_async._http._exchange.UndecodableBodyError",
+    "nanogpt_async._batch._lifecycle.AbandonedError",
+    "nanogpt_async._batch._shared.FencedError",
+}
+
+
+def _exception_classes() -> dict[str, type[BaseException]]:
+    """``{"module.Class": class}`` for every exception class a package module defines.
+
+    Found from the source (``class`` statements): ``__module__`` is no guide, since the
+    package rewrites it to ``nanogpt_async`` for the names it exports.
+    """
+    found: dict[str, type[BaseException]] = {}
+    for path in sorted((ROOT / "nanogpt_async").rglob("*.py")):
+        module_name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        module_name = module_name.removesuffix(".__init__")
+        if module_name.endswith("__main__"):
+            continue
+        module = importlib.import_module(module_name)
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                value = getattr(module, node.name)
+                if issubclass(value, BaseException):
+                    found[f"{module_name}.{node.name}"] = value
+    return found
+
+
+def test_every_exception_the_package_defines_is_in_the_tree_drawn_in_errors() -> None:
+    classes = {
+        where: cls for where, cls in _exception_classes().items() if where not in _INTERNAL_SIGNALS
+    }
+    tree = _errors.__doc__ or ""
+
+    assert len(classes) > 30
+    outside = [where for where in classes if not where.startswith("nanogpt_async._errors.")]
+    assert outside == [], "define exceptions in _errors.py"
+    assert [where for where, cls in classes.items() if not issubclass(cls, NanoGPTError)] == []
+    missing = [
+        cls.__name__
+        for cls in classes.values()
+        if not re.search(rf"(─ |^    ){cls.__name__}\b", tree, re.MULTILINE)
+    ]
+    assert missing == [], "draw them in the tree in _errors.py's docstring"
