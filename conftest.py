@@ -26,7 +26,7 @@ def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
     """Load scheduling, one test at a time, with a page or module kept whole where needed."""
     if config.getvalue("dist") != "load":
         return None  # the user chose another --dist
-    from xdist.scheduler import LoadScopeScheduling  # noqa: PLC0415 - only when xdist runs
+    from xdist.scheduler import LoadScopeScheduling  # imported only when xdist runs
 
     class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
