@@ -109,6 +109,7 @@ async def test_generate_many_with_shards_does_each_item_once(tmp_path: Path) -> 
     assert names == [Shard(i, 3).manifest_name for i in range(3)]
 
 
+@redis_is_asyncio_only
 async def test_shards_hold_only_their_share_of_the_schedule_ahead_whatever_the_concurrency(
     redis_server: RedisProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
