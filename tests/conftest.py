@@ -12,7 +12,7 @@ import respx
 
 from nanogpt_async import AsyncNanoGPT
 from nanogpt_async._http._retry import recorded_backoff
-from nanogpt_async.testing import make_png
+from nanogpt_async.testing import FakeServer, make_png
 
 #: A distinctive key so tests can prove it never leaks anywhere.
 KEY = "ngk_SECRET_do_not_leak_4242"
@@ -78,5 +78,38 @@ def mock_api() -> Iterator[respx.MockRouter]:
 
 @pytest.fixture
 async def client(mock_api: respx.MockRouter) -> AsyncIterator[AsyncNanoGPT]:
+    """A client whose requests go to respx's `mock_api` (request and response details)."""
     async with AsyncNanoGPT(api_key=KEY, base_url=BASE) as c:
         yield c
+
+
+@pytest.fixture
+async def fake_client(fake_nanogpt: FakeServer) -> AsyncIterator[AsyncNanoGPT]:
+    """A client on its real transport, talking to the `fake_nanogpt` server on loopback."""
+    async with AsyncNanoGPT(api_key=fake_nanogpt.api_key, base_url=fake_nanogpt.base_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="module", params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every async test runs once per backend: asyncio, then trio.
+
+    anyio's plugin (``anyio_mode = "auto"`` in pyproject) gives every ``async def`` test this
+    fixture. Named here rather than left to anyio's default (the backends that happen to be
+    importable) so that a missing trio fails the suite instead of halving it. Under trio the
+    client sends through httpx's own pool (not aiohttp) and Redis pacing falls back to the
+    process (redis.asyncio needs asyncio): a test whose subject exists only under asyncio says
+    so with ``@pytest.mark.asyncio_only(reason=...)``.
+    """
+    return str(request.param)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest parametrizes the fixture above
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """An ``asyncio_only`` test runs under asyncio alone; it must say why."""
+    only = metafunc.definition.get_closest_marker("asyncio_only")
+    if only is None or "anyio_backend" not in metafunc.fixturenames:
+        return
+    if not only.kwargs.get("reason"):
+        pytest.fail(f"{metafunc.definition.nodeid}: asyncio_only needs a reason=", pytrace=False)
+    metafunc.definition.add_marker(pytest.mark.parametrize("anyio_backend", ["asyncio"]))

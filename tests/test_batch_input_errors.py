@@ -47,9 +47,10 @@ async def test_an_input_that_raises_mid_run_lets_in_flight_items_finish_then_rai
     async def items() -> AsyncIterator[str]:
         for i in range(6):
             yield f"prompt {i}"
-        # Raised while six generations are in flight, all of them paid for.
+        # Raised once all six were sent (some may be done already: each takes 50 ms, and trio
+        # starts them in an order of its own, so "six in flight at once" may never happen).
         await anyio.to_thread.run_sync(
-            wait_until, lambda: server.fake.stats.in_flight == 6, "six generations in flight"
+            wait_until, lambda: server.fake.stats.generation_requests == 6, "six generations sent"
         )
         raise BrokenSourceError("the database went away")
 
@@ -78,8 +79,13 @@ async def test_a_bad_line_of_a_streamed_prompt_file_stops_at_that_line(
         with pytest.raises(InvalidInputError, match="line 3"):
             await batch.run()
     await settled(server)
-    assert recorded_prompts(out) == ["a", "b"]
-    assert server.fake.stats.generations == 2
+    # What was sent before the reader reached line 3 is paid and recorded; nothing after it is
+    # sent. Whether "b" went out first is the scheduler's call (trio runs ready tasks in an
+    # order of its own; asyncio sends both).
+    charged = sorted(server.fake.stats.generations_by_prompt)
+    assert recorded_prompts(out) == charged
+    assert set(charged) <= {"a", "b"}
+    assert server.fake.stats.generations == len(charged)
 
 
 async def test_a_repeated_user_id_is_refused_before_it_is_sent(
@@ -97,8 +103,11 @@ async def test_a_repeated_user_id_is_refused_before_it_is_sent(
             await batch.run()
     await settled(server)
     assert "item 2 has the id 'fox' of item 0" in str(caught.value)
-    assert sorted(server.fake.stats.generations_by_prompt) == ["a fox", "an owl"]
-    assert recorded_prompts(tmp_path) == ["a fox", "an owl"]
+    # Items before it that were sent are paid and recorded (whether "an owl" went out before the
+    # check is the scheduler's call: under trio it may not); the repeat and after: never sent.
+    charged = sorted(server.fake.stats.generations_by_prompt)
+    assert recorded_prompts(tmp_path) == charged
+    assert set(charged) <= {"a fox", "an owl"}
 
 
 async def test_ids_repeated_only_by_the_generated_scheme_are_fine(

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
-import trio
 
 from nanogpt_async import (
     APIConnectionError,
@@ -38,25 +36,25 @@ def server(fake_nanogpt: FakeServer, clock: ManualClock) -> FakeServer:
     return fake_nanogpt
 
 
-@pytest.fixture
-async def client(server: FakeServer) -> AsyncIterator[AsyncNanoGPT]:
-    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as c:
-        yield c
-
-
-async def test_generate_and_read_b64_end_to_end_on_the_aiohttp_transport(client, server):
-    response = await client.images.generate(prompt="a red fox", n=3)
+async def test_generate_and_read_b64_end_to_end_on_the_backends_transport(
+    fake_client, server, anyio_backend
+):
+    response = await fake_client.images.generate(prompt="a red fox", n=3)
 
     images = [await image.read() for image in response.data]
     assert all(sniff_image(data) is not None for data in images)
     assert len(set(images)) == 3  # three distinct pictures
     assert response.cost == pytest.approx(3 * server.fake.price_per_image)
     assert response.request_id
-    assert client.channel.pools.api._transport.kind == "aiohttp"
+    # aiohttp's pool under asyncio; under trio, where aiohttp cannot run, httpx's own.
+    assert (
+        fake_client.channel.pools.api._transport.kind
+        == {"asyncio": "aiohttp", "trio": "httpx"}[anyio_backend]
+    )
 
 
-async def test_signed_urls_are_downloaded_without_credentials(client, server):
-    response = await client.images.generate(prompt="a fox", n=2, response_format="url")
+async def test_signed_urls_are_downloaded_without_credentials(fake_client, server):
+    response = await fake_client.images.generate(prompt="a fox", n=2, response_format="url")
 
     assert all(image.url for image in response.data)
     assert all(sniff_image(data) for data in [await image.read() for image in response.data])
@@ -64,25 +62,25 @@ async def test_signed_urls_are_downloaded_without_credentials(client, server):
     assert server.fake.stats.download_requests_with_credentials == 0
 
 
-async def test_url_fallback_to_b64_items_read_the_same(client, server):
+async def test_url_fallback_to_b64_items_read_the_same(fake_client, server):
     server.fake.url_fallback_rate = 1.0
 
-    response = await client.images.generate(prompt="a fox", response_format="url")
+    response = await fake_client.images.generate(prompt="a fox", response_format="url")
 
     assert response.data[0].b64_json is not None
     assert sniff_image(await response.data[0].read())
 
 
-async def test_a_url_read_after_expiry_raises_expired(client, server, clock):
-    response = await client.images.generate(prompt="a fox", response_format="url")
+async def test_a_url_read_after_expiry_raises_expired(fake_client, server, clock):
+    response = await fake_client.images.generate(prompt="a fox", response_format="url")
     clock.advance(server.fake.url_ttl + 1)
 
     with pytest.raises(ImageURLExpiredError, match="expired"):
         await response.data[0].read()
 
 
-async def test_a_download_redirect_to_another_host_carries_no_key(client, server):
-    response = await client.images.generate(prompt="a fox", response_format="url")
+async def test_a_download_redirect_to_another_host_carries_no_key(fake_client, server):
+    response = await fake_client.images.generate(prompt="a fox", response_format="url")
     server.fake.enqueue(Fault.redirect_to_api_host(), route="download")
 
     with pytest.raises(Exception):  # noqa: B017, PT011 - /capture answers no image: any failure
@@ -95,44 +93,44 @@ async def test_a_download_redirect_to_another_host_carries_no_key(client, server
 
 
 async def test_a_reset_after_charging_is_reported_not_retried_so_nothing_is_paid_twice(
-    client, server
+    fake_client, server
 ):
     server.fake.enqueue(Fault.reset_after_charge())
 
     with pytest.raises(APIConnectionError, match="may have been charged") as info:
-        await client.images.generate(prompt="only once")
+        await fake_client.images.generate(prompt="only once")
 
     assert info.value.request_sent is True
     assert server.fake.stats.generations_by_prompt["only once"] == 1
     assert server.fake.stats.generation_requests == 1
 
 
-async def test_server_errors_are_retried_on_the_real_transport(client, server):
+async def test_server_errors_are_retried_on_the_real_transport(fake_client, server):
     server.fake.enqueue(Fault.status(503), count=2)
 
-    response = await client.images.generate(prompt="eventually")
+    response = await fake_client.images.generate(prompt="eventually")
 
     assert len(response.data) == 1
     assert server.fake.stats.generation_requests == 3
     assert server.fake.stats.generations_by_prompt["eventually"] == 1
 
 
-async def test_a_rate_limit_answer_is_waited_out_and_retried(client, server, instant_backoff):
+async def test_a_rate_limit_answer_is_waited_out_and_retried(fake_client, server, instant_backoff):
     server.fake.enqueue(Fault.rate_limited(retry_after="2"))
 
-    await client.images.generate(prompt="patient")
+    await fake_client.images.generate(prompt="patient")
 
     assert 2.0 <= instant_backoff[0] <= 2.3
     assert server.fake.stats.rate_limited == 1
 
 
-async def test_persistent_5xx_beyond_the_retry_budget_raises(client, server):
+async def test_persistent_5xx_beyond_the_retry_budget_raises(fake_client, server):
     server.fake.error_rate = 1.0
 
     with pytest.raises(InternalServerError):
-        await client.images.generate(prompt="never")
+        await fake_client.images.generate(prompt="never")
 
-    assert server.fake.stats.generation_requests == client.retry_policy.max_retries + 1
+    assert server.fake.stats.generation_requests == fake_client.retry_policy.max_retries + 1
     assert server.fake.stats.generations == 0
 
 
@@ -149,9 +147,9 @@ async def test_the_v1_base_path_works_too(server):
     assert response.data
 
 
-async def test_models_and_balance_against_the_fake(client):
-    models = await client.images.models()
-    balance = await client.balance()
+async def test_models_and_balance_against_the_fake(fake_client):
+    models = await fake_client.images.models()
+    balance = await fake_client.balance()
 
     assert "hidream" in {model.id for model in models}
     assert balance.usd_balance is not None
@@ -168,25 +166,10 @@ async def test_connection_refused_is_retried_then_reported_as_not_sent():
     assert info.value.request_sent is False
 
 
-async def test_the_daily_cap_from_the_fake_is_not_retried(client, server):
+async def test_the_daily_cap_from_the_fake_is_not_retried(fake_client, server):
     server.fake.enqueue(Fault.daily_cap("usd"))
 
     with pytest.raises(RateLimitError, match="daily cap resets"):
-        await client.images.generate(prompt="x")
+        await fake_client.images.generate(prompt="x")
 
     assert server.fake.stats.generation_requests == 1
-
-
-def test_generate_and_read_work_under_trio(server):
-    async def main() -> tuple[bytes, str]:
-        async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
-            b64 = await client.images.generate(prompt="trio fox")
-            url = await client.images.generate(prompt="trio fox", response_format="url")
-            data = await b64.data[0].read() + await url.data[0].read()
-            return data, client.channel.pools.api._transport.kind  # type: ignore[attr-defined]
-
-    data, kind = trio.run(main)
-
-    assert sniff_image(data) is not None
-    assert kind == "httpx"
-    assert server.fake.stats.download_requests_with_credentials == 0

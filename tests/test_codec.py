@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from typing import Any
@@ -110,9 +109,14 @@ async def test_big_answers_are_read_a_few_at_a_time_and_all_arrive():
         async with AsyncNanoGPT(api_key="k", base_url=server.base_url) as client:
             counter = _CountingSemaphore(client.channel.big_bodies._semaphore)
             client.channel.big_bodies._semaphore = counter  # type: ignore[assignment]
-            responses = await asyncio.gather(
-                *(client.images.generate(prompt=f"big {i}", n=2) for i in range(6))
-            )
+            responses: list[Any] = []
+
+            async def generate(i: int) -> None:
+                responses.append(await client.images.generate(prompt=f"big {i}", n=2))
+
+            async with anyio.create_task_group() as group:
+                for i in range(6):
+                    group.start_soon(generate, i)
 
     assert all(len(response.data) == 2 for response in responses)
     assert 1 <= counter.most <= 2

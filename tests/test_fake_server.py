@@ -724,6 +724,9 @@ def test_stats_count_requests_charges_prompts_and_reset(
     assert fake.stats.generations_by_prompt == {}
 
 
+@pytest.mark.asyncio_only(
+    reason="FakeNanoGPT.serve() runs aiohttp's server on the calling asyncio loop"
+)
 async def test_max_in_flight_counts_concurrent_generations() -> None:
     fake = FakeNanoGPT(latency=0.1)
     async with fake.serve() as srv, httpx.AsyncClient(verify=TLS) as client:
@@ -739,6 +742,9 @@ async def test_max_in_flight_counts_concurrent_generations() -> None:
 # -- ways to run -----------------------------------------------------------------------
 
 
+@pytest.mark.asyncio_only(
+    reason="FakeNanoGPT.serve() runs aiohttp's server on the calling asyncio loop"
+)
 async def test_serve_runs_on_the_current_asyncio_loop() -> None:
     async with FakeNanoGPT().serve() as srv, httpx.AsyncClient(verify=TLS) as client:
         response = await client.post(
@@ -747,6 +753,9 @@ async def test_serve_runs_on_the_current_asyncio_loop() -> None:
     assert response.status_code == 200
 
 
+@pytest.mark.asyncio_only(
+    reason="FakeNanoGPT.serve() runs aiohttp's server on the calling asyncio loop"
+)
 async def test_serve_stops_promptly_with_a_slow_generation_in_flight() -> None:
     fake = FakeNanoGPT(latency=60)
     entered = asyncio.Event()

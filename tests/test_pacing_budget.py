@@ -15,9 +15,11 @@ import pytest
 
 from nanogpt_async._pacing._budget import RedisBudget
 from nanogpt_async.testing import FakeNanoGPT
-from tests._redis import RedisProcess, redis_server
+from tests._redis import RedisProcess, redis_is_asyncio_only, redis_server
 
 __all__ = ["redis_server"]
+
+pytestmark = redis_is_asyncio_only
 
 KEY = "ngk_budget_SECRET_55"
 ROOT = Path(__file__).resolve().parents[1]

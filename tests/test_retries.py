@@ -7,6 +7,7 @@ import email.utils
 import random
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -283,6 +284,20 @@ def test_retry_after_parsing_is_liberal_and_never_negative(headers, expected):
 def test_a_negative_retry_setting_is_refused():
     with pytest.raises(ValueError, match="max_retries must be >= 0"):
         RetryPolicy(max_retries=-1)
+
+
+@pytest.mark.parametrize("setting", ["backoff_initial", "backoff_max", "retry_after_max"])
+def test_a_negative_wait_setting_is_refused_naming_the_three(setting):
+    message = "backoff_initial, backoff_max and retry_after_max must be >= 0"
+    negative: dict[str, Any] = {setting: -0.5}
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        RetryPolicy(**negative)
+
+
+def test_zero_waits_and_zero_retries_are_valid_settings():
+    policy = RetryPolicy(max_retries=0, backoff_initial=0, backoff_max=0, retry_after_max=0)
+    assert (policy.backoff_initial, policy.backoff_max, policy.retry_after_max) == (0, 0, 0)
+    assert RetryPolicy(retry_after_max=0.5).retry_after_max == 0.5  # under a second is fine
 
 
 async def test_instant_retries_is_the_public_switch_for_users_test_suites(
