@@ -20,7 +20,9 @@ from nanogpt_async._pacing import Grant, Pacer
 from nanogpt_async._pacing._redis import RedisBackend
 from nanogpt_async._pacing._state import Grant as StateGrant
 from tests._pacing_time import FakeTime
-from tests._redis import RedisProcess, redis_server
+from tests._redis import RedisProcess, redis_is_asyncio_only, redis_server
+
+pytestmark = redis_is_asyncio_only
 
 __all__ = ["redis_server"]  # the fixture, used by name below
 

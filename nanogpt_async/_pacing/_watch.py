@@ -124,10 +124,15 @@ class NoticeWatch:
                 self.subscriptions += 1
                 await pubsub.subscribe(self.channel)
                 _raise_if_cancelled()
-                async for message in pubsub.listen():
+                # get_message, not listen(): an async generator ended by a failure or a cancel
+                # was closed by the loop's finalizer while still marked running (RuntimeError
+                # in a callback, seen under anyio's test runner).
+                while pubsub.subscribed:
+                    message = await pubsub.get_message(timeout=None)
                     _raise_if_cancelled()
-                    self._hear(message)
-                self._lost()  # listen() only ends when unsubscribed: count it as a loss
+                    if message is not None:
+                        self._hear(message)
+                self._lost()  # only ends when unsubscribed: count it as a loss
             except asyncio.CancelledError:
                 self._lost()
                 await _close(pubsub, self._errors)
