@@ -290,10 +290,7 @@ class RedisBackend:
         self._cooldown_left = 0.0
         self._daily_left = 0.0
         self._daily_code: str | None = None
-        # The holds this process knows of, on its own clock: kept when Redis forgets them.
-        self._hold_until = -math.inf
-        self._block_until = -math.inf
-        self._block_code: str | None = None
+        self._holds = _KnownHolds(self._clock)
         self._schedule: str | None = None
         # The highest notice number a reservation reported, per schedule (see _watch.py).
         self._reported: tuple[str, int] = ("", 0)
@@ -372,11 +369,9 @@ class RedisBackend:
             return
         self._down = True
         # Carry over what we knew, so a cooldown running when Redis went away still holds.
-        now = self._clock()
+        cooldown, daily = self._holds.left()
         self._fallback.seed(
-            cooldown=max(0.0, self._hold_until - now),
-            daily=max(0.0, self._block_until - now),
-            daily_code=self._block_code,
+            cooldown=max(0.0, cooldown), daily=max(0.0, daily), daily_code=self._holds.code
         )
         if not self._warned:
             self._warned = True
@@ -444,7 +439,7 @@ class RedisBackend:
         self._daily_left = float(daily) / 1000
         code_text = code.decode() if isinstance(code, bytes) else str(code)
         self._daily_code = code_text or None
-        self._remember(self._cooldown_left, self._daily_left, self._daily_code)
+        self._holds.remember(self._cooldown_left, self._daily_left, self._daily_code)
         known, self._schedule = self._schedule, schedule_id
         if known is not None and known != schedule_id and await self._restore():
             # Redis lost its data (restarted empty): the holds it forgot are back, and this
@@ -470,29 +465,20 @@ class RedisBackend:
             mark=mark,
         )
 
-    def _remember(self, cooldown: float, daily: float, code: str | None) -> None:
-        """Keep the holds Redis reported (relative seconds) on this process's clock."""
-        now = self._clock()
-        self._hold_until = max(self._hold_until, now + cooldown)
-        if daily > 0 and now + daily > self._block_until:
-            self._block_until, self._block_code = now + daily, code
-
     async def _restore(self) -> bool:
         """Set again in Redis the holds this process knows of and Redis forgot.
 
         Returns whether there was any. A cooldown or daily block lived only in Redis: an empty
         restart (no persistence) used to lift it for every process at once.
         """
-        now = self._clock()
         # Less a margin: what Redis reported came back after its clock read it.
-        cooldown = self._hold_until - now - MAX_ELAPSED
-        daily = self._block_until - now - MAX_ELAPSED
+        cooldown, daily = (left - MAX_ELAPSED for left in self._holds.left())
         restore_cooldown = cooldown > self._cooldown_left
         restore_daily = daily > self._daily_left
         if restore_cooldown:
             await self.cooldown(cooldown)
         if restore_daily:
-            await self.block_daily(daily, self._block_code)
+            await self.block_daily(daily, self._holds.code)
         return restore_cooldown or restore_daily
 
     def should_recheck(self, grant: Grant, interval: float) -> bool:
@@ -522,10 +508,10 @@ class RedisBackend:
             [self._watch.channel, uuid.uuid4().hex[:16], _ms(seconds)],
         )
         if result is None:
-            self._remember(local, 0.0, None)
+            self._holds.remember(local, 0.0, None)
             return local
         self._cooldown_left = float(result) / 1000
-        self._remember(self._cooldown_left, 0.0, None)
+        self._holds.remember(self._cooldown_left, 0.0, None)
         return self._cooldown_left
 
     async def block_daily(self, seconds: float, code: str | None) -> None:
@@ -538,7 +524,7 @@ class RedisBackend:
         )
         self._daily_left = max(self._daily_left, seconds)
         self._daily_code = code
-        self._remember(0.0, seconds, code)
+        self._holds.remember(0.0, seconds, code)
 
     async def aclose(self) -> None:
         """Close this process's connection (if it was made in this loop)."""
@@ -560,3 +546,30 @@ def _loop_id() -> int:
         return id(asyncio.get_running_loop())
     except RuntimeError:
         return 0
+
+
+class _KnownHolds:
+    """The cooldown and daily block this process knows of, on its own clock.
+
+    Redis keeps them for every process; this copy survives Redis losing its data (an empty
+    restart, set again by `RedisBackend._restore`) and seeds the local fallback with the time
+    actually left when Redis goes away.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._hold_until = -math.inf
+        self._block_until = -math.inf
+        self.code: str | None = None
+
+    def remember(self, cooldown: float, daily: float, code: str | None) -> None:
+        """Keep holds reported in seconds from now; each only ever grows."""
+        now = self._clock()
+        self._hold_until = max(self._hold_until, now + cooldown)
+        if daily > 0 and now + daily > self._block_until:
+            self._block_until, self.code = now + daily, code
+
+    def left(self) -> tuple[float, float]:
+        """Seconds left of the cooldown and of the daily block (negative: over)."""
+        now = self._clock()
+        return self._hold_until - now, self._block_until - now
