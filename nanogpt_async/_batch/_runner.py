@@ -45,7 +45,7 @@ from nanogpt_async._batch._save import Saver
 from nanogpt_async._batch._send import Sender
 from nanogpt_async._batch._settings import BatchSettings, ProgressCallback
 from nanogpt_async._batch._shared import Shared
-from nanogpt_async._batch._tally import Tally
+from nanogpt_async._batch._tally import Tally, report_every, report_once
 from nanogpt_async._types import NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
@@ -278,18 +278,10 @@ class Batch:
         """Progress reports; and, when the batch is torn down, bound the shielded saves."""
         with self._aux_scope:
             try:
-                if self._settings.on_progress is None:
-                    await anyio.sleep_forever()
-                while True:
-                    await anyio.sleep(self._settings.progress_interval)
-                    self._report_progress()
+                await report_every(self._settings, lambda: self.progress)
             finally:
                 if self._lifecycle.state != BatchState.DONE:
                     self._lifecycle.abort()
-
-    def _report_progress(self) -> None:
-        if self._settings.on_progress is not None:
-            self._settings.on_progress(self.progress)
 
     async def _main(self) -> None:
         try:
@@ -305,7 +297,7 @@ class Batch:
             await self._saver.close()
             await self._shared.aclose()
             self._results.close()
-            self._report_progress()
+            report_once(self._settings, self.progress)
 
     async def _produce(self, work: anyio.abc.TaskGroup) -> None:
         """Read items (a resume: in checked chunks) and start them in input order."""

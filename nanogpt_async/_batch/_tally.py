@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
 
 from nanogpt_async._batch._budget import Sample
 from nanogpt_async._batch._lifecycle import Lifecycle
 from nanogpt_async._batch._results import BatchProgress, BatchSummary
+
+if TYPE_CHECKING:
+    from nanogpt_async._batch._settings import BatchSettings
 
 __all__ = ["Tally"]
 
@@ -108,3 +115,18 @@ class Tally:
             # With no length given, what was never read cannot be counted: say so instead.
             unread_input=self.total is None and not self.input_read,
         )
+
+
+async def report_every(settings: BatchSettings, progress: Callable[[], BatchProgress]) -> None:
+    """Hand ``on_progress`` the progress every ``progress_interval`` seconds until cancelled."""
+    if settings.on_progress is None:
+        await anyio.sleep_forever()
+    while True:
+        await anyio.sleep(settings.progress_interval)
+        report_once(settings, progress())
+
+
+def report_once(settings: BatchSettings, progress: BatchProgress) -> None:
+    """Hand ``on_progress`` (if any) this progress."""
+    if settings.on_progress is not None:
+        settings.on_progress(progress)
