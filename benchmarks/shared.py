@@ -128,7 +128,7 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
     booked: list[float] = []
     budget = None
     if config.get("budget"):
-        from nanogpt_async._pacing._budget import RedisBudget
+        from nanogpt_async._pacing._shared_budget import RedisBudget
 
         budget = RedisBudget(
             config["redis_url"], key=KEY, max_cost=Decimal(1000), name="w9", sleep=asyncio.sleep

@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from nanogpt_async._pacing._budget import RedisBudget
+from nanogpt_async._pacing._shared_budget import RedisBudget
 from nanogpt_async.testing import FakeNanoGPT
 from tests._redis import RedisProcess, redis_is_asyncio_only, redis_server
 
@@ -75,7 +75,7 @@ async def test_a_booking_waits_for_live_reservations_and_stops_only_when_spent(
 async def test_room_wakes_at_a_settlement_in_this_process(
     redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("nanogpt_async._pacing._budget.ROOM_POLL", 3600.0)
+    monkeypatch.setattr("nanogpt_async._pacing._shared_budget.ROOM_POLL", 3600.0)
     budget = budget_on(redis_server, cap="0.01")
     booking = await budget.book(CENT)
     assert not isinstance(booking, str)
@@ -163,7 +163,7 @@ _WORKER = textwrap.dedent(
     from decimal import Decimal
     import anyio
     from nanogpt_async import AsyncNanoGPT
-    from nanogpt_async._pacing._budget import RedisBudget
+    from nanogpt_async._pacing._shared_budget import RedisBudget
 
     base_url, redis_url = sys.argv[1], sys.argv[2]
     estimate = Decimal("0.01")

@@ -122,7 +122,8 @@ async def test_slots_held_when_the_subscription_was_lost_ask_redis_again(
     assert not backend.should_recheck(held, INTERVAL)
     count = backend._watch.count
     killer = RedisBackend(redis_server.url, key="ngk_other_key")._connection()
-    assert await killer.client_kill_filter(_type="pubsub") == 1
+    # At least ours: an earlier test's closed subscription may not be processed by Redis yet.
+    assert await killer.client_kill_filter(_type="pubsub") >= 1
     await changed(backend, lambda: backend._watch.count > count)
     assert backend.should_recheck(held, INTERVAL)  # a notice may have been missed meanwhile
     await changed(backend, lambda: backend._watch.live)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from nanogpt_async._batch._api import BatchApi
     from nanogpt_async._batch._lifecycle import Lifecycle
     from nanogpt_async._batch._tally import Tally
-    from nanogpt_async._pacing._budget import BudgetReservation
+    from nanogpt_async._pacing._shared_budget import BudgetReservation
 
 __all__ = [
     "FAIR_SHARE",

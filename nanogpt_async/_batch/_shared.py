@@ -19,7 +19,7 @@ from nanogpt_async._batch._fence import RedisFence, busy_error, uncertain_error
 from nanogpt_async._batch._lifecycle import RECORD_TIMEOUT
 from nanogpt_async._batch._results import ItemResult
 from nanogpt_async._errors import InvalidInputError, NanoGPTError
-from nanogpt_async._pacing._budget import RedisBudget
+from nanogpt_async._pacing._shared_budget import RedisBudget
 
 if TYPE_CHECKING:
     from nanogpt_async._batch._api import BatchApi
