@@ -363,12 +363,7 @@ def connection_error(
         sent = not isinstance(exc, _NOT_SENT)
     reason = redact(str(exc)) or type(exc).__name__
     name = type(exc).__name__
-    if download:
-        consequence = "downloads cost nothing and are retried"
-    elif sent:
-        consequence = "the request may have reached NanoGPT, so a generation may have been charged"
-    else:
-        consequence = "the request was not sent, nothing was charged"
+    consequence = _consequence(sent=sent, download=download)
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(
             f"{describe} timed out ({name}: {reason}); {consequence}. "
@@ -386,12 +381,7 @@ def deadline_error(
     describe: str, seconds: float, *, sent: bool, download: bool = False
 ) -> APITimeoutError:
     """The error for an attempt that ran past its overall deadline."""
-    if download:
-        consequence = "downloads cost nothing and are retried"
-    elif sent:
-        consequence = "the request may have reached NanoGPT, so a generation may have been charged"
-    else:
-        consequence = "the request was not sent, nothing was charged"
+    consequence = _consequence(sent=sent, download=download)
     return APITimeoutError(
         f"{describe} timed out: not finished within its {seconds:g}-second deadline (the "
         f"server was slow or kept the answer trickling); {consequence}. Raise the timeout if "
@@ -477,3 +467,12 @@ def redact_payload(payload: object, secrets: Sequence[str], depth: int = 0) -> A
         for index, value in enumerate(payload):
             payload[index] = redact_payload(value, secrets, depth + 1)
     return payload
+
+
+def _consequence(*, sent: bool, download: bool) -> str:
+    """What a failed attempt means for the user's money, for error messages."""
+    if download:
+        return "downloads cost nothing and are retried"
+    if sent:
+        return "the request may have reached NanoGPT, so a generation may have been charged"
+    return "the request was not sent, nothing was charged"
