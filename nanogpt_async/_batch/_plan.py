@@ -175,7 +175,7 @@ async def plan_input(
         Exception: what the input raised (a bad line, a repeated id), at once.
     """
     index = 0
-    while (entry := await next_entry(entries, preparer.fairness)) is not END:
+    while (entry := await next_entry(entries)) is not END:
         prepared = await preparer.prepare(entry, index)
         index += 1
         if shard is not None and not shard.owns(prepared.index):

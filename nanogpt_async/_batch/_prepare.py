@@ -33,7 +33,6 @@ __all__ = [
     "BatchEntry",
     "BatchInput",
     "Entries",
-    "Fairness",
     "Job",
     "Preparer",
     "entries_of",
@@ -96,7 +95,7 @@ class Job:
 class Preparer:
     """Turns input entries into jobs: the batch's defaults merged in, ids given, checked."""
 
-    __slots__ = ("_defaults", "_ids", "_lifecycle", "_tally", "_user_ids", "fairness")
+    __slots__ = ("_defaults", "_ids", "_lifecycle", "_tally", "_user_ids")
 
     def __init__(self, defaults: Mapping[str, Any], lifecycle: Lifecycle, tally: Tally) -> None:
         self._defaults = defaults
@@ -104,7 +103,6 @@ class Preparer:
         self._tally = tally
         self._ids = IdentityCounter()
         self._user_ids = RepeatedIds()
-        self.fairness = Fairness()
 
     async def next(self, entries: Entries, index: int) -> Job | ItemResult | None:
         """The next input item, prepared; ``None`` at the end of the input or on its error.
@@ -113,7 +111,7 @@ class Preparer:
         items in flight were saved.
         """
         try:
-            entry = await next_entry(entries, self.fairness)
+            entry = await next_entry(entries)
         except Exception as exc:  # noqa: BLE001 - the input's own error, raised at the end
             self._lifecycle.input_failed(exc)
             return None
@@ -233,32 +231,15 @@ def entries_of(items: BatchInput) -> Entries:
     return iter(items)
 
 
-async def next_entry(entries: Entries, fairness: Fairness) -> object:
+async def next_entry(entries: Entries) -> object:
     """The next input entry, or ``END``."""
     if isinstance(entries, Iterator):
-        await fairness.share()  # a long sync input must not starve the loop
+        await anyio.lowlevel.checkpoint()  # a long sync input must not starve the loop
         return next(entries, END)
     try:
         return await entries.__anext__()
     except StopAsyncIteration:
         return END
-
-
-class Fairness:
-    """Checkpoints for a task that could run on without awaiting anything that blocks."""
-
-    __slots__ = ("_last", "interval")
-
-    def __init__(self, interval: float = 0.0) -> None:
-        self.interval = interval
-        self._last = 0.0
-
-    async def share(self) -> None:
-        """A checkpoint, if the last one was ``interval`` seconds ago or more."""
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            await anyio.lowlevel.checkpoint()
-            self._last = time.monotonic()
 
 
 def _normalise(entry: object) -> tuple[str | None, dict[str, Any]]:
