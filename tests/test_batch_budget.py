@@ -6,9 +6,9 @@ what it charged with what the batch recorded and let through.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,28 +20,23 @@ from click.testing import CliRunner
 from nanogpt_async import AsyncNanoGPT, ImageModel, InvalidInputError
 from nanogpt_async._batch._budget import Budget, PriceList, Reservation, Sample, known_cost
 from nanogpt_async._cli._commands import cli
-from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault
+from nanogpt_async.testing import FakeServer, Fault
 from nanogpt_async.testing._state import FakeState
+from tests._serving import Serve, fake_client, fake_servers
 
 KEY = "ngk_budget_SECRET_77"
-Serve = Callable[..., FakeServer]
 D = Decimal
 
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    with contextlib.ExitStack() as stack:
-
-        def start(**knobs: Any) -> FakeServer:
-            return stack.enter_context(FakeNanoGPT(api_key=KEY, **knobs).run_in_thread())
-
+    """Start fake servers with the given knobs (stopped at the end of the test)."""
+    with fake_servers(KEY) as start:
         yield start
 
 
-@contextlib.asynccontextmanager
-async def client_for(server: FakeServer) -> AsyncIterator[AsyncNanoGPT]:
-    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
-        yield client
+def client_for(server: FakeServer, **options: Any) -> AbstractAsyncContextManager[AsyncNanoGPT]:
+    return fake_client(server, KEY, **options)
 
 
 def prompts(count: int) -> list[str]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,26 +20,21 @@ from nanogpt_async import (
 )
 from nanogpt_async._batch._streak import STREAK, ErrorStreak
 from nanogpt_async._cli._commands import cli
-from nanogpt_async.testing import FakeNanoGPT, FakeServer
+from nanogpt_async.testing import FakeServer
+from tests._serving import Serve, fake_client, fake_servers
 
 KEY = "ngk_streak_SECRET_55"
-Serve = Callable[..., FakeServer]
 
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    with contextlib.ExitStack() as stack:
-
-        def start(**knobs: Any) -> FakeServer:
-            return stack.enter_context(FakeNanoGPT(api_key=KEY, **knobs).run_in_thread())
-
+    """Start fake servers with the given knobs (stopped at the end of the test)."""
+    with fake_servers(KEY) as start:
         yield start
 
 
-@contextlib.asynccontextmanager
-async def client_for(server: FakeServer) -> AsyncIterator[AsyncNanoGPT]:
-    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
-        yield client
+def client_for(server: FakeServer, **options: Any) -> AbstractAsyncContextManager[AsyncNanoGPT]:
+    return fake_client(server, KEY, **options)
 
 
 def prompts(count: int) -> list[str]:

@@ -7,12 +7,12 @@ what the manifest records and the folder holds.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +32,21 @@ from nanogpt_async._batch._manifest import (
 )
 from nanogpt_async._batch._names import image_file_name
 from nanogpt_async._batch._results import ItemResult
-from nanogpt_async.testing import FakeNanoGPT, FakeServer, make_png
+from nanogpt_async.testing import FakeServer, make_png
+from tests._serving import Serve, fake_client, fake_servers
 
 KEY = "ngk_resume_SECRET_31"
-Serve = Callable[..., FakeServer]
 
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    with contextlib.ExitStack() as stack:
-
-        def start(**knobs: Any) -> FakeServer:
-            return stack.enter_context(FakeNanoGPT(api_key=KEY, **knobs).run_in_thread())
-
+    """Start fake servers with the given knobs (stopped at the end of the test)."""
+    with fake_servers(KEY) as start:
         yield start
 
 
-@contextlib.asynccontextmanager
-async def client_for(server: FakeServer) -> AsyncIterator[AsyncNanoGPT]:
-    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
-        yield client
+def client_for(server: FakeServer, **options: Any) -> AbstractAsyncContextManager[AsyncNanoGPT]:
+    return fake_client(server, KEY, **options)
 
 
 def rows(folder: Path) -> list[dict[str, Any]]:

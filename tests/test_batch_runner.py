@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +25,21 @@ from nanogpt_async import (
 )
 from nanogpt_async._output._files import TEMP_SUFFIX
 from nanogpt_async._sniff import sniff_image
-from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault
+from nanogpt_async.testing import FakeServer, Fault
+from tests._serving import Serve, fake_client, fake_servers
 
 KEY = "ngk_batch_SECRET_1234"
-Serve = Callable[..., FakeServer]
 
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    """Start a fake server with the given knobs (stopped at the end of the test)."""
-    with contextlib.ExitStack() as stack:
-
-        def start(**knobs: Any) -> FakeServer:
-            return stack.enter_context(FakeNanoGPT(api_key=KEY, **knobs).run_in_thread())
-
+    """Start fake servers with the given knobs (stopped at the end of the test)."""
+    with fake_servers(KEY) as start:
         yield start
 
 
-@contextlib.asynccontextmanager
-async def client_for(server: FakeServer, **options: Any) -> AsyncIterator[AsyncNanoGPT]:
-    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url, **options) as client:
-        yield client
+def client_for(server: FakeServer, **options: Any) -> AbstractAsyncContextManager[AsyncNanoGPT]:
+    return fake_client(server, KEY, **options)
 
 
 async def collect(batch: Any) -> list[ItemResult]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +21,21 @@ from nanogpt_async._batch import _manifest as manifest_module
 from nanogpt_async._errors import FolderInUseError
 from nanogpt_async._output._files import LOCK_NAME, FolderLock
 from nanogpt_async.testing import FakeNanoGPT, FakeServer
+from tests._serving import Serve, fake_client, fake_servers
 
 KEY = "ngk_output_folder_SECRET_5521"
-Serve = Callable[..., FakeServer]
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need privileges")
 
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    with contextlib.ExitStack() as stack:
-
-        def start(**knobs: Any) -> FakeServer:
-            return stack.enter_context(FakeNanoGPT(api_key=KEY, **knobs).run_in_thread())
-
+    """Start fake servers with the given knobs (stopped at the end of the test)."""
+    with fake_servers(KEY) as start:
         yield start
 
 
-@contextlib.asynccontextmanager
-async def client_for(server: FakeServer) -> AsyncIterator[AsyncNanoGPT]:
-    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
-        yield client
+def client_for(server: FakeServer, **options: Any) -> AbstractAsyncContextManager[AsyncNanoGPT]:
+    return fake_client(server, KEY, **options)
 
 
 def pngs(folder: Path) -> list[Path]:

@@ -1,0 +1,31 @@
+"""Fake servers and clients for one test file's key: one home for what five files repeated."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from nanogpt_async import AsyncNanoGPT
+from nanogpt_async.testing import FakeNanoGPT, FakeServer
+
+#: Starts a fake server with the given knobs (``FakeNanoGPT`` keyword arguments).
+Serve = Callable[..., FakeServer]
+
+
+@contextlib.contextmanager
+def fake_servers(key: str) -> Iterator[Serve]:
+    """A starter of fake servers accepting ``key``; every one started is stopped on exit."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**knobs: Any) -> FakeServer:
+            return stack.enter_context(FakeNanoGPT(api_key=key, **knobs).run_in_thread())
+
+        yield start
+
+
+@contextlib.asynccontextmanager
+async def fake_client(server: FakeServer, key: str, **options: Any) -> AsyncIterator[AsyncNanoGPT]:
+    """A client of ``server`` with ``key``, closed on exit."""
+    async with AsyncNanoGPT(api_key=key, base_url=server.base_url, **options) as client:
+        yield client
