@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import contextvars
 import ipaddress
+import socket
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
@@ -39,10 +40,19 @@ from nanogpt_async._errors import redact
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["PROGRESS_EXTENSION", "AutoTransport", "Progress", "environment_proxy", "is_loopback"]
+__all__ = [
+    "PROGRESS_EXTENSION",
+    "AutoTransport",
+    "Progress",
+    "environment_proxy",
+    "is_loopback",
+    "retire",
+]
 
 #: The request extension under which the client passes a `Progress` to the transport.
 PROGRESS_EXTENSION = "nanogpt_async.progress"
+#: The response extension under which the aiohttp path passes its stream's ``retire``.
+_RETIRE_EXTENSION = "nanogpt_async.retire"
 #: aiohttp refuses status lines and header fields longer than 8,190 bytes by default. A proxy's
 #: long ``Set-Cookie`` or CSP header should not cost a paid answer, so a little more is allowed.
 _MAX_HEADER_BYTES = 32 * 1024
@@ -189,6 +199,23 @@ def _sending_request_class() -> type[aiohttp.ClientRequest]:
     return SendingRequest
 
 
+def _held_response_class() -> type[aiohttp.ClientResponse]:
+    """The aiohttp response class, keeping its connection until `_AiohttpStream.aclose`.
+
+    aiohttp gives a connection back to its pool the moment the body has arrived, before anyone
+    has read it; the client has not yet seen whether the answer is well formed. Held until the
+    stream is closed, the connection is pooled (`release`) or closed (`close`, for an answer the
+    client refused: see `retire`) then.
+    """
+    import aiohttp
+
+    class HeldResponse(aiohttp.ClientResponse):
+        def _response_eof(self) -> None:
+            return
+
+    return HeldResponse
+
+
 class _AiohttpStream(httpx.AsyncByteStream):
     """An aiohttp response body as an httpx stream; every failure is a "sent" transport error."""
 
@@ -196,6 +223,11 @@ class _AiohttpStream(httpx.AsyncByteStream):
         self._response = response
         self._request = request
         self._complete = False
+        self._retired = False
+
+    def retire(self) -> None:
+        """Close the connection at `aclose` even if the body was read to its end."""
+        self._retired = True
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         failure: httpx.TransportError | None = None
@@ -213,7 +245,7 @@ class _AiohttpStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         # A body not read to the end leaves the connection unusable: close it, don't pool it.
-        if self._complete:
+        if self._complete and not self._retired:
             self._response.release()
         else:
             self._response.close()
@@ -236,6 +268,7 @@ class _AiohttpCarrier:
         self.session = aiohttp.ClientSession(
             connector=connector,
             request_class=_sending_request_class(),
+            response_class=_held_response_class(),
             # httpx decodes nothing either: the client decompresses with a cap (gzip bombs).
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -291,13 +324,14 @@ class _AiohttpCarrier:
             # (its request_info carries the Authorization header).
             raise failure
         progress.sent = True
-        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        stream = _AiohttpStream(response, request)
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1", _RETIRE_EXTENSION: stream.retire}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=_AiohttpStream(response, request),
+            stream=stream,
             request=request,
             extensions=extensions,
         )
@@ -385,3 +419,34 @@ class AutoTransport(httpx.AsyncBaseTransport):
         for transport in self._httpx.values():
             with contextlib.suppress(Exception):
                 await transport.aclose()
+
+
+async def retire(response: httpx.Response) -> None:
+    """Close ``response`` and its connection: it goes back to no pool, even if read to its end.
+
+    For an answer the client refused (not JSON, no image in it...): a server that sends one
+    may be about to hang up (tests/hostile_http.py's close right after), and the next request
+    sent on that connection would be lost, failing as "may have been charged" though it never
+    reached the server (up to 2 of 24 items in the malformed-answers batch test, before this).
+    """
+    retire_stream = response.extensions.get(_RETIRE_EXTENSION)
+    if callable(retire_stream):
+        retire_stream()  # the aiohttp path: its stream closes the connection instead of pooling
+    else:
+        _shut_down(response.extensions.get("network_stream"))
+    await response.aclose()
+
+
+def _shut_down(network_stream: object) -> None:
+    """Shut down the socket under an httpcore connection, so that its pool drops it.
+
+    httpcore's pool closes an idle connection whose socket reads as readable (the server hung
+    up) instead of handing it out; a socket shut down reads so at once. A transport without
+    ``network_stream`` (a mock) has no connection to retire.
+    """
+    get_extra_info = getattr(network_stream, "get_extra_info", None)
+    raw = get_extra_info("socket") if callable(get_extra_info) else None
+    shutdown = getattr(raw, "shutdown", None)
+    if callable(shutdown):
+        with contextlib.suppress(OSError):
+            shutdown(socket.SHUT_RDWR)
