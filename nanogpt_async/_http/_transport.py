@@ -65,18 +65,21 @@ class Progress:
     aiohttp's ``ClientRequest.send``): before that, the server cannot have seen it.
     ``tracked`` says a transport reports progress at all (ours and httpx's own pool do; a mock
     or a third-party transport may not): when it does not, a failure counts as maybe sent.
+    ``unwritten`` is proof the other way: the connection was found closed before any byte of the
+    request was written to it (aiohttp), so no byte of it can have left, whatever error follows.
     """
 
-    __slots__ = ("sent", "tracked")
+    __slots__ = ("sent", "tracked", "unwritten")
 
     def __init__(self) -> None:
         self.sent = False
         self.tracked = False
+        self.unwritten = False
 
     @property
     def maybe_sent(self) -> bool:
         """Whether the server may have seen the request (``True`` when nobody can tell)."""
-        return self.sent or not self.tracked
+        return (self.sent or not self.tracked) and not self.unwritten
 
     async def trace(self, event: str, info: Mapping[str, Any]) -> None:
         """Receive httpcore's ``trace`` extension events (connecting comes first)."""
@@ -136,19 +139,26 @@ def _is_aiohttp_response_error(exc: BaseException) -> bool:
 
 
 def translate_aiohttp(
-    exc: BaseException, request: httpx.Request, *, sent: bool
+    exc: BaseException, request: httpx.Request, *, sent: bool, unwritten: bool = False
 ) -> httpx.TransportError:
     """The ``httpx`` error for an aiohttp (or any) failure, saying whether it may have been sent.
 
     ``sent`` is what is known from outside (headers went out, a response started): failures that
     can only happen before sending (connect errors, bad URLs, a proxy refusing) are not-sent
     whatever it says; everything after is ambiguous unless it is known not to have been sent.
+    ``unwritten`` is that knowledge (`Progress.unwritten`): the failure is a ``WriteError``.
     """
     import aiohttp
 
     message = _message(exc)
     new: httpx.TransportError
-    if isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
+    if unwritten:
+        new = httpx.WriteError(
+            f"{message} (the pooled connection was found closed before any byte of the "
+            "request was written to it)",
+            request=request,
+        )
+    elif isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
         new = httpx.ProxyError(message, request=request)
     elif isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS, TLS certificate
         new = httpx.ConnectError(message, request=request)
@@ -195,6 +205,23 @@ def _sending_request_class() -> type[aiohttp.ClientRequest]:
             if progress is not None:
                 progress.sent = True
             return await super().send(conn)
+
+        async def write_bytes(self, writer: Any, conn: Any, *args: Any, **kwargs: Any) -> None:
+            # The request's bytes leave from here, in a task of their own that starts after the
+            # pool handed the connection out (aiohttp >= 3.12 holds the headers back to send them
+            # with the body). A transport found closing now, with nothing written to it yet,
+            # takes no byte of this request: aiohttp's writer refuses every write to a closing
+            # transport. That is a pooled connection the server hung up on after the pool handed
+            # it out: proof the request never left, so it was not charged and may be retried.
+            progress = _SENDING.get()
+            transport = getattr(getattr(conn, "protocol", None), "transport", None)
+            if (
+                progress is not None
+                and getattr(writer, "output_size", None) == 0
+                and (transport is None or transport.is_closing())
+            ):
+                progress.unwritten = True
+            await super().write_bytes(writer, conn, *args, **kwargs)
 
     return SendingRequest
 
@@ -316,7 +343,9 @@ class _AiohttpCarrier:
                 server_hostname=request.extensions.get("sni_hostname"),
             )
         except Exception as exc:
-            failure = translate_aiohttp(exc, request, sent=progress.sent)
+            failure = translate_aiohttp(
+                exc, request, sent=progress.sent, unwritten=progress.unwritten
+            )
         finally:
             _SENDING.reset(token)
         if failure is not None:
