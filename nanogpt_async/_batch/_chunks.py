@@ -32,10 +32,14 @@ from nanogpt_async._batch._results import BatchItem
 __all__ = ["InputChunks", "names_images"]
 
 
+#: The fields that name input images.
+_IMAGE_FIELDS = frozenset({"image", "images", "mask"})
+
+
 def names_images(entry: object) -> bool:
     """Whether an input entry names input images (the data, a path, or a data URL)."""
-    if type(entry) is str:
-        return False
+    if type(entry) is str or (type(entry) is dict and _IMAGE_FIELDS.isdisjoint(entry)):
+        return False  # the common entries, answered in C: a resume reads a million
     fields = entry.params if isinstance(entry, BatchItem) else entry
     if type(fields) is not dict and not isinstance(fields, Mapping):  # dict: no ABC check
         return False
@@ -120,10 +124,16 @@ class InputChunks:
             now = self._last_checkpoint = time.monotonic()
         chunk: list[object] = []
         until = now + self._fair_share
+        size, clock = self._size, time.monotonic
         try:
             for entry in self._entries:
                 chunk.append(entry)
-                if len(chunk) >= self._size or names_images(entry) or time.monotonic() > until:
+                # The clock every 16 entries: a million clock reads were 0.15 s of a resume.
+                if (
+                    names_images(entry)
+                    or len(chunk) >= size
+                    or (not len(chunk) % 16 and clock() > until)
+                ):
                     break
             else:
                 self.ended = True

@@ -128,12 +128,31 @@ class Resume:
             if isinstance(prepared, Job) and owns(prepared.index):
                 looked_up.append((len(outcomes), prepared))
             outcomes.append(prepared)
+        if looked_up and not wanted:
+            looked_up = self._skip_intact(looked_up, outcomes)
         if looked_up:
             found = self._earlier_runs([job.id for _, job in looked_up])
             for (position, job), recorded in zip(looked_up, found, strict=True):
                 if recorded is not None:
                     outcomes[position] = self._skipped_result(job, recorded) if wanted else SKIPPED
         return outcomes
+
+    def _skip_intact(
+        self, looked_up: list[tuple[int, Job]], outcomes: list[Triaged]
+    ) -> list[tuple[int, Job]]:
+        """Skip what the index found intact as it was built; the items still to check.
+
+        Nobody reads the skipped results here, so they need no record read back: the index
+        answers from memory (`ManifestIndex.intact`), and only the rest is looked up in the
+        manifest and checked against its files.
+        """
+        if self._recorded is None:
+            return looked_up
+        intact = self._recorded.intact([job.id for _, job in looked_up])
+        for (position, _), done in zip(looked_up, intact, strict=True):
+            if done:
+                outcomes[position] = SKIPPED
+        return [pair for pair, done in zip(looked_up, intact, strict=True) if not done]
 
 
 class ReadAhead:
@@ -246,7 +265,10 @@ class Triage:
                     owns=self._owns,
                 )
             )
-            for outcome in outcomes:
+            skipped = outcomes.count(SKIPPED)  # in C: most of a resume's items are these
+            self._tally.consumed += skipped
+            self._tally.skipped += skipped
+            for outcome in outcomes if skipped < len(outcomes) else ():
                 if isinstance(outcome, RepeatedIdError):
                     self._lifecycle.input_failed(outcome)
                     return taken
@@ -281,8 +303,7 @@ class Triage:
         self, outcome: Job | ItemResult | _Skipped, taken: list[Job | ItemResult]
     ) -> None:
         if isinstance(outcome, _Skipped):
-            self._tally.consumed += 1
-            self._tally.skipped += 1
+            pass  # counted with its chunk's others (`next`)
         elif self._owns(outcome.index):
             self._tally.consumed += 1
             taken.append(outcome)
