@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from nanogpt_async._batch import _manifest as manifest_module
+from nanogpt_async._batch._chunks import ChunkedInput
 from nanogpt_async._batch._manifest import FileEntry, ManifestWriter, read_manifest
+from nanogpt_async._batch._resume import Resume
 from tests._serving import Serve, fake_client, fake_servers
 
 KEY = "ngk_resume_intact_SECRET_7"
@@ -158,3 +162,86 @@ async def test_a_resume_of_recorded_and_new_items_sends_and_charges_only_the_new
     assert all(stats.generations_by_prompt[f"new prompt {i}"] == 1 for i in range(5))
     assert sum(stats.generations_by_prompt.values()) == 47
     assert again.cost == pytest.approx(stats.charged_usd - charged_before)
+
+
+@pytest.mark.parametrize("recorded_first", [False, True])
+async def test_without_skipped_results_a_resume_hands_out_only_the_items_it_ran(
+    serve: Serve, tmp_path: Path, *, recorded_first: bool
+) -> None:
+    server = serve()
+    items = _recorded_items(tmp_path, 300)
+    new = [{"id": f"new-{i}", "prompt": f"new prompt {i}"} for i in range(3)]
+    new[1]["prompt"] = " "  # invalid: fails unsent
+    mixed = [*items, *new] if recorded_first else [new[0], *items, *new[1:]]
+    async with fake_client(server, KEY) as client:
+        batch = client.images.generate_many(
+            mixed, output_dir=tmp_path, rps=None, skipped_results=False
+        )
+        async with batch:
+            results = [result async for result in batch]
+    assert sorted((result.id, result.status) for result in results) == [
+        ("new-0", "ok"),
+        ("new-1", "failed"),
+        ("new-2", "ok"),
+    ]
+    summary = batch.summary
+    assert (summary.total, summary.skipped, summary.ok, summary.failed) == (303, 300, 2, 1)
+    assert batch.progress.done == 303
+    assert server.fake.stats.generation_requests == server.fake.stats.generations == 2
+
+
+async def test_a_chunked_input_is_taken_a_list_at_a_time_and_its_error_ends_it_in_place(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve()
+    items = _recorded_items(tmp_path, 1000)
+    lists_read: list[int] = []
+
+    async def lists() -> AsyncIterator[list[Any]]:
+        for start in range(0, 1000, 250):
+            lists_read.append(start)
+            yield items[start : start + 250]
+        yield [{"id": "new-1", "prompt": "new one"}]
+        raise ValueError("line 1002 of prompts.jsonl is not JSON")
+
+    hops: list[object] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    async with fake_client(server, KEY) as client:
+        batch = client.images.generate_many(ChunkedInput(lists()), output_dir=tmp_path, rps=None)
+        with pytest.raises(ValueError, match="line 1002"):
+            await batch.run()
+    # The new item may or may not have had its turn before the error stopped the batch.
+    assert batch.summary.skipped == 1000
+    assert server.fake.stats.generations == batch.summary.ok <= 1
+    assert lists_read == [0, 250, 500, 750]
+    # One triage call per list (the entries are not read ahead one by one into chunks).
+    triaged = [
+        hop
+        for hop in hops
+        if getattr(getattr(hop, "func", None), "__func__", None) is Resume.triage
+    ]
+    assert len(triaged) == 5
+
+
+async def test_a_chunked_input_runs_one_entry_at_a_time_without_a_manifest(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+
+    async def lists() -> AsyncIterator[list[Any]]:
+        yield ["a red fox", {"prompt": "a blue jay", "id": "jay"}]
+        yield []
+        yield ["a wren"]
+
+    async with fake_client(server, KEY) as client:
+        batch = client.images.generate_many(ChunkedInput(lists()), output_dir=tmp_path, rps=None)
+        async with batch:
+            results = sorted([(r.index, r.status) async for r in batch])
+    assert results == [(0, "ok"), (1, "ok"), (2, "ok")]
+    assert server.fake.stats.generations_by_prompt == {"a red fox": 1, "a blue jay": 1, "a wren": 1}
