@@ -2,7 +2,7 @@
 
 A resumed run meets mostly items an earlier run finished. Checking them one by one cost a
 task switch, an event and a thread hop each (a million items: 56 s); `Batch._triage` checks a
-chunk of up to 256 in one worker-thread call instead. This module hands out those chunks:
+chunk of up to 1,024 in one worker-thread call instead. This module hands out those chunks:
 
 - an in-memory (sync) input is read on the loop, without a coroutine per entry, for at most
   ``fair_share`` seconds at a time;
@@ -14,7 +14,7 @@ An entry naming input images (megabytes each, maybe) ends its chunk, and the rea
 it to be taken before reading on: at most two such entries are held at once.
 
 An input that already comes in lists (`ChunkedInput`: the CLI's prompt file, read in a worker
-thread 256 records at a time) is taken a list at a time: no task, no stream, no step of an
+thread 1,024 records at a time) is taken a list at a time: no task, no stream, no step of an
 async generator per entry (about 3 µs an entry of a million-line resume).
 """
 

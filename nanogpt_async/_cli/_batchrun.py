@@ -48,8 +48,9 @@ __all__ = ["BatchSettings", "PromptSource", "aiter_sync", "prompt_items", "run_b
 #: Prompt files up to this size are read once up front: the progress bar gets a total (and an
 #: ETA) and a bad line fails before anything is paid. Bigger ones stream with an unknown total.
 PRECOUNT_MAX_BYTES = 64 * 1024 * 1024
-#: Lines read per worker-thread hop: stdin may block, the event loop must not.
-_CHUNK = 256
+#: Lines read per worker-thread hop: stdin may block, the event loop must not. A resume takes
+#: each such list whole (`ChunkedInput`), so this is also its chunk (see `_TRIAGE_CHUNK`).
+_CHUNK = 1024
 #: 128 + SIGTERM and 128 + SIGHUP: a batch stopped by ``kill``, ``docker stop`` or a hang-up.
 EXIT_INTERRUPTED_TERM = 143
 EXIT_INTERRUPTED_HUP = 129
