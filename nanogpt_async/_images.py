@@ -222,6 +222,7 @@ class Images:
         max_cost: float | Decimal | None = None,
         shared_budget: str | None = None,
         retry_failed: bool = True,
+        skipped_results: bool = True,
         on_progress: Callable[[BatchProgress], object] | None = None,
         progress_interval: float = 0.5,
         manifest_name: str = "manifest.jsonl",
@@ -263,6 +264,10 @@ class Images:
                 any process (see "Sharing one key"). It fails closed: no paid request is sent
                 while Redis cannot be checked. Needs asyncio (redis-py's async client).
             retry_failed: On resume, retry items recorded as failed (else skip them).
+            skipped_results: On resume, hand out a ``skipped`` result for each item an earlier
+                run did (``False``: only count them, in the summary and the progress, and
+                iterate over the ok and failed ones alone). A re-run over a million recorded
+                items is faster without them: they are skipped without reading their records.
             on_progress: Called with a [BatchProgress][nanogpt_async.BatchProgress] at most every
                 ``progress_interval`` seconds, and once at the end.
             progress_interval: Seconds between progress calls.
@@ -310,6 +315,7 @@ class Images:
             max_cost=max_cost,
             shared_budget=shared_budget,
             retry_failed=retry_failed,
+            skipped_results=skipped_results,
             on_progress=on_progress,
             progress_interval=progress_interval,
             manifest_name=manifest_name,

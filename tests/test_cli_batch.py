@@ -474,3 +474,32 @@ def test_a_budget_without_a_price_names_the_max_cost_flag(
     assert "error: --max-cost needs a price estimate" in result.stderr
     assert "or run without --max-cost" in result.stderr
     assert fake_nanogpt.fake.stats.generation_requests == 0
+
+
+@secret_fake
+def test_a_resume_sends_and_charges_only_the_new_items_and_counts_the_skipped_ones(
+    fake_nanogpt, tmp_path
+):
+    lines = [json.dumps({"id": f"item-{i}", "prompt": f"prompt {i}"}) + "\n" for i in range(300)]
+    first, everything = tmp_path / "first.jsonl", tmp_path / "all.jsonl"
+    first.write_text("".join(lines[:120] + lines[130:280]))
+    everything.write_text("".join(lines))
+    out = tmp_path / "out"
+    fast = ("--rps", "100000", "--no-gallery")
+    assert run(fake_nanogpt, "batch", str(first), "-o", str(out), *fast).exit_code == 0
+    stats = fake_nanogpt.fake.stats
+    assert stats.generations == stats.generation_requests == 270
+    charged = stats.charged_usd
+
+    again = run(fake_nanogpt, "batch", str(everything), "-o", str(out), *fast)
+
+    assert again.exit_code == 0, again.stderr
+    assert stats.generations == stats.generation_requests == 270 + 30
+    assert summary_value(again.stdout, "cost") == f"${stats.charged_usd - charged:.4f}"
+    assert summary_value(again.stdout, "items") == "300"
+    assert summary_value(again.stdout, "ok") == "30"
+    assert summary_value(again.stdout, "skipped (done before)") == "270"
+    assert "done 300/300 failed 0 skipped 270" in again.stderr
+    latest = {record["id"]: record for record in manifest(out)}
+    assert len(latest) == 300
+    assert {record["status"] for record in latest.values()} == {"ok"}

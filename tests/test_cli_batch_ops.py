@@ -425,7 +425,7 @@ def test_a_hang_up_that_takes_the_terminal_away_still_records_every_charged_item
 def test_a_bad_line_in_a_streamed_big_file_stops_there_and_saves_what_was_sent(
     fake_nanogpt, tmp_path, monkeypatch
 ):
-    # Files over PRECOUNT_MAX_BYTES are streamed in chunks of 256 records: the good records
+    # Files over PRECOUNT_MAX_BYTES are streamed in chunks of 1,024 records: the good records
     # read before the bad line in the same chunk are handed to the batch, which stops at the
     # bad one (items not yet sent then are not started: a re-run does them).
     monkeypatch.setattr(_batchrun, "PRECOUNT_MAX_BYTES", 0)

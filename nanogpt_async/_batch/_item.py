@@ -41,13 +41,15 @@ __all__ = ["ItemFlow", "Results"]
 class Results:
     """The bounded results stream behind ``async for result in batch``; counts each result."""
 
-    __slots__ = ("_send", "_tally", "receive", "wanted")
+    __slots__ = ("_send", "_tally", "receive", "skipped", "wanted")
 
-    def __init__(self, size: int, tally: Tally) -> None:
+    def __init__(self, size: int, tally: Tally, *, skipped: bool = True) -> None:
         self._send, self.receive = anyio.create_memory_object_stream[ItemResult](size)
         self._tally = tally
         #: ``run()`` discards results: then they are not sent through the stream at all.
         self.wanted = True
+        #: ``skipped_results``: whether ``skipped`` results are sent through it.
+        self.skipped = skipped
 
     async def emit(self, result: ItemResult) -> None:
         """Count ``result`` and hand it to the reader (waiting while the stream is full)."""
@@ -58,6 +60,8 @@ class Results:
             tally.failed += 1
         else:
             tally.skipped += 1
+            if not self.skipped:
+                return
         if not self.wanted:
             return
         # If nobody is listening any more, the manifest has it.

@@ -87,6 +87,7 @@ class Batch:
         max_cost: float | Decimal | None = None,
         shared_budget: str | None = None,
         retry_failed: bool = True,
+        skipped_results: bool = True,
         on_progress: ProgressCallback | None = None,
         progress_interval: float = 0.5,
         manifest_name: str = "manifest.jsonl",
@@ -108,6 +109,7 @@ class Batch:
             max_cost=max_cost,
             shared_budget=shared_budget,
             retry_failed=retry_failed,
+            skipped_results=skipped_results,
             on_progress=on_progress,
             progress_interval=progress_interval,
             manifest_name=manifest_name,
@@ -209,7 +211,9 @@ class Batch:
         prices = await price_list(self._api, settings.max_cost, settings.defaults)
         self._budget = Budget(settings.max_cost, prices)
         self._admission = Admission(settings, self._budget, sender.slots)
-        self._results = Results(settings.download_concurrency, tally)
+        self._results = Results(
+            settings.download_concurrency, tally, skipped=settings.skipped_results
+        )
         self._flow = ItemFlow(
             admission=self._admission,
             sender=sender,
@@ -333,7 +337,7 @@ class Batch:
             shard=self._settings.shard,
             lifecycle=lifecycle,
             tally=self._tally,
-            wanted=lambda: results.wanted,
+            wanted=lambda: results.wanted and results.skipped,
         ) as triage:
             while (taken := await triage.next()) is not None:
                 for prepared in taken:

@@ -72,7 +72,7 @@ class _Folder:
         )
         try:
             sweep_temp_files(self.path, shard.owns_temp_file if shard is not None else None)
-            recorded = read_manifest(self.manifest)
+            recorded = read_manifest(self.manifest, self.path)
             self.writer = ManifestWriter(self.manifest)
         except BaseException:
             self.close()

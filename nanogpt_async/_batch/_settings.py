@@ -40,6 +40,8 @@ class BatchSettings:
     max_cost: Decimal | None
     shared_budget: str | None
     retry_failed: bool
+    #: Hand out a ``skipped`` result per item an earlier run did (else only count them).
+    skipped_results: bool
     on_progress: ProgressCallback | None
     progress_interval: float
     #: Items this process does (its shard's share), when known.
@@ -65,6 +67,7 @@ class BatchSettings:
         max_cost: float | Decimal | None,
         shared_budget: str | None,
         retry_failed: bool,
+        skipped_results: bool,
         on_progress: ProgressCallback | None,
         progress_interval: float,
         manifest_name: str,
@@ -108,6 +111,7 @@ class BatchSettings:
             max_cost=Decimal(str(max_cost)) if max_cost is not None else None,
             shared_budget=shared_budget,
             retry_failed=retry_failed,
+            skipped_results=skipped_results,
             on_progress=on_progress,
             progress_interval=progress_interval,
             total=total,
