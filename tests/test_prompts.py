@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nanogpt_async import InvalidInputError, PromptFileError, read_prompts
-from nanogpt_async._input._prompts import numbered_prompts
+from nanogpt_async._input._prompts import numbered_prompts, prompt_chunks
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -255,3 +255,60 @@ def test_line_numbers_in_errors_count_comment_lines(tmp_path):
     text.write_bytes(b"# header\n# more\nok\ncaf\xe9\n")
     with pytest.raises(PromptFileError, match=r"p\.txt line 4: not valid UTF-8"):
         list(read_prompts(text))
+
+
+def _records_or_error(records):
+    """Every record, then ``("error", message)`` if reading stopped at a bad line."""
+    read = []
+    try:
+        read.extend(records)
+    except PromptFileError as exc:
+        read.append(("error", str(exc)))
+    return read
+
+
+_JSONL_CASES = {
+    "plain lines, blank and comment lines": '{"prompt":"a","id":"x"}\n\n# note\n{"prompt":"b"}\n',
+    "a repeated id": '{"prompt":"a","id":"x"}\n\n{"prompt":"b","id":"x"}\n',
+    "an integer id repeating a string one": '{"prompt":"a","id":1}\n{"prompt":"b","id":"1"}\n',
+    "generate fields, then a blank prompt": '{"prompt":"a","model":"m","n":2}\n{"prompt":" "}\n',
+    "an empty id": '{"prompt":"a"}\n{"prompt":"b","id":""}\n',
+    "a null id": '\ufeff{"prompt":"a"}\n{"prompt":"b","id":null}\n',
+    "a seed beyond 64 bits": '{"prompt":"a","seed":123456789012345678901234567890}\n',
+    "a lone surrogate escape, then bad JSON": '{"prompt":"a"}\r{"prompt":"\\ud800"}\r\n{bad\n',
+    "an array line": '{"prompt":"a","id":"q"}\n[1]\n',
+    "an unknown field": '{"prompt":"a"}\n{"prompt":"b","colour":"red"}\n',
+}
+
+
+@pytest.mark.parametrize("size", [1, 2, 1024])
+@pytest.mark.parametrize("text", _JSONL_CASES.values(), ids=list(_JSONL_CASES))
+def test_prompt_chunks_of_a_jsonl_file_are_read_prompts_records_and_errors(tmp_path, text, size):
+    path = write(tmp_path, "p.jsonl", text)
+    sizes: list[int] = []
+    chunks = (
+        chunk for chunk in prompt_chunks(str(path), size=size) if not sizes.append(len(chunk))
+    )
+    read = _records_or_error(record for chunk in chunks for record in chunk)
+    assert read == _records_or_error(read_prompts(path))
+    assert all(0 < length <= size for length in sizes)
+
+
+def test_prompt_chunks_name_a_bad_utf8_line_after_the_records_before_it(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"prompt":"a"}\n{"prompt":"b"}\n{"prompt":"\xff"}\n')
+    chunks = prompt_chunks(str(path), size=1024)
+    assert next(chunks) == [{"prompt": "a"}, {"prompt": "b"}]
+    with pytest.raises(PromptFileError, match=r"line 3.*not valid UTF-8 \(byte 0xff"):
+        next(chunks)
+
+
+@pytest.mark.parametrize(
+    ("name", "prompt_format"), [("p.txt", "auto"), ("p", "auto"), ("p.csv", "csv")]
+)
+def test_prompt_chunks_of_text_and_csv_are_read_prompts_records(tmp_path, name, prompt_format):
+    text = "prompt,id\na fox,1\na cat,2\na owl,1\n" if prompt_format == "csv" else "a\n# c\nb\nc\n"
+    path = write(tmp_path, name, text)
+    chunks = prompt_chunks(str(path), format=prompt_format, size=2)
+    read = _records_or_error(record for chunk in chunks for record in chunk)
+    assert read == _records_or_error(read_prompts(path, format=prompt_format))

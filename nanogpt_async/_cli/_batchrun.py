@@ -6,6 +6,7 @@ batch does.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import stat
@@ -36,7 +37,7 @@ from nanogpt_async._cli._common import (
 )
 from nanogpt_async._cli._gallery import refresh_gallery
 from nanogpt_async._errors import InvalidInputError
-from nanogpt_async._input._prompts import PromptFormat, read_prompts
+from nanogpt_async._input._prompts import PromptFormat, prompt_chunks, read_prompts
 
 if TYPE_CHECKING:
     from nanogpt_async._batch._runner import Batch
@@ -91,7 +92,7 @@ class PromptSource:
 
 
 def _count_records(path: str, prompt_format: PromptFormat) -> int:
-    return sum(1 for _ in read_prompts(path, format=prompt_format))
+    return sum(map(len, prompt_chunks(path, format=prompt_format, size=_CHUNK)))
 
 
 def _chunks(path: str, prompt_format: PromptFormat) -> ChunkedInput:
@@ -109,17 +110,18 @@ async def _record_lists(path: str, prompt_format: PromptFormat) -> AsyncIterator
     were handed out, so the batch stops exactly at the bad line. Standard input is read a
     record at a time: lines piped in slowly must not wait for a whole chunk.
     """
-    iterator = read_prompts(path, format=prompt_format)
-    size = 1 if path == "-" else _CHUNK
     failure: list[Exception] = []
+    # A file is read in lists, in one tight loop for JSONL (`prompt_chunks`).
+    iterator = prompt_chunks(path, format=prompt_format, size=_CHUNK) if path != "-" else None
+    records = read_prompts(path, format=prompt_format) if iterator is None else None
 
     def take() -> list[dict[str, Any]]:
         chunk: list[dict[str, Any]] = []
         try:
-            for record in iterator:
-                chunk.append(record)
-                if len(chunk) >= size:
-                    break
+            if iterator is not None:
+                return next(iterator, chunk)
+            if records is not None:
+                chunk.extend(itertools.islice(records, 1))
         except Exception as exc:
             failure.append(exc)
         return chunk
@@ -132,7 +134,9 @@ async def _record_lists(path: str, prompt_format: PromptFormat) -> AsyncIterator
         if failure:
             raise failure[0]
     finally:
-        iterator.close()
+        for opened in (iterator, records):
+            if opened is not None:
+                opened.close()
 
 
 def prompt_items(path: str, prompt_format: str) -> PromptSource:

@@ -33,7 +33,13 @@ from nanogpt_async._errors import InvalidInputError, PromptFileError
 from nanogpt_async._input._body import ITEM_FIELDS, check_generation_fields
 from nanogpt_async._input._ids import RepeatedIds
 
-__all__ = ["PromptFormat", "numbered_prompts", "read_prompts"]
+_fast_loads: Callable[[str], Any]
+try:
+    from orjson import loads as _fast_loads
+except ImportError:  # the "speed" extra is not installed
+    _fast_loads = loads
+
+__all__ = ["PromptFormat", "numbered_prompts", "prompt_chunks", "read_prompts"]
 
 #: ``"auto"`` picks the format from the extension, then from the first non-blank line.
 PromptFormat = Literal["auto", "text", "jsonl", "csv"]
@@ -125,6 +131,84 @@ def numbered_prompts(
     yield from _read_stream(_text_lines(source, name), name, format)
 
 
+def prompt_chunks(
+    path: str, *, format: PromptFormat = "auto", size: int = 1024
+) -> Generator[list[dict[str, Any]], None, None]:
+    """`read_prompts` of the file at ``path``, in lists of up to ``size`` records.
+
+    The same records, in the same order, with the same errors, raised once the records before
+    the bad line were yielded. A JSONL file (by ``format`` or extension) is read in one tight
+    loop: its usual line, ``{"id": ..., "prompt": ...}``, is parsed and checked inline, any
+    other line goes through the exact checks (`_jsonl_record`). The command line reads a
+    prompt file twice (checked whole before anything is paid, then run): through the general
+    generators a million lines cost about 3.3 s each time, here about half (issue 12).
+    """
+    suffix = Path(path).suffix.lower()
+    if format == "jsonl" or (format == "auto" and suffix in _JSONL_SUFFIXES):
+        yield from _jsonl_chunks(path, size)
+        return
+    chunk: list[dict[str, Any]] = []
+    try:
+        for record in read_prompts(path, format=format):
+            chunk.append(record)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    except PromptFileError:
+        if chunk:
+            yield chunk
+        raise
+    if chunk:
+        yield chunk
+
+
+def _jsonl_chunks(path: str, size: int) -> Generator[list[dict[str, Any]], None, None]:
+    """`prompt_chunks` of a JSONL file: `_read_stream` over `_read_lines`, in one loop."""
+    seen = RepeatedIds()
+    chunk: list[dict[str, Any]] = []
+    parse, escaped = _fast_loads, _ESCAPED_BYTE
+    with Path(path).open("rb") as stream:
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        try:
+            for number, line in enumerate(text, start=1):
+                if not line.isascii() and (bad := escaped.search(line)):
+                    raise _not_utf8(bad, path, number)
+                try:
+                    record = parse(line)
+                except ValueError:
+                    record = None
+                if not _is_plain(record):  # else the exact checks, with their errors
+                    if not line.strip() or _is_comment(line):
+                        continue
+                    record = _jsonl_record(line, path, number)
+                _first_use(seen, record.get("id"), path, number)
+                chunk.append(record)
+                if len(chunk) >= size:
+                    yield chunk
+                    chunk = []
+        except PromptFileError:
+            if chunk:
+                yield chunk
+            raise
+    if chunk:
+        yield chunk
+
+
+def _is_plain(record: object) -> bool:
+    """The usual JSONL record, checked as `_checked` would: a non-empty prompt, an id or none.
+
+    The id a non-empty string; strings only, so orjson's result is exactly the stdlib's (no
+    float that could have been an integer beyond 64 bits).
+    """
+    return (
+        type(record) is dict
+        and _ID_AND_PROMPT.issuperset(record)
+        and type(prompt := record.get("prompt")) is str
+        and bool(prompt.strip())
+        and ("id" not in record or (type(item_id := record["id"]) is str and item_id != ""))
+    )
+
+
 def _stdin_lines() -> Iterator[str]:
     # Decode stdin as UTF-8 whatever the locale says (prompt files are UTF-8 in practice).
     buffer = getattr(sys.stdin, "buffer", None)
@@ -162,13 +246,17 @@ def _text_lines(stream: Iterable[str], name: str) -> Iterator[str]:
             ) from None
         number += 1
         if not line.isascii() and (bad := _ESCAPED_BYTE.search(line)):
-            raise PromptFileError(
-                f"not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} at column "
-                f"{bad.start() + 1}); save the file as UTF-8",
-                source=name,
-                line=number,
-            )
+            raise _not_utf8(bad, name, number)
         yield line
+
+
+def _not_utf8(bad: re.Match[str], name: str, number: int) -> PromptFileError:
+    return PromptFileError(
+        f"not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} at column "
+        f"{bad.start() + 1}); save the file as UTF-8",
+        source=name,
+        line=number,
+    )
 
 
 def _read_stream(
@@ -183,14 +271,24 @@ def _read_stream(
         if item_id is not None:
             earlier = seen.add(item_id, number)
             if earlier is not None:
-                where = f"on line {earlier}" if earlier >= 0 else "earlier"
-                raise PromptFileError(
-                    f"the id {item_id!r} is already used {where}; every id must be unique "
-                    "(a re-run finds finished items by id)",
-                    source=name,
-                    line=number,
-                )
+                raise _repeated(item_id, earlier, name, number)
         yield number, record
+
+
+def _first_use(seen: RepeatedIds, item_id: str | None, name: str, number: int) -> None:
+    """Remember a record's id (if it has one); raise if an earlier record had it."""
+    if item_id is not None and (earlier := seen.add(item_id, number)) is not None:
+        raise _repeated(item_id, earlier, name, number)
+
+
+def _repeated(item_id: str, earlier: int, name: str, number: int) -> PromptFileError:
+    where = f"on line {earlier}" if earlier >= 0 else "earlier"
+    return PromptFileError(
+        f"the id {item_id!r} is already used {where}; every id must be unique "
+        "(a re-run finds finished items by id)",
+        source=name,
+        line=number,
+    )
 
 
 def _read_lines(
