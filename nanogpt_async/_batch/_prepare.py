@@ -54,6 +54,8 @@ Entries = Iterator[Any] | AsyncIterator[Any]
 #: Fields an item may have and still take `Preparer._plain_job`: no input image, no
 #: ``extra_body``, no ``operation`` (the rest of `ITEM_FIELDS`).
 _PLAIN_FIELDS = frozenset(GENERATE_FIELDS)
+#: An entry of these fields alone needs no more checks than its prompt's and its id's.
+_ID_AND_PROMPT = frozenset({"id", "prompt"})
 
 #: The end of the input (``next_entry``'s answer).
 END = object()
@@ -194,6 +196,21 @@ class Preparer:
         ``operation``, an id that is not a string, a bad value...): the general path decides,
         with its exact errors.
         """
+        if not self._defaults and _ID_AND_PROMPT.issuperset(entry):
+            # The commonest entry of all (a prompt file's ``{"id", "prompt"}`` line): the
+            # checks `check_generation_fields` makes of a prompt alone, inline (5.1 -> 3.9 µs
+            # an item of a resume's preparing).
+            prompt, user_id = entry.get("prompt"), entry.get("id")
+            if (
+                type(prompt) is str
+                and prompt.strip()
+                and (user_id is None or type(user_id) is str)
+                and prompt.isascii()  # else the encode check below (a lone surrogate)
+            ):
+                if user_id is not None:
+                    self._check_unique(user_id, index)
+                    return Job(index, user_id, {"prompt": prompt}, {"prompt": prompt}, started)
+                return self._fingerprinted({"prompt": prompt}, index, started)
         given = {k: v for k, v in entry.items() if v is not None}
         user_id = given.pop("id", None)
         if not (
@@ -212,6 +229,10 @@ class Preparer:
         if user_id is not None:
             self._check_unique(user_id, index)
             return Job(index, user_id, body, dict(body), started)
+        return self._fingerprinted(body, index, started)
+
+    def _fingerprinted(self, body: dict[str, Any], index: int, started: float) -> Job:
+        """A job without a user id: its id from the body's fingerprint."""
         digest, request = fingerprint_body(body)
         return Job(index, self._ids.next_id(digest), body, request, started)
 
