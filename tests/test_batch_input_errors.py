@@ -118,3 +118,30 @@ async def test_ids_repeated_only_by_the_generated_scheme_are_fine(
             ["same", "same", "same"], output_dir=tmp_path, rps=None
         ).run()
     assert summary.ok == 3
+
+
+async def test_a_repeated_id_in_a_prompt_file_read_unchecked_is_still_refused_before_sent(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    # The command line's second read of a checked file leaves the ids to the batch: a repeat
+    # (say the file was edited between the two reads) must still never be sent.
+    from nanogpt_async._cli._batchrun import prompt_items
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "fox", "prompt": "a fox"}\n{"id": "owl", "prompt": "an owl"}\n')
+    source = prompt_items(str(prompts), "auto")
+    assert source.total == 2
+    prompts.write_text(
+        '{"id": "fox", "prompt": "a fox"}\n{"id": "fox", "prompt": "a different fox"}\n'
+        '{"prompt": "never sent"}\n'
+    )
+    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+        batch = client.images.generate_many(source.items, output_dir=tmp_path / "out", rps=None)
+        with pytest.raises(InvalidInputError, match="item 1 has the id 'fox' of item 0"):
+            await batch.run()
+    await settled(server)
+    # "a fox" may or may not have gone out before the check (the scheduler's call); paid is
+    # recorded, and the repeat and what follows are never sent.
+    charged = sorted(server.fake.stats.generations_by_prompt)
+    assert recorded_prompts(tmp_path / "out") == charged
+    assert set(charged) <= {"a fox"}

@@ -312,3 +312,14 @@ def test_prompt_chunks_of_text_and_csv_are_read_prompts_records(tmp_path, name, 
     chunks = prompt_chunks(str(path), format=prompt_format, size=2)
     read = _records_or_error(record for chunk in chunks for record in chunk)
     assert read == _records_or_error(read_prompts(path, format=prompt_format))
+
+
+def test_prompt_chunks_can_leave_a_checked_files_ids_unchecked(tmp_path):
+    path = write(tmp_path, "p.jsonl", '{"prompt":"a","id":"x"}\n{"prompt":"b","id":"x"}\n')
+    chunks = prompt_chunks(str(path), check_ids=False)
+    assert [record for chunk in chunks for record in chunk] == [
+        {"prompt": "a", "id": "x"},
+        {"prompt": "b", "id": "x"},
+    ]
+    with pytest.raises(PromptFileError, match="already used on line 1"):
+        list(prompt_chunks(str(path)))

@@ -132,7 +132,7 @@ def numbered_prompts(
 
 
 def prompt_chunks(
-    path: str, *, format: PromptFormat = "auto", size: int = 1024
+    path: str, *, format: PromptFormat = "auto", size: int = 1024, check_ids: bool = True
 ) -> Generator[list[dict[str, Any]], None, None]:
     """`read_prompts` of the file at ``path``, in lists of up to ``size`` records.
 
@@ -142,10 +142,14 @@ def prompt_chunks(
     other line goes through the exact checks (`_jsonl_record`). The command line reads a
     prompt file twice (checked whole before anything is paid, then run): through the general
     generators a million lines cost about 3.3 s each time, here about half (issue 12).
+
+    ``check_ids=False``: a JSONL file's ids are not checked for repeats here (the command line's
+    second read, of a file whose ids the first read checked: the batch checks them again
+    anyway, as it checks any input's).
     """
     suffix = Path(path).suffix.lower()
     if format == "jsonl" or (format == "auto" and suffix in _JSONL_SUFFIXES):
-        yield from _jsonl_chunks(path, size)
+        yield from _jsonl_chunks(path, size, RepeatedIds() if check_ids else None)
         return
     chunk: list[dict[str, Any]] = []
     try:
@@ -162,9 +166,10 @@ def prompt_chunks(
         yield chunk
 
 
-def _jsonl_chunks(path: str, size: int) -> Generator[list[dict[str, Any]], None, None]:
+def _jsonl_chunks(
+    path: str, size: int, seen: RepeatedIds | None
+) -> Generator[list[dict[str, Any]], None, None]:
     """`prompt_chunks` of a JSONL file: `_read_stream` over `_read_lines`, in one loop."""
-    seen = RepeatedIds()
     chunk: list[dict[str, Any]] = []
     parse, escaped = _fast_loads, _ESCAPED_BYTE
     with Path(path).open("rb") as stream:
@@ -275,9 +280,14 @@ def _read_stream(
         yield number, record
 
 
-def _first_use(seen: RepeatedIds, item_id: str | None, name: str, number: int) -> None:
-    """Remember a record's id (if it has one); raise if an earlier record had it."""
-    if item_id is not None and (earlier := seen.add(item_id, number)) is not None:
+def _first_use(seen: RepeatedIds | None, item_id: str | None, name: str, number: int) -> None:
+    """Remember a record's id (if it has one); raise if an earlier record had it.
+
+    ``seen`` ``None``: ids are not checked.
+    """
+    if seen is None or item_id is None:
+        return
+    if (earlier := seen.add(item_id, number)) is not None:
         raise _repeated(item_id, earlier, name, number)
 
 
