@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -257,9 +259,9 @@ def test_line_numbers_in_errors_count_comment_lines(tmp_path):
         list(read_prompts(text))
 
 
-def _records_or_error(records):
+def _records_or_error(records: Iterator[dict[str, Any]]) -> list[object]:
     """Every record, then ``("error", message)`` if reading stopped at a bad line."""
-    read = []
+    read: list[object] = []
     try:
         read.extend(records)
     except PromptFileError as exc:
@@ -286,10 +288,13 @@ _JSONL_CASES = {
 def test_prompt_chunks_of_a_jsonl_file_are_read_prompts_records_and_errors(tmp_path, text, size):
     path = write(tmp_path, "p.jsonl", text)
     sizes: list[int] = []
-    chunks = (
-        chunk for chunk in prompt_chunks(str(path), size=size) if not sizes.append(len(chunk))
-    )
-    read = _records_or_error(record for chunk in chunks for record in chunk)
+
+    def records() -> Iterator[dict[str, Any]]:
+        for chunk in prompt_chunks(str(path), size=size):
+            sizes.append(len(chunk))
+            yield from chunk
+
+    read = _records_or_error(records())
     assert read == _records_or_error(read_prompts(path))
     assert all(0 < length <= size for length in sizes)
 
