@@ -32,6 +32,7 @@ from nanogpt_async import AsyncNanoGPT, InvalidInputError
 from nanogpt_async._input._body import build_edit_body, build_generation_body
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault, make_png
 from nanogpt_async.testing._faults import Route
+from tests._serving import TLS
 
 SPEC_PATH = Path(__file__).resolve().parent / "vendor" / "nanogpt-openapi.json"
 SPEC: dict[str, Any] = json.loads(SPEC_PATH.read_text("utf-8"))
@@ -320,7 +321,7 @@ def test_generated_requests_never_crash_the_fake(server: FakeServer, path: str, 
     server.fake.reset_stats()
     seen: dict[int, int] = {}
 
-    with httpx.Client(base_url=f"{server.root_url}/api", timeout=10) as http:
+    with httpx.Client(base_url=f"{server.root_url}/api", timeout=10, verify=TLS) as http:
 
         @settings(
             max_examples=40,

@@ -27,9 +27,11 @@ import asyncio
 import contextlib
 import contextvars
 import ipaddress
+import os
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -39,7 +41,14 @@ from nanogpt_async._errors import redact
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["PROGRESS_EXTENSION", "AutoTransport", "Progress", "environment_proxy", "is_loopback"]
+__all__ = [
+    "PROGRESS_EXTENSION",
+    "AutoTransport",
+    "Progress",
+    "environment_proxy",
+    "is_loopback",
+    "tls_context",
+]
 
 #: The request extension under which the client passes a `Progress` to the transport.
 PROGRESS_EXTENSION = "nanogpt_async.progress"
@@ -73,6 +82,37 @@ class Progress:
         self.tracked = True
         if "send_request_headers" in event:
             self.sent = True
+
+
+#: Built TLS contexts by (verify, trust_env, CA bundle from the environment, its mtime).
+_TLS_CONTEXTS: dict[tuple[bool, bool, str, int], ssl.SSLContext] = {}
+
+
+def tls_context(*, verify: ssl.SSLContext | str | bool, trust_env: bool) -> ssl.SSLContext:
+    """The TLS context for ``verify``, as httpx builds it; one per setting for the whole process.
+
+    Building one reads and parses the whole CA bundle: 23 ms of CPU measured, and a client has
+    two pools, so a process that makes many clients (one per request in a web app, one per test)
+    paid it over and over (the test suite built ~700). A context is safe to share, and nothing
+    changes one after it is built (httpcore sets the same ALPN, ``http/1.1``, on each
+    connection). The key includes the environment's ``SSL_CERT_FILE``/``SSL_CERT_DIR`` (read
+    when ``trust_env``, as httpx does) and its modification time, so a changed bundle is read
+    again. A path or a context of the caller's is used as given.
+    """
+    if not isinstance(verify, bool):
+        return httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+    bundle = ""
+    if verify and trust_env:
+        bundle = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR") or ""
+    try:
+        changed = Path(bundle).stat().st_mtime_ns if bundle else 0
+    except OSError:
+        changed = -1  # missing: httpx raises for it below, and will again next time
+    key = (verify, trust_env, bundle, changed)
+    context = _TLS_CONTEXTS.get(key)
+    if context is None:  # two threads may both build one: harmless, the last one is kept
+        context = _TLS_CONTEXTS[key] = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+    return context
 
 
 def _running_asyncio() -> bool:
@@ -348,7 +388,7 @@ class AutoTransport(httpx.AsyncBaseTransport):
         transport = self._httpx.get(proxy)
         if transport is None:
             transport = httpx.AsyncHTTPTransport(
-                verify=self._verify,
+                verify=tls_context(verify=self._verify, trust_env=self._trust_env),
                 trust_env=self._trust_env,
                 limits=self._limits,
                 proxy=httpx.Proxy(proxy) if proxy else None,
@@ -363,9 +403,7 @@ class AutoTransport(httpx.AsyncBaseTransport):
             if _running_asyncio():
                 self._aiohttp = _AiohttpCarrier(
                     limits=self._limits,
-                    ssl_context=httpx.create_ssl_context(
-                        verify=self._verify, trust_env=self._trust_env
-                    ),
+                    ssl_context=tls_context(verify=self._verify, trust_env=self._trust_env),
                     proxies=self.proxies,
                 )
         progress = request.extensions.get(PROGRESS_EXTENSION)
