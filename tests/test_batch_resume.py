@@ -444,18 +444,30 @@ def record_items(folder: Path, count: int) -> list[dict[str, str]]:
     return items
 
 
+@pytest.fixture(scope="session")
+def recorded_1100(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
+    """A folder of 1,100 items recorded ok, shared by the tests that only resume it.
+
+    A resume that skips every item changes nothing in it (the tests check), and creating 1,100
+    files cost 1-2 s a test (ext4, loaded machine), more than the resume under test.
+    """
+    folder = tmp_path_factory.mktemp("recorded-1100")
+    return folder, record_items(folder, 1100)
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 @pytest.mark.parametrize("read_results", [False, True])
 async def test_a_resume_checks_its_recorded_items_in_a_few_worker_thread_calls(
     serve: Serve,
-    tmp_path: Path,
+    recorded_1100: tuple[Path, list[dict[str, str]]],
     monkeypatch: pytest.MonkeyPatch,
     *,
     read_results: bool,
     asynchronous: bool,
 ) -> None:
     server = serve()
-    items = record_items(tmp_path, 1100)
+    folder, items = recorded_1100
+    manifest = (folder / "manifest.jsonl").read_bytes()
     hops: list[object] = []
     real = anyio.to_thread.run_sync
 
@@ -467,7 +479,7 @@ async def test_a_resume_checks_its_recorded_items_in_a_few_worker_thread_calls(
     results: list[ItemResult] = []
     async with client_for(server) as client:
         batch = client.images.generate_many(
-            as_async(items) if asynchronous else items, output_dir=tmp_path, rps=None
+            as_async(items) if asynchronous else items, output_dir=folder, rps=None
         )
         if read_results:
             async with batch:
@@ -476,12 +488,13 @@ async def test_a_resume_checks_its_recorded_items_in_a_few_worker_thread_calls(
             await batch.run()
     assert (batch.summary.skipped, batch.summary.ok) == (1100, 0)
     assert server.fake.stats.generations == 0
+    assert (folder / "manifest.jsonl").read_bytes() == manifest  # nothing re-recorded
     # One call per 256 items read (5), plus opening and closing the folder; the per-item path
     # took a hop per group of waiting items (13 here, 37 when reading the results).
     assert len(hops) <= 7
     if read_results:
         assert [result.status for result in results] == ["skipped"] * 1100
-        assert results[7].files == [tmp_path / "item-7.png"]
+        assert results[7].files == [folder / "item-7.png"]
         assert results[7].request_id == "r7"
 
 
