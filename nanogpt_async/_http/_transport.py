@@ -29,7 +29,7 @@ import contextvars
 import ipaddress
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -220,19 +220,31 @@ class _AiohttpStream(httpx.AsyncByteStream):
 
 
 class _AiohttpCarrier:
-    """One aiohttp session; sends httpx requests on it."""
+    """One aiohttp session; sends httpx requests on it.
+
+    The TLS context is built at the first ``https`` request, not before: loading the CA bundle
+    costs 30-65 ms of CPU (``load_verify_locations``), two contexts per client (the API and the
+    download pools), paid at start-up even by a run against a plain ``http://`` server (the
+    CLI's start-up: benchmark W10). Each ``https`` request carries the context (aiohttp's
+    per-request ``ssl=``, which also covers the TLS to the target through a proxy).
+    """
 
     def __init__(
-        self, *, limits: httpx.Limits, ssl_context: ssl.SSLContext, proxies: Mapping[str, str]
+        self,
+        *,
+        limits: httpx.Limits,
+        ssl_context: Callable[[], ssl.SSLContext],
+        proxies: Mapping[str, str],
     ) -> None:
         import aiohttp
 
         connector = aiohttp.TCPConnector(
             limit=limits.max_connections or 0,
             keepalive_timeout=limits.keepalive_expiry,
-            ssl=ssl_context,
         )
         self._proxies = proxies
+        self._make_ssl_context = ssl_context
+        self._ssl_context: ssl.SSLContext | None = None
         self.session = aiohttp.ClientSession(
             connector=connector,
             request_class=_sending_request_class(),
@@ -281,6 +293,7 @@ class _AiohttpCarrier:
                 proxy=proxy,
                 proxy_auth=proxy_auth,
                 server_hostname=request.extensions.get("sni_hostname"),
+                ssl=self._tls() if request.url.scheme == "https" else True,
             )
         except Exception as exc:
             failure = translate_aiohttp(exc, request, sent=progress.sent)
@@ -301,6 +314,11 @@ class _AiohttpCarrier:
             request=request,
             extensions=extensions,
         )
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = self._make_ssl_context()
+        return self._ssl_context
 
     async def aclose(self) -> None:
         await self.session.close()
@@ -344,6 +362,9 @@ class AutoTransport(httpx.AsyncBaseTransport):
         """The proxy a request to ``url`` goes through (``None``: direct)."""
         return environment_proxy(httpx.URL(url), self.proxies)
 
+    def _ssl_context(self) -> ssl.SSLContext:
+        return httpx.create_ssl_context(verify=self._verify, trust_env=self._trust_env)
+
     def _native(self, proxy: str | None) -> httpx.AsyncHTTPTransport:
         transport = self._httpx.get(proxy)
         if transport is None:
@@ -363,9 +384,7 @@ class AutoTransport(httpx.AsyncBaseTransport):
             if _running_asyncio():
                 self._aiohttp = _AiohttpCarrier(
                     limits=self._limits,
-                    ssl_context=httpx.create_ssl_context(
-                        verify=self._verify, trust_env=self._trust_env
-                    ),
+                    ssl_context=self._ssl_context,
                     proxies=self.proxies,
                 )
         progress = request.extensions.get(PROGRESS_EXTENSION)
