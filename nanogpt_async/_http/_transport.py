@@ -29,8 +29,8 @@ import contextvars
 import ipaddress
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -38,14 +38,50 @@ from nanogpt_async._errors import redact
 
 if TYPE_CHECKING:
     import aiohttp
+    from multidict import CIMultiDictProxy
 
-__all__ = ["PROGRESS_EXTENSION", "AutoTransport", "Progress", "environment_proxy", "is_loopback"]
+__all__ = [
+    "PROGRESS_EXTENSION",
+    "AiohttpCarrier",
+    "Answer",
+    "AutoTransport",
+    "DirectAnswer",
+    "Progress",
+    "environment_proxy",
+    "is_loopback",
+]
 
 #: The request extension under which the client passes a `Progress` to the transport.
 PROGRESS_EXTENSION = "nanogpt_async.progress"
 #: aiohttp refuses status lines and header fields longer than 8,190 bytes by default. A proxy's
 #: long ``Set-Cookie`` or CSP header should not cost a paid answer, so a little more is allowed.
 _MAX_HEADER_BYTES = 32 * 1024
+
+
+class Answer(Protocol):
+    """What the client's exchange reads of a response: an ``httpx.Response``, a `DirectAnswer`."""
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status."""
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Case-insensitive; a repeated header's values joined with ``", "``."""
+
+    @property
+    def is_stream_consumed(self) -> bool:
+        """The body was read already (``content`` holds it, decoded)."""
+
+    @property
+    def content(self) -> bytes:
+        """The body, once read (see ``is_stream_consumed``)."""
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body as received (still ``Content-Encoding``d)."""
+
+    async def aclose(self) -> None:
+        """Release the connection."""
 
 
 class Progress:
@@ -126,7 +162,7 @@ def _is_aiohttp_response_error(exc: BaseException) -> bool:
 
 
 def translate_aiohttp(
-    exc: BaseException, request: httpx.Request, *, sent: bool
+    exc: BaseException, request: httpx.Request | None, *, sent: bool
 ) -> httpx.TransportError:
     """The ``httpx`` error for an aiohttp (or any) failure, saying whether it may have been sent.
 
@@ -192,7 +228,7 @@ def _sending_request_class() -> type[aiohttp.ClientRequest]:
 class _AiohttpStream(httpx.AsyncByteStream):
     """An aiohttp response body as an httpx stream; every failure is a "sent" transport error."""
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request | None) -> None:
         self._response = response
         self._request = request
         self._complete = False
@@ -219,7 +255,7 @@ class _AiohttpStream(httpx.AsyncByteStream):
             self._response.close()
 
 
-class _AiohttpCarrier:
+class AiohttpCarrier:
     """One aiohttp session; sends httpx requests on it.
 
     The TLS context is built at the first ``https`` request, not before: loading the CA bundle
@@ -259,51 +295,22 @@ class _AiohttpCarrier:
         )
 
     async def send(self, request: httpx.Request) -> httpx.Response:
-        import aiohttp
-
-        timeout = request.extensions.get("timeout", {})
         progress = request.extensions.get(PROGRESS_EXTENSION)
         progress = progress if isinstance(progress, Progress) else Progress()
-        progress.tracked = True
-        proxy = environment_proxy(request.url, self._proxies)
-        failure: httpx.TransportError | None = None
-        token = _SENDING.set(progress)
         try:
-            try:
-                content = request.content
-            except httpx.RequestNotRead:  # a redirected request's stream: small, read it
-                content = await request.aread()
-            proxy_auth = None
-            if proxy is not None:
-                parsed = httpx.URL(proxy)
-                if parsed.username:
-                    proxy_auth = aiohttp.BasicAuth(parsed.username, parsed.password)
-                    proxy = str(parsed.copy_with(username=None, password=None))
-            response = await self.session.request(
-                request.method,
-                str(request.url),
-                headers=request.headers,
-                data=content or None,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                    connect=timeout.get("pool"),
-                ),
-                proxy=proxy,
-                proxy_auth=proxy_auth,
-                server_hostname=request.extensions.get("sni_hostname"),
-                ssl=self._tls() if request.url.scheme == "https" else True,
-            )
-        except Exception as exc:
-            failure = translate_aiohttp(exc, request, sent=progress.sent)
-        finally:
-            _SENDING.reset(token)
-        if failure is not None:
-            # Raised outside the handler: no implicit __context__ holding aiohttp's exception
-            # (its request_info carries the Authorization header).
-            raise failure
-        progress.sent = True
+            content = request.content
+        except httpx.RequestNotRead:  # a redirected request's stream: small, read it
+            content = await request.aread()
+        response = await self.open(
+            request.method,
+            request.url,
+            headers=request.headers,
+            content=content,
+            timeout=self.timeout(request.extensions.get("timeout", {})),
+            progress=progress,
+            sni_hostname=request.extensions.get("sni_hostname"),
+            request=request,
+        )
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
@@ -314,6 +321,70 @@ class _AiohttpCarrier:
             request=request,
             extensions=extensions,
         )
+
+    @staticmethod
+    def timeout(phases: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+        """The ``aiohttp.ClientTimeout`` for httpx's per-phase one (``httpx.Timeout.as_dict()``)."""
+        import aiohttp
+
+        return aiohttp.ClientTimeout(
+            sock_connect=phases.get("connect"),
+            sock_read=phases.get("read"),
+            connect=phases.get("pool"),
+        )
+
+    async def open(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        headers: Mapping[str, str],
+        content: bytes | None,
+        timeout: aiohttp.ClientTimeout,
+        progress: Progress,
+        sni_hostname: str | None = None,
+        request: httpx.Request | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send a request and return aiohttp's response, its body unread.
+
+        Raises:
+            httpx.TransportError: what failed, and whether it may have been sent (`Progress`).
+        """
+        import aiohttp
+
+        progress.tracked = True
+        proxy = environment_proxy(url, self._proxies)
+        failure: httpx.TransportError | None = None
+        token = _SENDING.set(progress)
+        try:
+            proxy_auth = None
+            if proxy is not None:
+                parsed = httpx.URL(proxy)
+                if parsed.username:
+                    proxy_auth = aiohttp.BasicAuth(parsed.username, parsed.password)
+                    proxy = str(parsed.copy_with(username=None, password=None))
+            response = await self.session.request(
+                method,
+                str(url),
+                headers=headers,
+                data=content or None,
+                allow_redirects=False,
+                timeout=timeout,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+                server_hostname=sni_hostname,
+                ssl=self._tls() if url.scheme == "https" else True,
+            )
+        except Exception as exc:
+            failure = translate_aiohttp(exc, request, sent=progress.sent)
+        finally:
+            _SENDING.reset(token)
+        if failure is not None:
+            # Raised outside the handler: no implicit __context__ holding aiohttp's exception
+            # (its request_info carries the Authorization header).
+            raise failure
+        progress.sent = True
+        return response
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:
@@ -347,7 +418,7 @@ class AutoTransport(httpx.AsyncBaseTransport):
         self.proxies: Mapping[str, str] = (
             urllib.request.getproxies_environment() if trust_env else {}
         )
-        self._aiohttp: _AiohttpCarrier | None = None
+        self._aiohttp: AiohttpCarrier | None = None
         self._httpx: dict[str | None, httpx.AsyncHTTPTransport] = {}
         self._picked = False
 
@@ -377,16 +448,28 @@ class AutoTransport(httpx.AsyncBaseTransport):
             self._httpx[proxy] = transport
         return transport
 
+    def _pick(self) -> None:
+        self._picked = True
+        if _running_asyncio():
+            self._aiohttp = AiohttpCarrier(
+                limits=self._limits, ssl_context=self._ssl_context, proxies=self.proxies
+            )
+
+    def direct(self) -> AiohttpCarrier | None:
+        """The aiohttp session to send on without httpx's client layers; ``None`` under trio.
+
+        For the client's own API pool (`_http._channel`), where httpx's request and response
+        objects, its client's send layers and its stream wrappers were a fifth of a
+        generation's CPU at fan-out (benchmark W2 profile), for nothing that pool uses.
+        """
+        if not self._picked:
+            self._pick()
+        return self._aiohttp
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` on the pool chosen for the running event loop."""
         if not self._picked:
-            self._picked = True
-            if _running_asyncio():
-                self._aiohttp = _AiohttpCarrier(
-                    limits=self._limits,
-                    ssl_context=self._ssl_context,
-                    proxies=self.proxies,
-                )
+            self._pick()
         progress = request.extensions.get(PROGRESS_EXTENSION)
         if isinstance(progress, Progress) and "trace" in request.extensions:
             # Both pools report the headers leaving (aiohttp's send, httpcore's trace).
@@ -404,3 +487,54 @@ class AutoTransport(httpx.AsyncBaseTransport):
         for transport in self._httpx.values():
             with contextlib.suppress(Exception):
                 await transport.aclose()
+
+
+class DirectAnswer:
+    """An aiohttp response as the client's exchange reads it (`AutoTransport.direct`).
+
+    What it reads of an ``httpx.Response``: the status, the headers (a repeated header's values
+    joined with ``", "``, as httpx does), the raw body, closing. Body failures become "sent"
+    ``httpx.TransportError``s, as on the httpx path.
+    """
+
+    __slots__ = ("_stream", "headers", "status_code")
+
+    #: Never read by someone else first (only a mock transport does that).
+    is_stream_consumed = False
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.status_code = response.status
+        self.headers = _JoinedHeaders(response.headers)
+        self._stream = _AiohttpStream(response, None)
+
+    @property
+    def content(self) -> bytes:
+        """Never read ahead (`is_stream_consumed` is false)."""
+        raise httpx.ResponseNotRead
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, undecoded."""
+        return self._stream.__aiter__()
+
+    async def aclose(self) -> None:
+        """Give the connection back (a body not read to its end closes it instead)."""
+        await self._stream.aclose()
+
+
+class _JoinedHeaders(Mapping[str, str]):
+    """aiohttp's case-insensitive headers, each name's values joined as httpx joins them."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: CIMultiDictProxy[str]) -> None:
+        self._headers = headers
+
+    def __getitem__(self, name: str) -> str:
+        values = self._headers.getall(name)
+        return values[0] if len(values) == 1 else ", ".join(values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({name.lower(): None for name in self._headers})
+
+    def __len__(self) -> int:
+        return len({name.lower() for name in self._headers})
