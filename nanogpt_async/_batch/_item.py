@@ -205,6 +205,7 @@ class ItemFlow:
             attempts=attempts,
             latency=latency,
             answered=answered,
+            cost=cost,
         )
         await shared.finish_claim(job, result, charged=charged)
         return result
