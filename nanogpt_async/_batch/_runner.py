@@ -191,7 +191,13 @@ class Batch:
         return self.summary
 
     async def __aenter__(self) -> Self:
-        """Prepare the output folder (sweep temp files, read the manifest) and start."""
+        """Prepare the output folder (sweep temp files, read the manifest) and start.
+
+        Raises:
+            InvalidInputError: under trio with a shared budget or an item fence, which need
+                redis-py's asyncio client (nothing is sent, not even the price list).
+        """
+        self._shared.require_asyncio()
         self._producer_scope = self._lifecycle.begin(BatchState.RUNNING)
         settings, lifecycle, tally = self._settings, self._lifecycle, self._tally
         tally.started = time.monotonic()

@@ -18,6 +18,7 @@ from nanogpt_async._batch._results import BatchProgress
 from nanogpt_async._batch._shards import Shard
 from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._input._body import check_generation_fields
+from nanogpt_async._input._numbers import whole_number
 from nanogpt_async._types import NotGiven
 
 __all__ = ["BatchSettings", "ProgressCallback"]
@@ -83,7 +84,7 @@ class BatchSettings:
         )
         _check_rps(rps)
         if burst is not None:
-            _check_positive_int("burst", burst)
+            whole_number("burst", burst, low=1)
         _check_max_cost(max_cost)
         if not progress_interval > 0:
             raise InvalidInputError(f"progress_interval must be > 0, got {progress_interval!r}")
@@ -122,8 +123,8 @@ class BatchSettings:
 def _check_concurrency(
     concurrency: object, download_concurrency: object, limit: int
 ) -> tuple[int, int]:
-    checked = _check_positive_int("concurrency", concurrency)
-    downloads = _check_positive_int("download_concurrency", download_concurrency)
+    checked = whole_number("concurrency", concurrency, low=1)
+    downloads = whole_number("download_concurrency", download_concurrency, low=1)
     if checked > limit:
         raise InvalidInputError(
             f"concurrency ({checked}) must not exceed the client's connection pool "
@@ -140,12 +141,6 @@ def _check_rps(rps: object) -> None:
         return
     if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < math.inf:
         raise InvalidInputError(f"rps must be a positive number or None, got {rps!r}")
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInputError(f"{name} must be a whole number of at least 1, got {value!r}")
-    return value
 
 
 def _check_max_cost(max_cost: object) -> None:

@@ -256,7 +256,14 @@ class Exchange:
         decoder = _Decoder(response.headers.get("content-encoding", ""))
         chunks: list[bytes] = []
         total = 0
-        async for raw in response.aiter_raw():
+        stream = response.stream
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise TypeError("an async transport is needed: this response's stream is sync")
+        response.is_stream_consumed = True
+        # The stream itself, not ``aiter_raw``: that gives the connection back to the pool as
+        # soon as the body ends, before the caller has seen whether the answer is well formed
+        # (see `_transport.retire`). The caller closes the response.
+        async for raw in stream:
             # Identity (the usual case) takes the received chunk as it is.
             source = decoder.feed(raw) if decoder.stages else iter((raw,))
             while batch := await _next_batch(

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import contextvars
 import ipaddress
+import socket
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -49,10 +50,13 @@ __all__ = [
     "Progress",
     "environment_proxy",
     "is_loopback",
+    "retire",
 ]
 
 #: The request extension under which the client passes a `Progress` to the transport.
 PROGRESS_EXTENSION = "nanogpt_async.progress"
+#: The response extension under which the aiohttp path passes its stream's ``retire``.
+_RETIRE_EXTENSION = "nanogpt_async.retire"
 #: aiohttp refuses status lines and header fields longer than 8,190 bytes by default. A proxy's
 #: long ``Set-Cookie`` or CSP header should not cost a paid answer, so a little more is allowed.
 _MAX_HEADER_BYTES = 32 * 1024
@@ -60,6 +64,9 @@ _MAX_HEADER_BYTES = 32 * 1024
 
 class Answer(Protocol):
     """What the client's exchange reads of a response: an ``httpx.Response``, a `DirectAnswer`."""
+
+    #: The body was read already (``content`` holds it), or its reader has started.
+    is_stream_consumed: bool
 
     @property
     def status_code(self) -> int:
@@ -70,15 +77,16 @@ class Answer(Protocol):
         """Case-insensitive; a repeated header's values joined with ``", "``."""
 
     @property
-    def is_stream_consumed(self) -> bool:
-        """The body was read already (``content`` holds it, decoded)."""
+    def extensions(self) -> Mapping[str, Any]:
+        """The transport's notes (`retire` finds the aiohttp stream's there)."""
+
+    @property
+    def stream(self) -> httpx.SyncByteStream | httpx.AsyncByteStream:
+        """The body as received (still ``Content-Encoding``d)."""
 
     @property
     def content(self) -> bytes:
         """The body, once read (see ``is_stream_consumed``)."""
-
-    def aiter_raw(self) -> AsyncIterator[bytes]:
-        """The body as received (still ``Content-Encoding``d)."""
 
     async def aclose(self) -> None:
         """Release the connection."""
@@ -91,18 +99,21 @@ class Progress:
     aiohttp's ``ClientRequest.send``): before that, the server cannot have seen it.
     ``tracked`` says a transport reports progress at all (ours and httpx's own pool do; a mock
     or a third-party transport may not): when it does not, a failure counts as maybe sent.
+    ``unwritten`` is proof the other way: the connection was found closed before any byte of the
+    request was written to it (aiohttp), so no byte of it can have left, whatever error follows.
     """
 
-    __slots__ = ("sent", "tracked")
+    __slots__ = ("sent", "tracked", "unwritten")
 
     def __init__(self) -> None:
         self.sent = False
         self.tracked = False
+        self.unwritten = False
 
     @property
     def maybe_sent(self) -> bool:
         """Whether the server may have seen the request (``True`` when nobody can tell)."""
-        return self.sent or not self.tracked
+        return (self.sent or not self.tracked) and not self.unwritten
 
     async def trace(self, event: str, info: Mapping[str, Any]) -> None:
         """Receive httpcore's ``trace`` extension events (connecting comes first)."""
@@ -162,19 +173,26 @@ def _is_aiohttp_response_error(exc: BaseException) -> bool:
 
 
 def translate_aiohttp(
-    exc: BaseException, request: httpx.Request | None, *, sent: bool
+    exc: BaseException, request: httpx.Request | None, *, sent: bool, unwritten: bool = False
 ) -> httpx.TransportError:
     """The ``httpx`` error for an aiohttp (or any) failure, saying whether it may have been sent.
 
     ``sent`` is what is known from outside (headers went out, a response started): failures that
     can only happen before sending (connect errors, bad URLs, a proxy refusing) are not-sent
     whatever it says; everything after is ambiguous unless it is known not to have been sent.
+    ``unwritten`` is that knowledge (`Progress.unwritten`): the failure is a ``WriteError``.
     """
     import aiohttp
 
     message = _message(exc)
     new: httpx.TransportError
-    if isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
+    if unwritten:
+        new = httpx.WriteError(
+            f"{message} (the pooled connection was found closed before any byte of the "
+            "request was written to it)",
+            request=request,
+        )
+    elif isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
         new = httpx.ProxyError(message, request=request)
     elif isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS, TLS certificate
         new = httpx.ConnectError(message, request=request)
@@ -222,7 +240,41 @@ def _sending_request_class() -> type[aiohttp.ClientRequest]:
                 progress.sent = True
             return await super().send(conn)
 
+        async def write_bytes(self, writer: Any, conn: Any, *args: Any, **kwargs: Any) -> None:
+            # The request's bytes leave from here, in a task of their own that starts after the
+            # pool handed the connection out (aiohttp >= 3.12 holds the headers back to send them
+            # with the body). A transport found closing now, with nothing written to it yet,
+            # takes no byte of this request: aiohttp's writer refuses every write to a closing
+            # transport. That is a pooled connection the server hung up on after the pool handed
+            # it out: proof the request never left, so it was not charged and may be retried.
+            progress = _SENDING.get()
+            transport = getattr(getattr(conn, "protocol", None), "transport", None)
+            if (
+                progress is not None
+                and getattr(writer, "output_size", None) == 0
+                and (transport is None or transport.is_closing())
+            ):
+                progress.unwritten = True
+            await super().write_bytes(writer, conn, *args, **kwargs)
+
     return SendingRequest
+
+
+def _held_response_class() -> type[aiohttp.ClientResponse]:
+    """The aiohttp response class, keeping its connection until `_AiohttpStream.aclose`.
+
+    aiohttp gives a connection back to its pool the moment the body has arrived, before anyone
+    has read it; the client has not yet seen whether the answer is well formed. Held until the
+    stream is closed, the connection is pooled (`release`) or closed (`close`, for an answer the
+    client refused: see `retire`) then.
+    """
+    import aiohttp
+
+    class HeldResponse(aiohttp.ClientResponse):
+        def _response_eof(self) -> None:
+            return
+
+    return HeldResponse
 
 
 class _AiohttpStream(httpx.AsyncByteStream):
@@ -232,6 +284,11 @@ class _AiohttpStream(httpx.AsyncByteStream):
         self._response = response
         self._request = request
         self._complete = False
+        self._retired = False
+
+    def retire(self) -> None:
+        """Close the connection at `aclose` even if the body was read to its end."""
+        self._retired = True
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         failure: httpx.TransportError | None = None
@@ -249,7 +306,7 @@ class _AiohttpStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         # A body not read to the end leaves the connection unusable: close it, don't pool it.
-        if self._complete:
+        if self._complete and not self._retired:
             self._response.release()
         else:
             self._response.close()
@@ -284,6 +341,7 @@ class AiohttpCarrier:
         self.session = aiohttp.ClientSession(
             connector=connector,
             request_class=_sending_request_class(),
+            response_class=_held_response_class(),
             # httpx decodes nothing either: the client decompresses with a cap (gzip bombs).
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -311,13 +369,14 @@ class AiohttpCarrier:
             sni_hostname=request.extensions.get("sni_hostname"),
             request=request,
         )
-        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        stream = _AiohttpStream(response, request)
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1", _RETIRE_EXTENSION: stream.retire}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=_AiohttpStream(response, request),
+            stream=stream,
             request=request,
             extensions=extensions,
         )
@@ -376,7 +435,9 @@ class AiohttpCarrier:
                 ssl=self._tls() if url.scheme == "https" else True,
             )
         except Exception as exc:
-            failure = translate_aiohttp(exc, request, sent=progress.sent)
+            failure = translate_aiohttp(
+                exc, request, sent=progress.sent, unwritten=progress.unwritten
+            )
         finally:
             _SENDING.reset(token)
         if failure is not None:
@@ -497,28 +558,24 @@ class DirectAnswer:
     ``httpx.TransportError``s, as on the httpx path.
     """
 
-    __slots__ = ("_stream", "headers", "status_code")
-
-    #: Never read by someone else first (only a mock transport does that).
-    is_stream_consumed = False
+    __slots__ = ("extensions", "headers", "is_stream_consumed", "status_code", "stream")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.status_code = response.status
         self.headers = _JoinedHeaders(response.headers)
-        self._stream = _AiohttpStream(response, None)
+        self.stream = _AiohttpStream(response, None)
+        #: Set by the reader as it starts (never read by someone else first).
+        self.is_stream_consumed = False
+        self.extensions: dict[str, Any] = {_RETIRE_EXTENSION: self.stream.retire}
 
     @property
     def content(self) -> bytes:
-        """Never read ahead (`is_stream_consumed` is false)."""
+        """Never read ahead: the reader reads `stream`."""
         raise httpx.ResponseNotRead
 
-    def aiter_raw(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, undecoded."""
-        return self._stream.__aiter__()
-
     async def aclose(self) -> None:
-        """Give the connection back (a body not read to its end closes it instead)."""
-        await self._stream.aclose()
+        """Give the connection back (closed instead if not read to its end, or retired)."""
+        await self.stream.aclose()
 
 
 class _JoinedHeaders(Mapping[str, str]):
@@ -538,3 +595,34 @@ class _JoinedHeaders(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len({name.lower() for name in self._headers})
+
+
+async def retire(response: Answer) -> None:
+    """Close ``response`` and its connection: it goes back to no pool, even if read to its end.
+
+    For an answer the client refused (not JSON, no image in it...): a server that sends one
+    may be about to hang up (tests/hostile_http.py's close right after), and the next request
+    sent on that connection would be lost, failing as "may have been charged" though it never
+    reached the server (up to 2 of 24 items in the malformed-answers batch test, before this).
+    """
+    retire_stream = response.extensions.get(_RETIRE_EXTENSION)
+    if callable(retire_stream):
+        retire_stream()  # the aiohttp path: its stream closes the connection instead of pooling
+    else:
+        _shut_down(response.extensions.get("network_stream"))
+    await response.aclose()
+
+
+def _shut_down(network_stream: object) -> None:
+    """Shut down the socket under an httpcore connection, so that its pool drops it.
+
+    httpcore's pool closes an idle connection whose socket reads as readable (the server hung
+    up) instead of handing it out; a socket shut down reads so at once. A transport without
+    ``network_stream`` (a mock) has no connection to retire.
+    """
+    get_extra_info = getattr(network_stream, "get_extra_info", None)
+    raw = get_extra_info("socket") if callable(get_extra_info) else None
+    shutdown = getattr(raw, "shutdown", None)
+    if callable(shutdown):
+        with contextlib.suppress(OSError):
+            shutdown(socket.SHUT_RDWR)
