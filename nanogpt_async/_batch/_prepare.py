@@ -111,7 +111,7 @@ class Preparer:
         items in flight were saved.
         """
         try:
-            entry = await next_entry(entries, index)
+            entry = await next_entry(entries)
         except Exception as exc:  # noqa: BLE001 - the input's own error, raised at the end
             self._lifecycle.input_failed(exc)
             return None
@@ -231,19 +231,10 @@ def entries_of(items: BatchInput) -> Entries:
     return iter(items)
 
 
-#: A sync input yields to the event loop before every this many entries: often enough that a
-#: long input cannot starve the loop (well under a millisecond of work between two), rarely
-#: enough not to make a loop round (an epoll call) per item: 9% of the batch's CPU at latency
-#: 0 (benchmark W1 shape, A/B of 3 x 2 runs: batch/generate CPU 1.60x -> 1.46x). The first
-#: ones yield each: a batch that fails at its first answer (a bad key) has sent only a few.
-YIELD_EVERY = 16
-
-
-async def next_entry(entries: Entries, position: int = 0) -> object:
-    """The next input entry, or ``END``; ``position`` counts the entries read before it."""
+async def next_entry(entries: Entries) -> object:
+    """The next input entry, or ``END``."""
     if isinstance(entries, Iterator):
-        if position < YIELD_EVERY or not position % YIELD_EVERY:
-            await anyio.lowlevel.checkpoint()  # a long sync input must not starve the loop
+        await anyio.lowlevel.checkpoint()  # a long sync input must not starve the loop
         return next(entries, END)
     try:
         return await entries.__anext__()
