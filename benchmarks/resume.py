@@ -9,19 +9,29 @@ measured runs, each in a fresh child process (its own peak RSS):
   Bar: finished within 20 s, peak RSS within 300 MB.
 - ``last-new``: the same items but the last ``--new`` replaced by new ones (run against the fake
   server, 0 s latency). Bar: the first new request goes out within 10 s.
+- ``cli-skip-all`` and ``cli-last-new``: the same two through the command line, the way a user
+  re-runs a batch: ``nanogpt-async batch prompts.jsonl -o FOLDER --progress none --no-gallery``
+  on a JSONL prompt file of ``--items`` lines (``{"id": ..., "prompt": ...}``, built once).
+  Timed from the process's spawn (interpreter start-up included) to its exit; the first
+  request is seen by the fake (run in this process, its request counter polled every 5 ms).
+
+Every case checks that it skipped exactly what was recorded (a damaged folder would quietly
+measure something else: requests sent, items regenerated) and exits non-zero if not.
 
 The folder is built by this script directly (no fsync per file: building a million files
 through the batch itself would take hours); the files are real, so a resume reads, stats or
 hashes them for real. The page cache is warm (the files were just built or used): a cold-cache
 re-run reads more from disk, which only matters where files are hashed.
 
-Run: ``python -m benchmarks.resume --items 1000000`` (``--legacy`` for stamp-less manifests).
+Run: ``python -m benchmarks.resume --items 1000000`` (``--legacy`` for stamp-less manifests,
+``--only CASE`` for one case, ``--rounds N`` to repeat each).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -130,12 +140,103 @@ def _measure(folder: Path, items: int, new: int, base_url: str) -> dict[str, Any
     argv += ["--items", str(items), "--new", str(new), "--base-url", base_url]
     done = subprocess.run(argv, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["load_avg"] = os.getloadavg()
+    _check(result, items, new)
+    return result
+
+
+def _check(result: dict[str, Any], items: int, new: int) -> None:
+    """Refuse a measurement that did not skip exactly the recorded items and run the new ones."""
+    if result["skipped"] != items - new or result["ok"] != new or result["failed"]:
+        print(json.dumps(result, indent=2))
+        sys.exit(
+            f"expected {items - new} skipped and {new} ok, got {result['skipped']} skipped, "
+            f"{result['ok']} ok, {result['failed']} failed: the folder is damaged or was "
+            "changed; delete it to have it built again"
+        )
+
+
+def _prompt_file(folder: Path, items: int, new: int) -> Path:
+    """The CLI's input: one JSONL line per item, the last ``new`` of them new (built once)."""
+    path = folder.parent / f"prompts-{items}-{new}.jsonl"
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        with partial.open("w", encoding="utf-8") as file:
+            for item in _inputs(items, new):
+                file.write(json.dumps(item, separators=(",", ":")) + "\n")
+        partial.rename(path)
+    return path
+
+
+def _summary_counts(stdout: str) -> dict[str, int]:
+    """``ok``, ``failed`` and ``skipped`` from the CLI's plain summary lines."""
+    labels = {"ok": "ok", "failed": "failed", "skipped (done before)": "skipped"}
+    counts = {}
+    for line in stdout.splitlines():
+        label, _, value = line.strip().rpartition("  ")
+        if label.strip() in labels:
+            counts[labels[label.strip()]] = int(value)
+    return counts
+
+
+def _measure_cli(folder: Path, items: int, new: int) -> dict[str, Any]:
+    """One CLI re-run in a child process: wall time, its CPU and peak RSS, the first request."""
+    from nanogpt_async.testing import FakeNanoGPT
+
+    prompts = _prompt_file(folder, items, new)
+    fake = FakeNanoGPT(api_key=KEY, latency=0, balance=1e9)
+    with fake.run_in_thread() as server:
+        argv = [sys.executable, "-m", "nanogpt_async", "batch", str(prompts), "-o", str(folder)]
+        argv += ["--progress", "none", "--no-gallery", "--rps", "1000000"]
+        env = {**os.environ, "NANOGPT_API_KEY": KEY, "NANOGPT_BASE_URL": server.base_url}
+        started = time.monotonic()
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        first_request = None
+        while child.poll() is None:
+            if first_request is None and fake.stats.generation_requests:
+                first_request = time.monotonic() - started
+            time.sleep(0.005)
+        elapsed = time.monotonic() - started
+        stdout, stderr = child.communicate()
+    # The child was reaped by poll(): its own usage is RUSAGE_CHILDREN's growth, the largest
+    # RSS of any child so far (each measurement runs in a process of its own: see main()).
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    counts = _summary_counts(stdout.decode())
+    if child.returncode != 0 or not counts:
+        sys.exit(f"the CLI exited {child.returncode}: {stderr.decode()[-2000:]}")
+    result = {
+        "items": items,
+        "new": new,
+        **counts,
+        "elapsed_s": round(elapsed, 2),
+        "first_request_s": round(first_request, 2) if first_request is not None else None,
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "load_avg": os.getloadavg(),
+    }
+    _check(result, items, new)
+    return result
+
+
+def _cli_child(args: argparse.Namespace) -> None:
+    print(json.dumps(_measure_cli(args.folder, args.items, args.new)))
+
+
+def _measure_cli_apart(folder: Path, items: int, new: int) -> dict[str, Any]:
+    """`_measure_cli` in a process of its own, so RUSAGE_CHILDREN is that one CLI run's."""
+    argv = [sys.executable, "-m", "benchmarks.resume", "--cli-child", "--folder", str(folder)]
+    argv += ["--items", str(items), "--new", str(new)]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(done.stderr[-3000:] + done.stdout[-3000:])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
 def _restore(folder: Path, items: int, new: int) -> None:
     """Take the lines and files a ``last-new`` run added out again, so runs repeat."""
     manifest = folder / _FILES_PER_DIR_NAME
+    added: list[str] = []
     with manifest.open("rb+") as file:
         file.seek(0, os.SEEK_END)
         end = file.tell()
@@ -146,38 +247,69 @@ def _restore(folder: Path, items: int, new: int) -> None:
             if b'"new-' not in line:
                 break
             keep -= len(line)
+            with contextlib.suppress(ValueError):
+                added += [entry["path"] for entry in json.loads(line).get("files") or []]
         file.truncate(end - len(tail) + keep)
+    for name in added:
+        if "/" not in name and name not in ("", ".", ".."):
+            (folder / name).unlink(missing_ok=True)
     for i in range(items - new, items):
         for path in folder.glob(f"{_item(i, new=True)['id']}*"):
             path.unlink()
 
 
+CASES = ("skip-all", "last-new", "cli-skip-all", "cli-last-new")
+
+
 def main() -> None:
-    """Build the folder if needed, then run both measurements."""
+    """Build the folder if needed, then run the measurements."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--new", type=int, default=10)
     parser.add_argument("--folder", type=Path, default=Path("/tmp/nanogpt-resume-bench"))  # noqa: S108
     parser.add_argument("--legacy", action="store_true", help="manifest lines without stamps")
-    parser.add_argument("--only", choices=["skip-all", "last-new"])
+    parser.add_argument("--only", choices=CASES, action="append", help="this case (repeatable)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each case")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cli-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", default="http://127.0.0.1:9/api/v1", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args)
         return
+    if args.cli_child:
+        _cli_child(args)
+        return
     from nanogpt_async.testing import start_process
 
     folder = args.folder / ("legacy" if args.legacy else "stamped")
     _build(folder, args.items, legacy=args.legacy)
-    results: dict[str, Any] = {"load_avg_before": os.getloadavg()}
-    if args.only in (None, "skip-all"):
-        results["skip_all"] = _measure(folder, args.items, 0, args.base_url)
-    if args.only in (None, "last-new"):
-        with start_process(latency=0, port=0, api_key=KEY, balance=1e9) as base_url:
-            results["last_new"] = _measure(folder, args.items, args.new, base_url)
-        _restore(folder, args.items, args.new)
-    print(json.dumps(results, indent=2))
+    results: dict[str, Any] = {"load_avg_before": os.getloadavg(), "rounds": {}}
+    for _ in range(args.rounds):
+        for case in args.only or CASES:
+            new = args.new if case.endswith("last-new") else 0
+            if case == "skip-all":
+                result = _measure(folder, args.items, 0, args.base_url)
+            elif case == "last-new":
+                with start_process(latency=0, port=0, api_key=KEY, balance=1e9) as base_url:
+                    try:
+                        result = _measure(folder, args.items, new, base_url)
+                    finally:
+                        _restore(folder, args.items, new)
+            else:
+                try:
+                    result = _measure_cli_apart(folder, args.items, new)
+                finally:
+                    if new:
+                        _restore(folder, args.items, new)
+            print(case, json.dumps(result), file=sys.stderr)
+            results["rounds"].setdefault(case, []).append(result)
+    results["load_avg_after"] = os.getloadavg()
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,10 @@ def _api_root(base_url: str) -> str:
     return root if root.endswith("/api") else root + "/api"
 
 
+def _balance(payload: object, request_id: str | None) -> Balance:
+    return Balance.from_api(payload, request_id=request_id)
+
+
 class AsyncNanoGPT:
     """An asyncio (and trio) client for NanoGPT's image API.
 
@@ -416,7 +420,11 @@ class AsyncNanoGPT:
             "User-Agent": user_agent(),
         }
         # Not paced: a rare, free call, which must still work while a daily cap blocks.
-        payload, request_id = await self.channel.call(
-            "POST", self._balance_url, headers=headers, idempotent=True, paced=False
+        return await self.channel.call(
+            "POST",
+            self._balance_url,
+            parse=_balance,
+            headers=headers,
+            idempotent=True,
+            paced=False,
         )
-        return Balance.from_api(payload, request_id=request_id)

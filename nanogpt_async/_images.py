@@ -222,6 +222,7 @@ class Images:
         max_cost: float | Decimal | None = None,
         shared_budget: str | None = None,
         retry_failed: bool = True,
+        skipped_results: bool = True,
         on_progress: Callable[[BatchProgress], object] | None = None,
         progress_interval: float = 0.5,
         manifest_name: str = "manifest.jsonl",
@@ -261,8 +262,12 @@ class Images:
             shared_budget: A name: ``max_cost`` is then one cap shared through the client's
                 ``limits_url`` (Redis) by every batch that uses this name with this key, in
                 any process (see "Sharing one key"). It fails closed: no paid request is sent
-                while Redis cannot be checked.
+                while Redis cannot be checked. Needs asyncio (redis-py's async client).
             retry_failed: On resume, retry items recorded as failed (else skip them).
+            skipped_results: On resume, hand out a ``skipped`` result for each item an earlier
+                run did (``False``: only count them, in the summary and the progress, and
+                iterate over the ok and failed ones alone). A re-run over a million recorded
+                items is faster without them: they are skipped without reading their records.
             on_progress: Called with a [BatchProgress][nanogpt_async.BatchProgress] at most every
                 ``progress_interval`` seconds, and once at the end.
             progress_interval: Seconds between progress calls.
@@ -280,14 +285,16 @@ class Images:
                 skipped, unless the client's ``RetryPolicy(retry_ambiguous=True)``.
             job_id: Names the job in the fence (default: the output folder's absolute path);
                 give the same one to every shard when they write to different folders.
-                Given without ``shard``, a single process is fenced too.
+                Given without ``shard``, a single process is fenced too. The fence needs
+                asyncio (redis-py's async client).
             fence_lease: Seconds a killed process's claims stay its own (its heartbeat
                 renews them every third of that); then they read as uncertain. Default: 30.
             **defaults: ``generate()`` fields for every item that does not set them
                 (``model=``, ``size=``, ``n=``, ``response_format=``...).
 
         Raises:
-            InvalidInputError: a bad argument or default (nothing is sent).
+            InvalidInputError: a bad argument or default (nothing is sent); when the batch
+                starts under trio, a shared budget or an item fence (nothing is sent).
 
         Example:
             >>> summary = await client.images.generate_many(  # doctest: +SKIP
@@ -308,6 +315,7 @@ class Images:
             max_cost=max_cost,
             shared_budget=shared_budget,
             retry_failed=retry_failed,
+            skipped_results=skipped_results,
             on_progress=on_progress,
             progress_interval=progress_interval,
             manifest_name=manifest_name,

@@ -127,8 +127,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 #: For async tests that talk to Redis: redis-py's async client runs on asyncio only. Under trio
-#: the library's Redis pacing falls back to pacing the process alone (warned), and a shared
-#: budget or fence waits for a Redis it cannot reach, so these subjects exist under asyncio only.
+#: the library's Redis pacing falls back to pacing the process alone (warned), and a batch with a
+#: shared budget or fence refuses to start (tests/test_redis_under_trio.py), so these subjects
+#: exist under asyncio only.
 redis_is_asyncio_only = pytest.mark.asyncio_only(
     reason="redis-py's async client (Redis pacing, shared budget, fence) runs on asyncio only"
 )

@@ -67,6 +67,8 @@ class Stats:
     downloads: int = 0
     model_lists: int = 0
     peers_gone: int = 0
+    #: TCP connections accepted (a client reusing a kept-alive connection opens no new one).
+    connections: int = 0
     answers: list[str] = field(default_factory=list)
 
 
@@ -369,6 +371,7 @@ class HostileServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.stats.connections += 1
         try:
             while (request := await self._read(reader)) is not None:
                 paid = GENERATIONS in request.path or EDITS in request.path

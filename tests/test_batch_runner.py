@@ -102,9 +102,10 @@ async def test_every_url_arrives_although_urls_expire_seconds_after_generation(
 
 async def test_rate_limited_server_is_paced_without_a_429_storm(serve: Serve) -> None:
     server = serve(rate_limit=50.0, burst=5)
+    # 20 items, 4 bucketfuls (unpaced, 16 at once met 8 429s), in 0.45 s instead of 0.9.
     async with client_for(server) as client:
-        summary = await client.images.generate_many(prompts(40), rps=45.0, concurrency=16).run()
-    assert summary.ok == 40
+        summary = await client.images.generate_many(prompts(20), rps=45.0, concurrency=16).run()
+    assert summary.ok == 20
     assert server.fake.stats.rate_limited <= 2
 
 
@@ -112,7 +113,9 @@ async def test_overshooting_the_server_limit_cools_down_instead_of_storming(
     serve: Serve,
 ) -> None:
     # We claim 200/s; the server allows 40/s. Cooldown + AIMD must settle, not hammer.
-    server = serve(rate_limit=40.0, burst=4)
+    # Its 429s ask for 0.1 s, not 1 s: the bucket (4 at 40/s) is as full after each cooldown
+    # as after a second, and the test takes 1.2 s instead of 4 (the same 3-8 429s per run).
+    server = serve(rate_limit=40.0, burst=4, retry_after_granularity=0.1)
     async with client_for(server, max_retries=5) as client:
         summary = await client.images.generate_many(prompts(40), rps=200.0, concurrency=8).run()
     assert summary.ok == 40

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import certifi
+import httpx
 import pytest
 
 from nanogpt_async import (
@@ -222,3 +223,41 @@ def test_the_shared_tls_context_follows_the_setting_and_the_environments_bundle(
     assert tls_context(verify=True, trust_env=True) is not from_env
     own = ssl.create_default_context()
     assert tls_context(verify=own, trust_env=True) is own
+
+
+@pytest.mark.asyncio_only(reason="the path below httpx is aiohttp's, which needs asyncio")
+async def test_the_clients_own_pool_sends_api_calls_below_httpx_s_client(
+    fake_client, server, monkeypatch
+):
+    # httpx's request/response objects and client layers were a fifth of a generation's CPU at
+    # fan-out (benchmark W2); the client's own pool has nothing in them it needs.
+    sent_through_httpx: list[object] = []
+    real_send = httpx.AsyncClient.send
+
+    async def counting(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
+        sent_through_httpx.append(request.url)
+        return await real_send(self, request, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", counting)
+
+    response = await fake_client.images.generate(prompt="a red fox", n=2)
+
+    assert len([await image.read() for image in response.data]) == 2
+    assert response.request_id
+    assert sent_through_httpx == []
+    assert server.fake.stats.generations == 1
+
+
+async def test_response_hooks_on_the_clients_pool_still_see_every_answer(fake_client, server):
+    # Hooks live in httpx's client layers: a pool with hooks keeps sending through them.
+    statuses: list[int] = []
+
+    async def hook(response: httpx.Response) -> None:
+        statuses.append(response.status_code)
+
+    fake_client.channel.pools.api.event_hooks = {"request": [], "response": [hook]}
+
+    await fake_client.images.generate(prompt="a red fox")
+    await fake_client.images.generate(prompt="a grey fox")
+
+    assert statuses == [200, 200]

@@ -342,6 +342,23 @@ def test_token_bucket_answers_429_with_retry_after_until_next_token(
     assert fake.stats.rate_limited == 2
 
 
+def test_a_finer_retry_after_granularity_also_sends_retry_after_ms(
+    server: FakeServer, http: httpx.Client, clock: ManualClock
+) -> None:
+    fake = server.fake
+    fake.rate_limit, fake.burst, fake.retry_after_granularity = 40.0, 1, 0.1
+    assert generate(http, server).status_code == 200
+    response = generate(http, server)  # the next token in 0.025 s: one step
+    assert response.status_code == 429
+    assert (response.headers["retry-after-ms"], response.headers["Retry-After"]) == ("100", "1")
+    fake.rate_limit = 4.0  # the next token in 0.25 s: three steps
+    assert generate(http, server).headers["retry-after-ms"] == "300"
+    fake.retry_after_granularity = 1.0  # the real API's whole seconds, and nothing else
+    assert "retry-after-ms" not in generate(http, server).headers
+    with pytest.raises(ValueError, match="retry_after_granularity"):
+        FakeNanoGPT(retry_after_granularity=0)
+
+
 def test_error_rate_answers_5xx_before_charging(server: FakeServer, http: httpx.Client) -> None:
     server.fake.error_rate = 1.0
     statuses = {generate(http, server).status_code for _ in range(12)}

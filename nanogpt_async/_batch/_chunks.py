@@ -2,7 +2,7 @@
 
 A resumed run meets mostly items an earlier run finished. Checking them one by one cost a
 task switch, an event and a thread hop each (a million items: 56 s); `Batch._triage` checks a
-chunk of up to 256 in one worker-thread call instead. This module hands out those chunks:
+chunk of up to 1,024 in one worker-thread call instead. This module hands out those chunks:
 
 - an in-memory (sync) input is read on the loop, without a coroutine per entry, for at most
   ``fair_share`` seconds at a time;
@@ -12,6 +12,10 @@ chunk of up to 256 in one worker-thread call instead. This module hands out thos
 
 An entry naming input images (megabytes each, maybe) ends its chunk, and the reader waits for
 it to be taken before reading on: at most two such entries are held at once.
+
+An input that already comes in lists (`ChunkedInput`: the CLI's prompt file, read in a worker
+thread 1,024 records at a time) is taken a list at a time: no task, no stream, no step of an
+async generator per entry (about 3 µs an entry of a million-line resume).
 """
 
 from __future__ import annotations
@@ -29,18 +33,69 @@ from typing_extensions import Self
 
 from nanogpt_async._batch._results import BatchItem
 
-__all__ = ["InputChunks", "names_images"]
+__all__ = ["ChunkedInput", "InputChunks", "names_images"]
+
+
+#: The fields that name input images.
+_IMAGE_FIELDS = frozenset({"image", "images", "mask"})
 
 
 def names_images(entry: object) -> bool:
     """Whether an input entry names input images (the data, a path, or a data URL)."""
-    if type(entry) is str:
-        return False
+    if type(entry) is str or (type(entry) is dict and _IMAGE_FIELDS.isdisjoint(entry)):
+        return False  # the common entries, answered in C: a resume reads a million
     fields = entry.params if isinstance(entry, BatchItem) else entry
     if type(fields) is not dict and not isinstance(fields, Mapping):  # dict: no ABC check
         return False
     get = fields.get
     return get("image") is not None or get("images") is not None or get("mask") is not None
+
+
+class ChunkedInput:
+    """An async input whose entries come in lists: a batch can take a whole list at once.
+
+    Iterated like any async input (one entry at a time); a resumed batch takes each list whole
+    instead (`InputChunks`). ``chunks`` yields non-empty lists of entries; its error ends the
+    input after the entries before it.
+
+    Example:
+        >>> async def lists():  # doctest: +SKIP
+        ...     yield [{"prompt": "a red fox"}, {"prompt": "a blue jay"}]
+        >>> client.images.generate_many(ChunkedInput(lists()), output_dir="out")  # doctest: +SKIP
+    """
+
+    __slots__ = ("_at", "_buffer", "_chunks")
+
+    def __init__(self, chunks: AsyncIterator[list[Any]]) -> None:
+        """Entries from the lists ``chunks`` yields."""
+        self._chunks = chunks
+        self._buffer: list[Any] = []
+        self._at = 0
+
+    def __aiter__(self) -> Self:
+        """Itself: an async iterator of entries."""
+        return self
+
+    async def __anext__(self) -> Any:
+        """The next entry."""
+        while self._at >= len(self._buffer):
+            self._buffer = await self._chunks.__anext__()
+            self._at = 0
+        entry = self._buffer[self._at]
+        self._at += 1
+        return entry
+
+    async def next_chunk(self) -> list[Any]:
+        """The entries not handed out yet: the rest of a list, or the next one.
+
+        Raises:
+            StopAsyncIteration: the input ended.
+        """
+        rest = self._buffer[self._at :]
+        self._buffer, self._at = [], 0
+        while not rest:
+            rest = await self._chunks.__anext__()
+        return rest
 
 
 class _Heavy:
@@ -83,7 +138,7 @@ class InputChunks:
 
     async def __aenter__(self) -> Self:
         """Start reading an async input ahead."""
-        if isinstance(self._entries, AsyncIterator):
+        if isinstance(self._entries, AsyncIterator) and not isinstance(self._entries, ChunkedInput):
             send, self._receive = anyio.create_memory_object_stream[object](self._size)
             self._tasks = anyio.create_task_group()
             await self._tasks.__aenter__()
@@ -108,6 +163,8 @@ class InputChunks:
         """The next chunk (empty at the end), and the input's error if it raised after it."""
         if self.ended:
             return [], None
+        if isinstance(self._entries, ChunkedInput):
+            return await self._next_list(self._entries)
         if self._receive is None:
             return await self._next_sync()
         return await self._next_async(self._receive)
@@ -120,10 +177,16 @@ class InputChunks:
             now = self._last_checkpoint = time.monotonic()
         chunk: list[object] = []
         until = now + self._fair_share
+        size, clock = self._size, time.monotonic
         try:
             for entry in self._entries:
                 chunk.append(entry)
-                if len(chunk) >= self._size or names_images(entry) or time.monotonic() > until:
+                # The clock every 16 entries: a million clock reads were 0.15 s of a resume.
+                if (
+                    names_images(entry)
+                    or len(chunk) >= size
+                    or (not len(chunk) % 16 and clock() > until)
+                ):
                     break
             else:
                 self.ended = True
@@ -131,6 +194,16 @@ class InputChunks:
             self.ended = True
             return chunk, exc
         return chunk, None
+
+    async def _next_list(self, entries: ChunkedInput) -> tuple[list[object], Exception | None]:
+        try:
+            return await entries.next_chunk(), None
+        except StopAsyncIteration:
+            self.ended = True
+        except Exception as exc:  # noqa: BLE001 - the input's own error, handed to the batch
+            self.ended = True
+            return [], exc
+        return [], None
 
     async def _next_async(
         self, receive: MemoryObjectReceiveStream[object]

@@ -34,7 +34,7 @@ import anyio
 import anyio.to_thread
 
 from nanogpt_async._batch._manifest import iter_records
-from nanogpt_async._errors import ChargeUncertainError, ItemBusyError
+from nanogpt_async._errors import ChargeUncertainError, InvalidInputError, ItemBusyError
 from nanogpt_async._pacing._redis import SOCKET_TIMEOUT, redis_namespace
 from nanogpt_async._pacing._scripts import FailClosedScripts
 
@@ -161,6 +161,7 @@ class RedisFence:
             keys=self.keys,
             socket_timeout=SOCKET_TIMEOUT,
             what="the item fence",
+            drop="job_id, or limits_url for a shard (shards are disjoint without the fence)",
         )
         self.owner = uuid.uuid4().hex
         self._folder = folder
@@ -184,11 +185,17 @@ class RedisFence:
                 if verdict == "rebuild":
                     await self.rebuild()
                     continue
+            except InvalidInputError:
+                raise  # under trio: no wait would ever end (see `require_asyncio`)
             except Exception:
                 await self._sleep(_RETRY_EVERY)
                 continue
             self._redis.answered()
             return verdict  # type: ignore[no-any-return]
+
+    def require_asyncio(self) -> None:
+        """Raise `InvalidInputError` under trio, where the fence's Redis client cannot run."""
+        self._redis.require_asyncio()
 
     async def finish(self, item_id: str, *, done: bool) -> None:
         """After the manifest line: ``done`` marks it done, else releases our claim.

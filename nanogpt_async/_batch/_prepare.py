@@ -19,7 +19,12 @@ from nanogpt_async._batch._budget import PriceList
 from nanogpt_async._batch._names import IdentityCounter, fingerprint_body
 from nanogpt_async._batch._results import BatchItem, ItemResult
 from nanogpt_async._errors import InvalidInputError, NanoGPTError, RepeatedIdError
-from nanogpt_async._input._body import build_item_body, build_item_body_now
+from nanogpt_async._input._body import (
+    GENERATE_FIELDS,
+    build_item_body,
+    build_item_body_now,
+    check_generation_fields,
+)
 from nanogpt_async._input._ids import RepeatedIds
 
 if TYPE_CHECKING:
@@ -45,6 +50,10 @@ BatchEntry = str | BatchItem | Mapping[str, Any]
 #: What ``generate_many`` reads from, lazily.
 BatchInput = Iterable[BatchEntry] | AsyncIterable[BatchEntry]
 Entries = Iterator[Any] | AsyncIterator[Any]
+
+#: Fields an item may have and still take `Preparer._plain_job`: no input image, no
+#: ``extra_body``, no ``operation`` (the rest of `ITEM_FIELDS`).
+_PLAIN_FIELDS = frozenset(GENERATE_FIELDS)
 
 #: The end of the input (``next_entry``'s answer).
 END = object()
@@ -95,10 +104,12 @@ class Job:
 class Preparer:
     """Turns input entries into jobs: the batch's defaults merged in, ids given, checked."""
 
-    __slots__ = ("_defaults", "_ids", "_lifecycle", "_tally", "_user_ids")
+    __slots__ = ("_defaults", "_ids", "_lifecycle", "_plain_defaults", "_tally", "_user_ids")
 
     def __init__(self, defaults: Mapping[str, Any], lifecycle: Lifecycle, tally: Tally) -> None:
         self._defaults = defaults
+        #: The batch's defaults hold plain fields only: `_plain_job` may prepare items.
+        self._plain_defaults = _PLAIN_FIELDS.issuperset(defaults)
         self._lifecycle = lifecycle
         self._tally = tally
         self._ids = IdentityCounter()
@@ -154,6 +165,10 @@ class Preparer:
         input order (`_resume.Triage`). Raises `RepeatedIdError` as `prepare` does.
         """
         started = time.time()
+        if type(entry) is dict:
+            job = self._plain_job(entry, index, started)
+            if job is not None:
+                return job
         user_id: str | None = None
         try:
             user_id, merged = self._fields(entry)
@@ -166,6 +181,36 @@ class Preparer:
         if user_id is not None:
             self._check_unique(user_id, index)
             # The id is the user's: no digest needed, and no image to show as a placeholder.
+            return Job(index, user_id, body, dict(body), started)
+        digest, request = fingerprint_body(body)
+        return Job(index, self._ids.next_id(digest), body, request, started)
+
+    def _plain_job(self, entry: dict[Any, Any], index: int, started: float) -> Job | None:
+        """`prepare_now` for the common entry, a dict of plain fields with a string id or none.
+
+        What the general path does (`_normalise`, `_fields`, `build_item_body_now`), with one
+        copy of the fields instead of three: a resume prepares a million of these (about 3 µs
+        of an item's 10). ``None`` for anything else (input images, ``extra_body``, an
+        ``operation``, an id that is not a string, a bad value...): the general path decides,
+        with its exact errors.
+        """
+        given = {k: v for k, v in entry.items() if v is not None}
+        user_id = given.pop("id", None)
+        if not (
+            _PLAIN_FIELDS.issuperset(given)
+            and (user_id is None or type(user_id) is str)
+            and self._plain_defaults
+            and "prompt" in given
+        ):
+            return None
+        merged = {**self._defaults, **given} if self._defaults else given
+        try:
+            merged["prompt"].encode("utf-8")  # a lone surrogate cannot be sent as JSON
+            body = check_generation_fields(merged, operation="generate")
+        except (InvalidInputError, UnicodeEncodeError, AttributeError):
+            return None
+        if user_id is not None:
+            self._check_unique(user_id, index)
             return Job(index, user_id, body, dict(body), started)
         digest, request = fingerprint_body(body)
         return Job(index, self._ids.next_id(digest), body, request, started)

@@ -87,6 +87,7 @@ class Batch:
         max_cost: float | Decimal | None = None,
         shared_budget: str | None = None,
         retry_failed: bool = True,
+        skipped_results: bool = True,
         on_progress: ProgressCallback | None = None,
         progress_interval: float = 0.5,
         manifest_name: str = "manifest.jsonl",
@@ -108,6 +109,7 @@ class Batch:
             max_cost=max_cost,
             shared_budget=shared_budget,
             retry_failed=retry_failed,
+            skipped_results=skipped_results,
             on_progress=on_progress,
             progress_interval=progress_interval,
             manifest_name=manifest_name,
@@ -191,7 +193,13 @@ class Batch:
         return self.summary
 
     async def __aenter__(self) -> Self:
-        """Prepare the output folder (sweep temp files, read the manifest) and start."""
+        """Prepare the output folder (sweep temp files, read the manifest) and start.
+
+        Raises:
+            InvalidInputError: under trio with a shared budget or an item fence, which need
+                redis-py's asyncio client (nothing is sent, not even the price list).
+        """
+        self._shared.require_asyncio()
         self._producer_scope = self._lifecycle.begin(BatchState.RUNNING)
         settings, lifecycle, tally = self._settings, self._lifecycle, self._tally
         tally.started = time.monotonic()
@@ -203,7 +211,9 @@ class Batch:
         prices = await price_list(self._api, settings.max_cost, settings.defaults)
         self._budget = Budget(settings.max_cost, prices)
         self._admission = Admission(settings, self._budget, sender.slots)
-        self._results = Results(settings.download_concurrency, tally)
+        self._results = Results(
+            settings.download_concurrency, tally, skipped=settings.skipped_results
+        )
         self._flow = ItemFlow(
             admission=self._admission,
             sender=sender,
@@ -261,7 +271,7 @@ class Batch:
         """Results as items finish (ok, failed, or skipped because done before)."""
         if self._lifecycle.state == BatchState.NEW:
             raise RuntimeError("iterate a Batch inside 'async with batch:'")
-        return self._results.receive.__aiter__()
+        return self._results.__aiter__()
 
     def __repr__(self) -> str:
         """Show where it writes and how far it got."""
@@ -327,7 +337,7 @@ class Batch:
             shard=self._settings.shard,
             lifecycle=lifecycle,
             tally=self._tally,
-            wanted=lambda: results.wanted,
+            wanted=lambda: results.wanted and results.skipped,
         ) as triage:
             while (taken := await triage.next()) is not None:
                 for prepared in taken:

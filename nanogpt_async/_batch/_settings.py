@@ -18,6 +18,7 @@ from nanogpt_async._batch._results import BatchProgress
 from nanogpt_async._batch._shards import Shard
 from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._input._body import check_generation_fields
+from nanogpt_async._input._numbers import whole_number
 from nanogpt_async._types import NotGiven
 
 __all__ = ["BatchSettings", "ProgressCallback"]
@@ -39,6 +40,8 @@ class BatchSettings:
     max_cost: Decimal | None
     shared_budget: str | None
     retry_failed: bool
+    #: Hand out a ``skipped`` result per item an earlier run did (else only count them).
+    skipped_results: bool
     on_progress: ProgressCallback | None
     progress_interval: float
     #: Items this process does (its shard's share), when known.
@@ -64,6 +67,7 @@ class BatchSettings:
         max_cost: float | Decimal | None,
         shared_budget: str | None,
         retry_failed: bool,
+        skipped_results: bool,
         on_progress: ProgressCallback | None,
         progress_interval: float,
         manifest_name: str,
@@ -83,7 +87,7 @@ class BatchSettings:
         )
         _check_rps(rps)
         if burst is not None:
-            _check_positive_int("burst", burst)
+            whole_number("burst", burst, low=1)
         _check_max_cost(max_cost)
         if not progress_interval > 0:
             raise InvalidInputError(f"progress_interval must be > 0, got {progress_interval!r}")
@@ -107,6 +111,7 @@ class BatchSettings:
             max_cost=Decimal(str(max_cost)) if max_cost is not None else None,
             shared_budget=shared_budget,
             retry_failed=retry_failed,
+            skipped_results=skipped_results,
             on_progress=on_progress,
             progress_interval=progress_interval,
             total=total,
@@ -122,8 +127,8 @@ class BatchSettings:
 def _check_concurrency(
     concurrency: object, download_concurrency: object, limit: int
 ) -> tuple[int, int]:
-    checked = _check_positive_int("concurrency", concurrency)
-    downloads = _check_positive_int("download_concurrency", download_concurrency)
+    checked = whole_number("concurrency", concurrency, low=1)
+    downloads = whole_number("download_concurrency", download_concurrency, low=1)
     if checked > limit:
         raise InvalidInputError(
             f"concurrency ({checked}) must not exceed the client's connection pool "
@@ -140,12 +145,6 @@ def _check_rps(rps: object) -> None:
         return
     if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < math.inf:
         raise InvalidInputError(f"rps must be a positive number or None, got {rps!r}")
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInputError(f"{name} must be a whole number of at least 1, got {value!r}")
-    return value
 
 
 def _check_max_cost(max_cost: object) -> None:

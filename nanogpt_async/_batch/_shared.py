@@ -75,6 +75,16 @@ class Shared:
             )
         return cls(_fence(redis, settings), budget, take_over=api.retry_ambiguous)
 
+    def require_asyncio(self) -> None:
+        """Raise `InvalidInputError` under trio if the batch needs Redis: before anything is sent.
+
+        The fence and the shared budget fail closed; under trio, where redis-py's async client
+        cannot run, they would wait for Redis forever.
+        """
+        for needs_redis in (self.budget, self.fence):
+            if needs_redis is not None:
+                needs_redis.require_asyncio()
+
     async def heartbeat(self, scope: anyio.CancelScope) -> None:
         """Keep the fence's claims this process's own until ``scope`` is cancelled."""
         if self.fence is not None:

@@ -21,6 +21,7 @@ import anyio.abc
 import anyio.to_thread
 import click
 
+from nanogpt_async._batch._chunks import ChunkedInput
 from nanogpt_async._batch._fence import DEFAULT_LEASE
 from nanogpt_async._batch._results import BatchProgress, BatchSummary, ItemResult
 from nanogpt_async._cli._common import (
@@ -33,7 +34,6 @@ from nanogpt_async._cli._common import (
     output,
     silence,
 )
-from nanogpt_async._cli._gallery import refresh_gallery
 from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._input._prompts import PromptFormat, read_prompts
 
@@ -47,8 +47,9 @@ __all__ = ["BatchSettings", "PromptSource", "aiter_sync", "prompt_items", "run_b
 #: Prompt files up to this size are read once up front: the progress bar gets a total (and an
 #: ETA) and a bad line fails before anything is paid. Bigger ones stream with an unknown total.
 PRECOUNT_MAX_BYTES = 64 * 1024 * 1024
-#: Lines read per worker-thread hop: stdin may block, the event loop must not.
-_CHUNK = 256
+#: Lines read per worker-thread hop: stdin may block, the event loop must not. A resume takes
+#: each such list whole (`ChunkedInput`), so this is also its chunk (see `_TRIAGE_CHUNK`).
+_CHUNK = 1024
 #: 128 + SIGTERM and 128 + SIGHUP: a batch stopped by ``kill``, ``docker stop`` or a hang-up.
 EXIT_INTERRUPTED_TERM = 143
 EXIT_INTERRUPTED_HUP = 129
@@ -92,8 +93,16 @@ def _count_records(path: str, prompt_format: PromptFormat) -> int:
     return sum(1 for _ in read_prompts(path, format=prompt_format))
 
 
-async def _chunks(path: str, prompt_format: PromptFormat) -> AsyncIterator[Any]:
-    """The records of PROMPTS, read in a worker thread a chunk at a time.
+def _chunks(path: str, prompt_format: PromptFormat) -> ChunkedInput:
+    """The records of PROMPTS, read in a worker thread a chunk at a time, handed over as lists.
+
+    A resumed batch takes each list whole (`ChunkedInput`), not a record at a time.
+    """
+    return ChunkedInput(_record_lists(path, prompt_format))
+
+
+async def _record_lists(path: str, prompt_format: PromptFormat) -> AsyncIterator[list[Any]]:
+    """Lists of the records of PROMPTS, each read in one worker-thread call.
 
     A bad line ends the iteration with its error only after the good records read before it
     were handed out, so the batch stops exactly at the bad line. Standard input is read a
@@ -116,8 +125,7 @@ async def _chunks(path: str, prompt_format: PromptFormat) -> AsyncIterator[Any]:
 
     try:
         while chunk := await anyio.to_thread.run_sync(take):
-            for record in chunk:
-                yield record
+            yield chunk
             if failure:
                 break
         if failure:
@@ -549,6 +557,9 @@ async def run_batch(
             job_id=settings.job_id,
             fence_lease=settings.fence_lease,
             retry_failed=settings.retry_failed,
+            # Only failures are shown: skipped items are counted, not handed out one by one
+            # (a million of them went through the results stream for nothing).
+            skipped_results=False,
             on_progress=on_progress,
             progress_interval=min(0.5, settings.progress_interval or 0.5),
             total=source.total,
@@ -588,6 +599,10 @@ async def run_batch(
     else:
         code = exit_code(summary, stopped_by=signals.first)
     if settings.gallery and signals.first is None:  # a signal means "stop now"
+        # Imported only when written: the gallery's modules are start-up time for nothing
+        # when it is not (--no-gallery, a signal).
+        from nanogpt_async._cli._gallery import refresh_gallery
+
         await refresh_gallery(settings.out, quiet=settings.progress == "none")
     _epilogue(code, settings, summary, demo=demo, input_error=input_error)
     return code

@@ -8,20 +8,22 @@ reaches into another object's private methods. Signed-URL downloads go through i
 One API call, top to bottom (one concern per method)::
 
     call        body -> JSON bytes, URL parsed once; the retry engine, paced per attempt
-    _attempt    the boundary: every failure becomes a key-free NanoGPTError
+    _attempt    the boundary: every failure becomes a key-free NanoGPTError; the connection
+                goes back to the pool only after an answer the client understood
     _receive    the attempt's overall deadline around
     _send       building the request, sending it, reading the body within its cap
-    _check_status / _decode   an error status becomes its error; a 2xx body is parsed
+    _check_status / _decode   an error status becomes its error; a 2xx body is parsed, then
+                the caller's ``parse`` makes the result of it
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -30,6 +32,7 @@ from nanogpt_async._codec import dumps_maybe_offloaded, loads_chunks_maybe_offlo
 from nanogpt_async._errors import (
     ERROR_SCAN_BYTES,
     APIResponseValidationError,
+    APIStatusError,
     InvalidInputError,
     NanoGPTError,
     redact,
@@ -48,6 +51,13 @@ from nanogpt_async._http._exchange import (
     seal,
 )
 from nanogpt_async._http._retry import RetryPolicy, parse_retry_after, run_with_retries
+from nanogpt_async._http._transport import (
+    AiohttpCarrier,
+    Answer,
+    AutoTransport,
+    DirectAnswer,
+    retire,
+)
 from nanogpt_async._pacing import PacedAttempts, Pacer, TurnHooks
 from nanogpt_async._types import NOT_GIVEN, NotGiven, TimeoutTypes
 
@@ -64,6 +74,10 @@ BIG_BODY_SLOTS = 2
 _FIRST_ERROR_STATUS = HTTPStatus.MULTIPLE_CHOICES
 _EXPIRED_STATUSES = (HTTPStatus.FORBIDDEN, HTTPStatus.NOT_FOUND)
 _PARSED_URLS_MAX = 64
+
+_T = TypeVar("_T")
+#: What a call's caller makes of the answer: ``parse(parsed JSON, request id)``.
+Parse = Callable[[Any, str | None], _T]
 
 
 def as_timeout(value: TimeoutTypes) -> httpx.Timeout:
@@ -86,6 +100,13 @@ class Pools:
     download: httpx.AsyncClient
     api_is_plain: bool
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """An answer the caller's ``parse`` refused: raised by `Channel.call` after the retries."""
+
+    error: Exception
 
 
 @dataclass(frozen=True)
@@ -195,17 +216,22 @@ class Channel:
         method: str,
         url: str,
         *,
+        parse: Parse[_T],
         json_body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool,
         hooks: TurnHooks | None = None,
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
         paced: bool = True,
-    ) -> tuple[Any, str | None]:
-        """Send one API call through the pacer and the retry engine.
+    ) -> _T:
+        """Send one API call through the pacer and the retry engine; return ``parse``'s result.
 
         Every attempt (retries included) takes its turn from the pacer; ``hooks`` (the batch
-        runner's) decide when to take it. Returns ``(parsed JSON, request id)``.
+        runner's) decide when to take it. ``parse(parsed JSON, request id)`` runs before the
+        answer's connection goes back to the pool: an answer it refuses (by raising) retires the
+        connection (a server that sends a malformed answer may be about to hang up on it). Its
+        error is raised as it is, after the retry engine: an answer received is not a failed
+        attempt (not retried, not paced as one).
 
         Raises:
             InvalidInputError: a body value JSON cannot carry (nothing sent).
@@ -220,13 +246,16 @@ class Channel:
             timeout=self.timeout if isinstance(timeout, NotGiven) else as_timeout(timeout),
             describe=f"{method} {parsed.path}",
         )
-        return await run_with_retries(
+        result = await run_with_retries(
             self.retry_policy,
-            lambda: self._attempt(call),
+            lambda: self._attempt(call, parse),
             idempotent=idempotent,
             describe=call.describe,
             hooks=PacedAttempts(self.pacer, hooks) if paced else None,
         )
+        if isinstance(result, _Refused):
+            raise result.error
+        return result
 
     def _parsed_url(self, url: str) -> httpx.URL:
         parsed = self._parsed_urls.get(url)
@@ -238,7 +267,7 @@ class Channel:
                 self._parsed_urls[url] = parsed
         return parsed
 
-    async def _attempt(self, call: _Call) -> tuple[Any, str | None]:
+    async def _attempt(self, call: _Call, parse: Parse[_T]) -> _T | _Refused:
         """One attempt; nothing but a (key-free) ``NanoGPTError`` or cancellation leaves it."""
         failure: NanoGPTError | None = None
         with self.big_bodies.slot() as slot:
@@ -247,9 +276,7 @@ class Channel:
                 response, chunks = await self._receive(exchange, call)
                 # Outside the deadline: an answer received in full is never thrown away because
                 # parsing it (in a worker thread, for big ones) ends after the deadline.
-                request_id = self._redact(response.headers.get("x-request-id"))
-                self._check_status(response, chunks, request_id)
-                payload = await self._decode(response, chunks, call.describe, request_id)
+                result = await self._understood(response, chunks, call.describe, parse)
             except NanoGPTError as exc:
                 failure = exc
             except Exception as exc:
@@ -261,9 +288,38 @@ class Channel:
         if failure is not None:
             # Raised here, outside any except block: nothing foreign is chained as __context__.
             raise seal(failure, self._secrets)
-        return payload, request_id
+        return result
 
-    async def _receive(self, exchange: Exchange, call: _Call) -> tuple[httpx.Response, list[bytes]]:
+    async def _understood(
+        self, response: Answer, chunks: list[bytes], describe: str, parse: Parse[_T]
+    ) -> _T | _Refused:
+        """What ``parse`` makes of a received answer; its connection is given back or retired.
+
+        The connection goes back to the pool only after an answer the client understood (a
+        result, or an error status): one that carried a malformed answer is closed, because the
+        server may be about to hang up and a request sent on it next would be lost (it fails as
+        "may have been charged" though it never reached NanoGPT).
+        """
+        understood = False
+        try:
+            request_id = self._redact(response.headers.get("x-request-id"))
+            try:
+                self._check_status(response, chunks, request_id)
+            except APIStatusError:
+                understood = True
+                raise
+            payload = await self._decode(response, chunks, describe, request_id)
+            try:
+                result: _T | _Refused = parse(payload, request_id)
+            except Exception as exc:  # raised by `call`, after the retry engine
+                result = _Refused(exc)
+            else:
+                understood = True
+        finally:
+            await (response.aclose() if understood else retire(response))
+        return result
+
+    async def _receive(self, exchange: Exchange, call: _Call) -> tuple[Answer, list[bytes]]:
         """`_send` within the attempt's overall deadline (`attempt_deadline`)."""
         deadline = attempt_deadline(call.timeout)
         with exchange.scope:
@@ -272,8 +328,46 @@ class Channel:
             return await self._send(exchange, call)
         raise deadline_error(call.describe, deadline or 0, sent=exchange.progress.maybe_sent)
 
-    async def _send(self, exchange: Exchange, call: _Call) -> tuple[httpx.Response, list[bytes]]:
+    async def _send(self, exchange: Exchange, call: _Call) -> tuple[Answer, list[bytes]]:
         """Send and receive: the response and its (decoded) body, or an error body's head."""
+        response = await self._open(exchange, call)
+        status = response.status_code
+        try:
+            if status >= _FIRST_ERROR_STATUS:
+                # Only the head of an error body is looked at (parse_error_body): reading a
+                # huge one would only cost memory.
+                return response, await exchange.read(
+                    response, ERROR_SCAN_BYTES + 1, call.describe, truncate=True
+                )
+            return response, await exchange.read(response, self.max_response_bytes, call.describe)
+        except UndecodableBodyError as exc:
+            await retire(response)
+            if status >= _FIRST_ERROR_STATUS:
+                return response, [f"(an undecodable {status} body: {exc})".encode()]
+            raise APIResponseValidationError(
+                f"{call.describe} answered {status} with a body that cannot be decoded "
+                f"({exc}); if it was a generation it may have been charged",
+                request_id=self._redact(response.headers.get("x-request-id")),
+            ) from None
+        except BaseException:
+            # Over the cap, a read failing, the deadline: the answer was not read to its end.
+            await retire(response)
+            raise
+
+    async def _open(self, exchange: Exchange, call: _Call) -> Answer:
+        """Send the request; the response, its body unread."""
+        direct = self._direct(call.url)
+        if direct is not None:
+            return DirectAnswer(
+                await direct.open(
+                    call.method,
+                    call.url,
+                    headers=call.headers,
+                    content=call.content,
+                    timeout=direct.timeout(call.timeout.as_dict()),
+                    progress=exchange.progress,
+                )
+            )
         http = self.pools.api
         if self.pools.api_is_plain:
             # Our own pool has no defaults to merge: build the request directly and skip
@@ -295,31 +389,23 @@ class Channel:
                 timeout=call.timeout,
                 extensions=exchange.extensions(call.timeout),
             )
-        response = await http.send(request, stream=True)
-        status = response.status_code
-        try:
-            if status >= _FIRST_ERROR_STATUS:
-                # Only the head of an error body is looked at (parse_error_body): reading a
-                # huge one would only cost memory.
-                return response, await exchange.read(
-                    response, ERROR_SCAN_BYTES + 1, call.describe, truncate=True
-                )
-            return response, await exchange.read(response, self.max_response_bytes, call.describe)
-        except UndecodableBodyError as exc:
-            if status >= _FIRST_ERROR_STATUS:
-                return response, [f"(an undecodable {status} body: {exc})".encode()]
-            raise APIResponseValidationError(
-                f"{call.describe} answered {status} with a body that cannot be decoded "
-                f"({exc}); if it was a generation it may have been charged",
-                request_id=self._redact(response.headers.get("x-request-id")),
-            ) from None
-        finally:
-            await response.aclose()
+        return await http.send(request, stream=True)
+
+    def _direct(self, url: httpx.URL) -> AiohttpCarrier | None:
+        """The aiohttp session to send on below httpx, if nothing is lost by it.
+
+        Only on the client's own pool (no defaults to merge), with no event hooks, and when the
+        transport httpx would pick is ours: a test's respx mock replaces exactly that, and its
+        requests then go through httpx as before.
+        """
+        http = self.pools.api
+        if not self.pools.api_is_plain or any(http.event_hooks.values()):
+            return None
+        transport = http._transport_for_url(url)  # noqa: SLF001 - what respx patches
+        return transport.direct() if isinstance(transport, AutoTransport) else None
 
     @staticmethod
-    def _check_status(
-        response: httpx.Response, chunks: list[bytes], request_id: str | None
-    ) -> None:
+    def _check_status(response: Answer, chunks: list[bytes], request_id: str | None) -> None:
         """Raise the error an error status stands for (the body's head says which)."""
         status = response.status_code
         if status >= _FIRST_ERROR_STATUS:
@@ -332,7 +418,7 @@ class Channel:
             )
 
     async def _decode(
-        self, response: httpx.Response, chunks: list[bytes], describe: str, request_id: str | None
+        self, response: Answer, chunks: list[bytes], describe: str, request_id: str | None
     ) -> Any:
         """A 2xx answer's parsed JSON, with any secret the server echoed redacted."""
         try:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._input._data_urls import image_data_url_async
+from nanogpt_async._input._numbers import whole_number
 from nanogpt_async._types import ImageInput
 
 __all__ = [
@@ -80,17 +81,14 @@ def _number(name: str, value: object, low: float, high: float) -> float:
     return value
 
 
-def _integer(name: str, value: object, low: int, high: int = _INT_MAX) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # 2.0 is the integer 2 (JSON Schema agrees); send it as 2
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
-    if value < low or value > high:
-        bounds = f"from {low} to {high}" if high != _INT_MAX else f"at least {low}"
-        if value > _INT_MAX:
-            bounds = f"from {low} to {high} (a 64-bit integer)"
-        raise InvalidInputError(f"{name} must be {bounds}, got {value!r}")
-    return value
+def _integer(name: str, value: object, low: int, high: int | None = None) -> int:
+    # 2.0 is the integer 2 (JSON Schema agrees), sent as 2.
+    checked = whole_number(name, value, low=low, high=high, whole_floats=True)
+    if checked > _INT_MAX:
+        raise InvalidInputError(
+            f"{name} must be from {low} to {_INT_MAX} (a 64-bit integer), got {checked!r}"
+        )
+    return checked
 
 
 def _string(name: str, value: object) -> str:

@@ -32,23 +32,30 @@ async def images_call(
 
     Never retried once it may have reached the server, unless the retry policy says so.
     """
-    payload, request_id = await channel.call(
+
+    def parse(payload: Any, request_id: str | None) -> ImagesResponse:
+        return ImagesResponse.from_api(
+            payload, request_id=request_id, downloader=channel, requested=body.get("n")
+        )
+
+    return await channel.call(
         "POST",
         channel.url(path),
+        parse=parse,
         json_body=body,
         idempotent=False,
         hooks=hooks,
         timeout=timeout,
-    )
-    return ImagesResponse.from_api(
-        payload, request_id=request_id, downloader=channel, requested=body.get("n")
     )
 
 
 async def image_models(channel: Channel, *, detailed: bool = True) -> list[ImageModel]:
     """The image-model catalogue (free; not paced, so it works while a daily cap blocks)."""
     url = channel.url(IMAGE_MODELS) + ("?detailed=true" if detailed else "")
-    payload, _ = await channel.call("GET", url, idempotent=True, paced=False)
+    return await channel.call("GET", url, parse=_models, idempotent=True, paced=False)
+
+
+def _models(payload: Any, _request_id: str | None) -> list[ImageModel]:
     items = payload.get("data") if isinstance(payload, dict) else payload
     if not isinstance(items, list):
         return []

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._pacing._memory import MemoryBackend
 from nanogpt_async._pacing._state import Grant, GrantKind
 from nanogpt_async._pacing._watch import NoticeWatch
@@ -47,7 +48,14 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["RedisBackend", "redis_client", "redis_display", "redis_namespace"]
+__all__ = [
+    "RedisBackend",
+    "on_asyncio",
+    "redis_client",
+    "redis_display",
+    "redis_namespace",
+    "require_asyncio",
+]
 
 logger = logging.getLogger("nanogpt_async")
 
@@ -200,6 +208,33 @@ def redis_namespace(api_key: str) -> str:
     return f"nanogpt:{{{digest}}}:"
 
 
+def on_asyncio() -> bool:
+    """Whether the running event loop is asyncio's: redis-py's async client runs on no other."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def require_asyncio(what: str, *, drop: str) -> None:
+    """Raise `InvalidInputError` unless on asyncio: ``what`` needs Redis and fails closed.
+
+    Under trio, redis-py's async client cannot run; a fail-closed user of Redis (the shared
+    budget, the item fence) would wait for it forever, sending nothing and saying nothing.
+
+    Raises:
+        InvalidInputError: not running under asyncio.
+    """
+    if not on_asyncio():
+        raise InvalidInputError(
+            f"{what} keeps its state in Redis through redis-py's asyncio client, which runs "
+            "under asyncio only, not under trio: here it would wait for Redis forever. Nothing "
+            'was sent. Run under asyncio (asyncio.run(...), or anyio.run(..., backend="asyncio"))'
+            f", or drop {drop}"
+        )
+
+
 def redis_client(url: str, *, socket_timeout: float, max_connections: int) -> Redis:
     """A redis-py asyncio client with our short timeouts; call it inside the running loop.
 
@@ -284,6 +319,8 @@ class RedisBackend:
         self._fallback = MemoryBackend(clock=clock)
         self._down = False
         self._warned = False
+        #: Under trio (no asyncio loop), said once: redis-py's async client cannot run there.
+        self._off_asyncio = False
         self._next_probe = 0.0
         self._probing = False
         self._members = 0
@@ -306,7 +343,9 @@ class RedisBackend:
 
     @property
     def name(self) -> str:
-        """``redis``, or ``memory (redis unreachable)`` while falling back."""
+        """``redis``, or ``memory (...)`` while pacing alone (Redis unreachable, or trio)."""
+        if self._off_asyncio:
+            return "memory (redis needs asyncio)"
         return "memory (redis unreachable)" if self._down else "redis"
 
     @property
@@ -336,16 +375,16 @@ class RedisBackend:
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """Run one script; ``None`` when Redis failed (then the fallback takes over)."""
+        if not on_asyncio():
+            self._alone_off_asyncio()
+            return None
         now = self._clock()
         if self._down and (self._probing or now < self._next_probe):
             return None
         if self._down:
             self._probing = True
         try:
-            try:
-                connection = self._connection()
-            except RuntimeError as exc:  # no asyncio loop: redis-py's asyncio client needs one
-                raise OSError("Redis pacing needs an asyncio event loop") from exc
+            connection = self._connection()
             self.calls += 1
             # Socket timeouts cover a silent Redis; this also covers a slow connect or a
             # stream of retries.
@@ -362,6 +401,23 @@ class RedisBackend:
                 "nanogpt-async: Redis at %s answers again: pacing is shared", self.display
             )
         return result
+
+    def _alone_off_asyncio(self) -> None:
+        """Pace this process alone: redis-py's async client cannot run off asyncio (trio).
+
+        Pacing only shares a schedule, so it need not stop the client (a shared budget or fence
+        does: see `require_asyncio`); it is said once, with the reason and the way out.
+        """
+        if self._off_asyncio:
+            return
+        self._off_asyncio = True
+        logger.warning(
+            "nanogpt-async: the shared pacing in Redis at %s (limits_url) runs under asyncio "
+            "only (redis-py's async client), not under trio: this process paces alone at %.0f%% "
+            "of the rate. Run under asyncio to share the key's pacing, or drop limits_url",
+            self.display,
+            100 * self.share,
+        )
 
     def _went_down(self, exc: BaseException) -> None:
         self._next_probe = self._clock() + PROBE_INTERVAL

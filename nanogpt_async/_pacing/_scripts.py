@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from nanogpt_async._pacing._redis import CONNECT_TIMEOUT, redis_client, redis_display
+from nanogpt_async._pacing._redis import (
+    CONNECT_TIMEOUT,
+    redis_client,
+    redis_display,
+    require_asyncio,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -37,6 +42,7 @@ class FailClosedScripts:
         keys: The ``KEYS`` every script gets.
         socket_timeout: Seconds before a Redis call counts as failed.
         what: What these scripts are, for the warnings ("the shared budget").
+        drop: What to drop to do without them, for the error under trio ("shared_budget").
     """
 
     def __init__(
@@ -47,6 +53,7 @@ class FailClosedScripts:
         keys: list[str],
         socket_timeout: float,
         what: str,
+        drop: str,
     ) -> None:
         """Remember where Redis is; nothing connects before the first call."""
         self._url = url
@@ -55,6 +62,7 @@ class FailClosedScripts:
         self.keys = keys
         self.timeout = socket_timeout
         self._what = what
+        self._drop = drop
         self.client: Redis | None = None
         self.scripts: dict[str, AsyncScript] = {}
         self.unsent: list[list[Any]] = []
@@ -66,7 +74,13 @@ class FailClosedScripts:
         return CONNECT_TIMEOUT + self.timeout * 2
 
     def connection(self) -> Redis:
-        """The client (made, and the scripts registered, on first use in the running loop)."""
+        """The client (made, and the scripts registered, on first use in the running loop).
+
+        Raises:
+            InvalidInputError: not under asyncio (trio), where the client cannot run: a caller
+                that fails closed would otherwise wait for it forever.
+        """
+        self.require_asyncio()
         if self.client is None:
             client = redis_client(
                 self._url, socket_timeout=self.timeout, max_connections=_POOL_SIZE
@@ -76,6 +90,10 @@ class FailClosedScripts:
                 name: client.register_script(source) for name, source in self._sources.items()
             }
         return self.client
+
+    def require_asyncio(self) -> None:
+        """Raise `InvalidInputError` under trio, where redis-py's async client cannot run."""
+        require_asyncio(self._what, drop=self._drop)
 
     async def run(self, name: str, args: list[Any]) -> Any:
         """Run script ``name``; on failure warn once (naming Redis, not its password), raise."""

@@ -31,6 +31,7 @@ from typing import Literal
 
 import anyio
 
+from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._pacing._redis import SOCKET_TIMEOUT, redis_namespace
 from nanogpt_async._pacing._scripts import FailClosedScripts
 
@@ -197,6 +198,7 @@ class RedisBudget:
             keys=[prefix + "totals", prefix + "reservations", prefix + "amounts", prefix + "m:"],
             socket_timeout=socket_timeout,
             what="the shared budget",
+            drop="shared_budget (max_cost alone caps one batch)",
         )
         self._ttl_ms = int(reservation_ttl * 1000)
         self._sleep = sleep
@@ -223,6 +225,8 @@ class RedisBudget:
             try:
                 await self._redis.flush("settle")
                 admitted = int(await self._redis.run("reserve", args))
+            except InvalidInputError:
+                raise  # under trio: no wait would ever end (see `require_asyncio`)
             except Exception:
                 await self._sleep(RETRY_EVERY)
                 continue
@@ -230,6 +234,10 @@ class RedisBudget:
             if admitted == 1:
                 return booking
             return "full" if admitted == FULL else "spent"
+
+    def require_asyncio(self) -> None:
+        """Raise `InvalidInputError` under trio, where the budget's Redis client cannot run."""
+        self._redis.require_asyncio()
 
     async def room(self) -> None:
         """Wait until this process settles a reservation, or ``ROOM_POLL`` s (others' settle)."""

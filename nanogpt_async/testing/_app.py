@@ -456,7 +456,7 @@ class FakeApps:
                     "rate_limit_error",
                     "rate_limit_exceeded",
                 ),
-                retry_after=max(1, math.ceil(wait)),
+                headers=_rate_limit_wait(wait, fake.retry_after_granularity),
             )
         cap = fake.admit_daily()
         if cap is not None:
@@ -554,3 +554,16 @@ class FakeApps:
             else:
                 items.append({"b64_json": Base64Text(make_png_b64(text, fake.image_bytes))})
         return items
+
+
+def _rate_limit_wait(wait: float, granularity: float) -> dict[str, str]:
+    """The headers of a rate limit 429: ``wait`` rounded up to whole ``granularity`` steps.
+
+    At least one step. ``Retry-After`` carries whole seconds, as the real API sends; a step
+    other than one second also sends the exact ``retry-after-ms``, which clients prefer.
+    """
+    seconds = max(1, math.ceil(wait / granularity)) * granularity
+    headers = {"Retry-After": str(max(1, math.ceil(seconds)))}
+    if granularity != 1.0:
+        headers["retry-after-ms"] = str(round(seconds * 1000))
+    return headers

@@ -42,6 +42,10 @@ class FakeNanoGPT(FakeState):
         rate_limit: Token bucket refill rate (requests/second) of the generations route;
             ``None`` for no limit. Over it: 429 ``rate_limit_exceeded`` with ``Retry-After``.
         burst: Bucket capacity; default ``max(1, rate_limit)``.
+        retry_after_granularity: A rate limit 429's wait is rounded up to a multiple of this
+            many seconds (at least one). The real API answers whole seconds (``1.0``); a
+            smaller value also sends ``retry-after-ms`` (as OpenAI's API does), so a test's
+            cooldowns last a fraction of a second instead of one.
         daily_request_cap: Generation requests admitted per UTC day; over it: 429
             ``daily_rpd_limit_exceeded`` with ``Retry-After`` = seconds to 00:00 UTC.
         daily_usd_cap: Like ``daily_request_cap`` for USD charged (``daily_usd_limit_exceeded``).

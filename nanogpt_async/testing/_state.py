@@ -148,6 +148,7 @@ class FakeState:
         latency_jitter: float = 0.0,
         rate_limit: float | None = None,
         burst: int | None = None,
+        retry_after_granularity: float = 1.0,
         daily_request_cap: int | None = None,
         daily_usd_cap: float | None = None,
         balance: float = 100.0,
@@ -164,11 +165,16 @@ class FakeState:
         keepalive_timeout: float | None = None,
     ) -> None:
         """Create the fake; see the class docstring for the arguments."""
+        if not retry_after_granularity > 0:
+            raise ValueError(
+                f"retry_after_granularity must be > 0 seconds, got {retry_after_granularity!r}"
+            )
         self.api_key = api_key
         self.latency = latency
         self.latency_jitter = latency_jitter
         self.rate_limit = rate_limit
         self.burst = burst
+        self.retry_after_granularity = retry_after_granularity
         self.daily_request_cap = daily_request_cap
         self.daily_usd_cap = daily_usd_cap
         self.balance = balance
@@ -414,6 +420,7 @@ class FakeState:
                 "latency_jitter",
                 "rate_limit",
                 "burst",
+                "retry_after_granularity",
                 "daily_request_cap",
                 "daily_usd_cap",
                 "balance",

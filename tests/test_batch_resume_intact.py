@@ -1,0 +1,247 @@
+"""A resume at scale: records whose files were unchanged when the index was built skip fast.
+
+The manifest index checks each ok record's files as it reads the lines (one ``stat`` each) and
+marks the unchanged ones intact; a run that discards its results then skips them without reading
+their lines back. What must not change: a damaged or missing file is regenerated, an item is
+never paid twice, and only the new items are sent and charged (the fake's own counts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from nanogpt_async._batch import _manifest as manifest_module
+from nanogpt_async._batch._chunks import ChunkedInput
+from nanogpt_async._batch._manifest import FileEntry, ManifestWriter, read_manifest
+from nanogpt_async._batch._resume import Resume
+from tests._serving import Serve, fake_client, fake_servers
+
+KEY = "ngk_resume_intact_SECRET_7"
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """Start fake servers with the given knobs (stopped at the end of the test)."""
+    with fake_servers(KEY) as start:
+        yield start
+
+
+def _entry(folder: Path, name: str, data: bytes, *, stamped: bool = True) -> dict[str, Any]:
+    path = folder / name
+    path.write_bytes(data)
+    info = path.lstat()
+    stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns) if stamped else None
+    return FileEntry(name, hashlib.sha256(data).hexdigest(), len(data), stamp).as_json()
+
+
+def _record(writer: ManifestWriter, item_id: str, status: str, files: list[Any]) -> None:
+    writer.append({"id": item_id, "status": status, "files": files, "request_id": f"r-{item_id}"})
+
+
+def test_an_index_built_with_its_folder_marks_only_unchanged_ok_records_intact(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "manifest.jsonl"
+    writer = ManifestWriter(path)
+    for name in ("same", "deleted", "rewritten", "grown", "replaced-by-link"):
+        _record(writer, name, "ok", [_entry(tmp_path, f"{name}.png", b"image " + name.encode())])
+    _record(writer, "failed", "failed", [])
+    _record(writer, "no-stamp", "ok", [_entry(tmp_path, "no-stamp.png", b"x", stamped=False)])
+    _record(writer, "no-files", "ok", [])
+    two = [_entry(tmp_path, "two-1.png", b"one"), _entry(tmp_path, "two-2.png", b"two")]
+    _record(writer, "two-files", "ok", two)
+    half = [_entry(tmp_path, "half-1.png", b"one"), _entry(tmp_path, "half-2.png", b"two")]
+    _record(writer, "one-of-two-gone", "ok", half)
+    _record(writer, "outside", "ok", [{**_entry(tmp_path, "o.png", b"o"), "path": "../o.png"}])
+    # A failed retry's line after an ok one: the latest line wins.
+    _record(writer, "retried", "ok", [_entry(tmp_path, "retried.png", b"first")])
+    _record(writer, "retried", "failed", [])
+    # An ok line after a failed one: intact.
+    _record(writer, "fixed", "failed", [])
+    _record(writer, "fixed", "ok", [_entry(tmp_path, "fixed.png", b"second")])
+    writer.close()
+    (tmp_path / "deleted.png").unlink()
+    rewritten = tmp_path / "rewritten.png"
+    before = rewritten.stat()
+    rewritten.write_bytes(b"IMAGE rewritten")  # same size, new ctime
+    os.utime(rewritten, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (tmp_path / "grown.png").write_bytes(b"image grown, and more")
+    (tmp_path / "replaced-by-link.png").unlink()
+    (tmp_path / "replaced-by-link.png").symlink_to(tmp_path / "same.png")
+    (tmp_path / "half-2.png").unlink()
+    ids = ["same", "deleted", "rewritten", "grown", "replaced-by-link", "failed", "no-stamp"]
+    ids += ["no-files", "two-files", "one-of-two-gone", "outside", "retried", "fixed", "absent"]
+
+    index = read_manifest(path, tmp_path)
+
+    intact = dict(zip(ids, index.intact(ids), strict=True))
+    assert {item for item, done in intact.items() if done} == {"same", "two-files", "fixed"}
+    # Built without its folder, nothing is known intact: every item is checked the slow way.
+    assert read_manifest(path).intact(ids) == [False] * len(ids)
+
+
+def test_an_intact_record_needs_the_96_bit_id_check_not_only_the_64_bit_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "manifest.jsonl"
+    writer = ManifestWriter(path)
+    _record(writer, "a", "ok", [_entry(tmp_path, "a.png", b"a")])
+    writer.close()
+    index = read_manifest(path, tmp_path)
+    assert index.intact(["a"]) == [True]
+    # Another id with the same 64-bit key (a collision): its other 32 bits differ, so it is
+    # not taken for "a" (which would skip an item never done).
+    monkeypatch.setattr(manifest_module, "_id_check", lambda _: 0xDEADBEEF)
+    assert index.intact(["a"]) == [False]
+
+
+def _recorded_items(folder: Path, count: int) -> list[dict[str, str]]:
+    """``count`` items recorded ok with their files, as a finished run leaves them."""
+    writer = ManifestWriter(folder / "manifest.jsonl")
+    items = []
+    for i in range(count):
+        item = {"id": f"item-{i}", "prompt": f"recorded {i}"}
+        _record(writer, item["id"], "ok", [_entry(folder, f"item-{i}.png", f"image {i}".encode())])
+        items.append(item)
+    writer.close()
+    return items
+
+
+async def test_a_resume_that_discards_results_reads_no_manifest_line_back(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve()
+    items = _recorded_items(tmp_path, 700)
+    opened: list[Path] = []
+    real = manifest_module._open_for_reading
+
+    def counting(where: Path) -> Any:
+        opened.append(where)
+        return real(where)
+
+    monkeypatch.setattr(manifest_module, "_open_for_reading", counting)
+    async with fake_client(server, KEY) as client:
+        summary = await client.images.generate_many(items, output_dir=tmp_path, rps=None).run()
+    assert (summary.skipped, summary.ok, summary.failed) == (700, 0, 0)
+    assert server.fake.stats.generation_requests == 0
+    # Once to build the index; before, once more per chunk of 256 items to read lines back.
+    assert opened == [tmp_path / "manifest.jsonl"]
+
+
+async def test_a_resume_of_recorded_and_new_items_sends_and_charges_only_the_new_ones(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+    recorded = [{"id": f"old-{i}", "prompt": f"old prompt {i}"} for i in range(40)]
+    async with fake_client(server, KEY) as client:
+        first = await client.images.generate_many(recorded, output_dir=tmp_path, rps=None).run()
+        assert (first.ok, server.fake.stats.generations) == (40, 40)
+        charged_before = server.fake.stats.charged_usd
+        # Damage two recorded items' files: they are regenerated, the rest skipped.
+        manifest = read_manifest(tmp_path / "manifest.jsonl")
+        for damaged in ("old-3", "old-30"):
+            found = manifest.get(damaged)
+            assert found is not None
+            (tmp_path / found.files[0].path).write_bytes(b"not the image")
+        new = [{"id": f"new-{i}", "prompt": f"new prompt {i}"} for i in range(5)]
+        mixed = [*recorded[:10], new[0], *recorded[10:25], *new[1:3], *recorded[25:], *new[3:]]
+        again = await client.images.generate_many(mixed, output_dir=tmp_path, rps=None).run()
+    assert (again.ok, again.skipped, again.failed) == (7, 38, 0)
+    stats = server.fake.stats
+    assert stats.generation_requests == stats.generations == 40 + 7
+    assert stats.generations_by_prompt["old prompt 3"] == 2
+    assert stats.generations_by_prompt["old prompt 30"] == 2
+    assert all(stats.generations_by_prompt[f"new prompt {i}"] == 1 for i in range(5))
+    assert sum(stats.generations_by_prompt.values()) == 47
+    assert again.cost == pytest.approx(stats.charged_usd - charged_before)
+
+
+@pytest.mark.parametrize("recorded_first", [False, True])
+async def test_without_skipped_results_a_resume_hands_out_only_the_items_it_ran(
+    serve: Serve, tmp_path: Path, *, recorded_first: bool
+) -> None:
+    server = serve()
+    items = _recorded_items(tmp_path, 300)
+    new = [{"id": f"new-{i}", "prompt": f"new prompt {i}"} for i in range(3)]
+    new[1]["prompt"] = " "  # invalid: fails unsent
+    mixed = [*items, *new] if recorded_first else [new[0], *items, *new[1:]]
+    async with fake_client(server, KEY) as client:
+        batch = client.images.generate_many(
+            mixed, output_dir=tmp_path, rps=None, skipped_results=False
+        )
+        async with batch:
+            results = [result async for result in batch]
+    assert sorted((result.id, result.status) for result in results) == [
+        ("new-0", "ok"),
+        ("new-1", "failed"),
+        ("new-2", "ok"),
+    ]
+    summary = batch.summary
+    assert (summary.total, summary.skipped, summary.ok, summary.failed) == (303, 300, 2, 1)
+    assert batch.progress.done == 303
+    assert server.fake.stats.generation_requests == server.fake.stats.generations == 2
+
+
+async def test_a_chunked_input_is_taken_a_list_at_a_time_and_its_error_ends_it_in_place(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve()
+    items = _recorded_items(tmp_path, 1000)
+    lists_read: list[int] = []
+
+    async def lists() -> AsyncIterator[list[Any]]:
+        for start in range(0, 1000, 250):
+            lists_read.append(start)
+            yield items[start : start + 250]
+        yield [{"id": "new-1", "prompt": "new one"}]
+        raise ValueError("line 1002 of prompts.jsonl is not JSON")
+
+    hops: list[object] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    async with fake_client(server, KEY) as client:
+        batch = client.images.generate_many(ChunkedInput(lists()), output_dir=tmp_path, rps=None)
+        with pytest.raises(ValueError, match="line 1002"):
+            await batch.run()
+    # The new item may or may not have had its turn before the error stopped the batch.
+    assert batch.summary.skipped == 1000
+    assert server.fake.stats.generations == batch.summary.ok <= 1
+    assert lists_read == [0, 250, 500, 750]
+    # One triage call per list (the entries are not read ahead one by one into chunks).
+    triaged = [
+        hop
+        for hop in hops
+        if getattr(getattr(hop, "func", None), "__func__", None) is Resume.triage
+    ]
+    assert len(triaged) == 5
+
+
+async def test_a_chunked_input_runs_one_entry_at_a_time_without_a_manifest(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+
+    async def lists() -> AsyncIterator[list[Any]]:
+        yield ["a red fox", {"prompt": "a blue jay", "id": "jay"}]
+        yield []
+        yield ["a wren"]
+
+    async with fake_client(server, KEY) as client:
+        batch = client.images.generate_many(ChunkedInput(lists()), output_dir=tmp_path, rps=None)
+        async with batch:
+            results = sorted([(r.index, r.status) async for r in batch])
+    assert results == [(0, "ok"), (1, "ok"), (2, "ok")]
+    assert server.fake.stats.generations_by_prompt == {"a red fox": 1, "a blue jay": 1, "a wren": 1}
