@@ -13,12 +13,28 @@ is silently ignored (xdist renames ``item._nodeid``, which pytest 9.2 no longer 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
 #: Node id prefixes whose tests must run on one worker, each prefix's tests together.
 ONE_WORKER = ("docs/", "tests/test_gallery_browser.py")
+#: mutmut's runs of the unchanged code (``MUTANT_UNDER_TEST``): its stats run, then its clean run.
+MUTMUT_UNCHANGED_RUNS = ("stats", "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under mutmut, the 15 s per test (pyproject) is for mutants only; the clean runs get 120 s.
+
+    mutmut's stats run traces every call of the mutated modules, several times slower: on a
+    loaded machine a test went past 15 s there, and pytest-timeout (thread method) ends the
+    process, so ``nox -s mutation`` stopped at its stats step with no report at all.
+    """
+    del config
+    if os.environ.get("MUTANT_UNDER_TEST") in MUTMUT_UNCHANGED_RUNS:
+        for item in items:
+            item.add_marker(pytest.mark.timeout(120))
 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: absent with -p no:xdist

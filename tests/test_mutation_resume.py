@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from typing_extensions import Self
 
+from nanogpt_async._batch._chunks import InputChunks
 from nanogpt_async._errors import InvalidInputError, RepeatedIdError
 from nanogpt_async.testing import make_png
 from tests._serving import Serve, fake_client, fake_servers
@@ -93,3 +97,90 @@ async def test_an_entry_whose_image_cannot_be_read_fails_on_resume_even_if_recor
     assert result.status == "failed"
     assert isinstance(result.error, InvalidInputError)
     assert server.fake.stats.generations == 1
+
+
+async def test_a_skipped_result_names_its_item_and_when_it_was_checked(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+    async with fake_client(server, KEY) as client:
+        first = client.images.generate_many(["a fox", "a jay"], output_dir=tmp_path, rps=None)
+        async with first:
+            done = sorted([result async for result in first], key=lambda result: result.index)
+        before = time.time()
+        again = client.images.generate_many(["a fox", "a jay"], output_dir=tmp_path, rps=None)
+        async with again:
+            skipped = sorted([result async for result in again], key=lambda result: result.index)
+    assert [result.status for result in skipped] == ["skipped", "skipped"]
+    assert [result.id for result in skipped] == [result.id for result in done]
+    assert [result.request_id for result in skipped] == [result.request_id for result in done]
+    assert [result.files for result in skipped] == [result.files for result in done]
+    for result in skipped:
+        assert before <= result.started_at <= result.finished_at <= time.time()
+    assert server.fake.stats.generations == 2
+
+
+# -- the input, in chunks -----------------------------------------------------------------------
+
+
+async def entries_of(values: list[Any]) -> AsyncIterator[Any]:
+    for value in values:
+        yield value
+
+
+async def all_chunks(chunks: InputChunks) -> list[list[object]]:
+    taken = []
+    while not chunks.ended:
+        chunk, failure = await chunks.next()
+        assert failure is None
+        taken.append(chunk)
+    return taken
+
+
+async def test_a_sync_input_comes_in_chunks_of_at_most_the_chunk_size() -> None:
+    async with InputChunks(iter(range(10)), size=4, fair_share=60.0) as chunks:
+        assert await all_chunks(chunks) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        assert await chunks.next() == ([], None)
+
+
+async def test_an_async_input_read_ahead_comes_in_chunks_of_at_most_the_chunk_size() -> None:
+    async with InputChunks(entries_of(list(range(10))), size=4, fair_share=60.0) as chunks:
+        # The reader fills the buffer (4) and holds a fifth, waiting for room.
+        await anyio.wait_all_tasks_blocked()
+        first, failure = await chunks.next()
+        assert (first, failure) == ([0, 1, 2, 3], None)
+        rest = [entry for chunk in await all_chunks(chunks) for entry in chunk]
+        assert rest == list(range(4, 10))
+
+
+class FailingInput:
+    """An input whose every read raises, counting the reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> object:
+        self.reads += 1
+        raise ValueError("line 1 of prompts.jsonl is not JSON")
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> object:
+        return next(self)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_an_input_that_raised_has_ended_and_is_not_read_again(*, asynchronous: bool) -> None:
+    entries = FailingInput()
+    source = entries.__aiter__() if asynchronous else iter(entries)
+    async with InputChunks(source, size=4, fair_share=60.0) as chunks:
+        chunk, failure = await chunks.next()
+        assert chunk == []
+        assert isinstance(failure, ValueError)
+        assert chunks.ended is True
+        assert await chunks.next() == ([], None)
+    assert entries.reads == 1
