@@ -166,6 +166,10 @@ class FailingInput:
         self.reads += 1
         raise ValueError("line 1 of prompts.jsonl is not JSON")
 
+
+class FailingAsyncInput(FailingInput):
+    """`FailingInput` read as an async input (an async iterator only)."""
+
     def __aiter__(self) -> Self:
         return self
 
@@ -173,11 +177,12 @@ class FailingInput:
         return next(self)
 
 
-@pytest.mark.parametrize("asynchronous", [False, True])
-async def test_an_input_that_raised_has_ended_and_is_not_read_again(*, asynchronous: bool) -> None:
-    entries = FailingInput()
-    source = entries.__aiter__() if asynchronous else iter(entries)
-    async with InputChunks(source, size=4, fair_share=60.0) as chunks:
+@pytest.mark.parametrize("kind", [FailingInput, FailingAsyncInput])
+async def test_an_input_that_raised_has_ended_and_is_not_read_again(
+    kind: type[FailingInput],
+) -> None:
+    entries = kind()
+    async with InputChunks(entries, size=4, fair_share=60.0) as chunks:
         chunk, failure = await chunks.next()
         assert chunk == []
         assert isinstance(failure, ValueError)
