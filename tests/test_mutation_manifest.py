@@ -284,3 +284,29 @@ def test_a_manifest_line_replaced_after_indexing_means_not_recorded(
 def test_a_records_number_that_is_not_finite_reads_as_missing(value: float) -> None:
     # A NaN cost would turn a job's total cost into NaN (the gallery, the shard report).
     assert manifest_module.record_number(value) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sha256": None},
+        {"bytes": 10.0},  # the right size, but not an integer
+        {"path": 5},
+    ],
+)
+def test_an_ok_record_with_a_malformed_file_entry_is_run_again_even_with_its_file_intact(
+    tmp_path: Path, change: dict[str, Any]
+) -> None:
+    written = stamped_record(tmp_path, "a", b"paid image")  # 10 bytes, stamp unchanged
+    entry = {**written["files"][0], **change}
+    index = read_manifest(record(tmp_path / "manifest.jsonl", {**written, "files": [entry]}))
+    # As `get` reads it (test_batch_manifest.py): a record it cannot trust is not recorded.
+    assert index.get("a") is None
+    assert index.finished(tmp_path, ["a"], retry_failed=False) == [None]
+
+
+def test_an_ok_record_without_files_is_run_again(tmp_path: Path) -> None:
+    index = read_manifest(
+        record(tmp_path / "manifest.jsonl", {"id": "a", "status": "ok", "files": []})
+    )
+    assert index.finished(tmp_path, ["a"], retry_failed=False) == [None]
