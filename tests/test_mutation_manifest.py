@@ -19,6 +19,7 @@ from nanogpt_async._batch._manifest import (
     FileEntry,
     ManifestIndex,
     ManifestWriter,
+    RecordedItem,
     read_manifest,
     write_images,
 )
@@ -245,9 +246,34 @@ def test_a_resume_settles_unchanged_stamped_items_in_one_pass(
     settled = slow_path_counter(monkeypatch)
     hashed = hash_counter(monkeypatch)
     found = index.finished(tmp_path, ["i0", "i1", "i2"], retry_failed=False)
-    assert [item.request_id if item else None for item in found] == ["r0", "r1", "r2"]
-    assert all(item and item.status == "ok" and item.files[0].stamp for item in found)
+    expected = []
+    for n, written in enumerate(records):
+        entry = written["files"][0]
+        stamp = tuple(entry["stamp"])
+        files = (FileEntry(entry["path"], entry["sha256"], entry["bytes"], stamp),)
+        expected.append(RecordedItem("ok", files, f"r{n}"))
+    assert found == expected
     assert (settled, hashed) == ([], [])
+
+
+def test_a_request_id_that_is_not_text_is_read_as_none_in_one_pass_too(tmp_path: Path) -> None:
+    index = read_manifest(
+        record(tmp_path / "manifest.jsonl", stamped_record(tmp_path, "a", b"x", request_id=5))
+    )
+    [found] = index.finished(tmp_path, ["a"], retry_failed=False)
+    assert found is not None
+    assert found.request_id is None
+
+
+def test_a_record_naming_a_file_below_the_folder_is_never_trusted(tmp_path: Path) -> None:
+    # The batch writes plain names only: "sub/a.png" was not written by it, whatever it holds.
+    (tmp_path / "sub").mkdir()
+    [entry] = write_images(tmp_path / "sub", [("a.png", b"paid image")])
+    moved = {**entry.as_json(), "path": "sub/a.png"}
+    index = read_manifest(
+        record(tmp_path / "manifest.jsonl", {"id": "a", "status": "ok", "files": [moved]})
+    )
+    assert index.finished(tmp_path, ["a"], retry_failed=False) == [None]
 
 
 def test_a_failed_record_listing_intact_files_is_still_retried(tmp_path: Path) -> None:

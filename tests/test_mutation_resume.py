@@ -60,6 +60,20 @@ async def test_a_resumed_run_stops_at_a_repeated_id_on_an_item_with_input_images
     assert batch.summary.ok <= 1
 
 
+async def test_a_resumed_run_stops_at_a_repeated_id_among_plain_items(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+    items = [{"id": "same", "prompt": "first"}, {"id": "same", "prompt": "second"}]
+    async with fake_client(server, KEY) as client:
+        await client.images.generate_many(["recorded"], output_dir=tmp_path, rps=None).run()
+        batch = client.images.generate_many(items, output_dir=tmp_path, rps=None)
+        with pytest.raises(RepeatedIdError, match="item 1 has the id 'same' of item 0"):
+            await batch.run()
+    assert server.fake.stats.generations == 1 + batch.summary.ok  # the second "same": unsent
+    assert batch.summary.ok <= 1
+
+
 async def test_a_sharded_resume_skips_its_own_items_with_input_images(
     serve: Serve, tmp_path: Path
 ) -> None:
@@ -114,6 +128,7 @@ async def test_a_skipped_result_names_its_item_and_when_it_was_checked(
     assert [result.status for result in skipped] == ["skipped", "skipped"]
     assert [result.id for result in skipped] == [result.id for result in done]
     assert [result.request_id for result in skipped] == [result.request_id for result in done]
+    assert [result.request for result in skipped] == [result.request for result in done]
     assert [result.files for result in skipped] == [result.files for result in done]
     for result in skipped:
         assert before <= result.started_at <= result.finished_at <= time.time()
