@@ -204,3 +204,43 @@ async def test_an_input_that_raised_has_ended_and_is_not_read_again(
         assert chunks.ended is True
         assert await chunks.next() == ([], None)
     assert entries.reads == 1
+
+
+async def test_a_resumed_run_numbers_every_item_by_its_input_position_and_reads_it_all(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+
+    def items() -> Iterator[dict[str, Any]]:  # a generator: the batch cannot count it ahead
+        for i in range(300):  # more than one chunk of 256, an item with an image among them
+            yield edit(f"edit {i}") if i == 10 else {"prompt": f"plain {i}"}
+
+    async with fake_client(server, KEY) as client:
+        await client.images.generate_many(["recorded"], output_dir=tmp_path, rps=None).run()
+        batch = client.images.generate_many(
+            items(), output_dir=tmp_path, rps=None, model="flux-kontext"
+        )
+        async with batch:
+            results = [result async for result in batch]
+    assert sorted(result.index for result in results) == list(range(300))
+    assert all(result.status == "ok" for result in results)
+    assert batch.summary.unread_input is False  # the whole input was read
+    assert server.fake.stats.generations == 1 + 300
+
+
+async def test_an_invalid_plain_entry_fails_on_resume_even_if_its_id_was_recorded(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+    async with fake_client(server, KEY) as client:
+        await client.images.generate_many(
+            [{"id": "cat", "prompt": "a cat"}], output_dir=tmp_path, rps=None
+        ).run()
+        batch = client.images.generate_many(
+            [{"id": "cat", "prompt": "a cat", "n": 0}], output_dir=tmp_path, rps=None
+        )
+        async with batch:
+            [result] = [result async for result in batch]
+    assert result.status == "failed"
+    assert isinstance(result.error, InvalidInputError)
+    assert server.fake.stats.generations == 1
