@@ -13,6 +13,7 @@ is silently ignored (xdist renames ``item._nodeid``, which pytest 9.2 no longer 
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -48,18 +49,28 @@ _rewrite_only_the_suites_own_asserts()
 
 #: Node id prefixes whose tests must run on one worker, each prefix's tests together.
 ONE_WORKER = ("docs/", "tests/test_gallery_browser.py")
+#: mutmut's runs of the unchanged code (``MUTANT_UNDER_TEST``): its stats run, then its clean run.
+MUTMUT_UNCHANGED_RUNS = ("stats", "")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` go first, so that no worker is left running one alone at the end.
+    """Slow tests first; under mutmut, a longer timeout for the runs of the unchanged code.
 
     xdist hands tests out in collection order, and the longest (shard processes killed and
     restarted, 7-13 s each) sat near the end: with 3 workers one finished 20 s before the others
     (measured). The sort is stable, and a page or module that runs on one worker keeps its order.
+
+    Under mutmut, the 15 s per test (pyproject) is for mutants only; the clean runs get 120 s.
+    mutmut's stats run traces every call of the mutated modules, several times slower: on a
+    loaded machine a test went past 15 s there, and pytest-timeout (thread method) ends the
+    process, so ``nox -s mutation`` stopped at its stats step with no report at all.
     """
     items.sort(
         key=lambda item: item.nodeid.startswith(ONE_WORKER) or not item.get_closest_marker("slow")
     )
+    if os.environ.get("MUTANT_UNDER_TEST") in MUTMUT_UNCHANGED_RUNS:
+        for item in items:
+            item.add_marker(pytest.mark.timeout(120))
 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: absent with -p no:xdist
