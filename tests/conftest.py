@@ -1,9 +1,10 @@
-"""Shared fixtures: a respx-mocked client, a PNG, and instant retry backoff everywhere."""
+"""Shared fixtures: a respx-mocked client, a PNG, instant retry backoff and fsync everywhere."""
 
 from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 
@@ -57,6 +58,23 @@ def instant_backoff() -> Iterator[list[float]]:
     """Every test runs retries without waiting; the waits are recorded for assertions."""
     with recorded_backoff() as waits:
         yield waits
+
+
+@pytest.fixture(autouse=True)
+def fsync_without_the_disk_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``os.fsync`` checks its descriptor but does not wait for the disk, in this process only.
+
+    The library's code calls ``os.fsync`` exactly as in production (a test that counts or fails
+    fsyncs patches over this one); only the flush itself is skipped, which nothing in a
+    process that is not killed can observe: 3.5 ms each on this machine's ext4, ~1,900 per run.
+    Durability is tested where it shows, by killing real subprocesses (test_crash_consistency),
+    which fsync for real.
+    """
+
+    def fsync(fd: int) -> None:
+        os.fstat(fd)  # a closed or bad descriptor still raises, as it would
+
+    monkeypatch.setattr(os, "fsync", fsync)
 
 
 @pytest.fixture

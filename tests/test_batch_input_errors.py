@@ -145,3 +145,25 @@ async def test_a_repeated_id_in_a_prompt_file_read_unchecked_is_still_refused_be
     charged = sorted(server.fake.stats.generations_by_prompt)
     assert recorded_prompts(tmp_path / "out") == charged
     assert set(charged) <= {"a fox"}
+
+
+async def test_items_started_before_the_input_fails_are_sent_and_recorded(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    # The producer starts items without a loop turn while slots are free, and this source never
+    # yields to the loop either: when it raises right after three entries, none of the three
+    # has sent yet. They were read before the bad entry: they go (docs/cli.md, exit code 2).
+    async def items() -> AsyncIterator[str]:
+        for prompt in ("a", "b", "c"):
+            yield prompt
+        raise BrokenSourceError("the cursor broke")
+
+    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+        batch = client.images.generate_many(items(), output_dir=tmp_path, rps=None)
+        with pytest.raises(BrokenSourceError):
+            await batch.run()
+    await settled(server)
+    assert sorted(server.fake.stats.generations_by_prompt) == ["a", "b", "c"]
+    assert recorded_prompts(tmp_path) == ["a", "b", "c"]
+    assert batch.summary.ok == 3
+    assert batch.summary.not_started == 0

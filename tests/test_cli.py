@@ -281,3 +281,22 @@ def test_fake_server_command_serves_until_ctrl_c(tmp_path):
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0
     assert "export NANOGPT_BASE_URL=" in err
+
+
+def test_the_command_line_starts_without_httpx_s_command_line_or_the_gallery() -> None:
+    # httpx imports its own CLI (rich, pygments: 90 ms of CPU) whenever click and rich are
+    # installed, and the gallery is only needed once written: start-up time (benchmark W10).
+    code = (
+        "import sys\n"
+        "from nanogpt_async._cli import main\n"
+        "sys.argv = ['nanogpt-async', '--version']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "loaded = [name for name, module in sys.modules.items() if module is not None]\n"
+        "print(sorted({m.split('.')[0] for m in loaded if m.startswith(('rich', 'pygments'))}"
+        " | {m for m in loaded if m.startswith(('httpx._main', 'nanogpt_async._gallery'))}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+
+    assert out[-1] == "[]"

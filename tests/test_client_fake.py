@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
+from pathlib import Path
+from typing import Any
 
+import certifi
+import httpx
 import pytest
 
 from nanogpt_async import (
@@ -14,6 +20,7 @@ from nanogpt_async import (
     InternalServerError,
     RateLimitError,
 )
+from nanogpt_async._http._transport import tls_context
 from nanogpt_async._sniff import sniff_image
 from nanogpt_async.testing import FakeServer, Fault, ManualClock
 
@@ -173,3 +180,84 @@ async def test_the_daily_cap_from_the_fake_is_not_retried(fake_client, server):
         await fake_client.images.generate(prompt="x")
 
     assert server.fake.stats.generation_requests == 1
+
+
+async def test_clients_share_one_tls_context_instead_of_loading_the_ca_bundle_each(
+    server, monkeypatch
+):
+    # Loading the CA bundle is 23 ms of CPU; it used to happen for every client's pool.
+    loads: list[object] = []
+    load = ssl.SSLContext.load_verify_locations
+
+    def counted(context: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loads.append(context)
+        load(context, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    for _ in range(3):
+        async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url) as client:
+            response = await client.images.generate(prompt="a fox", response_format="url")
+            await response.data[0].read()  # the download pool too
+
+    assert len(loads) <= 1  # none if an earlier test in this process built it already
+
+
+def test_the_shared_tls_context_follows_the_setting_and_the_environments_bundle(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    verified = tls_context(verify=True, trust_env=True)
+    assert tls_context(verify=True, trust_env=True) is verified
+    assert verified.verify_mode == ssl.CERT_REQUIRED
+    unverified = tls_context(verify=False, trust_env=True)
+    assert unverified.verify_mode == ssl.CERT_NONE
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(Path(certifi.where()).read_text("ascii"), "ascii")
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    from_env = tls_context(verify=True, trust_env=True)
+    assert from_env is not verified
+    assert tls_context(verify=True, trust_env=False) is not from_env  # the environment unread
+    os.utime(bundle, ns=(1, 1))  # the bundle changed: read again
+    assert tls_context(verify=True, trust_env=True) is not from_env
+    own = ssl.create_default_context()
+    assert tls_context(verify=own, trust_env=True) is own
+
+
+@pytest.mark.asyncio_only(reason="the path below httpx is aiohttp's, which needs asyncio")
+async def test_the_clients_own_pool_sends_api_calls_below_httpx_s_client(
+    fake_client, server, monkeypatch
+):
+    # httpx's request/response objects and client layers were a fifth of a generation's CPU at
+    # fan-out (benchmark W2); the client's own pool has nothing in them it needs.
+    sent_through_httpx: list[object] = []
+    real_send = httpx.AsyncClient.send
+
+    async def counting(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
+        sent_through_httpx.append(request.url)
+        return await real_send(self, request, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", counting)
+
+    response = await fake_client.images.generate(prompt="a red fox", n=2)
+
+    assert len([await image.read() for image in response.data]) == 2
+    assert response.request_id
+    assert sent_through_httpx == []
+    assert server.fake.stats.generations == 1
+
+
+async def test_response_hooks_on_the_clients_pool_still_see_every_answer(fake_client, server):
+    # Hooks live in httpx's client layers: a pool with hooks keeps sending through them.
+    statuses: list[int] = []
+
+    async def hook(response: httpx.Response) -> None:
+        statuses.append(response.status_code)
+
+    fake_client.channel.pools.api.event_hooks = {"request": [], "response": [hook]}
+
+    await fake_client.images.generate(prompt="a red fox")
+    await fake_client.images.generate(prompt="a grey fox")
+
+    assert statuses == [200, 200]

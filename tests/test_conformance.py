@@ -32,6 +32,7 @@ from nanogpt_async import AsyncNanoGPT, InvalidInputError
 from nanogpt_async._input._body import build_edit_body, build_generation_body
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault, make_png
 from nanogpt_async.testing._faults import Route
+from tests._serving import TLS
 
 SPEC_PATH = Path(__file__).resolve().parent / "vendor" / "nanogpt-openapi.json"
 SPEC: dict[str, Any] = json.loads(SPEC_PATH.read_text("utf-8"))
@@ -300,8 +301,9 @@ def test_every_kind_of_answer_the_fake_gives_has_a_documented_shape(
 
 def test_405_and_unknown_paths_answer_documented_json_shapes(server: FakeServer) -> None:
     for path in (GENERATIONS, EDITS):
-        check_answer(path, httpx.get(f"{server.root_url}/api{path}"))
-    check_answer(GENERATIONS, httpx.post(f"{server.root_url}/api/v1/images/nope", headers=AUTH))
+        check_answer(path, httpx.get(f"{server.root_url}/api{path}", verify=TLS))
+    nope = f"{server.root_url}/api/v1/images/nope"
+    check_answer(GENERATIONS, httpx.post(nope, headers=AUTH, verify=TLS))
 
 
 # -- schemathesis: generated requests, valid and invalid ---------------------------------------
@@ -320,7 +322,7 @@ def test_generated_requests_never_crash_the_fake(server: FakeServer, path: str, 
     server.fake.reset_stats()
     seen: dict[int, int] = {}
 
-    with httpx.Client(base_url=f"{server.root_url}/api", timeout=10) as http:
+    with httpx.Client(base_url=f"{server.root_url}/api", timeout=10, verify=TLS) as http:
 
         @settings(
             max_examples=40,

@@ -15,6 +15,7 @@ import pytest
 
 from nanogpt_async import ImageModel
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault, make_png
+from tests._serving import TLS
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -33,7 +34,7 @@ def server() -> Iterator[FakeServer]:
 def http(server: FakeServer) -> Iterator[httpx.Client]:
     server.fake.reset_stats()
     server.fake.clear_faults()
-    with httpx.Client(base_url=server.base_url, timeout=5) as client:
+    with httpx.Client(base_url=server.base_url, timeout=5, verify=TLS) as client:
         yield client
 
 

@@ -183,7 +183,9 @@ class Budget:
         self.largest_per_image: Decimal | None = None
         #: Requests charged (or maybe charged) whose price was not stated: counted at estimates.
         self.unpriced = 0
-        self._changed = anyio.Event()
+        #: Set when a request settles, for admissions waiting on a full budget; made only when
+        #: one waits (an event per settled item cost ~8 us of CPU for nothing: W2 profile).
+        self._changed: anyio.Event | None = None
 
     def estimate(self, model: str | None, size: str | None) -> Decimal | None:
         """The budgeted price of one image of ``model`` at ``size`` (see the module doc)."""
@@ -210,6 +212,8 @@ class Budget:
                 return reservation
             if self.in_flight == 0:
                 return None  # not even one more fits, and nothing will free any budget
+            if self._changed is None:
+                self._changed = anyio.Event()
             await self._changed.wait()  # an in-flight request may cost less than reserved
 
     def settle(
@@ -236,5 +240,6 @@ class Budget:
         elif charged:
             self.spent += reservation.per_image * images
             self.unpriced += 1
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None

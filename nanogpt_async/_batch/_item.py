@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+from typing_extensions import Self
 
 from nanogpt_async._batch._budget import Reservation, known_cost
 from nanogpt_async._batch._lifecycle import AbandonedError, Lifecycle
@@ -75,6 +78,39 @@ class Results:
     def close(self) -> None:
         """No more results: the reader's ``async for`` ends once it has read them."""
         self._send.close()
+
+    def __aiter__(self) -> AsyncIterator[ItemResult]:
+        """The results as they come: ``async for result in batch``."""
+        return _Reading(self.receive)
+
+
+class _Reading:
+    """Reads the results stream without a loop turn while results are waiting.
+
+    anyio's ``receive`` always takes a checkpoint, a loop turn per result even when the stream
+    holds many (~10 us of CPU each, and the senders behind a full stream wait a turn longer:
+    W2 profile). The reader still waits, and yields, once the stream is empty.
+    """
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, receive: MemoryObjectReceiveStream[ItemResult]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> ItemResult:
+        try:
+            return self._receive.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
 
 
 class ItemFlow:
@@ -173,6 +209,7 @@ class ItemFlow:
             attempts=attempts,
             latency=latency,
             answered=answered,
+            cost=cost,
         )
         await shared.finish_claim(job, result, charged=charged)
         return result

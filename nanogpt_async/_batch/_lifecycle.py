@@ -53,6 +53,7 @@ class Lifecycle:
         "input_error",
         "producer_scope",
         "saving",
+        "started_may_send",
         "state",
         "stop_reason",
         "waiting",
@@ -68,6 +69,8 @@ class Lifecycle:
         self.waiting: set[anyio.CancelScope] = set()
         self.saving: set[anyio.CancelScope] = set()
         self.producer_scope: anyio.CancelScope | None = None
+        #: Stopped by an input error alone: items started before it still send (`input_failed`).
+        self.started_may_send = False
 
     @property
     def halted(self) -> bool:
@@ -100,23 +103,28 @@ class Lifecycle:
 
         After a fatal error nothing more is sent; after a stop only retries of items in flight.
         """
-        if self.fatal_error is not None or (sent_before == 0 and self.halted):
+        if self.fatal_error is not None or (
+            sent_before == 0 and self.halted and not self.started_may_send
+        ):
             raise AbandonedError
 
     def stop(self) -> None:
         """Stop gracefully (see `Batch.stop`)."""
+        self.started_may_send = False
         if self.stop_reason is None and self.state <= BatchState.RUNNING:
             self.stop_reason = "stopped"
         self.halt()
 
     def stop_for(self, reason: str) -> None:
         """Stop gracefully for ``reason``, unless the batch already stopped for another."""
+        self.started_may_send = False
         if self.stop_reason is None:
             self.stop_reason = reason
         self.halt()
 
     def fail_fast(self, error: NanoGPTError, reason: str | None = None) -> None:
         """Stop for an error no retry fixes; the first one is the batch's ``fatal_error``."""
+        self.started_may_send = False
         if self.fatal_error is None:
             self.fatal_error = error
             self.stop_reason = f"fatal: {reason or f'{type(error).__name__}: {error}'}"
@@ -128,11 +136,17 @@ class Lifecycle:
         In-flight items are paid for: they finish and are saved, then the error is raised
         when the ``async with`` block exits.
         """
+        first = self.stop_reason is None
         self.input_error = error
         self.stop_for(f"input error: {error}")
+        # Items started before the bad entry was read are in flight: they go. The producer
+        # starts items without a loop turn while slots are free (W1), so "started" no longer
+        # implies "its request went out" when the input fails right after them.
+        self.started_may_send = first
 
     def abort(self) -> None:
         """The batch is being cancelled: give paid-for saves ``SAVE_TIMEOUT`` more seconds."""
+        self.started_may_send = False
         # A cancel after stop() (the CLI's second Ctrl-C) abandons what stop() let finish:
         # "cancelled" is what happened, and what the docs promise.
         if self.stop_reason in (None, "stopped"):

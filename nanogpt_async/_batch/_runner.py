@@ -271,7 +271,7 @@ class Batch:
         """Results as items finish (ok, failed, or skipped because done before)."""
         if self._lifecycle.state == BatchState.NEW:
             raise RuntimeError("iterate a Batch inside 'async with batch:'")
-        return self._results.receive.__aiter__()
+        return self._results.__aiter__()
 
     def __repr__(self) -> str:
         """Show where it writes and how far it got."""

@@ -12,6 +12,7 @@ import errno
 import time
 import urllib.parse
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,8 +151,12 @@ class Saver:
         attempts: Attempts,
         latency: float | None,
         answered: float,
+        cost: Decimal | None = None,
     ) -> ItemResult:
-        """Turn the answer into bytes/files and a manifest line, shielded: it is paid for."""
+        """Turn the answer into bytes/files and a manifest line, shielded: it is paid for.
+
+        ``cost`` is the price the answer stated, as `known_cost` read it (read once per item).
+        """
         images: list[bytes] = []
         entries: list[FileEntry] = []
         delay = None
@@ -184,7 +189,7 @@ class Saver:
             status=status,
             images=images if self.folder is None else [],
             files=[folder / entry.path for entry in entries],
-            cost=_stated_cost(response),
+            cost=float(cost) if cost is not None else None,  # never NaN or negative
             attempts=attempts.count,
             started_at=job.started_at,
             finished_at=time.time(),
@@ -319,12 +324,6 @@ def _paid_url_expired(
     )
     paid.__cause__ = error
     return paid
-
-
-def _stated_cost(response: ImagesResponse | None) -> float | None:
-    """The cost an answer stated, as a number the manifest can hold (never NaN or negative)."""
-    cost = known_cost(response.cost) if response is not None else None
-    return float(cost) if cost is not None else None
 
 
 def _request_id(error: NanoGPTError | None) -> str | None:

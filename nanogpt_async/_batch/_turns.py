@@ -11,9 +11,7 @@ of slots, the schedule is about that deep whatever the concurrency and the numbe
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import anyio
@@ -59,21 +57,20 @@ class TurnGate:
         wanted = math.ceil(rate * share * LOOKAHEAD)
         return min(self._ceiling, max(MIN_WAITING, wanted))
 
-    @contextlib.asynccontextmanager
-    async def waiting(self) -> AsyncIterator[None]:
-        """Hold one place among the waiting callers while waiting for a turn."""
+    async def enter(self, token: object) -> None:
+        """Take one place among the waiting callers for ``token`` (`leave` gives it back)."""
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.limit())
         else:
             self._limiter.total_tokens = self.limit()
-        token = object()
         try:
             # No checkpoint when there is room: an unpaced turn must not yield either (items
             # admitted before a bad input line are sent before the batch stops at it).
             self._limiter.acquire_on_behalf_of_nowait(token)
         except anyio.WouldBlock:
             await self._limiter.acquire_on_behalf_of(token)
-        try:
-            yield
-        finally:
+
+    def leave(self, token: object) -> None:
+        """Give back ``token``'s place (taken by `enter`)."""
+        if self._limiter is not None:
             self._limiter.release_on_behalf_of(token)

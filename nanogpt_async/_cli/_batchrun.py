@@ -35,7 +35,6 @@ from nanogpt_async._cli._common import (
     output,
     silence,
 )
-from nanogpt_async._cli._gallery import refresh_gallery
 from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._input._prompts import PromptFormat, prompt_chunks, read_prompts
 
@@ -613,6 +612,10 @@ async def run_batch(
     else:
         code = exit_code(summary, stopped_by=signals.first)
     if settings.gallery and signals.first is None:  # a signal means "stop now"
+        # Imported only when written: the gallery's modules are start-up time for nothing
+        # when it is not (--no-gallery, a signal).
+        from nanogpt_async._cli._gallery import refresh_gallery
+
         await refresh_gallery(settings.out, quiet=settings.progress == "none")
     _epilogue(code, settings, summary, demo=demo, input_error=input_error)
     return code

@@ -51,7 +51,13 @@ from nanogpt_async._http._exchange import (
     seal,
 )
 from nanogpt_async._http._retry import RetryPolicy, parse_retry_after, run_with_retries
-from nanogpt_async._http._transport import retire
+from nanogpt_async._http._transport import (
+    AiohttpCarrier,
+    Answer,
+    AutoTransport,
+    DirectAnswer,
+    retire,
+)
 from nanogpt_async._pacing import PacedAttempts, Pacer, TurnHooks
 from nanogpt_async._types import NOT_GIVEN, NotGiven, TimeoutTypes
 
@@ -285,7 +291,7 @@ class Channel:
         return result
 
     async def _understood(
-        self, response: httpx.Response, chunks: list[bytes], describe: str, parse: Parse[_T]
+        self, response: Answer, chunks: list[bytes], describe: str, parse: Parse[_T]
     ) -> _T | _Refused:
         """What ``parse`` makes of a received answer; its connection is given back or retired.
 
@@ -313,7 +319,7 @@ class Channel:
             await (response.aclose() if understood else retire(response))
         return result
 
-    async def _receive(self, exchange: Exchange, call: _Call) -> tuple[httpx.Response, list[bytes]]:
+    async def _receive(self, exchange: Exchange, call: _Call) -> tuple[Answer, list[bytes]]:
         """`_send` within the attempt's overall deadline (`attempt_deadline`)."""
         deadline = attempt_deadline(call.timeout)
         with exchange.scope:
@@ -322,30 +328,9 @@ class Channel:
             return await self._send(exchange, call)
         raise deadline_error(call.describe, deadline or 0, sent=exchange.progress.maybe_sent)
 
-    async def _send(self, exchange: Exchange, call: _Call) -> tuple[httpx.Response, list[bytes]]:
+    async def _send(self, exchange: Exchange, call: _Call) -> tuple[Answer, list[bytes]]:
         """Send and receive: the response and its (decoded) body, or an error body's head."""
-        http = self.pools.api
-        if self.pools.api_is_plain:
-            # Our own pool has no defaults to merge: build the request directly and skip
-            # httpx's per-call header/cookie/parameter merging (~8% of the request path at
-            # fan-out, benchmark W1). A pool you pass in keeps its defaults.
-            request = httpx.Request(
-                call.method,
-                call.url,
-                content=call.content,
-                headers=call.headers,
-                extensions=exchange.extensions(call.timeout),
-            )
-        else:
-            request = http.build_request(
-                call.method,
-                call.url,
-                content=call.content,
-                headers=call.headers,
-                timeout=call.timeout,
-                extensions=exchange.extensions(call.timeout),
-            )
-        response = await http.send(request, stream=True)
+        response = await self._open(exchange, call)
         status = response.status_code
         try:
             if status >= _FIRST_ERROR_STATUS:
@@ -369,10 +354,58 @@ class Channel:
             await retire(response)
             raise
 
+    async def _open(self, exchange: Exchange, call: _Call) -> Answer:
+        """Send the request; the response, its body unread."""
+        direct = self._direct(call.url)
+        if direct is not None:
+            return DirectAnswer(
+                await direct.open(
+                    call.method,
+                    call.url,
+                    headers=call.headers,
+                    content=call.content,
+                    timeout=direct.timeout(call.timeout.as_dict()),
+                    progress=exchange.progress,
+                )
+            )
+        http = self.pools.api
+        if self.pools.api_is_plain:
+            # Our own pool has no defaults to merge: build the request directly and skip
+            # httpx's per-call header/cookie/parameter merging (~8% of the request path at
+            # fan-out, benchmark W1). A pool you pass in keeps its defaults.
+            request = httpx.Request(
+                call.method,
+                call.url,
+                content=call.content,
+                headers=call.headers,
+                extensions=exchange.extensions(call.timeout),
+            )
+        else:
+            request = http.build_request(
+                call.method,
+                call.url,
+                content=call.content,
+                headers=call.headers,
+                timeout=call.timeout,
+                extensions=exchange.extensions(call.timeout),
+            )
+        return await http.send(request, stream=True)
+
+    def _direct(self, url: httpx.URL) -> AiohttpCarrier | None:
+        """The aiohttp session to send on below httpx, if nothing is lost by it.
+
+        Only on the client's own pool (no defaults to merge), with no event hooks, and when the
+        transport httpx would pick is ours: a test's respx mock replaces exactly that, and its
+        requests then go through httpx as before.
+        """
+        http = self.pools.api
+        if not self.pools.api_is_plain or any(http.event_hooks.values()):
+            return None
+        transport = http._transport_for_url(url)  # noqa: SLF001 - what respx patches
+        return transport.direct() if isinstance(transport, AutoTransport) else None
+
     @staticmethod
-    def _check_status(
-        response: httpx.Response, chunks: list[bytes], request_id: str | None
-    ) -> None:
+    def _check_status(response: Answer, chunks: list[bytes], request_id: str | None) -> None:
         """Raise the error an error status stands for (the body's head says which)."""
         status = response.status_code
         if status >= _FIRST_ERROR_STATUS:
@@ -385,7 +418,7 @@ class Channel:
             )
 
     async def _decode(
-        self, response: httpx.Response, chunks: list[bytes], describe: str, request_id: str | None
+        self, response: Answer, chunks: list[bytes], describe: str, request_id: str | None
     ) -> Any:
         """A 2xx answer's parsed JSON, with any secret the server echoed redacted."""
         try:

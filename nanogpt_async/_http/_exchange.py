@@ -37,7 +37,7 @@ from nanogpt_async._errors import (
     redact_error,
     secret_forms,
 )
-from nanogpt_async._http._transport import PROGRESS_EXTENSION, Progress
+from nanogpt_async._http._transport import PROGRESS_EXTENSION, Answer, Progress
 
 _IMAGE_FIELD = "b64_json"
 #: The compression method nibble of a zlib header (RFC 1950): deflate.
@@ -234,7 +234,7 @@ class Exchange:
         self.scope.deadline = saved + (anyio.current_time() - started)
 
     async def read(
-        self, response: httpx.Response, limit: int, describe: str, *, truncate: bool = False
+        self, response: Answer, limit: int, describe: str, *, truncate: bool = False
     ) -> list[bytes]:
         """The decoded body, refusing (or truncating) past ``limit`` decoded bytes.
 
@@ -309,7 +309,7 @@ def _take(pieces: Iterable[bytes], room: int) -> list[bytes]:
 
 
 def _cut(
-    chunks: list[bytes], limit: int, *, truncate: bool, describe: str, response: httpx.Response
+    chunks: list[bytes], limit: int, *, truncate: bool, describe: str, response: Answer
 ) -> list[bytes]:
     """``chunks`` if within ``limit``; else cut to it (``truncate``) or refuse."""
     total = sum(map(len, chunks))
@@ -324,13 +324,13 @@ def _cut(
     return chunks
 
 
-def _declared_length(response: httpx.Response) -> int:
+def _declared_length(response: Answer) -> int:
     declared = response.headers.get("content-length", "")
     return int(declared) if declared.isdigit() and len(declared) < 19 else 0
 
 
 def _too_big(
-    describe: str, limit: int, response: httpx.Response, declared: int | None = None
+    describe: str, limit: int, response: Answer, declared: int | None = None
 ) -> APIResponseValidationError:
     size = f"with {declared} bytes, over" if declared is not None else "more than"
     return APIResponseValidationError(

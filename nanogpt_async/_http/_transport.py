@@ -27,11 +27,13 @@ import asyncio
 import contextlib
 import contextvars
 import ipaddress
+import os
 import socket
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -39,14 +41,19 @@ from nanogpt_async._errors import redact
 
 if TYPE_CHECKING:
     import aiohttp
+    from multidict import CIMultiDictProxy
 
 __all__ = [
     "PROGRESS_EXTENSION",
+    "AiohttpCarrier",
+    "Answer",
     "AutoTransport",
+    "DirectAnswer",
     "Progress",
     "environment_proxy",
     "is_loopback",
     "retire",
+    "tls_context",
 ]
 
 #: The request extension under which the client passes a `Progress` to the transport.
@@ -56,6 +63,36 @@ _RETIRE_EXTENSION = "nanogpt_async.retire"
 #: aiohttp refuses status lines and header fields longer than 8,190 bytes by default. A proxy's
 #: long ``Set-Cookie`` or CSP header should not cost a paid answer, so a little more is allowed.
 _MAX_HEADER_BYTES = 32 * 1024
+
+
+class Answer(Protocol):
+    """What the client's exchange reads of a response: an ``httpx.Response``, a `DirectAnswer`."""
+
+    #: The body was read already (``content`` holds it), or its reader has started.
+    is_stream_consumed: bool
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status."""
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Case-insensitive; a repeated header's values joined with ``", "``."""
+
+    @property
+    def extensions(self) -> Mapping[str, Any]:
+        """The transport's notes (`retire` finds the aiohttp stream's there)."""
+
+    @property
+    def stream(self) -> httpx.SyncByteStream | httpx.AsyncByteStream:
+        """The body as received (still ``Content-Encoding``d)."""
+
+    @property
+    def content(self) -> bytes:
+        """The body, once read (see ``is_stream_consumed``)."""
+
+    async def aclose(self) -> None:
+        """Release the connection."""
 
 
 class Progress:
@@ -86,6 +123,37 @@ class Progress:
         self.tracked = True
         if "send_request_headers" in event:
             self.sent = True
+
+
+#: Built TLS contexts by (verify, trust_env, CA bundle from the environment, its mtime).
+_TLS_CONTEXTS: dict[tuple[bool, bool, str, int], ssl.SSLContext] = {}
+
+
+def tls_context(*, verify: ssl.SSLContext | str | bool, trust_env: bool) -> ssl.SSLContext:
+    """The TLS context for ``verify``, as httpx builds it; one per setting for the whole process.
+
+    Building one reads and parses the whole CA bundle: 23 ms of CPU measured, and a client has
+    two pools, so a process that makes many clients (one per request in a web app, one per test)
+    paid it over and over (the test suite built ~700). A context is safe to share, and nothing
+    changes one after it is built (httpcore sets the same ALPN, ``http/1.1``, on each
+    connection). The key includes the environment's ``SSL_CERT_FILE``/``SSL_CERT_DIR`` (read
+    when ``trust_env``, as httpx does) and its modification time, so a changed bundle is read
+    again. A path or a context of the caller's is used as given.
+    """
+    if not isinstance(verify, bool):
+        return httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+    bundle = ""
+    if verify and trust_env:
+        bundle = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR") or ""
+    try:
+        changed = Path(bundle).stat().st_mtime_ns if bundle else 0
+    except OSError:
+        changed = -1  # missing: httpx raises for it below, and will again next time
+    key = (verify, trust_env, bundle, changed)
+    context = _TLS_CONTEXTS.get(key)
+    if context is None:  # two threads may both build one: harmless, the last one is kept
+        context = _TLS_CONTEXTS[key] = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+    return context
 
 
 def _running_asyncio() -> bool:
@@ -139,7 +207,7 @@ def _is_aiohttp_response_error(exc: BaseException) -> bool:
 
 
 def translate_aiohttp(
-    exc: BaseException, request: httpx.Request, *, sent: bool, unwritten: bool = False
+    exc: BaseException, request: httpx.Request | None, *, sent: bool, unwritten: bool = False
 ) -> httpx.TransportError:
     """The ``httpx`` error for an aiohttp (or any) failure, saying whether it may have been sent.
 
@@ -246,7 +314,7 @@ def _held_response_class() -> type[aiohttp.ClientResponse]:
 class _AiohttpStream(httpx.AsyncByteStream):
     """An aiohttp response body as an httpx stream; every failure is a "sent" transport error."""
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request | None) -> None:
         self._response = response
         self._request = request
         self._complete = False
@@ -278,20 +346,32 @@ class _AiohttpStream(httpx.AsyncByteStream):
             self._response.close()
 
 
-class _AiohttpCarrier:
-    """One aiohttp session; sends httpx requests on it."""
+class AiohttpCarrier:
+    """One aiohttp session; sends httpx requests on it.
+
+    The TLS context is built at the first ``https`` request, not before: loading the CA bundle
+    costs 30-65 ms of CPU (``load_verify_locations``), two contexts per client (the API and the
+    download pools), paid at start-up even by a run against a plain ``http://`` server (the
+    CLI's start-up: benchmark W10). Each ``https`` request carries the context (aiohttp's
+    per-request ``ssl=``, which also covers the TLS to the target through a proxy).
+    """
 
     def __init__(
-        self, *, limits: httpx.Limits, ssl_context: ssl.SSLContext, proxies: Mapping[str, str]
+        self,
+        *,
+        limits: httpx.Limits,
+        ssl_context: Callable[[], ssl.SSLContext],
+        proxies: Mapping[str, str],
     ) -> None:
         import aiohttp
 
         connector = aiohttp.TCPConnector(
             limit=limits.max_connections or 0,
             keepalive_timeout=limits.keepalive_expiry,
-            ssl=ssl_context,
         )
         self._proxies = proxies
+        self._make_ssl_context = ssl_context
+        self._ssl_context: ssl.SSLContext | None = None
         self.session = aiohttp.ClientSession(
             connector=connector,
             request_class=_sending_request_class(),
@@ -307,20 +387,69 @@ class _AiohttpCarrier:
         )
 
     async def send(self, request: httpx.Request) -> httpx.Response:
-        import aiohttp
-
-        timeout = request.extensions.get("timeout", {})
         progress = request.extensions.get(PROGRESS_EXTENSION)
         progress = progress if isinstance(progress, Progress) else Progress()
+        try:
+            content = request.content
+        except httpx.RequestNotRead:  # a redirected request's stream: small, read it
+            content = await request.aread()
+        response = await self.open(
+            request.method,
+            request.url,
+            headers=request.headers,
+            content=content,
+            timeout=self.timeout(request.extensions.get("timeout", {})),
+            progress=progress,
+            sni_hostname=request.extensions.get("sni_hostname"),
+            request=request,
+        )
+        stream = _AiohttpStream(response, request)
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1", _RETIRE_EXTENSION: stream.retire}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=stream,
+            request=request,
+            extensions=extensions,
+        )
+
+    @staticmethod
+    def timeout(phases: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+        """The ``aiohttp.ClientTimeout`` for httpx's per-phase one (``httpx.Timeout.as_dict()``)."""
+        import aiohttp
+
+        return aiohttp.ClientTimeout(
+            sock_connect=phases.get("connect"),
+            sock_read=phases.get("read"),
+            connect=phases.get("pool"),
+        )
+
+    async def open(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        headers: Mapping[str, str],
+        content: bytes | None,
+        timeout: aiohttp.ClientTimeout,
+        progress: Progress,
+        sni_hostname: str | None = None,
+        request: httpx.Request | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send a request and return aiohttp's response, its body unread.
+
+        Raises:
+            httpx.TransportError: what failed, and whether it may have been sent (`Progress`).
+        """
+        import aiohttp
+
         progress.tracked = True
-        proxy = environment_proxy(request.url, self._proxies)
+        proxy = environment_proxy(url, self._proxies)
         failure: httpx.TransportError | None = None
         token = _SENDING.set(progress)
         try:
-            try:
-                content = request.content
-            except httpx.RequestNotRead:  # a redirected request's stream: small, read it
-                content = await request.aread()
             proxy_auth = None
             if proxy is not None:
                 parsed = httpx.URL(proxy)
@@ -328,19 +457,16 @@ class _AiohttpCarrier:
                     proxy_auth = aiohttp.BasicAuth(parsed.username, parsed.password)
                     proxy = str(parsed.copy_with(username=None, password=None))
             response = await self.session.request(
-                request.method,
-                str(request.url),
-                headers=request.headers,
+                method,
+                str(url),
+                headers=headers,
                 data=content or None,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                    connect=timeout.get("pool"),
-                ),
+                timeout=timeout,
                 proxy=proxy,
                 proxy_auth=proxy_auth,
-                server_hostname=request.extensions.get("sni_hostname"),
+                server_hostname=sni_hostname,
+                ssl=self._tls() if url.scheme == "https" else True,
             )
         except Exception as exc:
             failure = translate_aiohttp(
@@ -353,17 +479,12 @@ class _AiohttpCarrier:
             # (its request_info carries the Authorization header).
             raise failure
         progress.sent = True
-        stream = _AiohttpStream(response, request)
-        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1", _RETIRE_EXTENSION: stream.retire}
-        if response.reason:
-            extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=stream,
-            request=request,
-            extensions=extensions,
-        )
+        return response
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = self._make_ssl_context()
+        return self._ssl_context
 
     async def aclose(self) -> None:
         await self.session.close()
@@ -392,7 +513,7 @@ class AutoTransport(httpx.AsyncBaseTransport):
         self.proxies: Mapping[str, str] = (
             urllib.request.getproxies_environment() if trust_env else {}
         )
-        self._aiohttp: _AiohttpCarrier | None = None
+        self._aiohttp: AiohttpCarrier | None = None
         self._httpx: dict[str | None, httpx.AsyncHTTPTransport] = {}
         self._picked = False
 
@@ -407,11 +528,14 @@ class AutoTransport(httpx.AsyncBaseTransport):
         """The proxy a request to ``url`` goes through (``None``: direct)."""
         return environment_proxy(httpx.URL(url), self.proxies)
 
+    def _ssl_context(self) -> ssl.SSLContext:
+        return tls_context(verify=self._verify, trust_env=self._trust_env)
+
     def _native(self, proxy: str | None) -> httpx.AsyncHTTPTransport:
         transport = self._httpx.get(proxy)
         if transport is None:
             transport = httpx.AsyncHTTPTransport(
-                verify=self._verify,
+                verify=self._ssl_context(),
                 trust_env=self._trust_env,
                 limits=self._limits,
                 proxy=httpx.Proxy(proxy) if proxy else None,
@@ -419,18 +543,28 @@ class AutoTransport(httpx.AsyncBaseTransport):
             self._httpx[proxy] = transport
         return transport
 
+    def _pick(self) -> None:
+        self._picked = True
+        if _running_asyncio():
+            self._aiohttp = AiohttpCarrier(
+                limits=self._limits, ssl_context=self._ssl_context, proxies=self.proxies
+            )
+
+    def direct(self) -> AiohttpCarrier | None:
+        """The aiohttp session to send on without httpx's client layers; ``None`` under trio.
+
+        For the client's own API pool (`_http._channel`), where httpx's request and response
+        objects, its client's send layers and its stream wrappers were a fifth of a
+        generation's CPU at fan-out (benchmark W2 profile), for nothing that pool uses.
+        """
+        if not self._picked:
+            self._pick()
+        return self._aiohttp
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` on the pool chosen for the running event loop."""
         if not self._picked:
-            self._picked = True
-            if _running_asyncio():
-                self._aiohttp = _AiohttpCarrier(
-                    limits=self._limits,
-                    ssl_context=httpx.create_ssl_context(
-                        verify=self._verify, trust_env=self._trust_env
-                    ),
-                    proxies=self.proxies,
-                )
+            self._pick()
         progress = request.extensions.get(PROGRESS_EXTENSION)
         if isinstance(progress, Progress) and "trace" in request.extensions:
             # Both pools report the headers leaving (aiohttp's send, httpcore's trace).
@@ -450,7 +584,54 @@ class AutoTransport(httpx.AsyncBaseTransport):
                 await transport.aclose()
 
 
-async def retire(response: httpx.Response) -> None:
+class DirectAnswer:
+    """An aiohttp response as the client's exchange reads it (`AutoTransport.direct`).
+
+    What it reads of an ``httpx.Response``: the status, the headers (a repeated header's values
+    joined with ``", "``, as httpx does), the raw body, closing. Body failures become "sent"
+    ``httpx.TransportError``s, as on the httpx path.
+    """
+
+    __slots__ = ("extensions", "headers", "is_stream_consumed", "status_code", "stream")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.status_code = response.status
+        self.headers = _JoinedHeaders(response.headers)
+        self.stream = _AiohttpStream(response, None)
+        #: Set by the reader as it starts (never read by someone else first).
+        self.is_stream_consumed = False
+        self.extensions: dict[str, Any] = {_RETIRE_EXTENSION: self.stream.retire}
+
+    @property
+    def content(self) -> bytes:
+        """Never read ahead: the reader reads `stream`."""
+        raise httpx.ResponseNotRead
+
+    async def aclose(self) -> None:
+        """Give the connection back (closed instead if not read to its end, or retired)."""
+        await self.stream.aclose()
+
+
+class _JoinedHeaders(Mapping[str, str]):
+    """aiohttp's case-insensitive headers, each name's values joined as httpx joins them."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: CIMultiDictProxy[str]) -> None:
+        self._headers = headers
+
+    def __getitem__(self, name: str) -> str:
+        values = self._headers.getall(name)
+        return values[0] if len(values) == 1 else ", ".join(values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({name.lower(): None for name in self._headers})
+
+    def __len__(self) -> int:
+        return len({name.lower() for name in self._headers})
+
+
+async def retire(response: Answer) -> None:
     """Close ``response`` and its connection: it goes back to no pool, even if read to its end.
 
     For an answer the client refused (not JSON, no image in it...): a server that sends one

@@ -1,0 +1,72 @@
+"""How the suite itself runs: what pytest rewrites, how xdist shares the tests out (conftest.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import hypothesis
+import pytest
+from _pytest.assertion.rewrite import AssertionRewritingHook
+
+import nanogpt_async._client
+
+
+def test_only_the_suites_own_modules_have_their_asserts_rewritten(
+    request: pytest.FixtureRequest,
+) -> None:
+    # Rewriting every module of every package with a pytest plugin cost each worker 2.3 s of
+    # CPU at start-up where bytecode is not cached (conftest.py says why it is turned off).
+    if request.config.getoption("assertmode") != "rewrite":
+        pytest.skip("assertion rewriting is off (--assert=plain)")
+    rewritten = [
+        module.__name__
+        for module in (nanogpt_async._client, hypothesis, sys.modules[__name__])
+        if isinstance(getattr(module, "__loader__", None), AssertionRewritingHook)
+    ]
+    assert rewritten == [__name__]
+
+
+@pytest.fixture
+def root_conftest(request: pytest.FixtureRequest) -> ModuleType:
+    """The repository's conftest.py as pytest loaded it (its module name is not unique)."""
+    path = Path(__file__).resolve().parents[1] / "conftest.py"
+    for plugin in request.config.pluginmanager.get_plugins():
+        if isinstance(plugin, ModuleType) and Path(plugin.__file__ or "") == path:
+            return plugin
+    raise LookupError(f"pytest has not loaded {path}")
+
+
+def test_tests_marked_slow_are_handed_out_first_and_one_worker_groups_keep_their_order(
+    root_conftest: ModuleType,
+) -> None:
+    # A long test handed out last leaves the other workers idle while it runs.
+    @dataclasses.dataclass
+    class Item:
+        nodeid: str
+        slow: bool = False
+
+        def get_closest_marker(self, name: str) -> object:
+            return pytest.mark.slow if name == "slow" and self.slow else None
+
+    items = [
+        Item("tests/test_a.py::test_quick"),
+        Item("docs/page.md::line:3"),
+        Item("tests/test_a.py::test_long", slow=True),
+        Item("tests/test_gallery_browser.py::test_long", slow=True),
+        Item("tests/test_b.py::test_quick"),
+        Item("tests/test_b.py::test_long", slow=True),
+    ]
+
+    root_conftest.pytest_collection_modifyitems(items)
+
+    assert [item.nodeid for item in items] == [
+        "tests/test_a.py::test_long",
+        "tests/test_b.py::test_long",
+        "tests/test_a.py::test_quick",
+        "docs/page.md::line:3",
+        "tests/test_gallery_browser.py::test_long",
+        "tests/test_b.py::test_quick",
+    ]
