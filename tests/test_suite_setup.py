@@ -40,9 +40,12 @@ def root_conftest(request: pytest.FixtureRequest) -> ModuleType:
 
 
 def test_tests_marked_slow_are_handed_out_first_and_one_worker_groups_keep_their_order(
-    root_conftest: ModuleType,
+    root_conftest: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A long test handed out last leaves the other workers idle while it runs.
+    # Outside mutmut's own runs (which also give every test a longer timeout: not this test's).
+    monkeypatch.delenv("MUTANT_UNDER_TEST", raising=False)
+
     @dataclasses.dataclass
     class Item:
         nodeid: str
