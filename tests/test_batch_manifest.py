@@ -128,28 +128,6 @@ def test_looking_up_an_unrecorded_item_reads_nothing_from_the_file(
     assert opened == [path]
 
 
-def test_the_index_stays_at_most_half_full_and_grows_by_doubling(tmp_path: Path) -> None:
-    index = ManifestIndex(tmp_path / "manifest.jsonl")
-    for key in range(1, 513):
-        index._put(key, key)
-    assert (len(index), len(index._keys)) == (512, 1024)  # half full: no growth yet
-    index._put(513, 513)
-    assert (len(index), len(index._keys)) == (513, 2048)
-    slots = {index._slot(key) for key in range(1, 514)}
-    assert len(slots) == 513
-    assert all(index._offsets[index._slot(key)] == key for key in range(1, 514))
-
-
-def test_colliding_keys_probe_every_slot_not_every_other(tmp_path: Path) -> None:
-    index = ManifestIndex(tmp_path / "manifest.jsonl")
-    for key in range(2, 1025, 2):  # 512 keys, all on even slots: every even slot taken
-        index._put(key, key)
-    assert len(index._keys) == 1024
-    free = index._slot(2048 + 2)  # a new key whose home slot (2) is taken
-    assert index._keys[free] == 0
-    assert free % 2 == 1  # found among the odd slots (probing by two would loop forever)
-
-
 def test_a_warning_names_the_file_and_every_skipped_line_when_few(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

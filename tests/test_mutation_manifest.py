@@ -204,15 +204,6 @@ def test_a_last_line_without_a_newline_is_read_whole_in_a_span(tmp_path: Path) -
     assert [item.request_id if item else None for item in found] == ["r-c", "r-a"]
 
 
-def test_putting_a_key_probes_past_the_end_of_the_index_to_its_start(tmp_path: Path) -> None:
-    index = ManifestIndex(tmp_path / "m.jsonl")
-    keys = (1022, 1023, 2046, 3070)  # the last two start at slot 1022 as well: taken, as is 1023
-    for key in keys:
-        index._put(key, key)
-    assert len({index._slot(key) for key in keys}) == len(keys)
-    assert all(index._offsets[index._slot(key)] == key for key in keys)
-
-
 # -- a resume's one-pass check of unchanged items ----------------------------------------------
 
 

@@ -15,7 +15,6 @@ __all__ = [
     "IMAGE_BODY_FIELDS",
     "IdentityCounter",
     "fingerprint_body",
-    "has_input_images",
     "image_file_name",
     "item_tag",
     "public_body",
@@ -97,11 +96,6 @@ def _data_url_placeholder(url: object, digest: str) -> str:
     return f"<{mime}, ~{approx_bytes} bytes, {digest[:23]}>"
 
 
-def has_input_images(body: Mapping[str, Any]) -> bool:
-    """Whether ``body`` carries input images (whose hashing is worth a worker thread)."""
-    return any(body.get(name) is not None for name in IMAGE_BODY_FIELDS)
-
-
 def fingerprint_body(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(digest, public request)`` of a body, hashing each input image once.
 
@@ -109,7 +103,7 @@ def fingerprint_body(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     images by content); delivery-only fields (``response_format``, ``user``) do not count, so a
     re-run asking for URLs instead of base64 still resumes. The public request is the body as
     shown in results and the manifest, data URLs replaced by short placeholders. Input images
-    can be megabytes each: call this in a worker thread when `has_input_images`.
+    can be megabytes each: call this in a worker thread when a body has any.
     """
     canonical: dict[str, Any] = {}
     shown = dict(body)
