@@ -149,16 +149,17 @@ def prompt_chunks(
     """
     suffix = Path(path).suffix.lower()
     if format == "jsonl" or (format == "auto" and suffix in _JSONL_SUFFIXES):
-        yield from _jsonl_chunks(path, size, RepeatedIds() if check_ids else None)
-        return
+        records = _jsonl_records(path, RepeatedIds() if check_ids else None)
+    else:
+        records = read_prompts(path, format=format)
     chunk: list[dict[str, Any]] = []
     try:
-        for record in read_prompts(path, format=format):
+        for record in records:
             chunk.append(record)
             if len(chunk) >= size:
                 yield chunk
                 chunk = []
-    except PromptFileError:
+    except PromptFileError:  # the records before the bad line are handed out first
         if chunk:
             yield chunk
         raise
@@ -166,37 +167,24 @@ def prompt_chunks(
         yield chunk
 
 
-def _jsonl_chunks(
-    path: str, size: int, seen: RepeatedIds | None
-) -> Generator[list[dict[str, Any]], None, None]:
-    """`prompt_chunks` of a JSONL file: `_read_stream` over `_read_lines`, in one loop."""
-    chunk: list[dict[str, Any]] = []
+def _jsonl_records(path: str, seen: RepeatedIds | None) -> Iterator[dict[str, Any]]:
+    """A JSONL file's records: `_read_stream` over `_read_lines`, in one loop."""
     parse, escaped = _fast_loads, _ESCAPED_BYTE
     with Path(path).open("rb") as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        try:
-            for number, line in enumerate(text, start=1):
-                if not line.isascii() and (bad := escaped.search(line)):
-                    raise _not_utf8(bad, path, number)
-                try:
-                    record = parse(line)
-                except ValueError:
-                    record = None
-                if not _is_plain(record):  # else the exact checks, with their errors
-                    if not line.strip() or _is_comment(line):
-                        continue
-                    record = _jsonl_record(line, path, number)
-                _first_use(seen, record.get("id"), path, number)
-                chunk.append(record)
-                if len(chunk) >= size:
-                    yield chunk
-                    chunk = []
-        except PromptFileError:
-            if chunk:
-                yield chunk
-            raise
-    if chunk:
-        yield chunk
+        for number, line in enumerate(text, start=1):
+            if not line.isascii() and (bad := escaped.search(line)):
+                raise _not_utf8(bad, path, number)
+            try:
+                record = parse(line)
+            except ValueError:
+                record = None
+            if not _is_plain(record):  # else the exact checks, with their errors
+                if not line.strip() or _is_comment(line):
+                    continue
+                record = _jsonl_record(line, path, number)
+            _first_use(seen, record.get("id"), path, number)
+            yield record
 
 
 def _is_plain(record: object) -> bool:
