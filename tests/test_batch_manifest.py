@@ -36,6 +36,7 @@ from nanogpt_async._batch._manifest import (
 )
 from nanogpt_async._errors import OutputWriteError
 from nanogpt_async._output._files import TEMP_SUFFIX
+from tests._counting import hash_counter, open_counter
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes and FIFOs")
 
@@ -114,14 +115,7 @@ def test_looking_up_an_unrecorded_item_reads_nothing_from_the_file(
 ) -> None:
     path = write_lines(tmp_path / "manifest.jsonl", b'{"id":"a","status":"ok","files":[]}')
     index = read_manifest(path)
-    opened: list[Path] = []
-    real = manifest_module._open_for_reading
-
-    def counting(opened_path: Path) -> IO[bytes]:
-        opened.append(opened_path)
-        return real(opened_path)
-
-    monkeypatch.setattr(manifest_module, "_open_for_reading", counting)
+    opened = open_counter(monkeypatch)
     assert [index.get(f"new-{i}") for i in range(50)] == [None] * 50
     assert opened == []  # a resume of ten million new items must not read a line for each
     assert index.get("a") is not None
@@ -158,14 +152,7 @@ def test_resume_hashes_no_file_of_the_wrong_size_or_kind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entries = write_images(tmp_path, [("a.png", b"12345678"), ("b.png", b"abcdefgh")])
-    hashed: list[str] = []
-    real = manifest_module._sha256_of
-
-    def counting(path: str) -> str | None:
-        hashed.append(path)
-        return real(path)
-
-    monkeypatch.setattr(manifest_module, "_sha256_of", counting)
+    hashed = hash_counter(monkeypatch)
     (tmp_path / "b.png").write_bytes(b"abcd")  # truncated
     assert not files_intact(tmp_path, entries)
     (tmp_path / "b.png").unlink()
@@ -418,14 +405,7 @@ def test_a_recorded_file_whose_stamp_changed_is_hashed_before_it_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, stamped: bool
 ) -> None:
     index, image = recorded_folder(tmp_path, stamped=stamped)
-    hashed: list[str] = []
-    real = manifest_module._sha256_of
-
-    def counting(path: str) -> str | None:
-        hashed.append(path)
-        return real(path)
-
-    monkeypatch.setattr(manifest_module, "_sha256_of", counting)
+    hashed = hash_counter(monkeypatch)
     assert index.finished(tmp_path, ["a"], retry_failed=True)[0] is not None
     assert len(hashed) == (0 if stamped else 1)  # the stamp settles it, else the hash does
     image.write_bytes(b"87654321")  # same size, other bytes: a new ctime

@@ -35,6 +35,7 @@ from nanogpt_async._batch._manifest import (
 from nanogpt_async._batch._names import image_file_name
 from nanogpt_async._batch._results import ItemResult
 from nanogpt_async.testing import FakeServer, make_png
+from tests._counting import hash_counter, open_counter
 from tests._serving import Serve, fake_client, fake_servers
 
 KEY = "ngk_resume_SECRET_31"
@@ -210,18 +211,6 @@ def test_resume_hashes_no_file_of_an_item_with_a_wrong_size(
     assert hashed == []  # the sizes settled it: nothing read
 
 
-def hash_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    hashed: list[str] = []
-    real = manifest_module._sha256_of
-
-    def counting(path: str) -> str | None:
-        hashed.append(path)
-        return real(path)
-
-    monkeypatch.setattr(manifest_module, "_sha256_of", counting)
-    return hashed
-
-
 def test_resume_hashes_no_file_whose_stamp_is_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,14 +277,7 @@ def test_looking_up_many_items_opens_the_manifest_once(
         writer.append({"id": f"i{i}", "status": "ok", "files": [], "request_id": f"r{i}"})
     writer.close()
     index = read_manifest(path)
-    opened: list[Path] = []
-    real = manifest_module._open_for_reading
-
-    def counting(where: Path) -> Any:
-        opened.append(where)
-        return real(where)
-
-    monkeypatch.setattr(manifest_module, "_open_for_reading", counting)
+    opened = open_counter(monkeypatch)
     found = index.get_many([f"i{i}" for i in range(50)] + ["absent"])
     assert [item.request_id if item else None for item in found] == [
         *(f"r{i}" for i in range(50)),

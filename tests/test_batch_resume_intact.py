@@ -22,6 +22,7 @@ from nanogpt_async._batch import _manifest as manifest_module
 from nanogpt_async._batch._chunks import ChunkedInput
 from nanogpt_async._batch._manifest import FileEntry, ManifestWriter, read_manifest
 from nanogpt_async._batch._resume import Resume
+from tests._counting import open_counter
 from tests._serving import Serve, fake_client, fake_servers
 
 KEY = "ngk_resume_intact_SECRET_7"
@@ -120,14 +121,7 @@ async def test_a_resume_that_discards_results_reads_no_manifest_line_back(
 ) -> None:
     server = serve()
     items = _recorded_items(tmp_path, 700)
-    opened: list[Path] = []
-    real = manifest_module._open_for_reading
-
-    def counting(where: Path) -> Any:
-        opened.append(where)
-        return real(where)
-
-    monkeypatch.setattr(manifest_module, "_open_for_reading", counting)
+    opened = open_counter(monkeypatch)
     async with fake_client(server, KEY) as client:
         summary = await client.images.generate_many(items, output_dir=tmp_path, rps=None).run()
     assert (summary.skipped, summary.ok, summary.failed) == (700, 0, 0)

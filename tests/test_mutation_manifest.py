@@ -23,6 +23,7 @@ from nanogpt_async._batch._manifest import (
     read_manifest,
     write_images,
 )
+from tests._counting import hash_counter
 
 
 def record(path: Path, *records: dict[str, Any]) -> Path:
@@ -30,18 +31,6 @@ def record(path: Path, *records: dict[str, Any]) -> Path:
     writer.append_many(records)
     writer.close()
     return path
-
-
-def hash_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    hashed: list[str] = []
-    real = manifest_module._sha256_of
-
-    def counting(path: str) -> str | None:
-        hashed.append(path)
-        return real(path)
-
-    monkeypatch.setattr(manifest_module, "_sha256_of", counting)
-    return hashed
 
 
 # -- a file's stamp, read back ------------------------------------------------------------------
