@@ -12,13 +12,11 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.to_thread
 import pytest
 
 from nanogpt_async import AsyncNanoGPT
@@ -35,7 +33,7 @@ from nanogpt_async._batch._manifest import (
 from nanogpt_async._batch._names import image_file_name
 from nanogpt_async._batch._results import ItemResult
 from nanogpt_async.testing import FakeServer, make_png
-from tests._counting import hash_counter, open_counter
+from tests._counting import hash_counter, hop_counter, open_counter
 from tests._serving import Serve, fake_client, fake_servers
 
 KEY = "ngk_resume_SECRET_31"
@@ -457,14 +455,7 @@ async def test_a_resume_checks_its_recorded_items_in_a_few_worker_thread_calls(
     server = serve()
     folder, items = recorded_1100
     manifest = (folder / "manifest.jsonl").read_bytes()
-    hops: list[object] = []
-    real = anyio.to_thread.run_sync
-
-    async def counting(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        hops.append(func)
-        return await real(func, *args, **kwargs)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    hops = hop_counter(monkeypatch)
     # A sync input is read for at most 2 ms at a time: on a loaded machine (or under mutmut's
     # bookkeeping) that cut chunks short and made 8 hops. The count is about chunk size only.
     monkeypatch.setattr(resume_module, "FAIR_SHARE", 60.0)

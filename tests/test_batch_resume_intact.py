@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.to_thread
 import pytest
 
 from nanogpt_async._batch import _manifest as manifest_module
 from nanogpt_async._batch._chunks import ChunkedInput
 from nanogpt_async._batch._manifest import FileEntry, ManifestWriter, read_manifest
 from nanogpt_async._batch._resume import Resume
-from tests._counting import open_counter
+from tests._counting import hop_counter, open_counter
 from tests._serving import Serve, fake_client, fake_servers
 
 KEY = "ngk_resume_intact_SECRET_7"
@@ -198,14 +196,7 @@ async def test_a_chunked_input_is_taken_a_list_at_a_time_and_its_error_ends_it_i
         yield [{"id": "new-1", "prompt": "new one"}]
         raise ValueError("line 1002 of prompts.jsonl is not JSON")
 
-    hops: list[object] = []
-    real = anyio.to_thread.run_sync
-
-    async def counting(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        hops.append(func)
-        return await real(func, *args, **kwargs)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    hops = hop_counter(monkeypatch)
     async with fake_client(server, KEY) as client:
         batch = client.images.generate_many(ChunkedInput(lists()), output_dir=tmp_path, rps=None)
         with pytest.raises(ValueError, match="line 1002"):
