@@ -247,3 +247,21 @@ async def test_an_invalid_plain_entry_fails_on_resume_even_if_its_id_was_recorde
     assert result.status == "failed"
     assert isinstance(result.error, InvalidInputError)
     assert server.fake.stats.generations == 1
+
+
+async def test_a_resume_of_an_uncounted_input_totals_every_skipped_chunk(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A generator cannot be counted ahead, so the summary's total is what was read: every
+    # chunk's skipped items add to it (30 items in chunks of 8: 8 + 8 + 8 + 6).
+    monkeypatch.setattr(_resume, "_TRIAGE_CHUNK", 8)
+    server = serve()
+    prompts = [f"plain {i}" for i in range(30)]
+    async with fake_client(server, KEY) as client:
+        await client.images.generate_many(prompts, output_dir=tmp_path, rps=None).run()
+        batch = client.images.generate_many(
+            iter(prompts), output_dir=tmp_path, rps=None, skipped_results=False
+        )
+        summary = await batch.run()
+    assert (summary.total, summary.skipped, summary.not_started) == (30, 30, 0)
+    assert server.fake.stats.generations == 30  # the first run's, none again
