@@ -265,3 +265,22 @@ async def test_a_resume_of_an_uncounted_input_totals_every_skipped_chunk(
         summary = await batch.run()
     assert (summary.total, summary.skipped, summary.not_started) == (30, 30, 0)
     assert server.fake.stats.generations == 30  # the first run's, none again
+
+
+async def test_a_resume_of_an_uncounted_input_totals_skipped_and_new_items_alike(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recorded and new items interleaved over chunks of 8: each counts once in the total.
+    monkeypatch.setattr(_resume, "_TRIAGE_CHUNK", 8)
+    server = serve()
+    recorded = [f"plain {i}" for i in range(20)]
+    new = [f"new {i}" for i in range(5)]
+    mixed = [prompt for pair in zip(recorded[:5], new, strict=True) for prompt in pair]
+    async with fake_client(server, KEY) as client:
+        await client.images.generate_many(recorded, output_dir=tmp_path, rps=None).run()
+        batch = client.images.generate_many(
+            iter(mixed + recorded[5:]), output_dir=tmp_path, rps=None, skipped_results=False
+        )
+        summary = await batch.run()
+    assert (summary.total, summary.ok, summary.skipped, summary.not_started) == (25, 5, 20, 0)
+    assert server.fake.stats.generations == 25  # 20 then only the 5 new
