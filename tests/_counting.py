@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -17,30 +17,27 @@ import pytest
 from nanogpt_async._batch import _manifest as manifest_module
 
 
+def _first_arguments(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[Any]:
+    """The first argument of every call of ``owner.name`` from now on (each call still made)."""
+    seen: list[Any] = []
+    real = getattr(owner, name)
+
+    def counting(first: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(first)
+        return real(first, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return seen
+
+
 def hash_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The paths of the files the manifest hashes from now on (each is still hashed)."""
-    hashed: list[str] = []
-    real = manifest_module._sha256_of
-
-    def counting(path: str) -> str | None:
-        hashed.append(path)
-        return real(path)
-
-    monkeypatch.setattr(manifest_module, "_sha256_of", counting)
-    return hashed
+    return cast("list[str]", _first_arguments(monkeypatch, manifest_module, "_sha256_of"))
 
 
 def open_counter(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The manifests opened for reading from now on (each is still opened)."""
-    opened: list[Path] = []
-    real = manifest_module._open_for_reading
-
-    def counting(where: Path) -> IO[bytes]:
-        opened.append(where)
-        return real(where)
-
-    monkeypatch.setattr(manifest_module, "_open_for_reading", counting)
-    return opened
+    return cast("list[Path]", _first_arguments(monkeypatch, manifest_module, "_open_for_reading"))
 
 
 def hop_counter(monkeypatch: pytest.MonkeyPatch) -> list[object]:
