@@ -28,8 +28,9 @@ __all__ = [
     "loads_generations",
 ]
 
-#: Payloads larger than this are parsed/decoded in a worker thread, not on the event loop.
-#: Below it the thread hop (~50 us) costs more than the work.
+#: Payloads larger than this are decoded (and answers joined) in a worker thread, answers
+#: parsed in steps: see `loads_chunks_maybe_offloaded`. Below it the thread hop (~50 us) and
+#: the steps cost more than the work.
 OFFLOAD_THRESHOLD = 256 * 1024
 
 #: orjson turns integers outside [-2**63, 2**64) into floats; the stdlib keeps them exact. A

@@ -180,6 +180,19 @@ async def test_a_big_answer_goes_to_a_worker_thread_only_to_be_joined(offloaded)
     assert offloaded == ["_join"]
 
 
+async def test_a_generation_with_big_images_leaves_the_loop_only_to_join_and_decode(offloaded):
+    fake = FakeNanoGPT(api_key="k", image_bytes=600_000)
+    with fake.run_in_thread() as server:
+        async with AsyncNanoGPT(api_key="k", base_url=server.base_url) as client:
+            response = await client.images.generate(prompt="big", n=2)
+            answered = list(offloaded)
+            images = [await image.read() for image in response.data]
+
+    assert answered == ["_join"]
+    assert offloaded == ["_join", "b64decode", "b64decode"]
+    assert all(image.startswith(b"\x89PNG") for image in images)
+
+
 async def test_a_big_answer_is_parsed_letting_other_tasks_run_before_each_image(monkeypatch):
     # At most one image's base64 string is made between two turns of the event loop: a loop
     # given a whole 16 MB answer to parse at once stalls for its whole parse.
