@@ -33,6 +33,10 @@ __all__ = [
 #: the steps cost more than the work.
 OFFLOAD_THRESHOLD = 256 * 1024
 
+#: ``bytes.join`` copies without holding the GIL from this size on (CPython's
+#: ``Objects/stringlib/join.h``, ``GIL_THRESHOLD``): only then is a worker thread worth it.
+_JOIN_WITHOUT_GIL = 1024 * 1024
+
 #: orjson turns integers outside [-2**63, 2**64) into floats; the stdlib keeps them exact. A
 #: float this large in orjson's result may be such an integer, so the stdlib parses again.
 _INEXACT_FLOAT = float(2**63)
@@ -260,17 +264,23 @@ def loads_generations(data: bytes) -> Any:
 async def loads_chunks_maybe_offloaded(chunks: list[bytes]) -> Any:
     """Parse a body received in chunks; a big one in steps that keep the event loop responsive.
 
-    A big body is joined in a worker thread (``bytes.join`` copies without the GIL past 1 MB;
-    16 MB of fresh memory costs ~7 ms of page faults here), then parsed on the event loop in
-    `_generation_steps` (each step a millisecond or two, other tasks run between them), not
-    in a worker thread: work that holds the GIL stalls the loop less where the loop can
+    A body of 1 MiB or more is joined in a worker thread (``bytes.join`` copies without the GIL
+    from there; 16 MB of fresh memory costs ~7 ms of page faults here), then parsed on the event
+    loop in `_generation_steps` (each step a millisecond or two, other tasks run between them),
+    not in a worker thread: work that holds the GIL stalls the loop less where the loop can
     schedule it. Only an unusual answer, which needs a plain parse of all of it, goes back to
     a worker thread. The steps never check for cancellation: an answer received in full is
     paid for, and is parsed to its end (within milliseconds) before a cancellation lands.
     """
-    if sum(map(len, chunks)) <= OFFLOAD_THRESHOLD:
+    size = sum(map(len, chunks))
+    if size <= OFFLOAD_THRESHOLD:
         return loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-    data = chunks[0] if len(chunks) == 1 else await anyio.to_thread.run_sync(_join, chunks)
+    if len(chunks) == 1:
+        data = chunks[0]
+    elif size < _JOIN_WITHOUT_GIL:
+        data = b"".join(chunks)  # under a millisecond, and a worker thread would hold the GIL
+    else:
+        data = await anyio.to_thread.run_sync(_join, chunks)
     steps = _generation_steps(data)
     try:
         while True:

@@ -180,6 +180,17 @@ async def test_a_big_answer_goes_to_a_worker_thread_only_to_be_joined(offloaded)
     assert offloaded == ["_join"]
 
 
+async def test_an_answer_under_a_mebibyte_is_joined_and_parsed_on_the_loop(offloaded):
+    # bytes.join holds the GIL below 1 MiB: a worker thread would only add its hop.
+    raw = _big_answer(images=1)
+    assert _codec.OFFLOAD_THRESHOLD < len(raw) < 1024 * 1024
+
+    payload = await _codec.loads_chunks_maybe_offloaded(_received(raw))
+
+    assert payload == json.loads(raw)
+    assert offloaded == []
+
+
 async def test_a_generation_with_big_images_leaves_the_loop_only_to_join_and_decode(offloaded):
     fake = FakeNanoGPT(api_key="k", image_bytes=600_000)
     with fake.run_in_thread() as server:
@@ -226,7 +237,7 @@ async def test_a_big_answer_is_parsed_letting_other_tasks_run_before_each_image(
         # A base64 string with an escape in it: the same.
         (_big_answer(images=2).replace(b'": "', b'": "\\/', 1), ["_join", "loads"]),
         # An escape elsewhere is no reason to.
-        (_big_answer(images=1).replace(b'"created"', b'"x": "\\/", "created"'), ["_join"]),
+        (_big_answer(images=2).replace(b'"created"', b'"x": "\\/", "created"'), ["_join"]),
     ],
 )
 async def test_a_big_unusual_answer_parses_as_the_stdlib_does_its_plain_parse_in_a_thread(
