@@ -70,6 +70,11 @@ class Resume:
         """An earlier run recorded something: items are checked before they run."""
         return self._recorded is not None
 
+    def close(self) -> None:
+        """Stop checking the recorded files, if that still runs (blocking: a worker thread)."""
+        if self._recorded is not None:
+            self._recorded.close()
+
     async def resumed(self, job: Job) -> Job | ItemResult:
         """``job``, or its ``skipped`` result when an earlier run did it (checked in a thread)."""
         if self._recorded is None:
@@ -239,8 +244,12 @@ class Triage:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        """Stop reading ahead."""
-        return await self._chunks.__aexit__(exc_type, exc, tb)
+        """Stop reading ahead, and checking the recorded files."""
+        try:
+            return await self._chunks.__aexit__(exc_type, exc, tb)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._resume.close)
 
     async def next(self) -> list[Job | ItemResult] | None:
         """The next items to take, in input order; ``None`` at the end (or once halted).
