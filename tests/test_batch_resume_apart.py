@@ -331,6 +331,13 @@ def test_the_check_names_the_lines_not_intact_and_how_far_it_got(
     ]
 
 
+def test_a_check_that_cannot_open_the_folder_says_nothing(tmp_path: Path) -> None:
+    _recorded(tmp_path, 2)
+    out = io.BytesIO()
+    check_files(tmp_path / "manifest.jsonl", tmp_path / "gone", 1 << 20, out)
+    assert out.getvalue() == b""
+
+
 def test_an_answer_waits_only_until_the_check_has_got_past_the_lines_asked_about(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -403,12 +410,20 @@ def test_without_the_other_process_the_files_are_checked_as_the_lines_are_read(
     assert {item for item, done in intact.items() if done} == _INTACT_CASES
 
 
+def _open_descriptors() -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for _ in fds.iterdir()) if fds.is_dir() else 0
+
+
 def test_closing_the_index_stops_a_check_still_running(tmp_path: Path, gate: Gate) -> None:
     _recorded(tmp_path, 3)
+    before = _open_descriptors()
     index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
     assert [process.poll() for process in gate.processes] == [None]
     index.close()
     assert gate.processes[0].poll() is not None
+    gate.processes[0].stdin.close()  # type: ignore[union-attr] # the gate's own pipe
+    assert _open_descriptors() == before  # the folder and the check's pipe are closed
     assert index.intact(["old-0"]) == [False]  # no verdict came: the exact checks decide
     index.close()  # twice is harmless
 

@@ -584,7 +584,7 @@ def check_files(manifest: Path, folder: Path, end: int, out: IO[bytes]) -> None:
                     out.write(verdicts.tobytes())
                     out.flush()
                     verdicts = array("Q")
-        verdicts.append(CHECKED_TO + min(offset, end))
+        verdicts.append(CHECKED_TO + offset)
         out.write(verdicts.tobytes())
         out.flush()
     finally:
