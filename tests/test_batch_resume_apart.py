@@ -460,3 +460,17 @@ def test_an_index_without_its_folder_starts_no_check(tmp_path: Path, gate: Gate)
     index = ManifestIndex.build(tmp_path / "manifest.jsonl")
     assert len(index) == 2
     assert not gate.started
+
+
+def test_an_index_that_fails_to_build_stops_its_check(
+    tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _recorded(tmp_path, 3)
+
+    def unreadable(*_: object) -> list[int]:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(ManifestIndex, "_index_lines", unreadable)
+    with pytest.raises(OSError, match="Input/output error"):
+        read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    assert [process.poll() is not None for process in gate.processes] == [True]

@@ -257,6 +257,9 @@ class ManifestIndex:
                         os.close(dir_fd)
                         dir_fd = None
                 skipped = index._index_lines(file, dir_fd)
+            except BaseException:
+                index.close()  # a check already started is not left running
+                raise
             finally:
                 if dir_fd is not None:
                     os.close(dir_fd)
