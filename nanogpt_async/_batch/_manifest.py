@@ -442,38 +442,43 @@ class ManifestIndex:
         self._settle(wait=False)
         keys, offsets, checks = self._keys, self._offsets, self._checks
         mask = len(keys) - 1
-        asked = []  # per id: its offset (flags and all) and 32-bit check; 0, 0 if not recorded
-        last = -1  # the last pending line asked about
+        checked_to, changed = self._checked_to, self._changed
+        answers: list[bool] = []
+        late: list[tuple[int, int, str]] = []  # ``(position, slot, id)``: the check is not there
         for item_id in item_ids:
             key = hash(item_id) & 0xFFFFFFFFFFFFFFFF or 1  # `_id_key`, inline: a million calls
             slot = key & mask
             while (at := keys[slot]) and at != key:
                 slot = (slot + 1) & mask
-            if at:
-                offset = offsets[slot]
-                asked.append((offset, checks[slot]))
-                if _PENDING <= offset < _INTACT:
-                    last = max(last, offset - _PENDING)
+            offset = offsets[slot] if at else 0
+            if offset < _PENDING:  # not recorded, not ok, or its files changed
+                answers.append(False)
+            elif offset < _INTACT and offset - _PENDING >= checked_to:
+                late.append((len(answers), slot, item_id))
+                answers.append(False)
             else:
-                asked.append((0, 0))
+                answers.append(
+                    (offset >= _INTACT or not (changed and _holds(changed, offset - _PENDING)))
+                    and checks[slot] == _id_check(item_id)
+                )
+        if late:
+            self._answer_late(late, answers)
+        return answers
+
+    def _answer_late(self, late: list[tuple[int, int, str]], answers: list[bool]) -> None:
+        """`intact`'s answers for pending records the check had not got to: waits for it."""
+        offsets, checks = self._offsets, self._checks
+        last = max(offsets[slot] for _, slot, _ in late) - _PENDING
         while self._check is not None and last >= self._checked_to:
             self._settle(wait=True)
         checked_to, changed = self._checked_to, self._changed
-        answers = []
-        for (offset, check), item_id in zip(asked, item_ids, strict=True):
-            line = offset & _OFFSET
-            answers.append(
-                (
-                    offset >= _INTACT
-                    or (
-                        offset >= _PENDING
-                        and line < checked_to
-                        and not (changed and _holds(changed, line))
-                    )
-                )
-                and check == _id_check(item_id)
+        for position, slot, item_id in late:
+            line = offsets[slot] - _PENDING
+            answers[position] = (
+                line < checked_to
+                and not (changed and _holds(changed, line))
+                and checks[slot] == _id_check(item_id)
             )
-        return answers
 
     def finished(
         self, folder: Path, item_ids: Sequence[str], *, retry_failed: bool
