@@ -474,3 +474,14 @@ def test_an_index_that_fails_to_build_stops_its_check(
     with pytest.raises(OSError, match="Input/output error"):
         read_manifest(tmp_path / "manifest.jsonl", tmp_path)
     assert [process.poll() is not None for process in gate.processes] == [True]
+
+
+@pytest.mark.parametrize(("attribute", "value"), [("executable", ""), ("frozen", True)])
+def test_no_check_process_is_started_without_an_interpreter_to_run_it(
+    tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch, attribute: str, value: object
+) -> None:
+    _recorded(tmp_path, 3)
+    monkeypatch.setattr(sys, attribute, value, raising=False)
+    index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    assert index.intact(["old-0", "old-1", "old-2"]) == [True] * 3  # checked as it was read
+    assert not gate.started

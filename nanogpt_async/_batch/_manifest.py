@@ -544,8 +544,8 @@ def _check_apart(path: Path, folder: Path, end: int) -> FileCheck | None:
     ``None`` for a smaller one, or if the process cannot be started (the files are then
     checked as the lines are read, as for a small one).
     """
-    if end < _CHECK_APART_BYTES:
-        return None
+    if end < _CHECK_APART_BYTES or not sys.executable or getattr(sys, "frozen", False):
+        return None  # small; or no interpreter to run it (a frozen app would start itself)
     try:
         return FileCheck(path, folder, end)
     except OSError as exc:
