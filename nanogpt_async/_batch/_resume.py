@@ -135,7 +135,7 @@ class Resume:
             for (position, job), recorded in zip(looked_up, found, strict=True):
                 if recorded is not None:
                     outcomes[position] = self._skipped_result(job, recorded) if wanted else SKIPPED
-                elif not wanted:
+                else:  # runs (a plain entry's outcome was `SKIPPED` until now)
                     outcomes[position] = job
         return outcomes
 
