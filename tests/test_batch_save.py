@@ -14,6 +14,7 @@ import anyio.to_thread
 import pytest
 
 from nanogpt_async._batch import _lifecycle as lifecycle_module
+from nanogpt_async._batch import _manifest as manifest_module
 from nanogpt_async._batch import _save as save_module
 from nanogpt_async._batch._lifecycle import Lifecycle
 from nanogpt_async.testing import FakeServer
@@ -81,7 +82,7 @@ async def test_a_save_whose_deadline_passes_while_its_thread_writes_records_the_
 ) -> None:
     server: FakeServer = serve()
     writing, release = threading.Event(), threading.Event()
-    real_write = save_module.write_images
+    real_write = manifest_module.write_images
 
     def write_images(folder: Path, named: list[tuple[str, bytes]]) -> Any:
         writing.set()
