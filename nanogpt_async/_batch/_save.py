@@ -8,8 +8,11 @@ the result and nothing is written.
 An answer's files and its manifest line are written in one worker-thread call, one after the
 other (the line only once every file is written); items that end without files (failed,
 fenced) append their line through `GroupAppender`, which groups them. Under asyncio that call
-goes straight to the loop's executor: anyio's ``to_thread.run_sync`` cost ~60 us of CPU per
-call against ~25 us (this machine), and its second hop for the line another share of one.
+goes straight to an executor of the batch's own: anyio's ``to_thread.run_sync`` cost ~60 us of
+CPU per call against ~25 us (this machine), and its second hop for the line another share of
+one. The executor has a thread per save allowed at once (``download_concurrency``), as anyio's
+pool gave them: with the loop's default executor (6 threads on 2 cores) a wave of 256 answers
+waited behind fsyncs, and so did the next requests (the pipeline slots come back after saving).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -137,7 +141,17 @@ class _Folder:
 class Saver:
     """Saves paid answers into the folder and records them in the manifest."""
 
-    __slots__ = ("_appender", "_folder", "_lifecycle", "_loop", "_tally", "folder", "gate")
+    __slots__ = (
+        "_appender",
+        "_folder",
+        "_lifecycle",
+        "_loop",
+        "_saves",
+        "_tally",
+        "_threads",
+        "folder",
+        "gate",
+    )
 
     def __init__(self, settings: BatchSettings, lifecycle: Lifecycle, tally: Tally) -> None:
         self.folder = folder = settings.folder
@@ -148,13 +162,15 @@ class Saver:
             else None
         )
         #: Saves at once; the soonest-expiring URLs go first.
-        self.gate = DeadlineGate(settings.download_concurrency)
+        self._saves = settings.download_concurrency
+        self.gate = DeadlineGate(self._saves)
         self._appender: GroupAppender | None = None
         self._lifecycle = lifecycle
         self._tally = tally
-        #: The running asyncio loop, whose executor takes the saves' thread calls (``None``:
-        #: not asyncio, anyio's worker threads do).
+        #: Under asyncio, the running loop and the threads the saves' calls run in (``None``:
+        #: anyio's worker threads do).
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: ThreadPoolExecutor | None = None
 
     async def open(self) -> ManifestIndex | None:
         """Prepare the folder (lock, sweep temp files, read the manifest): what was recorded.
@@ -164,8 +180,6 @@ class Saver:
         """
         if self._folder is None:
             return None
-        if sniffio.current_async_library() == "asyncio":
-            self._loop = asyncio.get_running_loop()
         try:
             recorded = await anyio.to_thread.run_sync(self._folder.open)
         except OSError as exc:
@@ -175,12 +189,20 @@ class Saver:
             ) from exc
         if self._folder.writer is not None:
             self._appender = GroupAppender(self._folder.append_many)
+        if sniffio.current_async_library() == "asyncio":
+            # Threads are started as saves need them, up to one per save allowed at once.
+            self._loop = asyncio.get_running_loop()
+            self._threads = ThreadPoolExecutor(self._saves, thread_name_prefix="nanogpt-save")
         return recorded
 
     async def close(self, *, report: bool = True) -> None:
         """Close the manifest and unlock the folder, shielded; a failed close is fatal."""
         if self._folder is None:
             return
+        if self._threads is not None:
+            # Every save has returned (the batch closes the folder last): the threads are idle.
+            self._threads.shutdown(wait=False)
+            self._loop = self._threads = None
         with anyio.CancelScope(shield=True):
             failure = await anyio.to_thread.run_sync(self._folder.close)
         if report and failure is not None and self._folder.writer is not None:
@@ -324,14 +346,14 @@ class Saver:
     async def _in_thread(self, func: Callable[..., _T], *args: Any) -> _T:
         """``func(*args)`` in a worker thread, waited for whatever cancellation comes.
 
-        Under asyncio, on the loop's executor; otherwise anyio's worker threads. Either way, as
+        Under asyncio, on the batch's own threads; otherwise anyio's worker threads. Either way, as
         anyio's ``run_sync`` does, the call cannot be abandoned: the thread would go on writing
         a paid image whose outcome must not be lost.
         """
-        loop = self._loop
-        if loop is None:
+        loop, threads = self._loop, self._threads
+        if loop is None or threads is None:
             return await anyio.to_thread.run_sync(func, *args)
-        future = loop.run_in_executor(None, func, *args)
+        future = loop.run_in_executor(threads, func, *args)
         with anyio.CancelScope(shield=True):
             await future
         return future.result()
