@@ -115,3 +115,39 @@ async def test_a_save_whose_deadline_passes_while_its_thread_writes_records_the_
     assert server.fake.stats.generations == 1
     [entry] = row["files"]
     assert (tmp_path / entry["path"]).stat().st_size == entry["bytes"]
+
+
+async def test_as_many_saves_write_at_once_as_download_concurrency_allows(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More than a small machine's default executor has threads (min(32, cores + 4)).
+    allowed = 16
+    server = serve()
+    real_write = manifest_module.write_images
+    together = threading.Condition()
+    inside, most = 0, 0
+
+    def write_images(folder: Path, named: list[tuple[str, bytes]]) -> Any:
+        nonlocal inside, most
+        with together:
+            inside += 1
+            most = max(most, inside)
+            together.notify_all()
+            # Each waits until every save allowed at once is writing (or gives up).
+            together.wait_for(lambda: most >= allowed, timeout=10)
+            inside -= 1
+        return real_write(folder, named)
+
+    monkeypatch.setattr(save_module, "write_images", write_images)
+    async with fake_client(server, KEY) as client:
+        batch = client.images.generate_many(
+            [f"prompt {i}" for i in range(allowed)],
+            output_dir=tmp_path,
+            concurrency=allowed,
+            download_concurrency=allowed,
+            rps=None,
+        )
+        summary = await batch.run()
+
+    assert most == allowed
+    assert summary.ok == allowed == len(rows(tmp_path)) == server.fake.stats.generations
