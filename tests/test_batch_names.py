@@ -70,6 +70,12 @@ def test_safe_path_refuses_names_that_escape() -> None:
         safe_path(Path("out"), "sub/dir.png")
 
 
+@pytest.mark.parametrize("name", ["", ".", "..", "a\0b.png", "/etc/passwd"])
+def test_safe_path_refuses_names_that_are_not_one_plain_name(name: str) -> None:
+    with pytest.raises(ValueError, match="outside"):
+        safe_path(Path("out"), name)
+
+
 def test_safe_path_joins_a_plain_name_without_resolving_any_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
