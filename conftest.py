@@ -7,6 +7,9 @@ one at a time, except where tests share state that only exists in one process:
 - a documentation page's examples run in order in one namespace (Sybil), so a page is one unit;
 - the browser tests share one headless Chromium (a module fixture, ~2 s to start).
 
+Temporary files (``tmp_path``, and the temp files of the CLI processes the tests start) go to
+memory where Linux offers it: see `temp_files_in_memory`.
+
 xdist's own ``xdist_group`` marker would say this, but with pytest 9.2 and xdist 3.8 the group
 is silently ignored (xdist renames ``item._nodeid``, which pytest 9.2 no longer reads).
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,6 +51,52 @@ def _rewrite_only_the_suites_own_asserts() -> None:
 
 
 _rewrite_only_the_suites_own_asserts()
+
+#: Where Linux keeps a tmpfs for everyone (sticky and world-writable, like /tmp).
+SHM = Path("/dev/shm")  # noqa: S108 - what /tmp is for the suite; see temp_files_in_memory
+#: Below this much free memory there, temporary files stay where they were.
+SHM_MIN_FREE = 1 << 30
+
+
+def memory_tempdir(mounts: Path = Path("/proc/mounts"), shm: Path = SHM) -> Path | None:
+    """``/dev/shm`` if it is a writable, sticky tmpfs with a GiB free, else ``None``."""
+    try:
+        table = mounts.read_text()
+        info = shm.stat()
+        free = os.statvfs(shm)
+    except OSError:  # not Linux, or no /dev/shm
+        return None
+    rows = (line.split() for line in table.splitlines())
+    tmpfs = any(row[1:3] == [str(shm), "tmpfs"] for row in rows)
+    sticky = bool(info.st_mode & 0o1000)
+    room = free.f_bavail * free.f_frsize >= SHM_MIN_FREE
+    return shm if tmpfs and sticky and room and os.access(shm, os.W_OK | os.X_OK) else None
+
+
+def temp_files_in_memory() -> None:
+    """Point ``TMPDIR`` at a tmpfs for this run (pytest's ``tmp_path``, and child processes).
+
+    The suite creates tens of thousands of small files (images, manifests, locks) and deletes
+    them again. Where /tmp is a disk file system every creation waits on its journal: 2,000
+    files took 2.2 s of wall time and 0.69 s of system CPU on this machine's ext4 /tmp, 0.18 s
+    and 0.02 s on /dev/shm. Over the whole suite (A/B, same sitting): system CPU 16.6 s -> 8.4 s,
+    and 13% less time waiting in tests. Nothing a test proves depends on the disk: fsync is
+    still called everywhere (a no-op on tmpfs, as the test process's own already skips the
+    flush), and the crash tests kill processes, which loses what a process had not written, on
+    any file system, never what the kernel holds.
+
+    A ``TMPDIR`` the user set is kept (so is ``--basetemp``); set ``TMPDIR=/tmp`` to run on
+    disk. Workers and child processes inherit it from the environment.
+    """
+    if "TMPDIR" in os.environ:
+        return
+    memory = memory_tempdir()
+    if memory is not None:
+        os.environ["TMPDIR"] = str(memory)
+        tempfile.tempdir = None  # gettempdir() looks again
+
+
+temp_files_in_memory()
 
 #: Node id prefixes whose tests must run on one worker, each prefix's tests together.
 ONE_WORKER = ("docs/", "tests/test_gallery_browser.py")
