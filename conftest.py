@@ -16,6 +16,7 @@ is silently ignored (xdist renames ``item._nodeid``, which pytest 9.2 no longer 
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -97,6 +98,27 @@ def temp_files_in_memory() -> None:
 
 
 temp_files_in_memory()
+
+
+def _leave_long_lived_objects_out_of_gc() -> None:
+    """Move every object alive now to the garbage collector's permanent generation.
+
+    Each xdist worker holds ~190,000 objects after collection (pytest, hypothesis,
+    schemathesis, the test modules) that live until it exits, and every full collection walked
+    them all again: ~0.16 s each, 1.1-1.4 s of a worker's CPU over a run (measured with
+    ``gc.callbacks``); after ``gc.freeze()`` the tests' own objects are walked, 0.31 s where
+    0.69 s was (A/B on eleven test files). Objects made by tests are collected as before.
+
+    Not before collection: ``gc.get_referrers`` does not see frozen objects, and Hypothesis,
+    imported by test modules, asks it whether trio's PRNG is referenced (and warned it was not).
+    """
+    gc.freeze()
+
+
+def pytest_collection_finish() -> None:
+    """The test modules and their parameters, now loaded, live as long as the process."""
+    _leave_long_lived_objects_out_of_gc()
+
 
 #: Node id prefixes whose tests must run on one worker, each prefix's tests together.
 ONE_WORKER = ("docs/", "tests/test_gallery_browser.py")
