@@ -16,6 +16,7 @@ is silently ignored (xdist renames ``item._nodeid``, which pytest 9.2 no longer 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
@@ -117,6 +118,10 @@ def _leave_long_lived_objects_out_of_gc() -> None:
 
 def pytest_collection_finish() -> None:
     """The test modules and their parameters, now loaded, live as long as the process."""
+    # Hypothesis's pytest plugin imports it during the run anyway (if no test module did); on
+    # import it registers trio's PRNG and asks gc who refers to it: before the freeze, not after.
+    with contextlib.suppress(ImportError):
+        import hypothesis  # noqa: F401
     _leave_long_lived_objects_out_of_gc()
 
 
