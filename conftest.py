@@ -5,7 +5,8 @@ subprocesses and servers starting, which overlap well. Tests go to whichever wor
 one at a time, except where tests share state that only exists in one process:
 
 - a documentation page's examples run in order in one namespace (Sybil), so a page is one unit;
-- the browser tests share one headless Chromium (a module fixture, ~2 s to start).
+- the browser tests share one headless Chromium (a module fixture, ~2 s to start);
+- and, for speed only, tests sharing a module fixture that is dear to build (`SHARED_FIXTURE`).
 
 Temporary files (``tmp_path``, and the temp files of the CLI processes the tests start) go to
 memory where Linux offers it: see `temp_files_in_memory`.
@@ -127,6 +128,14 @@ def pytest_collection_finish() -> None:
 
 #: Node id prefixes whose tests must run on one worker, each prefix's tests together.
 ONE_WORKER = ("docs/", "tests/test_gallery_browser.py")
+#: Tests that share a module fixture too dear to build on every worker: each prefix's tests go
+#: to one worker (handed out one at a time, the two workers both built it, measured).
+SHARED_FIXTURE = (
+    # griffe loads the whole package (0.5 s of CPU, 1.5 s at load 8).
+    "tests/test_docs_reference.py::",
+    # 1,100 recorded items written and hashed (1.7-2.0 s at load 8 on ext4).
+    "tests/test_batch_resume.py::test_a_resume_checks_its_recorded_items_in_a_few_worker_thread",
+)
 #: mutmut's runs of the unchanged code (``MUTANT_UNDER_TEST``): its stats run, then its clean run.
 MUTMUT_UNCHANGED_RUNS = ("stats", "")
 
@@ -160,8 +169,13 @@ def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
 
     class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.startswith(ONE_WORKER):
-                return nodeid.split("::", 1)[0]  # the file
-            return nodeid  # every other test on its own
+            return work_unit(nodeid)
 
     return Scheduling(config, log)
+
+
+def work_unit(nodeid: str) -> str:
+    """What a test is handed out with: its file, its group of tests, or itself alone."""
+    if nodeid.startswith(ONE_WORKER):
+        return nodeid.split("::", 1)[0]  # the file
+    return next((group for group in SHARED_FIXTURE if nodeid.startswith(group)), nodeid)

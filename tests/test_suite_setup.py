@@ -125,3 +125,25 @@ def test_what_was_loaded_before_the_tests_is_left_out_of_garbage_collection() ->
     # Full collections walked the ~190,000 objects of the plugins and test modules each time.
     assert gc.get_freeze_count() > 10_000
     assert not any(objects is globals() for objects in gc.get_objects(generation=2))
+
+
+def test_tests_sharing_a_dear_module_fixture_are_handed_out_together(
+    root_conftest: ModuleType,
+) -> None:
+    unit = root_conftest.work_unit
+    resume = "tests/test_batch_resume.py::test_a_resume_checks_its_recorded_items_in_a_few_worker"
+
+    assert unit("docs/batch.md::line:14,column:1") == "docs/batch.md"
+    assert unit("tests/test_gallery_browser.py::test_x") == "tests/test_gallery_browser.py"
+    assert unit(f"{resume}_thread_calls[trio-True-False]") == unit(
+        f"{resume}_thread_calls[asyncio-False-True]"
+    )
+    assert unit("tests/test_docs_reference.py::test_a") == unit("tests/test_docs_reference.py::b")
+    assert unit("tests/test_batch_resume.py::test_other[trio]") == (
+        "tests/test_batch_resume.py::test_other[trio]"
+    )
+    # Every group names tests that exist: a renamed test would silently leave its group.
+    root = Path(__file__).resolve().parents[1]
+    for group in root_conftest.SHARED_FIXTURE:
+        path, _, test = group.partition("::")
+        assert f"def {test}" in (root / path).read_text(), group
