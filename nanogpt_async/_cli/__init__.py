@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
+from nanogpt_async._cli._startup import collect_less_often, collector_paused
+
 if TYPE_CHECKING:
     from types import ModuleType
 
@@ -27,11 +29,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line; exits the process with the documented exit code."""
     _skip_httpx_command_line()
     try:
-        from nanogpt_async._cli._commands import cli
+        with collector_paused():
+            from nanogpt_async._cli._commands import cli
     except ImportError as exc:  # pragma: no cover - depends on what is installed
         missing = exc.name or "click"
         sys.stderr.write(f"error: the command line needs {missing!r}: {INSTALL_HINT}\n")
         sys.exit(2)
+    collect_less_often()
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="nanogpt-async")
     finally:

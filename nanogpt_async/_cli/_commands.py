@@ -34,6 +34,7 @@ from nanogpt_async._cli._common import (
     output,
     run_async,
 )
+from nanogpt_async._cli._startup import collector_paused, import_http_stack
 from nanogpt_async._errors import ImageError, ShardError
 from nanogpt_async._sniff import checked_image
 from nanogpt_async._version import package_version
@@ -744,12 +745,14 @@ def batch(
       nanogpt-async batch prompts.txt -o out/ --model flux-schnell --max-cost 5
       cat prompts.jsonl | nanogpt-async batch - -o out/ -f url
     """
-    from nanogpt_async._cli._batchrun import (
-        BatchSettings,
-        prompt_items,
-        run_batch,
-    )
+    with collector_paused():  # a batch's modules and its HTTP stack: see _startup
+        from nanogpt_async._cli._batchrun import (
+            BatchSettings,
+            prompt_items,
+            run_batch,
+        )
 
+        import_http_stack()
     chosen = None
     if shard is not None:
         try:
