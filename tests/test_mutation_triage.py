@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,30 @@ def _leaves(exc: BaseException) -> list[tuple[type[BaseException], int | None]]:
     if isinstance(inner, tuple):
         return [leaf for each in inner for leaf in _leaves(each)]
     return [(type(exc), getattr(exc, "errno", None))]
+
+
+@pytest.mark.parametrize("rewritten", [False, True], ids=["stamps-unchanged", "files-rehashed"])
+async def test_a_budget_stop_counts_its_chunks_earlier_items_skipped_hashed_or_not(
+    serve: Serve, tmp_path: Path, *, rewritten: bool
+) -> None:
+    # The first item of the chunk is new and the budget ($0) refuses it; the two after it were
+    # done before. They count as skipped whether their files are known intact from their
+    # recorded stamps or had to be hashed (touched since: same bytes, new stamp).
+    server = serve()
+    async with fake_client(server, KEY) as client:
+        await client.images.generate_many(["one", "two"], output_dir=tmp_path, rps=None).run()
+        if rewritten:
+            _touch_images(tmp_path)
+        summary = await client.images.generate_many(
+            ["new", "one", "two"], output_dir=tmp_path, rps=None, max_cost=0
+        ).run()
+    assert summary.stopped_reason == "budget"
+    assert (summary.total, summary.skipped, summary.ok, summary.not_started) == (3, 2, 0, 1)
+    assert server.fake.stats.generations == 2  # the first run's
+
+
+def _touch_images(folder: Path) -> None:
+    """Give every image a new modification time: the same bytes, a new stamp."""
+    for image in folder.glob("*.png"):
+        stat = image.stat()
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
