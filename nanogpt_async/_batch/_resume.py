@@ -74,7 +74,7 @@ class Resume:
         """``job``, or its ``skipped`` result when an earlier run did it (checked in a thread)."""
         if self._recorded is None:
             return job
-        [recorded] = await anyio.to_thread.run_sync(self._earlier_runs, [job.id])
+        [recorded] = await anyio.to_thread.run_sync(self._earlier_runs, self._recorded, [job.id])
         return job if recorded is None else self._skipped_result(job, recorded)
 
     def _skipped_result(self, job: Job, recorded: RecordedItem) -> ItemResult:
@@ -89,15 +89,15 @@ class Resume:
             request_id=recorded.request_id,
         )
 
-    def _earlier_runs(self, item_ids: Sequence[str]) -> list[RecordedItem | None]:
+    def _earlier_runs(
+        self, recorded: ManifestIndex, item_ids: Sequence[str]
+    ) -> list[RecordedItem | None]:
         """What an earlier run did that this one should not redo, per id (blocking: a thread).
 
         ``None`` when the item must run: never recorded, recorded failed with ``retry_failed``,
         or recorded ok but a file has gone or changed since (size, then stamp or SHA-256).
         """
-        if self._recorded is None:
-            return [None] * len(item_ids)
-        return self._recorded.finished(self._folder, item_ids, retry_failed=self._retry_failed)
+        return recorded.finished(self._folder, item_ids, retry_failed=self._retry_failed)
 
     def triage(
         self,
@@ -117,6 +117,9 @@ class Resume:
         Items this process does not do (``owns``: another shard's) are prepared (their ids
         count) but not looked up.
         """
+        recorded = self._recorded
+        # Only an active resume triages (`Batch._produce_resumed`): no branch for "no records".
+        assert recorded is not None  # noqa: S101 - for the type checker
         outcomes: list[Triaged] = []
         looked_up: list[tuple[int, Job]] = []
         for offset, entry in enumerate(entries):
@@ -131,16 +134,17 @@ class Resume:
                 looked_up.append((len(outcomes), prepared))
             outcomes.append(prepared)
         if looked_up and not wanted:
-            looked_up = self._skip_intact(looked_up, outcomes)
+            looked_up = self._skip_intact(recorded, looked_up, outcomes)
         if looked_up:
-            found = self._earlier_runs([job.id for _, job in looked_up])
-            for (position, job), recorded in zip(looked_up, found, strict=True):
-                if recorded is not None:
-                    outcomes[position] = self._skipped_result(job, recorded) if wanted else SKIPPED
+            found = self._earlier_runs(recorded, [job.id for _, job in looked_up])
+            for (position, job), earlier in zip(looked_up, found, strict=True):
+                if earlier is not None:
+                    outcomes[position] = self._skipped_result(job, earlier) if wanted else SKIPPED
         return outcomes
 
+    @staticmethod
     def _skip_intact(
-        self, looked_up: list[tuple[int, Job]], outcomes: list[Triaged]
+        recorded: ManifestIndex, looked_up: list[tuple[int, Job]], outcomes: list[Triaged]
     ) -> list[tuple[int, Job]]:
         """Skip what the index found intact as it was built; the items still to check.
 
@@ -148,9 +152,7 @@ class Resume:
         answers from memory (`ManifestIndex.intact`), and only the rest is looked up in the
         manifest and checked against its files.
         """
-        if self._recorded is None:
-            return looked_up
-        intact = self._recorded.intact([job.id for _, job in looked_up])
+        intact = recorded.intact([job.id for _, job in looked_up])
         for (position, _), done in zip(looked_up, intact, strict=True):
             if done:
                 outcomes[position] = SKIPPED
