@@ -1,0 +1,79 @@
+"""A resume's input chunks: rules mutation testing found unpinned.
+
+An in-memory input is read on the event loop for at most ``fair_share`` seconds at a time,
+the clock read every 16 entries; an entry naming input images ends its chunk, whatever the
+spelling of the entry (a dict, any other mapping, a `BatchItem` with its fields in
+``params``). The clock here is a fake one that moves only as entries are read.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from nanogpt_async import BatchItem
+from nanogpt_async._batch import _chunks
+from nanogpt_async._batch._chunks import InputChunks
+
+
+class EntryClock:
+    """A monotonic clock that moves one second per entry read, and never otherwise."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def entries(self, count: int) -> Iterator[int]:
+        for entry in range(count):
+            self.now += 1.0
+            yield entry
+
+
+async def chunk_sizes(chunks: InputChunks) -> list[int]:
+    sizes = []
+    while not chunks.ended:
+        chunk, failure = await chunks.next()
+        assert failure is None
+        sizes.append(len(chunk))
+    return sizes
+
+
+async def test_a_sync_input_is_read_for_its_fair_share_the_clock_read_every_16_entries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = EntryClock()
+    monkeypatch.setattr(_chunks, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    # 32 s of reading allowed per chunk at 1 s an entry: after 16 entries 16 s have passed,
+    # after 32 exactly 32 (not past it), after 48, 48: the chunk ends there, on a clock read.
+    async with InputChunks(clock.entries(100), size=1000, fair_share=32.0) as chunks:
+        assert await chunk_sizes(chunks) == [48, 48, 4]
+
+
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
+
+
+@pytest.mark.parametrize(
+    "heavy",
+    [
+        {"prompt": "p", "image": IMAGE},
+        types.MappingProxyType({"prompt": "p", "mask": IMAGE}),
+        BatchItem("p", params={"images": [IMAGE]}),
+        BatchItem("p", params=types.MappingProxyType({"image": IMAGE})),
+    ],
+    ids=["dict", "mapping", "batch-item", "batch-item-mapping-params"],
+)
+async def test_an_entry_naming_input_images_ends_its_chunk_however_it_is_spelled(
+    heavy: Any,
+) -> None:
+    plain = [{"prompt": "a"}, BatchItem("b"), "c", types.MappingProxyType({"prompt": "d"})]
+    entries = iter([plain[0], heavy, *plain[1:]])
+    async with InputChunks(entries, size=100, fair_share=60.0) as chunks:
+        first, _ = await chunks.next()
+        rest, _ = await chunks.next()
+    assert first == [plain[0], heavy]
+    assert rest == plain[1:]
