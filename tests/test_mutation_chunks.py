@@ -9,14 +9,14 @@ spelling of the entry (a dict, any other mapping, a `BatchItem` with its fields 
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from nanogpt_async import BatchItem
 from nanogpt_async._batch import _chunks
-from nanogpt_async._batch._chunks import InputChunks
+from nanogpt_async._batch._chunks import ChunkedInput, InputChunks
 
 
 class EntryClock:
@@ -77,3 +77,18 @@ async def test_an_entry_naming_input_images_ends_its_chunk_however_it_is_spelled
         rest, _ = await chunks.next()
     assert first == [plain[0], heavy]
     assert rest == plain[1:]
+
+
+async def test_a_chunked_input_read_one_entry_at_a_time_then_hands_over_the_rest_of_its_list() -> (
+    None
+):
+    async def lists() -> AsyncIterator[list[str]]:
+        yield ["a", "b", "c"]
+        yield ["d"]
+
+    entries = ChunkedInput(lists())
+    assert await entries.__anext__() == "a"
+    assert await entries.next_chunk() == ["b", "c"]  # the rest of the list, not the next one
+    assert await entries.next_chunk() == ["d"]
+    with pytest.raises(StopAsyncIteration):
+        await entries.next_chunk()
