@@ -147,3 +147,35 @@ def _touch_images(folder: Path) -> None:
     for image in folder.glob("*.png"):
         stat = image.stat()
         os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="lists descriptors in /proc")
+async def test_a_resume_checking_its_files_chunk_by_chunk_leaves_no_descriptor_of_the_folder(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each chunk's check opens the folder once (its files are looked up relative to it): a
+    # million-item resume makes about a thousand such checks, so each must close what it opened.
+    monkeypatch.setattr(_resume, "_TRIAGE_CHUNK", 8)
+    server = serve()
+    prompts = [f"prompt {i}" for i in range(30)]
+    async with fake_client(server, KEY) as client:
+        await client.images.generate_many(prompts, output_dir=tmp_path, rps=None).run()
+        batch = client.images.generate_many(prompts, output_dir=tmp_path, rps=None)
+        async with batch:  # results read: every chunk is looked up and its files checked
+            statuses = [result.status async for result in batch]
+    assert statuses == ["skipped"] * 30
+    assert _descriptors_of(tmp_path) == []
+    assert server.fake.stats.generations == 30  # the first run's, none again
+
+
+def _descriptors_of(folder: Path) -> list[str]:
+    """This process's open descriptors of ``folder`` itself."""
+    target = folder.resolve()
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            if fd.readlink() == target:
+                found.append(fd.name)
+        except OSError:  # closed since it was listed
+            continue
+    return found
