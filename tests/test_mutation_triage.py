@@ -179,3 +179,27 @@ def _descriptors_of(folder: Path) -> list[str]:
         except OSError:  # closed since it was listed
             continue
     return found
+
+
+@pytest.mark.parametrize("skipped_results", [True, False], ids=["results-read", "run"])
+async def test_a_record_whose_file_entry_is_not_an_object_is_generated_again(
+    serve: Serve, tmp_path: Path, *, skipped_results: bool
+) -> None:
+    # Hand-edited or written by something else: "files" names the image as a bare string. The
+    # record cannot be trusted, so the item runs again (both ways a resume checks records).
+    server = serve()
+    async with fake_client(server, KEY) as client:
+        await client.images.generate_many(["a fox"], output_dir=tmp_path, rps=None).run()
+        _rewrite_files_as_bare_names(tmp_path / "manifest.jsonl")
+        summary = await client.images.generate_many(
+            ["a fox"], output_dir=tmp_path, rps=None, skipped_results=skipped_results
+        ).run()
+    assert (summary.ok, summary.skipped) == (1, 0)
+    assert server.fake.stats.generations == 2
+
+
+def _rewrite_files_as_bare_names(manifest: Path) -> None:
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for row in rows:
+        row["files"] = [entry["path"] for entry in row["files"]]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
