@@ -8,7 +8,9 @@ spelling of the entry (a dict, any other mapping, a `BatchItem` with its fields 
 
 from __future__ import annotations
 
+import gc
 import types
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -92,3 +94,22 @@ async def test_a_chunked_input_read_one_entry_at_a_time_then_hands_over_the_rest
     assert await entries.next_chunk() == ["d"]
     with pytest.raises(StopAsyncIteration):
         await entries.next_chunk()
+
+
+async def test_an_async_inputs_read_ahead_stream_is_closed_when_its_chunks_are_left() -> None:
+    # Left unclosed, the stream warns when it is collected (a ResourceWarning: an error for
+    # anyone running with -W error).
+    async def entries() -> AsyncIterator[int]:
+        for entry in range(10):
+            yield entry
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chunks = InputChunks(entries(), size=4, fair_share=60.0)
+        async with chunks:
+            first, _ = await chunks.next()  # the reader waits with more to hand over
+        stream = f"{id(chunks._receive):x}"
+        del chunks
+        gc.collect()
+    assert first
+    assert [str(w.message) for w in caught if stream in str(w.message)] == []
