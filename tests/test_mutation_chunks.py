@@ -14,6 +14,7 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import pytest
 
 from nanogpt_async import BatchItem
@@ -98,7 +99,8 @@ async def test_a_chunked_input_read_one_entry_at_a_time_then_hands_over_the_rest
 
 async def test_an_async_inputs_read_ahead_stream_is_closed_when_its_chunks_are_left() -> None:
     # Left unclosed, the stream warns when it is collected (a ResourceWarning: an error for
-    # anyone running with -W error).
+    # anyone running with -W error). Closed before the reader stopped, the reader's next send
+    # raised BrokenResourceError out of the batch (under trio).
     async def entries() -> AsyncIterator[int]:
         for entry in range(10):
             yield entry
@@ -107,9 +109,37 @@ async def test_an_async_inputs_read_ahead_stream_is_closed_when_its_chunks_are_l
         warnings.simplefilter("always")
         chunks = InputChunks(entries(), size=4, fair_share=60.0)
         async with chunks:
-            first, _ = await chunks.next()  # the reader waits with more to hand over
+            await anyio.wait_all_tasks_blocked()  # the reader filled the buffer, holds a fifth
+            # Taking a chunk hands the reader room: it is about to send again as the chunks
+            # are left (under trio, cancelling it then reaches it only at its next wait).
+            first, _ = await chunks.next()
         stream = f"{id(chunks._receive):x}"
         del chunks
         gc.collect()
     assert first
     assert [str(w.message) for w in caught if stream in str(w.message)] == []
+
+
+class FailingLists:
+    """Lists of entries whose every read raises (a bad line), counting the reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __aiter__(self) -> FailingLists:
+        return self
+
+    async def __anext__(self) -> list[str]:
+        self.reads += 1
+        raise ValueError("line 3 of prompts.jsonl is not JSON")
+
+
+async def test_a_chunked_input_that_raised_has_ended_and_is_not_read_again() -> None:
+    lists = FailingLists()
+    async with InputChunks(ChunkedInput(lists), size=4, fair_share=60.0) as chunks:
+        chunk, failure = await chunks.next()
+        assert chunk == []
+        assert isinstance(failure, ValueError)
+        assert chunks.ended is True
+        assert await chunks.next() == ([], None)
+    assert lists.reads == 1
