@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import hashlib
 
-from nanogpt_async._batch._names import IdentityCounter, public_body, request_digest
+from nanogpt_async._batch._names import (
+    _SLUG_MAX,
+    IdentityCounter,
+    public_body,
+    request_digest,
+    slugify,
+)
 
 
 def digest_of(url: str) -> str:
@@ -75,3 +81,10 @@ def test_ids_of_a_long_input_are_those_of_the_release_that_wrote_the_manifest() 
     assert all(not item_id.endswith("-0") for item_id in ids[30_000:])
     pinned = "26d3c83cfd47eaa9b750beae192df60ef8cabefba4c87fe3612f6bad40adf09e"
     assert hashlib.sha256("\n".join(ids).encode()).hexdigest() == pinned
+
+
+def test_a_slug_cut_at_its_maximum_length_does_not_end_in_a_hyphen() -> None:
+    # The cut falls right after a word: the hyphen that joined it to the next word goes too.
+    words = "x" * (_SLUG_MAX - 1) + " and more"
+    assert slugify(words) == "x" * (_SLUG_MAX - 1)
+    assert slugify("  --a fox--  ") == "a-fox"
