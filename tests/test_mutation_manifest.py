@@ -324,3 +324,17 @@ def test_an_ids_check_bits_depend_on_the_id() -> None:
     # the same for every id would tell nothing apart.
     checks = {manifest_module._id_check(f"item-{i}") for i in range(100)}
     assert len(checks) > 90  # 100 ids in 2**32 values: all distinct but by a rare chance
+
+
+def test_an_image_written_but_not_stat_able_afterwards_is_recorded_without_a_stamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without a stamp a resume hashes the file instead of trusting it unchanged.
+    def unstatable(_: object) -> tuple[int, int, int]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(manifest_module, "_stamp_of", unstatable)
+    [entry] = write_images(tmp_path, [("a.png", b"paid image")])
+    assert entry.stamp is None
+    assert (entry.path, entry.bytes) == ("a.png", 10)
+    assert (tmp_path / "a.png").read_bytes() == b"paid image"
