@@ -23,6 +23,7 @@ from nanogpt_async._batch._manifest import (
     read_manifest,
     write_images,
 )
+from nanogpt_async._batch._shards import Shard
 from tests._counting import hash_counter
 
 
@@ -338,3 +339,13 @@ def test_an_image_written_but_not_stat_able_afterwards_is_recorded_without_a_sta
     assert entry.stamp is None
     assert (entry.path, entry.bytes) == ("a.png", 10)
     assert (tmp_path / "a.png").read_bytes() == b"paid image"
+
+
+def test_a_shards_sweep_removes_its_own_temp_files_and_leaves_the_others(tmp_path: Path) -> None:
+    mine = tmp_path / ".000005-a-fox-1234-0.png.abcd.nanogpt-tmp"
+    theirs = tmp_path / ".000006-a-fox-1234-0.png.abcd.nanogpt-tmp"
+    for path in (mine, theirs):
+        path.write_bytes(b"half an image")
+    assert manifest_module.sweep_temp_files(tmp_path, Shard(1, 4).owns_temp_file) == 1
+    assert not mine.exists()
+    assert theirs.exists()  # another shard may be writing it right now

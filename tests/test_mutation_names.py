@@ -8,12 +8,16 @@ the manifest replaces input images by a placeholder whose parts say what the ima
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
+
+import pytest
 
 from nanogpt_async._batch._names import (
     _SLUG_MAX,
     IdentityCounter,
     public_body,
     request_digest,
+    safe_path,
     slugify,
 )
 
@@ -88,3 +92,18 @@ def test_a_slug_cut_at_its_maximum_length_does_not_end_in_a_hyphen() -> None:
     words = "x" * (_SLUG_MAX - 1) + " and more"
     assert slugify(words) == "x" * (_SLUG_MAX - 1)
     assert slugify("  --a fox--  ") == "a-fox"
+
+
+@pytest.mark.parametrize("name", ["..", "a\0b.png", "sub/../a.png", "./a.png"])
+def test_a_file_name_that_is_not_a_plain_name_in_the_folder_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    # The belt to image_file_name's braces, and the gallery's check of names read from a
+    # manifest: the parent folder, a NUL, and any directory part (even one leading back in).
+    with pytest.raises(ValueError, match="outside the output folder") as refused:
+        safe_path(tmp_path, name)
+    assert str(tmp_path.resolve()) in str(refused.value)  # says which folder
+
+
+def test_a_plain_name_is_kept_in_the_folder(tmp_path: Path) -> None:
+    assert safe_path(tmp_path, "000001-a-fox-0.png") == tmp_path / "000001-a-fox-0.png"
