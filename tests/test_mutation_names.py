@@ -82,6 +82,9 @@ def test_ids_of_a_long_input_are_those_of_the_release_that_wrote_the_manifest() 
     ids = [counter.next_id(digest) for digest in digests + digests[::997] + digests[-40:]]
     assert len(set(ids)) == len(ids)
     assert sum(item_id.endswith("-1") for item_id in ids[:30_000]) == 110  # 0.37%: below 1%
+    # Each layer holds exactly its capacity (8,192, then twice as many) before the next one
+    # starts: 29,890 first occurrences remembered, 8,192 + 16,384 + 5,314.
+    assert (len(counter._layers), counter._in_layer) == (3, 5314)
     assert all(not item_id.endswith("-0") for item_id in ids[30_000:])
     pinned = "26d3c83cfd47eaa9b750beae192df60ef8cabefba4c87fe3612f6bad40adf09e"
     assert hashlib.sha256("\n".join(ids).encode()).hexdigest() == pinned
