@@ -19,7 +19,9 @@ import pytest
 from nanogpt_async._batch import _manifest as manifest_module
 from nanogpt_async._batch._chunks import ChunkedInput
 from nanogpt_async._batch._manifest import FileEntry, ManifestWriter, read_manifest
+from nanogpt_async._batch._prepare import Preparer
 from nanogpt_async._batch._resume import Resume
+from nanogpt_async._errors import RepeatedIdError
 from tests._counting import hop_counter, open_counter
 from tests._serving import Serve, fake_client, fake_servers
 
@@ -230,3 +232,51 @@ async def test_a_chunked_input_runs_one_entry_at_a_time_without_a_manifest(
             results = sorted([(r.index, r.status) async for r in batch])
     assert results == [(0, "ok"), (1, "ok"), (2, "ok")]
     assert server.fake.stats.generations_by_prompt == {"a red fox": 1, "a blue jay": 1, "a wren": 1}
+
+
+async def test_a_resume_that_discards_results_prepares_a_request_only_for_the_items_it_runs(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve()
+    items = _recorded_items(tmp_path, 40)
+    (tmp_path / "item-7.png").unlink()  # recorded, its file gone: runs again
+    items[3]["prompt"] = "  "  # recorded, now blank: fails unsent, as any blank prompt
+    items[5]["prompt"] = "caf\u00e9 \ud800"  # recorded, now a lone surrogate: fails unsent
+    items[6]["prompt"] = "caf\u00e9"  # recorded, not ASCII: skipped all the same
+    items.append({"id": "new-1", "prompt": "new one"})
+    items.append({"prompt": "new without an id"})
+    made = []
+    real = Preparer.plain_job
+
+    def counted(entry: Any, index: int, user_id: str) -> Any:
+        made.append(user_id)
+        return real(entry, index, user_id)
+
+    monkeypatch.setattr(Preparer, "plain_job", staticmethod(counted))
+    async with fake_client(server, KEY) as client:
+        summary = await client.images.generate_many(items, output_dir=tmp_path, rps=None).run()
+    assert (summary.ok, summary.failed, summary.skipped) == (3, 2, 37)
+    assert sorted(made) == ["item-7", "new-1"]  # no job for the 37 skipped
+    assert server.fake.stats.generations_by_prompt == {
+        "recorded 7": 1,
+        "new one": 1,
+        "new without an id": 1,
+    }
+    assert summary.cost == pytest.approx(server.fake.stats.charged_usd)
+
+
+async def test_a_repeated_id_stops_a_resume_that_discards_results_where_it_stands(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+    items = _recorded_items(tmp_path, 10)
+    items.insert(6, {"id": "new-1", "prompt": "new one"})
+    items.insert(8, {"id": "item-2", "prompt": "recorded 2 again"})
+    async with fake_client(server, KEY) as client:
+        batch = client.images.generate_many(items, output_dir=tmp_path, rps=None)
+        with pytest.raises(RepeatedIdError, match="item 8 has the id 'item-2' of item 2"):
+            await batch.run()
+    # The items before the repeat are skipped; the new one may or may not have had its turn.
+    assert batch.summary.skipped == 7
+    assert server.fake.stats.generations == batch.summary.ok <= 1
+    assert "recorded 2 again" not in server.fake.stats.generations_by_prompt

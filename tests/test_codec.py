@@ -7,11 +7,12 @@ import json
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from nanogpt_async import AsyncNanoGPT
+from nanogpt_async import AsyncNanoGPT, _codec
 from nanogpt_async._codec import loads, loads_generations
 from nanogpt_async.testing import FakeNanoGPT
 
@@ -141,3 +142,134 @@ async def test_request_bodies_encode_the_same_and_big_ones_leave_the_loop(monkey
 
     assert json.loads(encoded) == body
     assert offloaded == ([_codec.dumps] if size > _codec.OFFLOAD_THRESHOLD else [])
+
+
+def _big_answer(images: int, size: int = 600_000, **extra: Any) -> bytes:
+    text = base64.b64encode(bytes(range(256)) * (size // 256)).decode()
+    body = {"created": 1, "data": [{"b64_json": text} for _ in range(images)], **extra}
+    return json.dumps(body).encode()
+
+
+def _received(raw: bytes, chunk: int = 64 * 1024) -> list[bytes]:
+    return [raw[i : i + chunk] for i in range(0, len(raw), chunk)]
+
+
+@pytest.fixture
+def offloaded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the functions sent to a worker thread."""
+    names: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def spy(func: Any, *args: Any) -> Any:
+        names.append(func.__name__)
+        return await real(func, *args)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", spy)
+    return names
+
+
+async def test_a_big_answer_goes_to_a_worker_thread_only_to_be_joined(offloaded):
+    # Work that holds the GIL (finding the strings, making str objects, parsing the rest) stalls
+    # the event loop more from a worker thread than on the loop itself (benchmark W4): only the
+    # join, a copy made without the GIL, leaves the loop.
+    raw = _big_answer(images=4)
+
+    payload = await _codec.loads_chunks_maybe_offloaded(_received(raw))
+
+    assert payload == json.loads(raw)
+    assert offloaded == ["_join"]
+
+
+async def test_an_answer_under_a_mebibyte_is_joined_and_parsed_on_the_loop(offloaded):
+    # bytes.join holds the GIL below 1 MiB: a worker thread would only add its hop.
+    raw = _big_answer(images=1)
+    assert _codec.OFFLOAD_THRESHOLD < len(raw) < 1024 * 1024
+
+    payload = await _codec.loads_chunks_maybe_offloaded(_received(raw))
+
+    assert payload == json.loads(raw)
+    assert offloaded == []
+
+
+async def test_a_generation_with_big_images_leaves_the_loop_only_to_join_and_decode(offloaded):
+    fake = FakeNanoGPT(api_key="k", image_bytes=600_000)
+    with fake.run_in_thread() as server:
+        async with AsyncNanoGPT(api_key="k", base_url=server.base_url) as client:
+            response = await client.images.generate(prompt="big", n=2)
+            answered = list(offloaded)
+            images = [await image.read() for image in response.data]
+
+    assert answered == ["_join"]
+    assert offloaded == ["_join", "b64decode", "b64decode"]
+    assert all(image.startswith(b"\x89PNG") for image in images)
+
+
+async def test_a_big_answer_is_parsed_letting_other_tasks_run_before_each_image(monkeypatch):
+    # At most one image's base64 string is made between two turns of the event loop: a loop
+    # given a whole 16 MB answer to parse at once stalls for its whole parse.
+    raw = _big_answer(images=4)
+    events: list[str] = []
+    real_text, real_turn = _codec._text, anyio.lowlevel.cancel_shielded_checkpoint
+
+    def text(ascii_bytes: memoryview) -> str:
+        events.append("image")
+        return real_text(ascii_bytes)
+
+    async def turn() -> None:
+        events.append("turn")
+        await real_turn()
+
+    monkeypatch.setattr(_codec, "_text", text)
+    monkeypatch.setattr(anyio.lowlevel, "cancel_shielded_checkpoint", turn)
+
+    payload = await _codec.loads_chunks_maybe_offloaded(_received(raw))
+
+    assert payload == json.loads(raw)
+    assert events.count("image") == 4
+    assert "image, image" not in ", ".join(events)
+
+
+@pytest.mark.parametrize(
+    ("raw", "in_threads"),
+    [
+        # An answer written with a NUL escape of its own: the whole of it is parsed plainly.
+        (_big_answer(images=2, note="a\u0000b"), ["_join", "loads"]),
+        # A base64 string with an escape in it: the same.
+        (_big_answer(images=2).replace(b'": "', b'": "\\/', 1), ["_join", "loads"]),
+        # An escape elsewhere is no reason to.
+        (_big_answer(images=2).replace(b'"created"', b'"x": "\\/", "created"'), ["_join"]),
+    ],
+)
+async def test_a_big_unusual_answer_parses_as_the_stdlib_does_its_plain_parse_in_a_thread(
+    offloaded, raw, in_threads
+):
+    assert await _codec.loads_chunks_maybe_offloaded(_received(raw)) == json.loads(raw)
+    assert offloaded == in_threads
+
+
+@pytest.mark.parametrize("cut", [2, 5])  # the answer's end; or into its last base64 string
+async def test_a_big_answer_that_is_not_json_is_a_value_error(cut):
+    raw = _big_answer(images=2)[:-cut]
+
+    with pytest.raises(json.JSONDecodeError):  # the channel: "a body that is not JSON"
+        await _codec.loads_chunks_maybe_offloaded(_received(raw))
+
+
+async def test_a_big_answer_received_is_parsed_to_its_end_though_cancelled_meanwhile(monkeypatch):
+    # The answer is paid for: a cancellation arriving during the parse lands after it.
+    raw = _big_answer(images=4)
+    real_steps = _codec._generation_steps
+    parsed: list[Any] = []
+
+    with anyio.CancelScope() as scope:
+
+        def cancelling_steps(data: bytes) -> Any:
+            scope.cancel()  # once the body is joined, as the first step starts
+            return (yield from real_steps(data))
+
+        monkeypatch.setattr(_codec, "_generation_steps", cancelling_steps)
+        parsed.append(await _codec.loads_chunks_maybe_offloaded(_received(raw)))
+        await anyio.lowlevel.checkpoint()
+        parsed.append("not cancelled")
+
+    assert parsed == [json.loads(raw)]

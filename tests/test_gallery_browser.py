@@ -82,13 +82,19 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    # Chromium leaves an empty org.chromium.Chromium.* folder in its temp dir on every run:
+    # give it one of the suite's own, removed with the rest of the suite's temporary files.
+    scratch = tmp_path_factory.mktemp("chromium")
     options = Options()
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver = webdriver.Chrome(
+        options=options,
+        service=Service(executable_path=CHROMEDRIVER, env={**os.environ, "TMPDIR": str(scratch)}),
+    )
     driver.set_script_timeout(60)
     try:
         yield driver

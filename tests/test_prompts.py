@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from nanogpt_async import InvalidInputError, PromptFileError, read_prompts
+from nanogpt_async._input import _prompts as prompts_module
 from nanogpt_async._input._prompts import numbered_prompts, prompt_chunks
 
 
@@ -328,3 +329,52 @@ def test_prompt_chunks_can_leave_a_checked_files_ids_unchecked(tmp_path):
     ]
     with pytest.raises(PromptFileError, match="already used on line 1"):
         list(prompt_chunks(str(path)))
+
+
+# -- repeated ids in prompt_chunks' JSONL loop ------------------------------------------------
+
+_REPEATING = (
+    '{"id": 7, "prompt": "a"}\n# a note\n{"id": "x", "prompt": "b"}\n\n'
+    '{"id": "y", "prompt": "c", "model": "m"}\n{"id": "7", "prompt": "d"}\n'
+)
+
+
+def _chunks_until_error(path: Path) -> tuple[list[Any], PromptFileError]:
+    records: list[Any] = []
+
+    def read_all() -> None:
+        for chunk in prompt_chunks(str(path), size=2):
+            records.extend(chunk)
+
+    with pytest.raises(PromptFileError) as caught:
+        read_all()
+    return records, caught.value
+
+
+@pytest.mark.parametrize("small", [True, False])
+def test_a_repeated_id_in_a_jsonl_file_of_any_size_names_both_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, small: bool
+) -> None:
+    if not small:  # ids kept as 96-bit hashes in flat arrays (`RepeatedIds`), not in a set
+        monkeypatch.setattr(prompts_module, "_HASHED_IDS_MAX_BYTES", 10)
+    path = write(tmp_path, "p.jsonl", _REPEATING)
+    records, error = _chunks_until_error(path)
+    assert [record["id"] for record in records] == ["7", "x", "y"]
+    assert error.line == 6
+    assert "the id '7' is already used on line 1" in str(error)
+
+
+def test_ids_sharing_a_hash_are_told_apart_by_reading_the_file_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prompts_module, "_id_hash", lambda _: 42)  # every id collides
+    distinct = write(
+        tmp_path, "d.jsonl", "".join(f'{{"id": "i{n}", "prompt": "p"}}\n' for n in range(5))
+    )
+    assert [r["id"] for chunk in prompt_chunks(str(distinct)) for r in chunk] == [
+        f"i{n}" for n in range(5)
+    ]
+    records, error = _chunks_until_error(write(tmp_path, "p.jsonl", _REPEATING))
+    assert [record["id"] for record in records] == ["7", "x", "y"]
+    assert error.line == 6
+    assert "the id '7' is already used on line 1" in str(error)

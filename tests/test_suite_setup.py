@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import os
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -73,3 +76,74 @@ def test_tests_marked_slow_are_handed_out_first_and_one_worker_groups_keep_their
         "tests/test_gallery_browser.py::test_long",
         "tests/test_b.py::test_quick",
     ]
+
+
+def _mounts(tmp_path: Path, where: Path, kind: str) -> Path:
+    table = tmp_path / "mounts"
+    table.write_text(f"/dev/vda / ext4 rw 0 0\n{kind} {where} {kind} rw,relatime 0 0\n")
+    return table
+
+
+def test_temp_files_go_to_a_writable_sticky_tmpfs_and_nowhere_else(
+    root_conftest: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Creating a file on this machine's ext4 /tmp costs ~1 ms of wall time, 0.1 ms on tmpfs.
+    monkeypatch.setattr(root_conftest, "SHM_MIN_FREE", 0)
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    shm.chmod(0o1777)
+    find = root_conftest.memory_tempdir
+
+    assert find(_mounts(tmp_path, shm, "tmpfs"), shm) == shm
+    assert find(_mounts(tmp_path, shm, "ext4"), shm) is None  # a disk: no gain
+    assert find(_mounts(tmp_path, tmp_path / "elsewhere", "tmpfs"), shm) is None
+    assert find(tmp_path / "no-such-mounts-table", shm) is None  # not Linux
+    shm.chmod(0o777)  # not sticky: anyone could delete anyone's files
+    assert find(_mounts(tmp_path, shm, "tmpfs"), shm) is None
+    shm.chmod(0o1777)
+    monkeypatch.setattr(root_conftest, "SHM_MIN_FREE", 1 << 62)  # full
+    assert find(_mounts(tmp_path, shm, "tmpfs"), shm) is None
+
+
+def test_a_tmpdir_the_user_chose_is_kept(
+    root_conftest: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(root_conftest, "memory_tempdir", lambda: Path("/elsewhere"))
+
+    root_conftest.temp_files_in_memory()
+
+    assert os.environ["TMPDIR"] == str(tmp_path)
+    monkeypatch.delenv("TMPDIR")
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)  # restored after the test
+    root_conftest.temp_files_in_memory()
+    assert os.environ["TMPDIR"] == "/elsewhere"
+    assert tempfile.tempdir is None  # gettempdir() looks again
+
+
+def test_what_was_loaded_before_the_tests_is_left_out_of_garbage_collection() -> None:
+    # Full collections walked the ~190,000 objects of the plugins and test modules each time.
+    assert gc.get_freeze_count() > 10_000
+    assert not any(objects is globals() for objects in gc.get_objects(generation=2))
+
+
+def test_tests_sharing_a_dear_module_fixture_are_handed_out_together(
+    root_conftest: ModuleType,
+) -> None:
+    unit = root_conftest.work_unit
+    resume = "tests/test_batch_resume.py::test_a_resume_checks_its_recorded_items_in_a_few_worker"
+
+    assert unit("docs/batch.md::line:14,column:1") == "docs/batch.md"
+    assert unit("tests/test_gallery_browser.py::test_x") == "tests/test_gallery_browser.py"
+    assert unit(f"{resume}_thread_calls[trio-True-False]") == unit(
+        f"{resume}_thread_calls[asyncio-False-True]"
+    )
+    assert unit("tests/test_docs_reference.py::test_a") == unit("tests/test_docs_reference.py::b")
+    assert unit("tests/test_batch_resume.py::test_other[trio]") == (
+        "tests/test_batch_resume.py::test_other[trio]"
+    )
+    # Every group names tests that exist: a renamed test would silently leave its group.
+    root = Path(__file__).resolve().parents[1]
+    for group in root_conftest.SHARED_FIXTURE:
+        path, _, test = group.partition("::")
+        assert f"def {test}" in (root / path).read_text(), group

@@ -19,12 +19,15 @@ import math
 import os
 import secrets
 import stat
+import sys
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from nanogpt_async._batch._filecheck import CHECKED_TO, FileCheck
 from nanogpt_async._batch._names import safe_path
 from nanogpt_async._codec import loads
 from nanogpt_async._errors import OutputWriteError
@@ -35,6 +38,7 @@ __all__ = [
     "ManifestIndex",
     "ManifestWriter",
     "RecordedItem",
+    "check_files_main",
     "files_intact",
     "iter_records",
     "open_folder",
@@ -57,9 +61,18 @@ except ImportError:  # the "speed" extra is not installed
 _LINES_SHOWN = 5
 #: Resume hashes files in pieces of this size: memory stays flat whatever the image size.
 _HASH_CHUNK = 1 << 20
-#: An index offset's top bit: the record is ok and its files were unchanged when it was indexed.
+#: An index offset's top bit: the record is ok and its files were found unchanged.
 _INTACT = 1 << 63
-_OFFSET = _INTACT - 1
+#: The next bit: the record is ok and its files are checked by another process (`FileCheck`):
+#: intact once the check has passed its line without finding it changed.
+_PENDING = 1 << 62
+_OFFSET = _PENDING - 1
+#: A manifest of this size or more has its files checked by another process (`FileCheck`),
+#: beside the index's build; a smaller one as its lines are read (about 20,000 records: the
+#: ``stat`` calls take less time than starting that process, about 0.3 s of CPU).
+_CHECK_APART_BYTES = 8 << 20
+#: The check says how far it got after every this many lines (and at the end).
+_CHECKED_EVERY = 8192
 #: What a file's stamp holds (see `FileEntry`).
 _STAMP_FIELDS = ("st_ino", "st_mtime_ns", "st_ctime_ns")
 #: A resume group's lines are read in one piece when they lie within this many bytes.
@@ -216,25 +229,40 @@ class ManifestIndex:
         self._offsets = array("Q", bytes(8 * 1024))
         self._checks = array("I", bytes(4 * 1024))
         self._used = 0
+        self._check: FileCheck | None = None
+        #: How far the file check got (a line offset), and the lines it found changed.
+        self._checked_to = 0
+        self._changed = array("Q")
 
     @classmethod
     def build(cls, path: Path, folder: Path | None = None) -> ManifestIndex:
         """Index every parsable line of ``path`` (none if the file does not exist).
 
         ``folder``: the files' folder, to mark the records whose files are unchanged (`intact`).
+        A big manifest's files are checked by another process (`FileCheck`) while the lines
+        are read and after: `intact` waits only for the records it is asked about. Call
+        `close` when done with the index.
         """
         index = cls(path)
         try:
             file = _open_for_reading(path)
         except FileNotFoundError:
             return index
-        dir_fd = open_folder(folder) if folder is not None else None
-        try:
-            with file:
+        with file:
+            dir_fd = open_folder(folder) if folder is not None else None
+            try:
+                if dir_fd is not None and folder is not None:
+                    index._check = _check_apart(path, folder, os.fstat(file.fileno()).st_size)
+                    if index._check is not None:
+                        os.close(dir_fd)
+                        dir_fd = None
                 skipped = index._index_lines(file, dir_fd)
-        finally:
-            if dir_fd is not None:
-                os.close(dir_fd)
+            except BaseException:
+                index.close()  # a check already started is not left running
+                raise
+            finally:
+                if dir_fd is not None:
+                    os.close(dir_fd)
         if skipped:
             shown = ", ".join(map(str, skipped[:_LINES_SHOWN]))
             more = f" and {len(skipped) - _LINES_SHOWN} more" if len(skipped) > _LINES_SHOWN else ""
@@ -256,13 +284,17 @@ class ManifestIndex:
         else; any other line goes through `_parse_record`, which decides exactly as before.
         With ``dir_fd`` (the output folder), an ok record whose files are unchanged is marked
         intact: checking it here, from the record already parsed, saves reading and parsing its
-        line again when its item comes up (about 8 µs an item on a resume).
+        line again when its item comes up (about 8 µs an item on a resume). With a check in
+        another process instead (`FileCheck`), an ok record is marked pending: `intact` then
+        answers from what the check found (`_settle`).
         """
         skipped: list[int] = []
         parse, id_key, id_check, unchanged = _orjson_loads, _id_key, _id_check, _files_unchanged
         keys, offsets, checks, used = self._keys, self._offsets, self._checks, self._used
         mask = len(keys) - 1
         offset = 0
+        apart = self._check is not None
+        mark = _PENDING if apart else _INTACT  # what an ok record is marked (see above)
         for number, line in enumerate(lines, start=1):
             try:
                 record = parse(line)
@@ -289,12 +321,10 @@ class ManifestIndex:
                         used += 1
                         break
                     slot = (slot + 1) & mask
-                if (
-                    dir_fd is not None
-                    and record["status"] == "ok"
-                    and unchanged(record.get("files"), dir_fd)
+                if record["status"] == "ok" and (
+                    apart or (dir_fd is not None and unchanged(record.get("files"), dir_fd))
                 ):
-                    offsets[slot] = offset | _INTACT
+                    offsets[slot] = offset | mark
                     checks[slot] = id_check(item_id)
                 else:
                     offsets[slot] = offset
@@ -303,6 +333,32 @@ class ManifestIndex:
             offset += len(line)
         self._used = used
         return skipped
+
+    def _settle(self, *, wait: bool) -> None:
+        """Take in what the file check sent so far; ``wait``: at least something (blocking).
+
+        The lines it found changed (their offsets, in line order), and how far it got: a
+        pending record before that line and not among the changed ones is intact.
+        """
+        check = self._check
+        if check is None:
+            return
+        while (verdicts := check.verdicts(wait=wait)) is not None:
+            if not verdicts:
+                return
+            for verdict in verdicts:
+                if verdict >= CHECKED_TO:
+                    self._checked_to = verdict - CHECKED_TO
+                else:
+                    self._changed.append(verdict)
+            wait = False  # then whatever else came, without waiting
+        self._check = None  # the end: a record it did not get to is not intact
+
+    def close(self) -> None:
+        """Stop the file check if it still runs (blocking: waits for it to end)."""
+        check, self._check = self._check, None
+        if check is not None:
+            check.close()
 
     def __len__(self) -> int:
         """How many distinct items are recorded."""
@@ -377,25 +433,52 @@ class ManifestIndex:
         return lines
 
     def intact(self, item_ids: Sequence[str]) -> list[bool]:
-        """Per id: recorded ok, and its files were unchanged when the index was built.
+        """Per id: recorded ok, and its files were found unchanged (blocking).
 
         Answered from memory (no file is read): only an index built with its folder marks
-        records intact (`build`); ``False`` says nothing either way (`finished` decides).
+        records intact (`build`); ``False`` says nothing either way (`finished` decides). An id
+        whose files another process is still checking (`FileCheck`) waits for it to get there.
         """
+        self._settle(wait=False)
         keys, offsets, checks = self._keys, self._offsets, self._checks
         mask = len(keys) - 1
-        answers = []
+        checked_to, changed = self._checked_to, self._changed
+        answers: list[bool] = []
+        late: list[tuple[int, int, str]] = []  # ``(position, slot, id)``: the check is not there
         for item_id in item_ids:
             key = hash(item_id) & 0xFFFFFFFFFFFFFFFF or 1  # `_id_key`, inline: a million calls
             slot = key & mask
-            while (found := keys[slot]) != key:
-                if not found:
-                    answers.append(False)
-                    break
+            while (at := keys[slot]) and at != key:
                 slot = (slot + 1) & mask
+            offset = offsets[slot] if at else 0
+            if offset < _PENDING:  # not recorded, not ok, or its files changed
+                answers.append(False)
+            elif offset < _INTACT and offset - _PENDING >= checked_to:
+                late.append((len(answers), slot, item_id))
+                answers.append(False)
             else:
-                answers.append(offsets[slot] >= _INTACT and checks[slot] == _id_check(item_id))
+                answers.append(
+                    (offset >= _INTACT or not (changed and _holds(changed, offset - _PENDING)))
+                    and checks[slot] == _id_check(item_id)
+                )
+        if late:
+            self._answer_late(late, answers)
         return answers
+
+    def _answer_late(self, late: list[tuple[int, int, str]], answers: list[bool]) -> None:
+        """`intact`'s answers for pending records the check had not got to: waits for it."""
+        offsets, checks = self._offsets, self._checks
+        last = max(offsets[slot] for _, slot, _ in late) - _PENDING
+        while self._check is not None and last >= self._checked_to:
+            self._settle(wait=True)
+        checked_to, changed = self._checked_to, self._changed
+        for position, slot, item_id in late:
+            line = offsets[slot] - _PENDING
+            answers[position] = (
+                line < checked_to
+                and not (changed and _holds(changed, line))
+                and checks[slot] == _id_check(item_id)
+            )
 
     def finished(
         self, folder: Path, item_ids: Sequence[str], *, retry_failed: bool
@@ -453,6 +536,73 @@ def _unchanged_record(line: bytes, item_id: str, dir_fd: int | None) -> Recorded
     )
     request_id = record.get("request_id")
     return RecordedItem("ok", entries, request_id if type(request_id) is str else None)
+
+
+def _check_apart(path: Path, folder: Path, end: int) -> FileCheck | None:
+    """A check of the files by another process, for a manifest of `_CHECK_APART_BYTES` or more.
+
+    ``None`` for a smaller one, or if the process cannot be started (the files are then
+    checked as the lines are read, as for a small one).
+    """
+    if end < _CHECK_APART_BYTES or not sys.executable or getattr(sys, "frozen", False):
+        return None  # small; or no interpreter to run it (a frozen app would start itself)
+    try:
+        return FileCheck(path, folder, end)
+    except OSError as exc:
+        logger.debug("cannot start the file check (%s): checking the files in this process", exc)
+        return None
+
+
+def check_files_main() -> None:
+    """The file check's process (`FileCheck`): ``MANIFEST FOLDER END`` on the command line."""
+    manifest, folder, end = sys.argv[1:4]
+    check_files(Path(manifest), Path(folder), int(end), sys.stdout.buffer)
+
+
+def check_files(manifest: Path, folder: Path, end: int, out: IO[bytes]) -> None:
+    """Write what `ManifestIndex` needs to know of ``manifest``'s first ``end`` bytes to ``out``.
+
+    64-bit native numbers: the offset of each line it does not find an ok record with its files
+    unchanged (`_files_unchanged`), except the records of another status (never pending); and
+    after every `_CHECKED_EVERY` lines, and at the end, how far it got (the offset of the next
+    line, plus `CHECKED_TO`), flushed, so the index can answer while the rest is checked.
+    """
+    dir_fd = open_folder(folder)
+    if dir_fd is None:
+        return  # nothing checked: every record is checked the exact way
+    try:
+        verdicts = array("Q")
+        offset = 0
+        with _open_for_reading(manifest) as file:
+            for number, line in enumerate(file, start=1):
+                if offset >= end:
+                    break
+                try:
+                    record = _orjson_loads(line)
+                except (ValueError, RecursionError):
+                    record = None
+                if type(record) is not dict or (
+                    record.get("status") == "ok"
+                    and not _files_unchanged(record.get("files"), dir_fd)
+                ):
+                    verdicts.append(offset)
+                offset += len(line)
+                if not number % _CHECKED_EVERY:
+                    verdicts.append(CHECKED_TO + offset)
+                    out.write(verdicts.tobytes())
+                    out.flush()
+                    verdicts = array("Q")
+        verdicts.append(CHECKED_TO + offset)
+        out.write(verdicts.tobytes())
+        out.flush()
+    finally:
+        os.close(dir_fd)
+
+
+def _holds(lines: array[int], line: int) -> bool:
+    """Whether the sorted ``lines`` hold ``line``."""
+    at = bisect_left(lines, line)
+    return at < len(lines) and lines[at] == line
 
 
 def _files_unchanged(files: object, dir_fd: int) -> bool:

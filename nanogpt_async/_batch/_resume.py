@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -70,6 +70,11 @@ class Resume:
         """An earlier run recorded something: items are checked before they run."""
         return self._recorded is not None
 
+    def close(self) -> None:
+        """Stop checking the recorded files, if that still runs (blocking: a worker thread)."""
+        if self._recorded is not None:
+            self._recorded.close()
+
     async def resumed(self, job: Job) -> Job | ItemResult:
         """``job``, or its ``skipped`` result when an earlier run did it (checked in a thread)."""
         if self._recorded is None:
@@ -120,27 +125,41 @@ class Resume:
         recorded = self._recorded
         # Only an active resume triages (`Batch._produce_resumed`): no branch for "no records".
         assert recorded is not None  # noqa: S101 - for the type checker
-        outcomes: list[Triaged] = []
-        looked_up: list[tuple[int, Job]] = []
-        for offset, entry in enumerate(entries):
-            try:
-                prepared = preparer.prepare_now(entry, first_index + offset)
-            except RepeatedIdError as exc:
-                outcomes.append(exc)
-                break
-            if prepared is None:
-                break
-            if isinstance(prepared, Job) and owns(prepared.index):
-                looked_up.append((len(outcomes), prepared))
-            outcomes.append(prepared)
+        # Not wanted: the commonest entries are looked up by id first, and get a job only if
+        # they run (most of a resume's items are skipped: `_skip_plain`).
+        plain: list[tuple[int, str, Any]] | None = None if wanted else []
+        outcomes, looked_up = _prepared(preparer, entries, first_index, plain, owns)
         if looked_up and not wanted:
             looked_up = self._skip_intact(recorded, looked_up, outcomes)
+        if plain:
+            looked_up += self._skip_plain(recorded, plain, outcomes, first_index)
         if looked_up:
             found = self._earlier_runs(recorded, [job.id for _, job in looked_up])
             for (position, job), earlier in zip(looked_up, found, strict=True):
                 if earlier is not None:
                     outcomes[position] = self._skipped_result(job, earlier) if wanted else SKIPPED
+                else:  # runs (a plain entry's outcome was `SKIPPED` until now)
+                    outcomes[position] = job
         return outcomes
+
+    def _skip_plain(
+        self,
+        recorded: ManifestIndex,
+        plain: list[tuple[int, str, Any]],
+        outcomes: list[Triaged],
+        first_index: int,
+    ) -> list[tuple[int, Job]]:
+        """Skip the plain entries the index found intact; the jobs of the rest, to check.
+
+        ``plain``: ``(position, id, entry)`` of entries `Preparer.plain_id` accepted, each
+        `SKIPPED` in ``outcomes`` until found otherwise.
+        """
+        intact = recorded.intact([item_id for _, item_id, _ in plain])
+        return [
+            (position, Preparer.plain_job(entry, first_index + position, item_id))
+            for (position, item_id, entry), done in zip(plain, intact, strict=True)
+            if not done
+        ]
 
     @staticmethod
     def _skip_intact(
@@ -157,6 +176,42 @@ class Resume:
             if done:
                 outcomes[position] = SKIPPED
         return [pair for pair, done in zip(looked_up, intact, strict=True) if not done]
+
+
+def _prepared(
+    preparer: Preparer,
+    entries: Sequence[object],
+    first_index: int,
+    plain: list[tuple[int, str, Any]] | None,
+    owns: Callable[[int], bool],
+) -> tuple[list[Triaged], list[tuple[int, Job]]]:
+    """`Resume.triage`'s outcomes before any look-up, and the jobs to look up.
+
+    ``plain`` (a list): the entries `Preparer.plain_id` accepts go there, as ``(position, id,
+    entry)``, each `SKIPPED` in the outcomes until found otherwise (`Resume._skip_plain`).
+    """
+    outcomes: list[Triaged] = []
+    looked_up: list[tuple[int, Job]] = []
+    for offset, entry in enumerate(entries):
+        index = first_index + offset
+        try:
+            item_id = preparer.plain_id(entry, index) if plain is not None else None
+            prepared = preparer.prepare_now(entry, index) if item_id is None else None
+        except RepeatedIdError as exc:
+            outcomes.append(exc)
+            break
+        if item_id is not None and plain is not None and owns(index):
+            plain.append((len(outcomes), item_id, entry))
+            outcomes.append(SKIPPED)
+            continue
+        if item_id is not None:  # another shard's: prepared (its id counts), not looked up
+            prepared = preparer.plain_job(entry, index, item_id)
+        if prepared is None:
+            break
+        if isinstance(prepared, Job) and owns(prepared.index):
+            looked_up.append((len(outcomes), prepared))
+        outcomes.append(prepared)
+    return outcomes, looked_up
 
 
 class ReadAhead:
@@ -241,8 +296,12 @@ class Triage:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        """Stop reading ahead."""
-        return await self._chunks.__aexit__(exc_type, exc, tb)
+        """Stop reading ahead, and checking the recorded files."""
+        try:
+            return await self._chunks.__aexit__(exc_type, exc, tb)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._resume.close)
 
     async def next(self) -> list[Job | ItemResult] | None:
         """The next items to take, in input order; ``None`` at the end (or once halted).

@@ -6,6 +6,7 @@ Ctrl-C, summary) in ``_batchrun``. Nothing here is imported by ``import nanogpt_
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
@@ -31,7 +32,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         missing = exc.name or "click"
         sys.stderr.write(f"error: the command line needs {missing!r}: {INSTALL_HINT}\n")
         sys.exit(2)
-    cli.main(args=list(argv) if argv is not None else None, prog_name="nanogpt-async")
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="nanogpt-async")
+    finally:
+        _leave_the_heap_to_the_os()
+
+
+def _leave_the_heap_to_the_os() -> None:
+    """Spare the interpreter's last garbage collections: the process ends right after this.
+
+    At exit Python's collector walks every object the run left (the modules of the HTTP
+    stacks, a batch's index): about 0.12 s of CPU after a one-prompt ``batch`` at load 10,
+    about 0.02 s once they are frozen out of its reach (`gc.freeze`). Nothing is lost by it:
+    files are closed and flushed explicitly, the interpreter flushes the standard streams,
+    atexit handlers still run, and objects still freed by reference counting; only garbage
+    in reference cycles is left to the OS instead of being finalized.
+    """
+    gc.freeze()
 
 
 def _skip_httpx_command_line() -> None:

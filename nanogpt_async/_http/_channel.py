@@ -275,7 +275,7 @@ class Channel:
             try:
                 response, chunks = await self._receive(exchange, call)
                 # Outside the deadline: an answer received in full is never thrown away because
-                # parsing it (in a worker thread, for big ones) ends after the deadline.
+                # parsing it (in steps, for big ones) ends after the deadline.
                 result = await self._understood(response, chunks, call.describe, parse)
             except NanoGPTError as exc:
                 failure = exc
@@ -422,8 +422,8 @@ class Channel:
     ) -> Any:
         """A 2xx answer's parsed JSON, with any secret the server echoed redacted."""
         try:
-            # The chunks are joined in the worker thread too: a 16 MB join is a copy the
-            # event loop need not make.
+            # A big body is joined in a worker thread (a copy made without the GIL) and parsed
+            # on the event loop in steps of one base64 string (see the function).
             payload = await loads_chunks_maybe_offloaded(chunks)
         except ValueError:
             body = b"".join(chunks)

@@ -1,0 +1,119 @@
+"""A big manifest's recorded files, checked by a process of its own while the batch goes on.
+
+A resume must know which recorded files are still the ones it wrote: one ``stat`` each against
+the stamp the manifest recorded (`_manifest._files_unchanged`). For a million items that was
+4 of the 14 s before the first new request went out, done while the index was built. A thread
+does not help: each ``stat`` hands the GIL to the thread reading the manifest and waits to get
+it back (measured: the index's build took 3.6 s more CPU, not less). So a child process reads
+the manifest on its own and checks every ok record's files (`_manifest.check_files_main`) on
+the machine's other core, while this process builds the index and reads its input. It writes
+64-bit numbers, in line order: the offset of each line whose record is not known intact, and
+now and then how far it got (`CHECKED_TO` plus the offset of the next line to check). Every
+pending record before that line and not named is intact; the index takes this in as it comes
+(`ManifestIndex.intact`). An intact record, nearly all of them, costs nothing to send.
+
+The child gets the manifest's path, the folder's path and where the manifest ended when it was
+opened (lines this run appends are not its business), and no API key (its environment drops
+``NANOGPT_*``). If it cannot be started, or dies, nothing is lost: a record without a verdict
+is simply not known intact, and the exact checks (`ManifestIndex.finished`) decide for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+from array import array
+from pathlib import Path
+
+__all__ = ["CHECKED_TO", "FileCheck"]
+
+logger = logging.getLogger("nanogpt_async")
+
+#: A number with this bit says how far the check got: every line before the offset (the rest).
+CHECKED_TO = 1 << 63
+#: The child's output is read in pieces of this size.
+_READ_SIZE = 1 << 16
+#: Where the package lives: the child imports it from there, whatever ``sys.path`` it starts with.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_CHILD_CODE = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from nanogpt_async._batch._manifest import check_files_main; check_files_main()"
+)
+
+
+class FileCheck:
+    """The child process checking a manifest's files, and what it sent so far."""
+
+    __slots__ = ("_process", "_reader", "_verdicts")
+
+    def __init__(self, manifest: Path, folder: Path, end: int) -> None:
+        """Start checking the records of ``manifest``'s first ``end`` bytes against ``folder``.
+
+        Raises:
+            OSError: the child process could not be started.
+        """
+        self._process = spawn(_command(manifest, folder, end))
+        self._verdicts: queue.SimpleQueue[array[int] | None] = queue.SimpleQueue()
+        # A daemon: a child hanging on a dead network mount must not keep this process alive.
+        self._reader = threading.Thread(target=self._read, name="nanogpt-file-check", daemon=True)
+        try:
+            self._reader.start()
+        except BaseException:
+            self._process.kill()
+            self._process.wait()
+            raise
+
+    def verdicts(self, *, wait: bool) -> array[int] | None:
+        """The numbers that came in since (empty: none yet); ``None`` once they all came.
+
+        ``wait``: block until some come (or the end).
+        """
+        try:
+            return self._verdicts.get(block=wait)
+        except queue.Empty:
+            return array("Q")
+
+    def close(self) -> None:
+        """Stop the child if it still runs, and wait for it (blocking)."""
+        if self._process.poll() is None:
+            self._process.kill()
+        self._reader.join()
+
+    def _read(self) -> None:
+        stdout = self._process.stdout
+        assert stdout is not None  # noqa: S101 - spawned with stdout=PIPE
+        try:
+            rest = b""
+            while data := os.read(stdout.fileno(), _READ_SIZE):
+                data = rest + data
+                whole = len(data) - len(data) % 8
+                self._verdicts.put(array("Q", data[:whole]))
+                rest = data[whole:]
+        finally:
+            stdout.close()
+            if self._process.wait():
+                logger.debug("the file check ended with %s", self._process.returncode)
+            self._verdicts.put(None)
+
+
+def _command(manifest: Path, folder: Path, end: int) -> list[str]:
+    return [sys.executable, "-c", _CHILD_CODE, _PACKAGE_ROOT, str(manifest), str(folder), str(end)]
+
+
+def spawn(command: list[str]) -> subprocess.Popen[bytes]:
+    """Start the child: verdicts on its stdout; no stdin, no stderr, no ``NANOGPT_*`` variable.
+
+    A seam: tests start it behind a gate of their own.
+    """
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("NANOGPT_")}
+    return subprocess.Popen(  # noqa: S603 - our own interpreter running our own code
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=environment,
+    )

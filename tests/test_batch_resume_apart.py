@@ -1,0 +1,487 @@
+"""A big manifest's recorded files are checked by another process while the batch goes on.
+
+The index is ready as soon as the lines are read; an item recorded nowhere is sent at once, and a
+recorded one waits only for its own verdict. What must not change: a damaged or missing file is
+regenerated (exactly once), an intact one never is, nothing is paid twice, and the fake's
+charges equal what the run recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import threading
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from nanogpt_async._batch import _filecheck as filecheck_module
+from nanogpt_async._batch import _manifest as manifest_module
+from nanogpt_async._batch import _resume as resume_module
+from nanogpt_async._batch._filecheck import CHECKED_TO
+from nanogpt_async._batch._manifest import (
+    FileEntry,
+    ManifestIndex,
+    ManifestWriter,
+    check_files,
+    iter_records,
+    read_manifest,
+)
+from tests._counting import open_counter
+from tests._serving import Serve, fake_client, fake_servers
+from tests._waiting import wait_until
+
+KEY = "ngk_resume_apart_SECRET_3"
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """Start fake servers with the given knobs (stopped at the end of the test)."""
+    with fake_servers(KEY) as start:
+        yield start
+
+
+class Gate:
+    """Starts the file check's process behind a gate: it checks nothing until `open`."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
+        waiting = "import os, sys; os.read(0, 1); os.execv(sys.executable, sys.argv[1:])"
+        process = subprocess.Popen(
+            [sys.executable, "-c", waiting, sys.executable, *command[1:]],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.processes.append(process)
+        return process
+
+    @property
+    def started(self) -> bool:
+        return bool(self.processes)
+
+    def open(self) -> None:
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(b"go")
+            process.stdin.close()
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """Every manifest checked apart, by a process that waits for the gate to open."""
+    monkeypatch.setattr(manifest_module, "_CHECK_APART_BYTES", 0)
+    gate = Gate()
+    monkeypatch.setattr(filecheck_module, "spawn", gate.spawn)
+    yield gate
+    for process in gate.processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def _entry(folder: Path, name: str, data: bytes) -> dict[str, Any]:
+    path = folder / name
+    path.write_bytes(data)
+    info = path.lstat()
+    stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+    return FileEntry(name, hashlib.sha256(data).hexdigest(), len(data), stamp).as_json()
+
+
+def _record(writer: ManifestWriter, item_id: str, status: str, files: list[Any]) -> None:
+    writer.append({"id": item_id, "status": status, "files": files, "request_id": f"r-{item_id}"})
+
+
+def _recorded(folder: Path, count: int) -> list[dict[str, str]]:
+    """``count`` items recorded ok with their files, as a finished run leaves them."""
+    writer = ManifestWriter(folder / "manifest.jsonl")
+    items = []
+    for i in range(count):
+        item = {"id": f"old-{i}", "prompt": f"old prompt {i}"}
+        _record(writer, item["id"], "ok", [_entry(folder, f"old-{i}.png", f"image {i}".encode())])
+        items.append(item)
+    writer.close()
+    return items
+
+
+def _damage(folder: Path) -> None:
+    """Two recorded files damaged: one gone, one rewritten with the same size."""
+    (folder / "old-5.png").unlink()
+    (folder / "old-9.png").write_bytes(b"IMAGE 9")
+
+
+async def test_a_new_item_is_sent_while_the_recorded_files_are_still_being_checked(
+    serve: Serve, tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve()
+    recorded = _recorded(tmp_path, 20)
+    _damage(tmp_path)
+    monkeypatch.setattr(resume_module, "_TRIAGE_CHUNK", 1)  # the new item in a chunk of its own
+    new = [{"id": "new-0", "prompt": "new prompt 0"}, {"id": "new-1", "prompt": "new prompt 1"}]
+    stats = server.fake.stats
+    opened = open_counter(monkeypatch)
+    async with fake_client(server, KEY) as client:
+        batch = client.images.generate_many(
+            [new[0], *recorded, new[1]], output_dir=tmp_path, rps=None
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(batch.run)
+            await anyio.to_thread.run_sync(
+                wait_until, lambda: stats.generation_requests >= 1, "the new item's request"
+            )
+            # Sent and charged while the check has not even started on any recorded file.
+            assert gate.started
+            assert all(process.poll() is None for process in gate.processes)
+            assert stats.generations_by_prompt == {"new prompt 0": 1}
+            gate.open()
+    summary = batch.summary
+    assert (summary.ok, summary.skipped, summary.failed) == (4, 18, 0)
+    # The damaged two were regenerated once each, the new ones sent once each, nothing else.
+    assert stats.generations_by_prompt == {
+        "new prompt 0": 1,
+        "new prompt 1": 1,
+        "old prompt 5": 1,
+        "old prompt 9": 1,
+    }
+    assert stats.generation_requests == stats.generations == 4
+    assert summary.cost == pytest.approx(stats.charged_usd)
+    latest = {record["id"]: record for record in iter_records(tmp_path / "manifest.jsonl")}
+    assert sum(record.get("cost") or 0 for record in latest.values()) == pytest.approx(
+        stats.charged_usd
+    )
+    assert all((tmp_path / record["files"][0]["path"]).exists() for record in latest.values())
+    # The check's verdicts decided: only the two damaged items' lines were read back.
+    assert opened == [tmp_path / "manifest.jsonl"] * 3
+
+
+async def test_a_resume_that_reads_skipped_results_never_waits_for_the_check(
+    serve: Serve, tmp_path: Path, gate: Gate
+) -> None:
+    server = serve()
+    recorded = _recorded(tmp_path, 12)
+    _damage(tmp_path)
+    async with fake_client(server, KEY) as client:
+        batch = client.images.generate_many(recorded, output_dir=tmp_path, rps=None)
+        async with batch:
+            results = {result.id: result.status async for result in batch}
+    # Decided the exact way (each skipped result needs its record read back anyway); the
+    # check, never let through its gate, was stopped when the batch ended.
+    assert sorted(item for item, status in results.items() if status == "ok") == ["old-5", "old-9"]
+    assert list(results.values()).count("skipped") == 10
+    assert server.fake.stats.generations == 2
+    assert gate.started
+    assert all(process.poll() is not None for process in gate.processes)
+
+
+def _many_cases(folder: Path) -> list[str]:
+    """A manifest of records in every state, with the files damaged as the ids say."""
+    writer = ManifestWriter(folder / "manifest.jsonl")
+    for name in ("same", "deleted", "rewritten", "grown", "replaced-by-link"):
+        _record(writer, name, "ok", [_entry(folder, f"{name}.png", b"image " + name.encode())])
+    _record(writer, "failed", "failed", [])
+    writer.append({"id": "not-json-to-orjson", "status": "ok", "files": [], "x": "\udc80"})
+    _record(writer, "no-files", "ok", [])
+    two = [_entry(folder, "two-1.png", b"one"), _entry(folder, "two-2.png", b"two")]
+    _record(writer, "two-files", "ok", two)
+    # A failed retry after an ok line, and an ok line after a failed one: the latest wins.
+    _record(writer, "retried", "ok", [_entry(folder, "retried.png", b"first")])
+    _record(writer, "retried", "failed", [])
+    _record(writer, "fixed", "failed", [])
+    _record(writer, "fixed", "ok", [_entry(folder, "fixed.png", b"second")])
+    # Two ok lines of one id: only the latest one's files count.
+    _record(writer, "redone", "ok", [_entry(folder, "redone.png", b"one")])
+    _record(writer, "redone", "ok", [_entry(folder, "redone-v2.png", b"two")])
+    _record(writer, "redone-back", "ok", [_entry(folder, "back.png", b"one")])
+    _record(writer, "redone-back", "ok", [_entry(folder, "back-v2.png", b"two")])
+    writer.close()
+    (folder / "deleted.png").unlink()
+    rewritten = folder / "rewritten.png"
+    before = rewritten.stat()
+    rewritten.write_bytes(b"IMAGE rewritten")
+    os.utime(rewritten, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (folder / "grown.png").write_bytes(b"image grown, and more")
+    (folder / "replaced-by-link.png").unlink()
+    (folder / "replaced-by-link.png").symlink_to(folder / "same.png")
+    (folder / "redone-v2.png").unlink()  # the latest line's file gone, the earlier one's there
+    (folder / "back.png").unlink()  # the earlier line's file gone, the latest one's there
+    return [
+        "same",
+        "deleted",
+        "rewritten",
+        "grown",
+        "replaced-by-link",
+        "failed",
+        "not-json-to-orjson",
+        "no-files",
+        "two-files",
+        "retried",
+        "fixed",
+        "redone",
+        "redone-back",
+        "absent",
+    ]
+
+
+_INTACT_CASES = {"same", "two-files", "fixed", "redone-back"}
+
+
+def test_the_other_process_finds_intact_exactly_what_the_inline_check_finds(
+    tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _many_cases(tmp_path)
+    index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    try:
+        assert gate.started  # built while the check waits at its gate
+        assert len(index) == len(ids) - 1
+        answers: list[list[bool]] = []
+        asking = threading.Thread(target=lambda: answers.append(index.intact(ids)))
+        asking.start()
+        gate.open()
+        asking.join()
+    finally:
+        index.close()
+    assert {item for item, done in zip(ids, answers[0], strict=True) if done} == _INTACT_CASES
+    monkeypatch.setattr(manifest_module, "_CHECK_APART_BYTES", 1 << 40)
+    inline = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    by_line = dict(zip(ids, inline.intact(ids), strict=True))
+    assert {item for item, done in by_line.items() if done} == _INTACT_CASES
+
+
+class _Found:
+    """A file check whose findings are given, batch by batch; a batch comes when waited for."""
+
+    def __init__(self, batches: list[list[int]]) -> None:
+        self.batches: list[array[int] | None] = [array("Q", batch) for batch in batches]
+        self.batches.append(None)
+        self.taken = 0
+        self.closed = False
+
+    def verdicts(self, *, wait: bool) -> array[int] | None:
+        if not wait:
+            return array("Q")  # nothing came on its own
+        self.taken += 1
+        return self.batches.pop(0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _found_by_the_check(folder: Path) -> list[int]:
+    """What the check's process writes for ``folder``'s manifest."""
+    out = io.BytesIO()
+    manifest = folder / "manifest.jsonl"
+    check_files(manifest, folder, manifest.stat().st_size, out)
+    return list(array("Q", out.getvalue()))
+
+
+def _line_starts(manifest: Path) -> list[int]:
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    return [sum(map(len, lines[:i])) for i in range(len(lines) + 1)]
+
+
+@pytest.mark.parametrize("checked_every", [1, 2, 1000])
+def test_what_the_check_finds_is_what_the_inline_check_finds_however_it_comes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checked_every: int
+) -> None:
+    ids = _many_cases(tmp_path)
+    monkeypatch.setattr(manifest_module, "_CHECKED_EVERY", checked_every)
+    found = _found_by_the_check(tmp_path)
+    monkeypatch.setattr(manifest_module, "_check_apart", lambda *_: _Found([found]))
+    index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    intact = dict(zip(ids, index.intact(ids), strict=True))
+    assert {item for item, done in intact.items() if done} == _INTACT_CASES
+
+
+def test_the_check_names_the_lines_not_intact_and_how_far_it_got(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = ManifestWriter(tmp_path / "manifest.jsonl")
+    _record(writer, "a", "ok", [_entry(tmp_path, "a.png", b"a")])
+    _record(writer, "b", "failed", [])
+    _record(writer, "c", "ok", [_entry(tmp_path, "c.png", b"c")])
+    writer.close()
+    manifest = tmp_path / "manifest.jsonl"
+    with manifest.open("ab") as file:
+        file.write(b"not a record\n\n")
+    _record_after = ManifestWriter(manifest)
+    _record(_record_after, "d", "ok", [_entry(tmp_path, "d.png", b"d")])
+    _record_after.close()
+    (tmp_path / "c.png").unlink()
+    starts = _line_starts(manifest)
+    monkeypatch.setattr(manifest_module, "_CHECKED_EVERY", 2)
+    out = io.BytesIO()
+    # Up to where "d" starts: "d" is this run's own line, written after the index was read.
+    check_files(manifest, tmp_path, starts[5], out)
+    assert list(array("Q", out.getvalue())) == [
+        CHECKED_TO + starts[2],  # "a" intact, "b" failed: neither named
+        starts[2],  # "c": its file is gone
+        starts[3],  # not a record
+        CHECKED_TO + starts[4],
+        starts[4],  # a blank line: not a record either
+        CHECKED_TO + starts[5],  # the end given
+    ]
+
+
+def test_a_check_that_cannot_open_the_folder_says_nothing(tmp_path: Path) -> None:
+    _recorded(tmp_path, 2)
+    out = io.BytesIO()
+    check_files(tmp_path / "manifest.jsonl", tmp_path / "gone", 1 << 20, out)
+    assert out.getvalue() == b""
+
+
+def test_an_answer_waits_only_until_the_check_has_got_past_the_lines_asked_about(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _recorded(tmp_path, 4)
+    (tmp_path / "old-2.png").unlink()
+    starts = _line_starts(tmp_path / "manifest.jsonl")
+    given = _Found([[CHECKED_TO + starts[2]], [starts[2], CHECKED_TO + starts[3]], []])
+    monkeypatch.setattr(manifest_module, "_check_apart", lambda *_: given)
+    index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    assert index.intact(["old-1", "absent", "old-0"]) == [True, False, True]
+    assert given.taken == 1
+    assert index.intact(["old-0", "old-2"]) == [True, False]
+    assert given.taken == 2
+    assert index.intact(["old-1"]) == [True]  # known: no wait
+    assert given.taken == 2
+    # The check ends without getting to "old-3": it is not known intact (the exact checks
+    # decide), and nothing more is waited for.
+    assert index.intact(["old-3", "old-0"]) == [False, True]
+    assert given.taken == 4
+    assert index.intact(["old-3"]) == [False]
+    assert given.taken == 4
+    index.close()
+    assert not given.closed  # it had ended: nothing to stop
+
+
+def test_records_are_not_intact_when_the_check_ends_without_a_word(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _recorded(tmp_path, 3)
+    given = _Found([])  # the check ended at once (it could not read the folder, or died)
+    monkeypatch.setattr(manifest_module, "_check_apart", lambda *_: given)
+    index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    assert index.intact(["old-0", "old-1", "old-2", "old-3"]) == [False] * 4
+    # The exact checks still find them done.
+    found = index.finished(tmp_path, ["old-0", "old-1"], retry_failed=False)
+    assert [recorded is not None for recorded in found] == [True, True]
+
+
+def test_the_check_output_is_read_whole_however_the_pipe_cuts_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    numbers = [1, 2, CHECKED_TO + 3, (1 << 62) + 5]
+    write = f"import sys; sys.stdout.buffer.write(bytes({list(array('Q', numbers).tobytes())}))"
+
+    def writer(_: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", write], stdout=subprocess.PIPE)
+
+    monkeypatch.setattr(filecheck_module, "spawn", writer)
+    monkeypatch.setattr(filecheck_module, "_READ_SIZE", 3)  # a number cut in every read
+    check = filecheck_module.FileCheck(tmp_path / "manifest.jsonl", tmp_path, 0)
+    got: list[int] = []
+    while (part := check.verdicts(wait=True)) is not None:
+        got += part
+    assert got == numbers
+    check.close()
+
+
+def test_without_the_other_process_the_files_are_checked_as_the_lines_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _many_cases(tmp_path)
+    monkeypatch.setattr(manifest_module, "_CHECK_APART_BYTES", 0)
+
+    def cannot_start(command: list[str]) -> subprocess.Popen[bytes]:
+        raise OSError(11, "Resource temporarily unavailable", command[0])
+
+    monkeypatch.setattr(filecheck_module, "spawn", cannot_start)
+    index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    intact = dict(zip(ids, index.intact(ids), strict=True))
+    assert {item for item, done in intact.items() if done} == _INTACT_CASES
+
+
+def _open_descriptors() -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for _ in fds.iterdir()) if fds.is_dir() else 0
+
+
+def test_closing_the_index_stops_a_check_still_running(tmp_path: Path, gate: Gate) -> None:
+    _recorded(tmp_path, 3)
+    before = _open_descriptors()
+    index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    assert [process.poll() for process in gate.processes] == [None]
+    index.close()
+    assert gate.processes[0].poll() is not None
+    gate.processes[0].stdin.close()  # type: ignore[union-attr] # the gate's own pipe
+    assert _open_descriptors() == before  # the folder and the check's pipe are closed
+    assert index.intact(["old-0"]) == [False]  # no verdict came: the exact checks decide
+    index.close()  # twice is harmless
+
+
+def test_a_small_manifest_is_checked_in_this_process(
+    tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _recorded(tmp_path, 3)
+    size = (tmp_path / "manifest.jsonl").stat().st_size
+    monkeypatch.setattr(manifest_module, "_CHECK_APART_BYTES", size + 1)
+    index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    assert index.intact(["old-0", "old-1", "old-2"]) == [True] * 3
+    assert not gate.started
+    monkeypatch.setattr(manifest_module, "_CHECK_APART_BYTES", size)
+    read_manifest(tmp_path / "manifest.jsonl", tmp_path).close()
+    assert gate.started
+
+
+def test_the_check_process_gets_no_nanogpt_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NANOGPT_API_KEY", KEY)
+    monkeypatch.setenv("NANOGPT_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    show = "import os; print(sorted(k for k in os.environ if 'NANOGPT' in k or 'SOMETHING' in k))"
+    process = filecheck_module.spawn([sys.executable, "-c", show])
+    assert process.stdout is not None
+    output = process.stdout.read()
+    process.stdout.close()
+    assert process.wait() == 0
+    assert output.strip() == b"['SOMETHING_ELSE']"
+
+
+def test_an_index_without_its_folder_starts_no_check(tmp_path: Path, gate: Gate) -> None:
+    _recorded(tmp_path, 2)
+    index = ManifestIndex.build(tmp_path / "manifest.jsonl")
+    assert len(index) == 2
+    assert not gate.started
+
+
+def test_an_index_that_fails_to_build_stops_its_check(
+    tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _recorded(tmp_path, 3)
+
+    def unreadable(*_: object) -> list[int]:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(ManifestIndex, "_index_lines", unreadable)
+    with pytest.raises(OSError, match="Input/output error"):
+        read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    assert [process.poll() is not None for process in gate.processes] == [True]
+
+
+@pytest.mark.parametrize(("attribute", "value"), [("executable", ""), ("frozen", True)])
+def test_no_check_process_is_started_without_an_interpreter_to_run_it(
+    tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch, attribute: str, value: object
+) -> None:
+    _recorded(tmp_path, 3)
+    monkeypatch.setattr(sys, attribute, value, raising=False)
+    index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    assert index.intact(["old-0", "old-1", "old-2"]) == [True] * 3  # checked as it was read
+    assert not gate.started
