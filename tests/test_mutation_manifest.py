@@ -23,6 +23,7 @@ from nanogpt_async._batch._manifest import (
     read_manifest,
     write_images,
 )
+from nanogpt_async._batch._shards import Shard
 from tests._counting import hash_counter
 
 
@@ -316,3 +317,35 @@ def test_an_ok_record_without_files_is_run_again(tmp_path: Path) -> None:
         record(tmp_path / "manifest.jsonl", {"id": "a", "status": "ok", "files": []})
     )
     assert index.finished(tmp_path, ["a"], retry_failed=False) == [None]
+
+
+def test_an_ids_check_bits_depend_on_the_id() -> None:
+    # A record the index found intact is skipped without reading its line back: the 32 check
+    # bits stored beside each 64-bit key tell apart two ids whose keys collide. Bits that were
+    # the same for every id would tell nothing apart.
+    checks = {manifest_module._id_check(f"item-{i}") for i in range(100)}
+    assert len(checks) > 90  # 100 ids in 2**32 values: all distinct but by a rare chance
+
+
+def test_an_image_written_but_not_stat_able_afterwards_is_recorded_without_a_stamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without a stamp a resume hashes the file instead of trusting it unchanged.
+    def unstatable(_: object) -> tuple[int, int, int]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(manifest_module, "_stamp_of", unstatable)
+    [entry] = write_images(tmp_path, [("a.png", b"paid image")])
+    assert entry.stamp is None
+    assert (entry.path, entry.bytes) == ("a.png", 10)
+    assert (tmp_path / "a.png").read_bytes() == b"paid image"
+
+
+def test_a_shards_sweep_removes_its_own_temp_files_and_leaves_the_others(tmp_path: Path) -> None:
+    mine = tmp_path / ".000005-a-fox-1234-0.png.abcd.nanogpt-tmp"
+    theirs = tmp_path / ".000006-a-fox-1234-0.png.abcd.nanogpt-tmp"
+    for path in (mine, theirs):
+        path.write_bytes(b"half an image")
+    assert manifest_module.sweep_temp_files(tmp_path, Shard(1, 4).owns_temp_file) == 1
+    assert not mine.exists()
+    assert theirs.exists()  # another shard may be writing it right now

@@ -8,8 +8,18 @@ the manifest replaces input images by a placeholder whose parts say what the ima
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
-from nanogpt_async._batch._names import public_body, request_digest
+import pytest
+
+from nanogpt_async._batch._names import (
+    _SLUG_MAX,
+    IdentityCounter,
+    public_body,
+    request_digest,
+    safe_path,
+    slugify,
+)
 
 
 def digest_of(url: str) -> str:
@@ -46,3 +56,57 @@ def test_a_placeholders_size_counts_everything_after_the_first_comma() -> None:
     url = "data:image/png;base64,AAAA,AAAA"  # 9 characters of data: about 6 bytes
     shown = public_body({"prompt": "x", "imageDataUrl": url})["imageDataUrl"]
     assert shown == f"<image/png, ~6 bytes, sha256:{digest_of(url)}>"
+
+
+def test_ids_of_requests_with_input_images_are_those_of_the_release_that_wrote_the_manifest() -> (
+    None
+):
+    # Pinned values: a change here means a resume no longer finds what earlier runs recorded
+    # (and pays for it again). One image and a list of one are different requests; a list
+    # counts every image, not only its first.
+    one, two = "data:image/png;base64,AAAA", "data:image/png;base64,BBBB"
+    assert request_digest({"prompt": "make it snow", "imageDataUrl": one}) == "62c7b02d0118f02d"
+    assert request_digest({"prompt": "make it snow", "imageDataUrls": [one]}) == "8db439557bfa4935"
+    pair = request_digest({"prompt": "make it snow", "imageDataUrls": [one, two]})
+    assert pair == "0b7540fc5674fce7"
+    assert request_digest({"prompt": "make it snow", "imageDataUrls": [one, one]}) != pair
+
+
+def test_ids_of_a_long_input_are_those_of_the_release_that_wrote_the_manifest() -> None:
+    # 30,000 distinct requests fill three layers of the filter that counts occurrences; its
+    # false positives (a first occurrence numbered -1) depend on every parameter of the filter,
+    # so the whole sequence of ids is pinned: a resume of an earlier release's folder must find
+    # every item by the same id. Repeats of early and late requests are found in any layer.
+    digests = [hashlib.sha256(f"prompt {i}".encode()).hexdigest()[:16] for i in range(30_000)]
+    counter = IdentityCounter()
+    ids = [counter.next_id(digest) for digest in digests + digests[::997] + digests[-40:]]
+    assert len(set(ids)) == len(ids)
+    assert sum(item_id.endswith("-1") for item_id in ids[:30_000]) == 110  # 0.37%: below 1%
+    # Each layer holds exactly its capacity (8,192, then twice as many) before the next one
+    # starts: 29,890 first occurrences remembered, 8,192 + 16,384 + 5,314.
+    assert (len(counter._layers), counter._in_layer) == (3, 5314)
+    assert all(not item_id.endswith("-0") for item_id in ids[30_000:])
+    pinned = "26d3c83cfd47eaa9b750beae192df60ef8cabefba4c87fe3612f6bad40adf09e"
+    assert hashlib.sha256("\n".join(ids).encode()).hexdigest() == pinned
+
+
+def test_a_slug_cut_at_its_maximum_length_does_not_end_in_a_hyphen() -> None:
+    # The cut falls right after a word: the hyphen that joined it to the next word goes too.
+    words = "x" * (_SLUG_MAX - 1) + " and more"
+    assert slugify(words) == "x" * (_SLUG_MAX - 1)
+    assert slugify("  --a fox--  ") == "a-fox"
+
+
+@pytest.mark.parametrize("name", ["..", "a\0b.png", "sub/../a.png", "./a.png"])
+def test_a_file_name_that_is_not_a_plain_name_in_the_folder_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    # The belt to image_file_name's braces, and the gallery's check of names read from a
+    # manifest: the parent folder, a NUL, and any directory part (even one leading back in).
+    with pytest.raises(ValueError, match="outside the output folder") as refused:
+        safe_path(tmp_path, name)
+    assert str(tmp_path.resolve()) in str(refused.value)  # says which folder
+
+
+def test_a_plain_name_is_kept_in_the_folder(tmp_path: Path) -> None:
+    assert safe_path(tmp_path, "000001-a-fox-0.png") == tmp_path / "000001-a-fox-0.png"

@@ -155,9 +155,14 @@ class InputChunks:
         if self._tasks is None:
             return None
         self._tasks.cancel_scope.cancel()
-        if self._receive is not None:
-            self._receive.close()
-        return await self._tasks.__aexit__(exc_type, exc, tb)
+        try:
+            return await self._tasks.__aexit__(exc_type, exc, tb)
+        finally:
+            # Closed only once the reader has stopped: closed before, a reader that had just
+            # been handed room (under trio the cancellation reaches it at its next wait) sent
+            # its next entry into a closed stream, and its BrokenResourceError ended the batch.
+            if self._receive is not None:
+                self._receive.close()
 
     async def next(self) -> tuple[list[object], Exception | None]:
         """The next chunk (empty at the end), and the input's error if it raised after it."""

@@ -79,7 +79,7 @@ class Resume:
         """``job``, or its ``skipped`` result when an earlier run did it (checked in a thread)."""
         if self._recorded is None:
             return job
-        [recorded] = await anyio.to_thread.run_sync(self._earlier_runs, [job.id])
+        [recorded] = await anyio.to_thread.run_sync(self._earlier_runs, self._recorded, [job.id])
         return job if recorded is None else self._skipped_result(job, recorded)
 
     def _skipped_result(self, job: Job, recorded: RecordedItem) -> ItemResult:
@@ -94,15 +94,15 @@ class Resume:
             request_id=recorded.request_id,
         )
 
-    def _earlier_runs(self, item_ids: Sequence[str]) -> list[RecordedItem | None]:
+    def _earlier_runs(
+        self, recorded: ManifestIndex, item_ids: Sequence[str]
+    ) -> list[RecordedItem | None]:
         """What an earlier run did that this one should not redo, per id (blocking: a thread).
 
         ``None`` when the item must run: never recorded, recorded failed with ``retry_failed``,
         or recorded ok but a file has gone or changed since (size, then stamp or SHA-256).
         """
-        if self._recorded is None:
-            return [None] * len(item_ids)
-        return self._recorded.finished(self._folder, item_ids, retry_failed=self._retry_failed)
+        return recorded.finished(self._folder, item_ids, retry_failed=self._retry_failed)
 
     def triage(
         self,
@@ -122,42 +122,48 @@ class Resume:
         Items this process does not do (``owns``: another shard's) are prepared (their ids
         count) but not looked up.
         """
+        recorded = self._recorded
+        # Only an active resume triages (`Batch._produce_resumed`): no branch for "no records".
+        assert recorded is not None  # noqa: S101 - for the type checker
         # Not wanted: the commonest entries are looked up by id first, and get a job only if
         # they run (most of a resume's items are skipped: `_skip_plain`).
         plain: list[tuple[int, str, Any]] | None = None if wanted else []
         outcomes, looked_up = _prepared(preparer, entries, first_index, plain, owns)
         if looked_up and not wanted:
-            looked_up = self._skip_intact(looked_up, outcomes)
+            looked_up = self._skip_intact(recorded, looked_up, outcomes)
         if plain:
-            looked_up += self._skip_plain(plain, outcomes, first_index)
+            looked_up += self._skip_plain(recorded, plain, outcomes, first_index)
         if looked_up:
-            found = self._earlier_runs([job.id for _, job in looked_up])
-            for (position, job), recorded in zip(looked_up, found, strict=True):
-                if recorded is not None:
-                    outcomes[position] = self._skipped_result(job, recorded) if wanted else SKIPPED
+            found = self._earlier_runs(recorded, [job.id for _, job in looked_up])
+            for (position, job), earlier in zip(looked_up, found, strict=True):
+                if earlier is not None:
+                    outcomes[position] = self._skipped_result(job, earlier) if wanted else SKIPPED
                 else:  # runs (a plain entry's outcome was `SKIPPED` until now)
                     outcomes[position] = job
         return outcomes
 
     def _skip_plain(
-        self, plain: list[tuple[int, str, Any]], outcomes: list[Triaged], first_index: int
+        self,
+        recorded: ManifestIndex,
+        plain: list[tuple[int, str, Any]],
+        outcomes: list[Triaged],
+        first_index: int,
     ) -> list[tuple[int, Job]]:
         """Skip the plain entries the index found intact; the jobs of the rest, to check.
 
         ``plain``: ``(position, id, entry)`` of entries `Preparer.plain_id` accepted, each
         `SKIPPED` in ``outcomes`` until found otherwise.
         """
-        if self._recorded is None:
-            return []
-        intact = self._recorded.intact([item_id for _, item_id, _ in plain])
+        intact = recorded.intact([item_id for _, item_id, _ in plain])
         return [
             (position, Preparer.plain_job(entry, first_index + position, item_id))
             for (position, item_id, entry), done in zip(plain, intact, strict=True)
             if not done
         ]
 
+    @staticmethod
     def _skip_intact(
-        self, looked_up: list[tuple[int, Job]], outcomes: list[Triaged]
+        recorded: ManifestIndex, looked_up: list[tuple[int, Job]], outcomes: list[Triaged]
     ) -> list[tuple[int, Job]]:
         """Skip what the index found intact as it was built; the items still to check.
 
@@ -165,9 +171,7 @@ class Resume:
         answers from memory (`ManifestIndex.intact`), and only the rest is looked up in the
         manifest and checked against its files.
         """
-        if self._recorded is None:
-            return looked_up
-        intact = self._recorded.intact([job.id for _, job in looked_up])
+        intact = recorded.intact([job.id for _, job in looked_up])
         for (position, _), done in zip(looked_up, intact, strict=True):
             if done:
                 outcomes[position] = SKIPPED
