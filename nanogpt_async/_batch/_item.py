@@ -1,6 +1,8 @@
 """One admitted item's way: send -> settle the budget -> save -> record -> results stream.
 
-Each item runs in a task of its own, started by the producer once admitted (`_admit`). Money
+Each item runs in a task of the batch's work group, handed to it by the producer once admitted
+(`_admit`): a task whose item is done waits for the next (`Workers`), so items do not pay for a
+task each. Money
 decides the order: the budget is settled as soon as the answer (or its loss) is known, the
 answer is saved even if the batch is being cancelled (it is paid for), the fence hears of the
 item only after its manifest line, and the pipeline slot is handed back last.
@@ -14,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream
 from typing_extensions import Self
 
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
     from nanogpt_async._batch._tally import Tally
     from nanogpt_async._output._responses import ImagesResponse
 
-__all__ = ["ItemFlow", "Results"]
+__all__ = ["ItemFlow", "Results", "Workers"]
 
 
 class Results:
@@ -213,6 +216,74 @@ class ItemFlow:
         )
         await shared.finish_claim(job, result, charged=charged)
         return result
+
+
+class _Idle:
+    """A worker waiting for its next item: ``job`` is set (then ``wake``) when it gets one."""
+
+    __slots__ = ("job", "reservation", "wake")
+
+    def __init__(self) -> None:
+        self.wake = anyio.Event()
+        self.job: Job | None = None
+        self.reservation: Reservation | None = None
+
+
+class Workers:
+    """The tasks that run admitted items: a task whose item is done takes the next one.
+
+    A task per item cost ~20 us of CPU in anyio's spawning alone (a task handle with its own
+    cancel scope and event, a done-callback, the task-state bookkeeping; ~5 us for asyncio's
+    ``create_task``), about 2% of the batch's CPU per item in W2. An idle task is woken with an
+    event instead; a new one is started only when none is idle, so there are never more tasks
+    than items in the pipeline at once (the pipeline slots bound them).
+    """
+
+    __slots__ = ("_closed", "_flow", "_group", "_idle")
+
+    def __init__(self, flow: ItemFlow, group: anyio.abc.TaskGroup) -> None:
+        self._flow = flow
+        self._group = group
+        self._idle: list[_Idle] = []
+        self._closed = False
+
+    def start(self, job: Job, reservation: Reservation) -> None:
+        """Run the admitted ``job`` in an idle task, or a new one if none is idle."""
+        if self._idle:
+            idle = self._idle.pop()  # the latest idle: the warmest
+            idle.job, idle.reservation = job, reservation
+            idle.wake.set()
+        else:
+            self._group.start_soon(self._work, job, reservation)
+
+    def close(self) -> None:
+        """No more items: idle tasks end, busy ones once their item is done."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for waiting in idle:
+            waiting.wake.set()
+
+    async def _work(self, job: Job, reservation: Reservation) -> None:
+        while True:
+            await self._flow.process(job, reservation)
+            if self._closed:
+                return
+            idle = _Idle()
+            self._idle.append(idle)
+            try:
+                await idle.wake.wait()
+            except BaseException:
+                if idle.job is None or idle.reservation is None:
+                    if idle in self._idle:
+                        self._idle.remove(idle)
+                    raise
+                # Handed an item as the cancellation came: run it, as a task started just
+                # before a cancellation is (its slots and reservation are handed back).
+                await self._flow.process(idle.job, idle.reservation)
+                raise
+            if idle.job is None or idle.reservation is None:
+                return  # closed
+            job, reservation = idle.job, idle.reservation
 
 
 def _maybe_charged(error: NanoGPTError | None) -> bool:
