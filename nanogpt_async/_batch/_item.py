@@ -279,6 +279,8 @@ class Workers:
                     raise
                 # Handed an item as the cancellation came: run it, as a task started just
                 # before a cancellation is (its slots and reservation are handed back).
+                # Defence only: anyio and trio deliver no cancellation to a wait that was
+                # already woken (it returns, and the item's first checkpoint raises).
                 await self._flow.process(idle.job, idle.reservation)
                 raise
             if idle.job is None or idle.reservation is None:
