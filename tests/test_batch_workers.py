@@ -1,4 +1,4 @@
-"""The batch's item tasks (`Workers`): reused from item to item, never losing a handed item."""
+"""The batch's item tasks (`Workers`), reused from item to item, and its results stream."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING, cast
 
 import anyio
 
-from nanogpt_async._batch._item import Workers
+from nanogpt_async._batch._item import Results, Workers
+from nanogpt_async._batch._results import ItemResult
+from nanogpt_async._batch._tally import Tally
 
 if TYPE_CHECKING:
     from nanogpt_async._batch._budget import Reservation
@@ -81,3 +83,54 @@ async def test_an_item_handed_to_an_idle_task_as_the_batch_is_cancelled_hands_it
         workers.start(_job("b"), _RESERVED)  # wakes the idle task...
         group.cancel_scope.cancel()  # ...which is cancelled before it runs
     assert flow.handed_back == ["a", "b"]
+
+
+# -- the results stream -----------------------------------------------------------------------
+
+
+def _result(index: int) -> ItemResult:
+    return ItemResult(
+        id=str(index), index=index, request={}, status="ok", started_at=0.0, finished_at=0.0
+    )
+
+
+async def test_a_reader_waiting_for_a_result_gets_each_one_as_it_comes_then_ends() -> None:
+    results = Results(4, Tally(None))
+    read: list[int] = []
+
+    async def reader() -> None:
+        async for result in results:
+            read.append(result.index)  # noqa: PERF401 - each as it comes, not all at the end
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(reader)
+        for index in range(3):
+            await anyio.wait_all_tasks_blocked()  # the reader waits on an empty stream
+            await results.emit(_result(index))
+        await anyio.wait_all_tasks_blocked()
+        assert read == [0, 1, 2]
+        results.close()  # wakes the waiting reader: its loop ends
+    assert read == [0, 1, 2]
+
+
+async def test_two_readers_waiting_on_the_results_are_both_woken_and_both_end() -> None:
+    results = Results(4, Tally(None))
+    read: list[int] = []
+    ended: list[str] = []
+
+    async def reader(name: str) -> None:
+        read.extend([result.index async for result in results])
+        ended.append(name)
+
+    with anyio.fail_after(5):  # a reader left waiting would hang here
+        async with anyio.create_task_group() as group:
+            group.start_soon(reader, "a")
+            group.start_soon(reader, "b")
+            await anyio.wait_all_tasks_blocked()
+            await results.emit(_result(0))
+            await anyio.wait_all_tasks_blocked()
+            await results.emit(_result(1))
+            await anyio.wait_all_tasks_blocked()
+            results.close()
+    assert sorted(read) == [0, 1]
+    assert sorted(ended) == ["a", "b"]

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream
 from typing_extensions import Self
 
 from nanogpt_async._batch._budget import Reservation, known_cost
@@ -47,7 +46,7 @@ __all__ = ["ItemFlow", "Results", "Workers"]
 class Results:
     """The bounded results stream behind ``async for result in batch``; counts each result."""
 
-    __slots__ = ("_send", "_tally", "receive", "skipped", "wanted")
+    __slots__ = ("_ready", "_send", "_tally", "receive", "skipped", "wanted")
 
     def __init__(self, size: int, tally: Tally, *, skipped: bool = True) -> None:
         self._send, self.receive = anyio.create_memory_object_stream[ItemResult](size)
@@ -56,6 +55,8 @@ class Results:
         self.wanted = True
         #: ``skipped_results``: whether ``skipped`` results are sent through it.
         self.skipped = skipped
+        #: Set when a result comes (or the stream closes) while readers wait for one (`_Reading`).
+        self._ready: anyio.Event | None = None
 
     async def emit(self, result: ItemResult) -> None:
         """Count ``result`` and hand it to the reader (waiting while the stream is full)."""
@@ -76,44 +77,60 @@ class Results:
                 # No loop turn when there is room (the stream's send always takes one).
                 self._send.send_nowait(result)
             except anyio.WouldBlock:
-                await self._send.send(result)
+                await self._send.send(result)  # full: the reader is not waiting
+            else:
+                self._wake()
 
     def close(self) -> None:
         """No more results: the reader's ``async for`` ends once it has read them."""
         self._send.close()
+        self._wake()
+
+    def next_result(self) -> anyio.Event:
+        """An event set when the next result comes or the stream closes (for readers)."""
+        if self._ready is None:
+            self._ready = anyio.Event()
+        return self._ready
+
+    def _wake(self) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.set()
 
     def __aiter__(self) -> AsyncIterator[ItemResult]:
         """The results as they come: ``async for result in batch``."""
-        return _Reading(self.receive)
+        return _Reading(self)
 
 
 class _Reading:
-    """Reads the results stream without a loop turn while results are waiting.
+    """Reads the results stream with no loop turn of its own.
 
     anyio's ``receive`` always takes a checkpoint, a loop turn per result even when the stream
     holds many (~10 us of CPU each, and the senders behind a full stream wait a turn longer:
-    W2 profile). The reader still waits, and yields, once the stream is empty.
+    W2 profile); and when the stream is empty, as it mostly is in W2 (results come one by one,
+    the reader waits for each), that turn comes on top of the wait. The reader takes what is
+    there; when nothing is, it waits for `Results` to say a result came, and yields there.
     """
 
-    __slots__ = ("_receive",)
+    __slots__ = ("_results",)
 
-    def __init__(self, receive: MemoryObjectReceiveStream[ItemResult]) -> None:
-        self._receive = receive
+    def __init__(self, results: Results) -> None:
+        self._results = results
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> ItemResult:
-        try:
-            return self._receive.receive_nowait()
-        except anyio.WouldBlock:
-            pass
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
+        results = self._results
+        while True:
+            try:
+                return results.receive.receive_nowait()
+            except anyio.WouldBlock:
+                pass
+            except anyio.EndOfStream:
+                raise StopAsyncIteration from None
+            # Nothing waits between the look above and here: no result can slip by unseen.
+            await results.next_result().wait()
 
 
 class ItemFlow:
