@@ -134,3 +134,22 @@ async def test_two_readers_waiting_on_the_results_are_both_woken_and_both_end() 
             results.close()
     assert sorted(read) == [0, 1]
     assert sorted(ended) == ["a", "b"]
+
+
+async def test_a_result_that_waited_for_room_in_the_stream_still_wakes_the_reader() -> None:
+    results = Results(1, Tally(None))
+    read: list[int] = []
+
+    async def reader() -> None:
+        async for result in results:
+            read.append(result.index)  # noqa: PERF401 - each as it comes, not all at the end
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            await results.emit(_result(0))  # the stream is full...
+            group.start_soon(results.emit, _result(1))  # ...so this one waits for room
+            group.start_soon(reader)  # takes the first, then waits while the second comes
+            await anyio.wait_all_tasks_blocked()
+            assert read == [0, 1]
+            results.close()
+    assert read == [0, 1]

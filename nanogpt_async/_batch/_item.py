@@ -77,9 +77,10 @@ class Results:
                 # No loop turn when there is room (the stream's send always takes one).
                 self._send.send_nowait(result)
             except anyio.WouldBlock:
-                await self._send.send(result)  # full: the reader is not waiting
-            else:
-                self._wake()
+                # Full. The send's checkpoint comes first: the reader may empty the stream and
+                # wait before this result goes in, so it is woken here too.
+                await self._send.send(result)
+            self._wake()
 
     def close(self) -> None:
         """No more results: the reader's ``async for`` ends once it has read them."""
