@@ -97,6 +97,29 @@ async def test_a_cancelled_waiter_gives_up_its_place_and_loses_no_slot() -> None
         assert gate.waiting == 0
 
 
+async def test_a_free_save_slot_is_taken_at_once_but_never_ahead_of_a_waiter() -> None:
+    gate = DeadlineGate(2)
+    assert gate.acquire_nowait()  # free, nobody waiting: taken without a loop turn
+    assert gate.acquire_nowait()
+    assert not gate.acquire_nowait()  # full
+    served: list[str] = []
+
+    async def save(name: str) -> None:
+        async with gate.slot(10.0):
+            served.append(name)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(save, "waiter")
+        await anyio.wait_all_tasks_blocked()
+        gate.release()  # handed straight to the waiter...
+        assert not gate.acquire_nowait()  # ...so a newcomer cannot jump the queue
+        await anyio.wait_all_tasks_blocked()
+    assert served == ["waiter"]
+    gate.release()
+    assert gate.acquire_nowait()
+    assert gate.acquire_nowait()
+
+
 # -- the batch --------------------------------------------------------------------------------
 
 

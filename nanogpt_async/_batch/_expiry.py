@@ -112,15 +112,26 @@ class DeadlineGate:
     @contextlib.asynccontextmanager
     async def slot(self, deadline: float) -> AsyncIterator[None]:
         """Hold a slot for the block, after every waiter with a sooner deadline."""
-        await self._acquire(deadline)
+        await self.acquire(deadline)
         try:
             yield
         finally:
-            self._release()
+            self.release()
 
-    async def _acquire(self, deadline: float) -> None:
+    def acquire_nowait(self) -> bool:
+        """Take a slot if one is free and nobody waits (no loop turn); ``False``: none taken.
+
+        The batch's saves take this first and work out their deadline (`urls_expiry`) only when
+        they must wait: ~5 us a save less than ``slot``'s context manager (W2 profile).
+        """
         if self._free > 0 and not self.waiting:
             self._free -= 1
+            return True
+        return False
+
+    async def acquire(self, deadline: float) -> None:
+        """Take a slot, after every waiter with a sooner deadline; `release` gives it back."""
+        if self.acquire_nowait():
             return
         number = next(self._order)
         granted = anyio.Event()
@@ -129,12 +140,13 @@ class DeadlineGate:
             await granted.wait()
         except BaseException:
             if granted.is_set():
-                self._release()  # handed a slot while being cancelled: pass it on
+                self.release()  # handed a slot while being cancelled: pass it on
             else:
                 self._gone.add(number)
             raise
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Give a slot back: to the waiter with the soonest deadline, if any."""
         while self._waiting:
             _, number, granted = heapq.heappop(self._waiting)
             if number in self._gone:

@@ -1,6 +1,6 @@
 """The batch runner behind ``client.images.generate_many()``: the pipeline's outline.
 
-The data's way through, one task per item, all inside one task group::
+The data's way through, an item at a time per task (`Workers`), all inside one task group::
 
     input (read lazily) -> prepare: id, checked body                       (_prepare)
       -> resume: skip what an earlier run did, checked in chunks          (_resume, _chunks)
@@ -27,14 +27,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
 import anyio.to_thread
 from typing_extensions import Self
 
 from nanogpt_async._batch._admit import Admission
 from nanogpt_async._batch._api import BatchApi
 from nanogpt_async._batch._budget import Budget
-from nanogpt_async._batch._item import ItemFlow, Results
+from nanogpt_async._batch._item import ItemFlow, Results, Workers
 from nanogpt_async._batch._lifecycle import SAVE_TIMEOUT, BatchState, Lifecycle
 from nanogpt_async._batch._manifest import read_manifest
 from nanogpt_async._batch._plan import BatchPlan, Planner, plan_input
@@ -295,9 +294,13 @@ class Batch:
 
     async def _main(self) -> None:
         try:
-            async with anyio.create_task_group() as work:
-                with self._producer_scope:
-                    await self._produce(work)
+            async with anyio.create_task_group() as group:
+                workers = Workers(self._flow, group)
+                try:
+                    with self._producer_scope:
+                        await self._produce(workers)
+                finally:
+                    workers.close()
                 self._lifecycle.advance(BatchState.DRAINING)
         finally:
             self._lifecycle.advance(BatchState.DONE)
@@ -309,7 +312,7 @@ class Batch:
             self._results.close()
             report_once(self._settings, self.progress)
 
-    async def _produce(self, work: anyio.abc.TaskGroup) -> None:
+    async def _produce(self, work: Workers) -> None:
         """Read items (a resume: in checked chunks) and start them in input order."""
         lifecycle = self._lifecycle
         if self._resume.active:
@@ -327,7 +330,7 @@ class Batch:
             if prepared is None or not await self._take(prepared, work):
                 break
 
-    async def _produce_resumed(self, work: anyio.abc.TaskGroup) -> None:
+    async def _produce_resumed(self, work: Workers) -> None:
         """Resume: items triaged in chunks, one worker-thread call each (`Triage`)."""
         lifecycle, results = self._lifecycle, self._results
         async with Triage(
@@ -344,7 +347,7 @@ class Batch:
                     if lifecycle.halted or not await self._take(prepared, work):
                         return
 
-    async def _take(self, prepared: Job | ItemResult, work: anyio.abc.TaskGroup) -> bool:
+    async def _take(self, prepared: Job | ItemResult, work: Workers) -> bool:
         """Start the next item, or report it (skipped, or failed unsent); ``False``: stop.
 
         ``prepared``'s resume check is answered: a job runs, a result is reported.
@@ -361,5 +364,5 @@ class Batch:
             self._lifecycle.stop_for("budget")
             return False
         self._tally.in_flight += 1
-        work.start_soon(self._flow.process, prepared, reservation)
+        work.start(prepared, reservation)
         return True

@@ -257,9 +257,13 @@ class Saver:
         self._lifecycle.saving.add(scope)
         try:
             with scope:
-                expiry = urls_expiry(image.url for image in response.data)
-                async with self.gate.slot(expiry):  # soonest-expiring URLs first
+                gate = self.gate  # explicit, not ``slot()``: see `DeadlineGate.acquire_nowait`
+                if not gate.acquire_nowait():  # soonest-expiring URLs first
+                    await gate.acquire(urls_expiry(image.url for image in response.data))
+                try:
                     saved = await self._fetch_and_write(job, response, finish)
+                finally:
+                    gate.release()
         finally:
             self._lifecycle.saving.discard(scope)
         if isinstance(saved, _Recorded):
