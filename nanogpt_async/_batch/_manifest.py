@@ -71,6 +71,10 @@ _OFFSET = _PENDING - 1
 #: beside the index's build; a smaller one as its lines are read (about 20,000 records: the
 #: ``stat`` calls take less time than starting that process, about 0.3 s of CPU).
 _CHECK_APART_BYTES = 8 << 20
+#: A manifest of this size or more has its index sized up front (`ManifestIndex._reserve`).
+_RESERVE_BYTES = 8 << 20
+#: How much of a manifest's start `ManifestIndex._reserve` reads to estimate its line count.
+_ESTIMATE_BYTES = 1 << 16
 #: The check says how far it got after every this many lines (and at the end).
 _CHECKED_EVERY = 8192
 #: What a file's stamp holds (see `FileEntry`).
@@ -249,6 +253,7 @@ class ManifestIndex:
         except FileNotFoundError:
             return index
         with file:
+            index._reserve(file)
             dir_fd = open_folder(folder) if folder is not None else None
             try:
                 if dir_fd is not None and folder is not None:
@@ -333,6 +338,30 @@ class ManifestIndex:
             offset += len(line)
         self._used = used
         return skipped
+
+    def _reserve(self, file: IO[bytes]) -> None:
+        """Size the table up front for a big manifest's records, estimated from its start.
+
+        Growing it by doubling on the way to a million records re-inserted two million keys
+        in `_grow` (about 0.5 s of the index's 4 s build). The estimate is the first
+        `_ESTIMATE_BYTES`' lines scaled to the file's size, less an eighth: a manifest whose
+        later lines are longer gets a table too big by at most that, one whose later lines are
+        shorter grows as before. Leaves ``file`` at its start.
+        """
+        size = os.fstat(file.fileno()).st_size
+        if size < _RESERVE_BYTES:
+            return
+        head = file.read(_ESTIMATE_BYTES)
+        file.seek(0)
+        lines = head.count(b"\n")
+        if not lines:  # a first line longer than the sample: no estimate
+            return
+        records = size * lines // len(head) * 7 // 8
+        slots = 1 << (2 * records).bit_length()
+        if slots > len(self._keys):
+            self._keys = array("Q", bytes(8 * slots))
+            self._offsets = array("Q", bytes(8 * slots))
+            self._checks = array("I", bytes(4 * slots))
 
     def _settle(self, *, wait: bool) -> None:
         """Take in what the file check sent so far; ``wait``: at least something (blocking).
