@@ -7,7 +7,9 @@ thousand small records stand for a big manifest.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -104,3 +106,24 @@ def test_a_manifest_whose_first_line_outgrows_the_sample_gets_no_estimate(
     grows = count_grows(monkeypatch)
     index = ManifestIndex.build(path)
     assert (len(index), grows, len(index._keys)) == (3001, [1024, 2048, 4096], 8192)
+
+
+def test_the_build_reads_the_manifest_in_big_pieces_and_a_lookup_in_default_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each read lets go of the GIL: a busy thread then holds it for up to 5 ms (see
+    # `_BUILD_BUFFER`). A lookup seeks and reads a line or a span: a big buffer would read more.
+    path = manifest_of(tmp_path / "manifest.jsonl", 10)
+    buffers: list[int] = []
+    fdopen = os.fdopen
+
+    def spied(fd: int, mode: str, buffering: int) -> IO[bytes]:
+        buffers.append(buffering)
+        return fdopen(fd, mode, buffering)
+
+    monkeypatch.setattr(os, "fdopen", spied)
+    monkeypatch.setattr(manifest_module, "_BUILD_BUFFER", 12345)
+    index = ManifestIndex.build(path)
+    found = index.get_many(["item-00003"])
+    assert found[0] is not None
+    assert buffers == [12345, -1]
