@@ -127,3 +127,20 @@ def test_the_build_reads_the_manifest_in_big_pieces_and_a_lookup_in_default_ones
     found = index.get_many(["item-00003"])
     assert found[0] is not None
     assert buffers == [12345, -1]
+
+
+def test_a_manifest_whose_last_lines_are_longer_is_estimated_from_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Short lines first, long ones last: the head alone says 10,341 records (32,768 slots for
+    # 3100): the tail's longer lines win, and the table grows as before instead.
+    path = manifest_of(tmp_path / "manifest.jsonl", 3000)
+    long_line = b'{"id":"long-%03d","status":"ok","files":[],"note":"' + b"x" * 3940 + b'"}\n'
+    with path.open("ab") as file:
+        file.writelines(long_line % i for i in range(100))
+    monkeypatch.setattr(manifest_module, "_RESERVE_BYTES", 0)
+    monkeypatch.setattr(manifest_module, "_ESTIMATE_BYTES", 4300)
+    grows = count_grows(monkeypatch)
+    index = ManifestIndex.build(path)
+    assert (len(index), grows, len(index._keys)) == (3100, [1024, 2048, 4096], 8192)
+    assert index.get("long-099") is not None
