@@ -117,6 +117,14 @@ class Preparer:
         self._ids = IdentityCounter()
         self._user_ids = RepeatedIds()
 
+    def expect_ids(self, count: int) -> None:
+        """Make room for about ``count`` user ids up front, if none was checked yet.
+
+        A resume expects about as many as were recorded (`Triage`).
+        """
+        if not len(self._user_ids):
+            self._user_ids = RepeatedIds(count)
+
     async def next(self, entries: Entries, index: int) -> Job | ItemResult | None:
         """The next input item, prepared; ``None`` at the end of the input or on its error.
 

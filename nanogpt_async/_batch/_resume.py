@@ -70,6 +70,11 @@ class Resume:
         """An earlier run recorded something: items are checked before they run."""
         return self._recorded is not None
 
+    @property
+    def recorded_items(self) -> int:
+        """How many distinct items earlier runs recorded (0 when nothing is checked)."""
+        return len(self._recorded) if self._recorded is not None else 0
+
     def close(self) -> None:
         """Stop checking the recorded files, if that still runs (blocking: a worker thread)."""
         if self._recorded is not None:
@@ -276,6 +281,8 @@ class Triage:
     ) -> None:
         """Triage ``entries``; ``wanted``: whether someone reads the results (`Results`)."""
         self._chunks = InputChunks(entries, size=_TRIAGE_CHUNK, fair_share=FAIR_SHARE)
+        # A re-run meets about the items it recorded: their ids' table sized once, not grown.
+        preparer.expect_ids(resume.recorded_items)
         self._preparer = preparer
         self._resume = resume
         self._shard = shard

@@ -27,11 +27,16 @@ class RepeatedIds:
         (None, None, 1)
     """
 
-    def __init__(self) -> None:
-        """Start with no id seen."""
-        self._keys = array("Q", bytes(8 * 1024))
-        self._checks = array("I", bytes(4 * 1024))
-        self._positions = array("I", bytes(4 * 1024))
+    def __init__(self, expected: int = 0) -> None:
+        """Start with no id seen, with room for ``expected`` ids before the table grows.
+
+        Growing it by doubling on the way to a million ids re-inserted two million (0.29 s of
+        1.46 s of adding them): a resume knows about how many to expect (`Preparer.expect_ids`).
+        """
+        size = max(1024, 1 << (2 * expected).bit_length())
+        self._keys = array("Q", bytes(8 * size))
+        self._checks = array("I", bytes(4 * size))
+        self._positions = array("I", bytes(4 * size))
         self._used = 0
 
     def __len__(self) -> int:
