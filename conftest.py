@@ -161,6 +161,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: absent with -p no:xdist
+def pytest_xdist_auto_num_workers() -> int | None:
+    """``-n auto``: two workers more than the cores (at most twice as many).
+
+    Many tests wait rather than compute: a rate limit's or a cooldown's real time, a child
+    process (the CLI, shards, crashes, Redis workers). With one worker per core those waits
+    left the cores idle: on this 2-core machine, 1,767 tests, quiet (25 Nov 2026): 60.2 s with
+    2 workers, 48.8 s with 3, 47.2 s with 4. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides
+    where set (xdist's own hook reads it).
+    """
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    return min(2 * cores, cores + 2)
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: absent with -p no:xdist
 def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
     """Load scheduling, one test at a time, with a page or module kept whole where needed."""
     if config.getvalue("dist") != "load":

@@ -147,3 +147,21 @@ def test_tests_sharing_a_dear_module_fixture_are_handed_out_together(
     for group in root_conftest.SHARED_FIXTURE:
         path, _, test = group.partition("::")
         assert f"def {test}" in (root / path).read_text(), group
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 2), (2, 4), (8, 10)])
+def test_auto_workers_are_two_more_than_the_cores_at_most_twice_as_many(
+    root_conftest: ModuleType, monkeypatch: pytest.MonkeyPatch, cores: int, workers: int
+) -> None:
+    # Tests waiting on real time (rate limits, child processes) left cores idle at one worker
+    # per core: see the hook's docstring for the measurements.
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
+    assert root_conftest.pytest_xdist_auto_num_workers() == workers
+
+
+def test_auto_workers_set_in_the_environment_are_left_to_xdist(
+    root_conftest: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "3")
+    assert root_conftest.pytest_xdist_auto_num_workers() is None
