@@ -8,7 +8,6 @@ charges equal what the run recorded.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import subprocess
@@ -17,7 +16,6 @@ import threading
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -28,7 +26,6 @@ from nanogpt_async._batch import _manifest as manifest_module
 from nanogpt_async._batch import _resume as resume_module
 from nanogpt_async._batch._filecheck import CHECKED_TO
 from nanogpt_async._batch._manifest import (
-    FileEntry,
     ManifestIndex,
     ManifestWriter,
     check_files,
@@ -36,6 +33,7 @@ from nanogpt_async._batch._manifest import (
     read_manifest,
 )
 from tests._counting import open_counter
+from tests._recorded import entry, record, recorded_items
 from tests._serving import Serve, fake_client, fake_servers
 from tests._waiting import wait_until
 
@@ -89,30 +87,6 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
         process.wait()
 
 
-def _entry(folder: Path, name: str, data: bytes) -> dict[str, Any]:
-    path = folder / name
-    path.write_bytes(data)
-    info = path.lstat()
-    stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
-    return FileEntry(name, hashlib.sha256(data).hexdigest(), len(data), stamp).as_json()
-
-
-def _record(writer: ManifestWriter, item_id: str, status: str, files: list[Any]) -> None:
-    writer.append({"id": item_id, "status": status, "files": files, "request_id": f"r-{item_id}"})
-
-
-def _recorded(folder: Path, count: int) -> list[dict[str, str]]:
-    """``count`` items recorded ok with their files, as a finished run leaves them."""
-    writer = ManifestWriter(folder / "manifest.jsonl")
-    items = []
-    for i in range(count):
-        item = {"id": f"old-{i}", "prompt": f"old prompt {i}"}
-        _record(writer, item["id"], "ok", [_entry(folder, f"old-{i}.png", f"image {i}".encode())])
-        items.append(item)
-    writer.close()
-    return items
-
-
 def _damage(folder: Path) -> None:
     """Two recorded files damaged: one gone, one rewritten with the same size."""
     (folder / "old-5.png").unlink()
@@ -123,7 +97,7 @@ async def test_a_new_item_is_sent_while_the_recorded_files_are_still_being_check
     serve: Serve, tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = serve()
-    recorded = _recorded(tmp_path, 20)
+    recorded = recorded_items(tmp_path, 20, ids="old-{}", prompts="old prompt {}")
     _damage(tmp_path)
     monkeypatch.setattr(resume_module, "_TRIAGE_CHUNK", 1)  # the new item in a chunk of its own
     new = [{"id": "new-0", "prompt": "new prompt 0"}, {"id": "new-1", "prompt": "new prompt 1"}]
@@ -167,7 +141,7 @@ async def test_a_resume_that_reads_skipped_results_never_waits_for_the_check(
     serve: Serve, tmp_path: Path, gate: Gate
 ) -> None:
     server = serve()
-    recorded = _recorded(tmp_path, 12)
+    recorded = recorded_items(tmp_path, 12, ids="old-{}", prompts="old prompt {}")
     _damage(tmp_path)
     async with fake_client(server, KEY) as client:
         batch = client.images.generate_many(recorded, output_dir=tmp_path, rps=None)
@@ -186,22 +160,22 @@ def _many_cases(folder: Path) -> list[str]:
     """A manifest of records in every state, with the files damaged as the ids say."""
     writer = ManifestWriter(folder / "manifest.jsonl")
     for name in ("same", "deleted", "rewritten", "grown", "replaced-by-link"):
-        _record(writer, name, "ok", [_entry(folder, f"{name}.png", b"image " + name.encode())])
-    _record(writer, "failed", "failed", [])
+        record(writer, name, "ok", [entry(folder, f"{name}.png", b"image " + name.encode())])
+    record(writer, "failed", "failed", [])
     writer.append({"id": "not-json-to-orjson", "status": "ok", "files": [], "x": "\udc80"})
-    _record(writer, "no-files", "ok", [])
-    two = [_entry(folder, "two-1.png", b"one"), _entry(folder, "two-2.png", b"two")]
-    _record(writer, "two-files", "ok", two)
+    record(writer, "no-files", "ok", [])
+    two = [entry(folder, "two-1.png", b"one"), entry(folder, "two-2.png", b"two")]
+    record(writer, "two-files", "ok", two)
     # A failed retry after an ok line, and an ok line after a failed one: the latest wins.
-    _record(writer, "retried", "ok", [_entry(folder, "retried.png", b"first")])
-    _record(writer, "retried", "failed", [])
-    _record(writer, "fixed", "failed", [])
-    _record(writer, "fixed", "ok", [_entry(folder, "fixed.png", b"second")])
+    record(writer, "retried", "ok", [entry(folder, "retried.png", b"first")])
+    record(writer, "retried", "failed", [])
+    record(writer, "fixed", "failed", [])
+    record(writer, "fixed", "ok", [entry(folder, "fixed.png", b"second")])
     # Two ok lines of one id: only the latest one's files count.
-    _record(writer, "redone", "ok", [_entry(folder, "redone.png", b"one")])
-    _record(writer, "redone", "ok", [_entry(folder, "redone-v2.png", b"two")])
-    _record(writer, "redone-back", "ok", [_entry(folder, "back.png", b"one")])
-    _record(writer, "redone-back", "ok", [_entry(folder, "back-v2.png", b"two")])
+    record(writer, "redone", "ok", [entry(folder, "redone.png", b"one")])
+    record(writer, "redone", "ok", [entry(folder, "redone-v2.png", b"two")])
+    record(writer, "redone-back", "ok", [entry(folder, "back.png", b"one")])
+    record(writer, "redone-back", "ok", [entry(folder, "back-v2.png", b"two")])
     writer.close()
     (folder / "deleted.png").unlink()
     rewritten = folder / "rewritten.png"
@@ -305,15 +279,15 @@ def test_the_check_names_the_lines_not_intact_and_how_far_it_got(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = ManifestWriter(tmp_path / "manifest.jsonl")
-    _record(writer, "a", "ok", [_entry(tmp_path, "a.png", b"a")])
-    _record(writer, "b", "failed", [])
-    _record(writer, "c", "ok", [_entry(tmp_path, "c.png", b"c")])
+    record(writer, "a", "ok", [entry(tmp_path, "a.png", b"a")])
+    record(writer, "b", "failed", [])
+    record(writer, "c", "ok", [entry(tmp_path, "c.png", b"c")])
     writer.close()
     manifest = tmp_path / "manifest.jsonl"
     with manifest.open("ab") as file:
         file.write(b"not a record\n\n")
     _record_after = ManifestWriter(manifest)
-    _record(_record_after, "d", "ok", [_entry(tmp_path, "d.png", b"d")])
+    record(_record_after, "d", "ok", [entry(tmp_path, "d.png", b"d")])
     _record_after.close()
     (tmp_path / "c.png").unlink()
     starts = _line_starts(manifest)
@@ -332,7 +306,7 @@ def test_the_check_names_the_lines_not_intact_and_how_far_it_got(
 
 
 def test_a_check_that_cannot_open_the_folder_says_nothing(tmp_path: Path) -> None:
-    _recorded(tmp_path, 2)
+    recorded_items(tmp_path, 2, ids="old-{}", prompts="old prompt {}")
     out = io.BytesIO()
     check_files(tmp_path / "manifest.jsonl", tmp_path / "gone", 1 << 20, out)
     assert out.getvalue() == b""
@@ -341,7 +315,7 @@ def test_a_check_that_cannot_open_the_folder_says_nothing(tmp_path: Path) -> Non
 def test_an_answer_waits_only_until_the_check_has_got_past_the_lines_asked_about(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _recorded(tmp_path, 4)
+    recorded_items(tmp_path, 4, ids="old-{}", prompts="old prompt {}")
     (tmp_path / "old-2.png").unlink()
     starts = _line_starts(tmp_path / "manifest.jsonl")
     given = _Found([[CHECKED_TO + starts[2]], [starts[2], CHECKED_TO + starts[3]], []])
@@ -366,7 +340,7 @@ def test_an_answer_waits_only_until_the_check_has_got_past_the_lines_asked_about
 def test_records_are_not_intact_when_the_check_ends_without_a_word(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _recorded(tmp_path, 3)
+    recorded_items(tmp_path, 3, ids="old-{}", prompts="old prompt {}")
     given = _Found([])  # the check ended at once (it could not read the folder, or died)
     monkeypatch.setattr(manifest_module, "_check_apart", lambda *_: given)
     index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
@@ -416,7 +390,7 @@ def _open_descriptors() -> int:
 
 
 def test_closing_the_index_stops_a_check_still_running(tmp_path: Path, gate: Gate) -> None:
-    _recorded(tmp_path, 3)
+    recorded_items(tmp_path, 3, ids="old-{}", prompts="old prompt {}")
     before = _open_descriptors()
     index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
     assert [process.poll() for process in gate.processes] == [None]
@@ -431,7 +405,7 @@ def test_closing_the_index_stops_a_check_still_running(tmp_path: Path, gate: Gat
 def test_a_small_manifest_is_checked_in_this_process(
     tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _recorded(tmp_path, 3)
+    recorded_items(tmp_path, 3, ids="old-{}", prompts="old prompt {}")
     size = (tmp_path / "manifest.jsonl").stat().st_size
     monkeypatch.setattr(manifest_module, "_CHECK_APART_BYTES", size + 1)
     index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
@@ -456,7 +430,7 @@ def test_the_check_process_gets_no_nanogpt_variable(monkeypatch: pytest.MonkeyPa
 
 
 def test_an_index_without_its_folder_starts_no_check(tmp_path: Path, gate: Gate) -> None:
-    _recorded(tmp_path, 2)
+    recorded_items(tmp_path, 2, ids="old-{}", prompts="old prompt {}")
     index = ManifestIndex.build(tmp_path / "manifest.jsonl")
     assert len(index) == 2
     assert not gate.started
@@ -465,7 +439,7 @@ def test_an_index_without_its_folder_starts_no_check(tmp_path: Path, gate: Gate)
 def test_an_index_that_fails_to_build_stops_its_check(
     tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _recorded(tmp_path, 3)
+    recorded_items(tmp_path, 3, ids="old-{}", prompts="old prompt {}")
 
     def unreadable(*_: object) -> list[int]:
         raise OSError(5, "Input/output error")
@@ -480,7 +454,7 @@ def test_an_index_that_fails_to_build_stops_its_check(
 def test_no_check_process_is_started_without_an_interpreter_to_run_it(
     tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch, attribute: str, value: object
 ) -> None:
-    _recorded(tmp_path, 3)
+    recorded_items(tmp_path, 3, ids="old-{}", prompts="old prompt {}")
     monkeypatch.setattr(sys, attribute, value, raising=False)
     index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
     assert index.intact(["old-0", "old-1", "old-2"]) == [True] * 3  # checked as it was read

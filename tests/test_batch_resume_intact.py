@@ -8,7 +8,6 @@ never paid twice, and only the new items are sent and charged (the fake's own co
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,11 +17,12 @@ import pytest
 
 from nanogpt_async._batch import _manifest as manifest_module
 from nanogpt_async._batch._chunks import ChunkedInput
-from nanogpt_async._batch._manifest import FileEntry, ManifestWriter, read_manifest
+from nanogpt_async._batch._manifest import ManifestWriter, read_manifest
 from nanogpt_async._batch._prepare import Preparer
 from nanogpt_async._batch._resume import Resume
 from nanogpt_async._errors import RepeatedIdError
 from tests._counting import hop_counter, open_counter
+from tests._recorded import entry, record, recorded_items
 from tests._serving import Serve, fake_client, fake_servers
 
 KEY = "ngk_resume_intact_SECRET_7"
@@ -35,39 +35,27 @@ def serve() -> Iterator[Serve]:
         yield start
 
 
-def _entry(folder: Path, name: str, data: bytes, *, stamped: bool = True) -> dict[str, Any]:
-    path = folder / name
-    path.write_bytes(data)
-    info = path.lstat()
-    stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns) if stamped else None
-    return FileEntry(name, hashlib.sha256(data).hexdigest(), len(data), stamp).as_json()
-
-
-def _record(writer: ManifestWriter, item_id: str, status: str, files: list[Any]) -> None:
-    writer.append({"id": item_id, "status": status, "files": files, "request_id": f"r-{item_id}"})
-
-
 def test_an_index_built_with_its_folder_marks_only_unchanged_ok_records_intact(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "manifest.jsonl"
     writer = ManifestWriter(path)
     for name in ("same", "deleted", "rewritten", "grown", "replaced-by-link"):
-        _record(writer, name, "ok", [_entry(tmp_path, f"{name}.png", b"image " + name.encode())])
-    _record(writer, "failed", "failed", [])
-    _record(writer, "no-stamp", "ok", [_entry(tmp_path, "no-stamp.png", b"x", stamped=False)])
-    _record(writer, "no-files", "ok", [])
-    two = [_entry(tmp_path, "two-1.png", b"one"), _entry(tmp_path, "two-2.png", b"two")]
-    _record(writer, "two-files", "ok", two)
-    half = [_entry(tmp_path, "half-1.png", b"one"), _entry(tmp_path, "half-2.png", b"two")]
-    _record(writer, "one-of-two-gone", "ok", half)
-    _record(writer, "outside", "ok", [{**_entry(tmp_path, "o.png", b"o"), "path": "../o.png"}])
+        record(writer, name, "ok", [entry(tmp_path, f"{name}.png", b"image " + name.encode())])
+    record(writer, "failed", "failed", [])
+    record(writer, "no-stamp", "ok", [entry(tmp_path, "no-stamp.png", b"x", stamped=False)])
+    record(writer, "no-files", "ok", [])
+    two = [entry(tmp_path, "two-1.png", b"one"), entry(tmp_path, "two-2.png", b"two")]
+    record(writer, "two-files", "ok", two)
+    half = [entry(tmp_path, "half-1.png", b"one"), entry(tmp_path, "half-2.png", b"two")]
+    record(writer, "one-of-two-gone", "ok", half)
+    record(writer, "outside", "ok", [{**entry(tmp_path, "o.png", b"o"), "path": "../o.png"}])
     # A failed retry's line after an ok one: the latest line wins.
-    _record(writer, "retried", "ok", [_entry(tmp_path, "retried.png", b"first")])
-    _record(writer, "retried", "failed", [])
+    record(writer, "retried", "ok", [entry(tmp_path, "retried.png", b"first")])
+    record(writer, "retried", "failed", [])
     # An ok line after a failed one: intact.
-    _record(writer, "fixed", "failed", [])
-    _record(writer, "fixed", "ok", [_entry(tmp_path, "fixed.png", b"second")])
+    record(writer, "fixed", "failed", [])
+    record(writer, "fixed", "ok", [entry(tmp_path, "fixed.png", b"second")])
     writer.close()
     (tmp_path / "deleted.png").unlink()
     rewritten = tmp_path / "rewritten.png"
@@ -94,7 +82,7 @@ def test_an_intact_record_needs_the_96_bit_id_check_not_only_the_64_bit_key(
 ) -> None:
     path = tmp_path / "manifest.jsonl"
     writer = ManifestWriter(path)
-    _record(writer, "a", "ok", [_entry(tmp_path, "a.png", b"a")])
+    record(writer, "a", "ok", [entry(tmp_path, "a.png", b"a")])
     writer.close()
     index = read_manifest(path, tmp_path)
     assert index.intact(["a"]) == [True]
@@ -104,23 +92,11 @@ def test_an_intact_record_needs_the_96_bit_id_check_not_only_the_64_bit_key(
     assert index.intact(["a"]) == [False]
 
 
-def _recorded_items(folder: Path, count: int) -> list[dict[str, str]]:
-    """``count`` items recorded ok with their files, as a finished run leaves them."""
-    writer = ManifestWriter(folder / "manifest.jsonl")
-    items = []
-    for i in range(count):
-        item = {"id": f"item-{i}", "prompt": f"recorded {i}"}
-        _record(writer, item["id"], "ok", [_entry(folder, f"item-{i}.png", f"image {i}".encode())])
-        items.append(item)
-    writer.close()
-    return items
-
-
 async def test_a_resume_that_discards_results_reads_no_manifest_line_back(
     serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = serve()
-    items = _recorded_items(tmp_path, 700)
+    items = recorded_items(tmp_path, 700)
     opened = open_counter(monkeypatch)
     async with fake_client(server, KEY) as client:
         summary = await client.images.generate_many(items, output_dir=tmp_path, rps=None).run()
@@ -163,7 +139,7 @@ async def test_without_skipped_results_a_resume_hands_out_only_the_items_it_ran(
     serve: Serve, tmp_path: Path, *, recorded_first: bool
 ) -> None:
     server = serve()
-    items = _recorded_items(tmp_path, 300)
+    items = recorded_items(tmp_path, 300)
     new = [{"id": f"new-{i}", "prompt": f"new prompt {i}"} for i in range(3)]
     new[1]["prompt"] = " "  # invalid: fails unsent
     mixed = [*items, *new] if recorded_first else [new[0], *items, *new[1:]]
@@ -188,7 +164,7 @@ async def test_a_chunked_input_is_taken_a_list_at_a_time_and_its_error_ends_it_i
     serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = serve()
-    items = _recorded_items(tmp_path, 1000)
+    items = recorded_items(tmp_path, 1000)
     lists_read: list[int] = []
 
     async def lists() -> AsyncIterator[list[Any]]:
@@ -238,7 +214,7 @@ async def test_a_resume_that_discards_results_prepares_a_request_only_for_the_it
     serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = serve()
-    items = _recorded_items(tmp_path, 40)
+    items = recorded_items(tmp_path, 40)
     (tmp_path / "item-7.png").unlink()  # recorded, its file gone: runs again
     items[3]["prompt"] = "  "  # recorded, now blank: fails unsent, as any blank prompt
     items[5]["prompt"] = "caf\u00e9 \ud800"  # recorded, now a lone surrogate: fails unsent
@@ -269,7 +245,7 @@ async def test_a_repeated_id_stops_a_resume_that_discards_results_where_it_stand
     serve: Serve, tmp_path: Path
 ) -> None:
     server = serve()
-    items = _recorded_items(tmp_path, 10)
+    items = recorded_items(tmp_path, 10)
     items.insert(6, {"id": "new-1", "prompt": "new one"})
     items.insert(8, {"id": "item-2", "prompt": "recorded 2 again"})
     async with fake_client(server, KEY) as client:
