@@ -19,9 +19,10 @@ import httpx
 from typing_extensions import Self
 
 from nanogpt_async._errors import InvalidInputError
-from nanogpt_async._http._channel import Channel, Pools, as_timeout
+from nanogpt_async._http._channel import Channel, as_timeout
 from nanogpt_async._http._download import MAX_REDIRECTS
 from nanogpt_async._http._redaction import guard_library_logs
+from nanogpt_async._http._request import Pools
 from nanogpt_async._http._retry import RetryPolicy
 from nanogpt_async._http._transport import AutoTransport, is_loopback
 from nanogpt_async._images import Images

@@ -11,7 +11,8 @@ One API call, top to bottom (one concern per method)::
     _attempt    the boundary: every failure becomes a key-free NanoGPTError; the connection
                 goes back to the pool only after an answer the client understood
     _receive    the attempt's overall deadline around
-    _send       building the request, sending it, reading the body within its cap
+    send        (``_request``) building the request, sending it on the right layer, reading
+                the body within its cap
     _check_status / _decode   an error status becomes its error; a 2xx body is parsed, then
                 the caller's ``parse`` makes the result of it
 """
@@ -30,7 +31,6 @@ import httpx
 
 from nanogpt_async._codec import dumps_maybe_offloaded, loads_chunks_maybe_offloaded
 from nanogpt_async._errors import (
-    ERROR_SCAN_BYTES,
     APIResponseValidationError,
     APIStatusError,
     InvalidInputError,
@@ -42,7 +42,6 @@ from nanogpt_async._http._download import Downloads
 from nanogpt_async._http._exchange import (
     BigBodies,
     Exchange,
-    UndecodableBodyError,
     attempt_deadline,
     connection_error,
     deadline_error,
@@ -50,18 +49,13 @@ from nanogpt_async._http._exchange import (
     redact_payload,
     seal,
 )
+from nanogpt_async._http._request import FIRST_ERROR_STATUS, Call, Pools, send
 from nanogpt_async._http._retry import RetryPolicy, parse_retry_after, run_with_retries
-from nanogpt_async._http._transport import (
-    AiohttpCarrier,
-    Answer,
-    AutoTransport,
-    DirectAnswer,
-    retire,
-)
+from nanogpt_async._http._transport import Answer, retire
 from nanogpt_async._pacing import PacedAttempts, Pacer, TurnHooks
 from nanogpt_async._types import NOT_GIVEN, NotGiven, TimeoutTypes
 
-__all__ = ["BIG_BODY_BYTES", "BIG_BODY_SLOTS", "Channel", "Pools", "as_timeout"]
+__all__ = ["BIG_BODY_BYTES", "BIG_BODY_SLOTS", "Channel", "as_timeout"]
 
 #: Answers bigger than this are read and parsed at most `BIG_BODY_SLOTS` at a time per client.
 #: Benchmark W4 (200 answers of 16 MB, 32 in flight): unbounded, peak RSS 0.9-1.2 GB; 4 slots,
@@ -70,8 +64,6 @@ __all__ = ["BIG_BODY_BYTES", "BIG_BODY_SLOTS", "Channel", "Pools", "as_timeout"]
 #: per second anyway.
 BIG_BODY_BYTES = 1024 * 1024
 BIG_BODY_SLOTS = 2
-#: Statuses from here up are errors; redirects are not followed with a key.
-_FIRST_ERROR_STATUS = HTTPStatus.MULTIPLE_CHOICES
 _EXPIRED_STATUSES = (HTTPStatus.FORBIDDEN, HTTPStatus.NOT_FOUND)
 _PARSED_URLS_MAX = 64
 
@@ -85,40 +77,11 @@ def as_timeout(value: TimeoutTypes) -> httpx.Timeout:
     return value if isinstance(value, httpx.Timeout) else httpx.Timeout(value)
 
 
-@dataclass(frozen=True)
-class Pools:
-    """The two connection pools a channel sends on, shared by a client and its views.
-
-    Attributes:
-        api: Carries the key, to the API only.
-        download: Carries no credentials: signed URLs point at storage hosts.
-        api_is_plain: ``api`` is the client's own pool, with no defaults of its own to merge.
-        size: Connections per pool at most (the client's ``max_connections``).
-    """
-
-    api: httpx.AsyncClient
-    download: httpx.AsyncClient
-    api_is_plain: bool
-    size: int
-
-
 @dataclass(frozen=True, slots=True)
 class _Refused:
     """An answer the caller's ``parse`` refused: raised by `Channel.call` after the retries."""
 
     error: Exception
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One API call's fixed parts, the same for every attempt."""
-
-    method: str
-    url: httpx.URL
-    content: bytes | None
-    headers: Mapping[str, str]
-    timeout: httpx.Timeout
-    describe: str
 
 
 class Channel:
@@ -238,7 +201,7 @@ class Channel:
             NanoGPTError: what the answer or its absence stands for, key-free.
         """
         parsed = self._parsed_url(url)
-        call = _Call(
+        call = Call(
             method=method,
             url=parsed,
             content=await _encoded(json_body) if json_body is not None else None,
@@ -267,7 +230,7 @@ class Channel:
                 self._parsed_urls[url] = parsed
         return parsed
 
-    async def _attempt(self, call: _Call, parse: Parse[_T]) -> _T | _Refused:
+    async def _attempt(self, call: Call, parse: Parse[_T]) -> _T | _Refused:
         """One attempt; nothing but a (key-free) ``NanoGPTError`` or cancellation leaves it."""
         failure: NanoGPTError | None = None
         with self.big_bodies.slot() as slot:
@@ -319,96 +282,26 @@ class Channel:
             await (response.aclose() if understood else retire(response))
         return result
 
-    async def _receive(self, exchange: Exchange, call: _Call) -> tuple[Answer, list[bytes]]:
-        """`_send` within the attempt's overall deadline (`attempt_deadline`)."""
+    async def _receive(self, exchange: Exchange, call: Call) -> tuple[Answer, list[bytes]]:
+        """`send` within the attempt's overall deadline (`attempt_deadline`)."""
         deadline = attempt_deadline(call.timeout)
         with exchange.scope:
             if deadline is not None:
                 exchange.scope.deadline = anyio.current_time() + deadline
-            return await self._send(exchange, call)
+            return await send(
+                self.pools,
+                exchange,
+                call,
+                max_bytes=self.max_response_bytes,
+                secrets=self._secrets,
+            )
         raise deadline_error(call.describe, deadline or 0, sent=exchange.progress.maybe_sent)
-
-    async def _send(self, exchange: Exchange, call: _Call) -> tuple[Answer, list[bytes]]:
-        """Send and receive: the response and its (decoded) body, or an error body's head."""
-        response = await self._open(exchange, call)
-        status = response.status_code
-        try:
-            if status >= _FIRST_ERROR_STATUS:
-                # Only the head of an error body is looked at (parse_error_body): reading a
-                # huge one would only cost memory.
-                return response, await exchange.read(
-                    response, ERROR_SCAN_BYTES + 1, call.describe, truncate=True
-                )
-            return response, await exchange.read(response, self.max_response_bytes, call.describe)
-        except UndecodableBodyError as exc:
-            await retire(response)
-            if status >= _FIRST_ERROR_STATUS:
-                return response, [f"(an undecodable {status} body: {exc})".encode()]
-            raise APIResponseValidationError(
-                f"{call.describe} answered {status} with a body that cannot be decoded "
-                f"({exc}); if it was a generation it may have been charged",
-                request_id=self._redact(response.headers.get("x-request-id")),
-            ) from None
-        except BaseException:
-            # Over the cap, a read failing, the deadline: the answer was not read to its end.
-            await retire(response)
-            raise
-
-    async def _open(self, exchange: Exchange, call: _Call) -> Answer:
-        """Send the request; the response, its body unread."""
-        direct = self._direct(call.url)
-        if direct is not None:
-            return DirectAnswer(
-                await direct.open(
-                    call.method,
-                    call.url,
-                    headers=call.headers,
-                    content=call.content,
-                    timeout=direct.timeout(call.timeout.as_dict()),
-                    progress=exchange.progress,
-                )
-            )
-        http = self.pools.api
-        if self.pools.api_is_plain:
-            # Our own pool has no defaults to merge: build the request directly and skip
-            # httpx's per-call header/cookie/parameter merging (~8% of the request path at
-            # fan-out, benchmark W1). A pool you pass in keeps its defaults.
-            request = httpx.Request(
-                call.method,
-                call.url,
-                content=call.content,
-                headers=call.headers,
-                extensions=exchange.extensions(call.timeout),
-            )
-        else:
-            request = http.build_request(
-                call.method,
-                call.url,
-                content=call.content,
-                headers=call.headers,
-                timeout=call.timeout,
-                extensions=exchange.extensions(call.timeout),
-            )
-        return await http.send(request, stream=True)
-
-    def _direct(self, url: httpx.URL) -> AiohttpCarrier | None:
-        """The aiohttp session to send on below httpx, if nothing is lost by it.
-
-        Only on the client's own pool (no defaults to merge), with no event hooks, and when the
-        transport httpx would pick is ours: a test's respx mock replaces exactly that, and its
-        requests then go through httpx as before.
-        """
-        http = self.pools.api
-        if not self.pools.api_is_plain or any(http.event_hooks.values()):
-            return None
-        transport = http._transport_for_url(url)  # noqa: SLF001 - what respx patches
-        return transport.direct() if isinstance(transport, AutoTransport) else None
 
     @staticmethod
     def _check_status(response: Answer, chunks: list[bytes], request_id: str | None) -> None:
         """Raise the error an error status stands for (the body's head says which)."""
         status = response.status_code
-        if status >= _FIRST_ERROR_STATUS:
+        if status >= FIRST_ERROR_STATUS:
             raise status_error(
                 status,
                 b"".join(chunks),
