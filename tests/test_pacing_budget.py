@@ -364,7 +364,7 @@ async def test_every_key_of_a_budget_and_its_pacing_is_in_one_cluster_hash_slot(
     booked = await budget.reserve(Decimal("0.01"))
     assert booked is not None
     await budget.settle(booked, Decimal("0.01"), maybe_charged=False)
-    connection = pacing._connection()
+    connection = pacing.link.connection()
     keys = [key async for key in connection.scan_iter("*")]
     assert len(keys) >= 5  # pacing state, members, a token, budget totals, a marker
     assert len({key_slot(key) for key in keys}) == 1, keys

@@ -121,7 +121,7 @@ async def test_slots_held_when_the_subscription_was_lost_ask_redis_again(
     held = await held_far_ahead(backend)
     assert not backend.should_recheck(held, INTERVAL)
     count = backend._watch.count
-    killer = RedisBackend(redis_server.url, key="ngk_other_key")._connection()
+    killer = RedisBackend(redis_server.url, key="ngk_other_key").link.connection()
     # At least ours: an earlier test's closed subscription may not be processed by Redis yet.
     assert await killer.client_kill_filter(_type="pubsub") >= 1
     await changed(backend, lambda: backend._watch.count > count)
@@ -139,7 +139,7 @@ async def test_a_subscription_that_missed_a_notice_is_found_out_by_the_next_rese
     held = await held_far_ahead(backend)
     # A notice published but never delivered (a subscription dropped without an error): the
     # state's notice number moves, the watch hears nothing.
-    connection = backend._connection()
+    connection = backend.link.connection()
     await connection.hincrby(backend._key("state"), "n", 1)
     assert not backend.should_recheck(held, INTERVAL)  # nothing says so yet
     later = await held_far_ahead(backend)  # reports notice 1, the watch heard none
@@ -160,7 +160,7 @@ async def test_a_slot_reserved_before_the_subscription_was_confirmed_asks_again(
 
 async def test_closing_the_backend_ends_its_subscription(redis_server: RedisProcess) -> None:
     backend = await watching(redis_server)
-    observer = RedisBackend(redis_server.url, key="ngk_other_key")._connection()
+    observer = RedisBackend(redis_server.url, key="ngk_other_key").link.connection()
     channel = backend._watch.channel
     assert dict(await observer.pubsub_numsub(channel)) == {channel.encode(): 1}
     await backend.aclose()
@@ -220,7 +220,7 @@ def test_a_process_ends_whenever_its_loop_ends_while_the_subscription_starts(
     def run(steps: int, close: bool) -> None:
         async def main() -> None:
             backend = RedisBackend(redis_server.url, key=KEY)
-            backend._connection()
+            backend.link.connection()
             for _ in range(steps):
                 await asyncio.sleep(0)
             if close:

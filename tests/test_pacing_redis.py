@@ -17,7 +17,8 @@ import pytest
 
 from nanogpt_async import AsyncNanoGPT, DailyLimitExceededError, InvalidInputError
 from nanogpt_async._pacing import Grant, Pacer
-from nanogpt_async._pacing._redis import RedisBackend, redis_display, redis_namespace
+from nanogpt_async._pacing._redis import RedisBackend, redis_namespace
+from nanogpt_async._pacing._redis_client import redis_display
 from nanogpt_async.testing import FakeNanoGPT
 from tests._pacing_time import FakeTime
 from tests._redis import RedisProcess, free_port, redis_is_asyncio_only, redis_server
@@ -124,8 +125,8 @@ async def test_too_long_a_turn_reserves_nothing(redis_server: RedisProcess) -> N
 
 async def test_a_repeated_reservation_takes_one_slot(redis_server: RedisProcess) -> None:
     backend = backend_for(redis_server)
-    connection = backend._connection()
-    script = backend._scripts["reserve"]
+    connection = backend.link.connection()
+    script = backend.link.scripts["reserve"]
     keys = [backend._key("state"), backend._key("members"), backend._key("t:same")]
     args: list[str | int | float] = [100.0, 1, 60000.0, 0, "me", 60000, 10000, "s1", ""]
     start = time.monotonic()
@@ -144,7 +145,7 @@ async def test_the_api_key_never_reaches_redis(redis_server: RedisProcess) -> No
     await reserve(backend)
     await backend.cooldown(1.0)
     await backend.block_daily(10.0, "daily_rpd_limit_exceeded")
-    connection = backend._connection()
+    connection = backend.link.connection()
     keys = [bytes(key).decode() async for key in connection.scan_iter("*")]
     assert keys
     assert all(key.startswith(redis_namespace(KEY)) for key in keys)
@@ -212,7 +213,7 @@ async def test_unreachable_redis_falls_back_warns_once_and_recovers(
     clock = FakeTime()
     url = redis_server.url.replace("redis://", "redis://:hunter2@")
     backend = RedisBackend(url, key=KEY, clock=clock)
-    backend._url = redis_server.url
+    backend.link.url = redis_server.url
     for _ in range(4):  # four processes share the key
         await reserve(backend_for(redis_server))
     assert (await reserve(backend)).kind == "go"
@@ -378,7 +379,7 @@ def test_the_cli_batch_paces_through_redis_given_limits_url(
 
     async def shared_state() -> list[bytes]:
         backend = backend_for(redis_server)
-        connection = backend._connection()
+        connection = backend.link.connection()
         keys = [key async for key in connection.scan_iter(redis_namespace(KEY) + "*")]
         await backend.aclose()
         return keys
@@ -395,9 +396,9 @@ def test_a_backend_used_in_a_second_event_loop_connects_again(redis_server: Redi
         return (await reserve(backend)).delay
 
     anyio.run(once)
-    first = backend._client
+    first = backend.link.client
     anyio.run(once)
-    assert backend._client is not first
+    assert backend.link.client is not first
     assert backend.name == "redis"
 
 
@@ -439,7 +440,7 @@ async def test_slots_from_before_redis_lost_its_data_are_replaced(
     old = await reserve(backend)
     redis_server.stop()
     redis_server.start()
-    backend._down = False
+    backend.link.down = False
     again = await reserve(backend, recheck=True, schedule=old.schedule)
     assert again.new_slot
     assert again.schedule != old.schedule

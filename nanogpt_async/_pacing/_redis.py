@@ -19,61 +19,32 @@ moved it (see `NoticeWatch`: one subscription per process hears them):
   a safe share of the rate (the rate divided by the processes seen in the last 10 s), warns
   once, and probes Redis at most four times a second until it answers again.
 
-The connection is made lazily inside the running event loop, and made again after a fork or in
-another loop: never at import, never shared across processes.
+The connection, and knowing whether Redis answers, is `RedisLink`'s (``_redis_link``); this
+module holds the scripts, the key names and what the backend makes of the scripts' answers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import importlib.util
-import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import anyio
-
-from nanogpt_async._errors import InvalidInputError
 from nanogpt_async._pacing._memory import MemoryBackend
+from nanogpt_async._pacing._redis_client import redis_display, redis_errors
+from nanogpt_async._pacing._redis_link import PROBE_INTERVAL, RedisLink
 from nanogpt_async._pacing._state import Grant, GrantKind
 from nanogpt_async._pacing._watch import NoticeWatch
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
-
-__all__ = [
-    "RedisBackend",
-    "on_asyncio",
-    "redis_client",
-    "redis_display",
-    "redis_namespace",
-    "require_asyncio",
-]
-
-logger = logging.getLogger("nanogpt_async")
+__all__ = ["SOCKET_TIMEOUT", "RedisBackend", "redis_namespace"]
 
 #: Socket timeouts: a healthy Redis on a LAN answers in well under a millisecond; half a second
 #: means it is down or stalled, and the pacer falls back rather than stall requests. (A quarter
 #: second tripped falsely on a loaded 2-core machine while 4 processes started at once.)
 SOCKET_TIMEOUT = 0.5
-#: Connections per process: reservations take well under a millisecond each, so a few carry
-#: hundreds of requests per second, and a burst of callers does not open one socket each.
-POOL_SIZE = 8
-#: Waiting for one of our own pooled connections, and making one, may take longer on a busy
-#: machine (4 processes starting at once on 2 cores: up to a second) without Redis being at
-#: fault; a stalled Redis still fails each call within the socket timeout.
-CONNECT_TIMEOUT = 2.0
-#: While Redis is down, try it again at most this often. Short, because until every process
-#: is back, the ones still pacing alone add to the shared schedule (W9 with 1 s: up to 47
-#: requests in the second after Redis returned, against 25).
-PROBE_INTERVAL = 0.25
 #: The most of a slot's delay counted as past when the answer arrives (half the round trip:
 #: Redis reads its clock midway, W8 on loopback: 0.35 ms at the median). A longer round trip
 #: is a stall whose place in the trip is unknown: the caller then does not go early by more.
@@ -208,69 +179,6 @@ def redis_namespace(api_key: str) -> str:
     return f"nanogpt:{{{digest}}}:"
 
 
-def on_asyncio() -> bool:
-    """Whether the running event loop is asyncio's: redis-py's async client runs on no other."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def require_asyncio(what: str, *, drop: str) -> None:
-    """Raise `InvalidInputError` unless on asyncio: ``what`` needs Redis and fails closed.
-
-    Under trio, redis-py's async client cannot run; a fail-closed user of Redis (the shared
-    budget, the item fence) would wait for it forever, sending nothing and saying nothing.
-
-    Raises:
-        InvalidInputError: not running under asyncio.
-    """
-    if not on_asyncio():
-        raise InvalidInputError(
-            f"{what} keeps its state in Redis through redis-py's asyncio client, which runs "
-            "under asyncio only, not under trio: here it would wait for Redis forever. Nothing "
-            'was sent. Run under asyncio (asyncio.run(...), or anyio.run(..., backend="asyncio"))'
-            f", or drop {drop}"
-        )
-
-
-def redis_client(url: str, *, socket_timeout: float, max_connections: int) -> Redis:
-    """A redis-py asyncio client with our short timeouts; call it inside the running loop.
-
-    One retry of a timed-out call at most: every script of ours is safe to repeat, and more
-    retries would only delay the fallback (pacing) or the fail-closed wait (budget, fence).
-    """
-    from redis.asyncio import BlockingConnectionPool, Redis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=CONNECT_TIMEOUT,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=0,
-    )
-    return Redis(connection_pool=pool)
-
-
-def redis_display(url: str) -> str:
-    """``redis://host:port/db`` without user or password, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError
-
-    return (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
-
-
 class RedisBackend:
     """Pacing state in Redis, shared by every process using one API key.
 
@@ -281,7 +189,7 @@ class RedisBackend:
         clock: Local monotonic clock (for the fallback and the probe schedule only).
 
     Attributes:
-        calls: Script calls sent to Redis (the benchmark's calls per request).
+        link: Where the scripts run (`RedisLink`), and whether Redis answers.
     """
 
     @property
@@ -307,22 +215,10 @@ class RedisBackend:
             raise ValueError(
                 "limits_url needs the redis client: pip install 'nanogpt-async[redis]'"
             )
-        self._url = url
-        self.display = redis_display(url)
         self._prefix = redis_namespace(key)
         self._member = uuid.uuid4().hex
-        self._timeout = socket_timeout
         self._clock = clock
-        self._client: Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
-        self._owner: tuple[int, int] | None = None
         self._fallback = MemoryBackend(clock=clock)
-        self._down = False
-        self._warned = False
-        #: Under trio (no asyncio loop), said once: redis-py's async client cannot run there.
-        self._off_asyncio = False
-        self._next_probe = 0.0
-        self._probing = False
         self._members = 0
         self._cooldown_left = 0.0
         self._daily_left = 0.0
@@ -332,114 +228,52 @@ class RedisBackend:
         # The highest notice number a reservation reported, per schedule (see _watch.py).
         self._reported: tuple[str, int] = ("", 0)
         self._watch = NoticeWatch(
-            self._key("notices"), errors=_redis_errors(), retry_after=PROBE_INTERVAL
+            self._key("notices"), errors=redis_errors(), retry_after=PROBE_INTERVAL
         )
-        self.calls = 0
+        #: Where the scripts run, and whether Redis answers (else this process paces alone).
+        self.link = RedisLink(
+            url,
+            scripts={"reserve": _RESERVE, "cooldown": _COOLDOWN, "daily": _DAILY},
+            watch=self._watch,
+            socket_timeout=socket_timeout,
+            clock=clock,
+            share=lambda: self.share,
+            on_down=self._seed_fallback,
+        )
+        self.display = self.link.display
 
     @property
     def url(self) -> str:
         """The Redis URL as given (credentials included: never show it; see ``display``)."""
-        return self._url
+        return self.link.url
 
     @property
     def name(self) -> str:
         """``redis``, or ``memory (...)`` while pacing alone (Redis unreachable, or trio)."""
-        if self._off_asyncio:
+        if self.link.off_asyncio:
             return "memory (redis needs asyncio)"
-        return "memory (redis unreachable)" if self._down else "redis"
+        return "memory (redis unreachable)" if self.link.down else "redis"
 
     @property
     def share(self) -> float:
         """The share of the rate this process uses while Redis is unreachable."""
         return 1.0 / self._members if self._members else UNKNOWN_SHARE
 
+    @property
+    def calls(self) -> int:
+        """Script calls sent to Redis (the benchmark's calls per request)."""
+        return self.link.calls
+
     def _key(self, name: str) -> str:
         return self._prefix + name
 
-    def _connection(self) -> Redis:
-        """The client for this process and this event loop (made on first use)."""
-        owner = (os.getpid(), id(asyncio.get_running_loop()))
-        if self._client is None or self._owner != owner:
-            client = redis_client(
-                self._url, socket_timeout=self._timeout, max_connections=POOL_SIZE
-            )
-            self._client = client
-            self._owner = owner
-            self._scripts = {
-                "reserve": client.register_script(_RESERVE),
-                "cooldown": client.register_script(_COOLDOWN),
-                "daily": client.register_script(_DAILY),
-            }
-            self._watch.start(client)
-        return self._client
-
-    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """Run one script; ``None`` when Redis failed (then the fallback takes over)."""
-        if not on_asyncio():
-            self._alone_off_asyncio()
-            return None
-        now = self._clock()
-        if self._down and (self._probing or now < self._next_probe):
-            return None
-        if self._down:
-            self._probing = True
-        try:
-            connection = self._connection()
-            self.calls += 1
-            # Socket timeouts cover a silent Redis; this also covers a slow connect or a
-            # stream of retries.
-            with anyio.fail_after(CONNECT_TIMEOUT + self._timeout * 2):
-                result = await self._scripts[script](keys=keys, args=args, client=connection)
-        except _redis_errors() as exc:
-            self._went_down(exc)
-            return None
-        finally:
-            self._probing = False
-        if self._down:
-            self._down = False
-            logger.warning(
-                "nanogpt-async: Redis at %s answers again: pacing is shared", self.display
-            )
-        return result
-
-    def _alone_off_asyncio(self) -> None:
-        """Pace this process alone: redis-py's async client cannot run off asyncio (trio).
-
-        Pacing only shares a schedule, so it need not stop the client (a shared budget or fence
-        does: see `require_asyncio`); it is said once, with the reason and the way out.
-        """
-        if self._off_asyncio:
-            return
-        self._off_asyncio = True
-        logger.warning(
-            "nanogpt-async: the shared pacing in Redis at %s (limits_url) runs under asyncio "
-            "only (redis-py's async client), not under trio: this process paces alone at %.0f%% "
-            "of the rate. Run under asyncio to share the key's pacing, or drop limits_url",
-            self.display,
-            100 * self.share,
-        )
-
-    def _went_down(self, exc: BaseException) -> None:
-        self._next_probe = self._clock() + PROBE_INTERVAL
-        if self._down:
-            return
-        self._down = True
+    def _seed_fallback(self) -> None:
+        """Redis stopped answering: the local fallback starts from what this process knew."""
         # Carry over what we knew, so a cooldown running when Redis went away still holds.
         cooldown, daily = self._holds.left()
         self._fallback.seed(
             cooldown=max(0.0, cooldown), daily=max(0.0, daily), daily_code=self._holds.code
         )
-        if not self._warned:
-            self._warned = True
-            logger.warning(
-                "nanogpt-async: Redis at %s is unreachable or slow (%s): pacing this process "
-                "alone at %.0f%% of the rate until it answers again",
-                self.display,
-                type(exc).__name__,
-                100 * self.share,
-            )
-        else:
-            logger.info("nanogpt-async: Redis at %s is unreachable again", self.display)
 
     # -- the backend protocol ----------------------------------------------------------------
 
@@ -462,7 +296,7 @@ class RedisBackend:
         """
         mark = self._watch.mark()  # before the call: a notice heard during it counts
         asked = self._clock()
-        result = await self._run(
+        result = await self.link.run(
             "reserve",
             [self._key("state"), self._key("members"), self._key(f"t:{uuid.uuid4().hex}")],
             [
@@ -546,7 +380,7 @@ class RedisBackend:
         have missed a cooldown or daily block since the reservation (see `NoticeWatch`); a
         quiet key costs one round trip per request (W8: 1.0 calls per request, was 2.0).
         """
-        if self._down or not grant.shared:
+        if self.link.down or not grant.shared:
             return True
         if grant.delay <= interval:
             return False
@@ -558,7 +392,7 @@ class RedisBackend:
     async def cooldown(self, seconds: float) -> float:
         """See `PacingBackend.cooldown`; grow-only in Redis."""
         local = await self._fallback.cooldown(seconds)
-        result = await self._run(
+        result = await self.link.run(
             "cooldown",
             [self._key("state")],
             [self._watch.channel, uuid.uuid4().hex[:16], _ms(seconds)],
@@ -573,7 +407,7 @@ class RedisBackend:
     async def block_daily(self, seconds: float, code: str | None) -> None:
         """See `PacingBackend.block_daily`; grow-only in Redis."""
         await self._fallback.block_daily(seconds, code)
-        await self._run(
+        await self.link.run(
             "daily",
             [self._key("state")],
             [self._watch.channel, uuid.uuid4().hex[:16], _ms(seconds), code or ""],
@@ -584,10 +418,7 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Close this process's connection (if it was made in this loop)."""
-        client, self._client = self._client, None
-        if client is not None and self._owner == (os.getpid(), _loop_id()):
-            await self._watch.stop()
-            await client.aclose(close_connection_pool=True)
+        await self.link.aclose()
 
 
 _KINDS: dict[str, GrantKind] = {"go": "go", "too_long": "too_long", "daily": "daily"}
@@ -595,13 +426,6 @@ _KINDS: dict[str, GrantKind] = {"go": "go", "too_long": "too_long", "daily": "da
 
 def _ms(seconds: float) -> str:
     return repr(round(min(seconds, 1e12) * 1000, 3)) if math.isfinite(seconds) else "1e15"
-
-
-def _loop_id() -> int:
-    try:
-        return id(asyncio.get_running_loop())
-    except RuntimeError:
-        return 0
 
 
 class _KnownHolds:

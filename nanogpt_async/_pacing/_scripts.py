@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from nanogpt_async._pacing._redis import (
+from nanogpt_async._pacing._redis_client import (
     CONNECT_TIMEOUT,
     redis_client,
     redis_display,
