@@ -8,7 +8,7 @@ from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 from nanogpt_async._http._channel import Channel
-from nanogpt_async._input._body import build_edit_body, build_generation_body
+from nanogpt_async._input._body import build_edit_body, build_generation_body, fields_of
 from nanogpt_async._output._calls import EDITS, GENERATIONS, image_models, images_call
 from nanogpt_async._output._responses import ImageModel, ImagesResponse
 from nanogpt_async._types import NOT_GIVEN, ImageInput, NotGiven, ResponseFormat, TimeoutTypes
@@ -82,25 +82,7 @@ class Images:
             APIStatusError: NanoGPT refused (a subclass per status, see the error tree).
             APIConnectionError: no usable answer after retries.
         """
-        body = await build_generation_body(
-            {
-                "prompt": prompt,
-                "model": model,
-                "n": n,
-                "size": size,
-                "response_format": response_format,
-                "user": user,
-                "image": image,
-                "images": images,
-                "mask": mask,
-                "strength": strength,
-                "guidance_scale": guidance_scale,
-                "num_inference_steps": num_inference_steps,
-                "seed": seed,
-                "kontext_max_mode": kontext_max_mode,
-                "extra_body": extra_body,
-            }
-        )
+        body = await build_generation_body(fields_of(locals()))
         return await self.generate_from_body(body, timeout=timeout)
 
     async def generate_from_body(
@@ -176,20 +158,7 @@ class Images:
             ...     prompt="make it snow", image="street.jpg", model="flux-kontext"
             ... )
         """
-        body = await build_edit_body(
-            {
-                "prompt": prompt,
-                "image": image,
-                "images": images,
-                "mask": mask,
-                "model": model,
-                "n": n,
-                "size": size,
-                "response_format": response_format,
-                "user": user,
-                "extra_body": extra_body,
-            }
-        )
+        body = await build_edit_body(fields_of(locals()))
         return await self.edit_from_body(body, timeout=timeout)
 
     async def edit_from_body(

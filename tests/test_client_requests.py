@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import warnings
 from decimal import Decimal
@@ -17,11 +18,13 @@ import respx
 from nanogpt_async import (
     AsyncNanoGPT,
     ImageInputError,
+    Images,
     InvalidInputError,
     RetryPolicy,
     fetch_image_data_url,
 )
 from nanogpt_async._client import _api_root
+from nanogpt_async._input._body import ITEM_FIELDS, fields_of
 from tests.conftest import BASE, KEY
 
 SPEC = Path(__file__).resolve().parent / "vendor" / "nanogpt-openapi.json"
@@ -102,6 +105,20 @@ async def test_every_field_maps_to_nanogpt_json_names_and_validates_against_the_
         "style": "vivid",
     }
     jsonschema.validate({k: v for k, v in body.items() if k != "style"}, _request_schema())
+    # In the signature's order, the image fields last: the bytes sent do not depend on how
+    # generate() hands its arguments to the body builder.
+    assert list(body)[:6] == ["prompt", "model", "n", "size", "response_format", "user"]
+    assert list(body)[-4:] == ["style", "imageDataUrl", "imageDataUrls", "maskDataUrl"]
+
+
+def test_every_argument_of_generate_and_edit_but_timeout_is_a_known_request_field() -> None:
+    # generate() and edit() hand their locals() to the body builder (fields_of): a parameter
+    # that is not a request field must be left out there, or every call would be refused.
+    for method in (Images.generate, Images.edit):
+        names = set(inspect.signature(method).parameters) - {"self", "timeout"}
+        assert names <= ITEM_FIELDS, method.__name__
+    arguments = {"self": object(), "timeout": 5.0, "prompt": "x", "seed": None}
+    assert fields_of(arguments) == {"prompt": "x", "seed": None}
 
 
 async def test_response_is_typed_with_cost_balance_and_request_id(client, mock_api, png, png_b64):

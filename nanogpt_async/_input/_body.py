@@ -31,6 +31,7 @@ __all__ = [
     "build_item_body",
     "build_item_body_now",
     "check_generation_fields",
+    "fields_of",
 ]
 
 #: Which endpoint a batch item goes to: ``POST /images/generations`` or ``/images/edits``.
@@ -62,6 +63,8 @@ IMAGE_FIELDS = ("image", "images", "mask")
 #: Every key a batch item (a dict, a JSONL line, a CSV row) may carry besides ``id``.
 ITEM_FIELDS = frozenset({*GENERATE_FIELDS, *IMAGE_FIELDS, "extra_body", "operation"})
 _OPERATIONS: tuple[Operation, ...] = ("generate", "edit")
+#: A public call's arguments that are not request fields (see `fields_of`).
+_NOT_FIELDS = frozenset({"self", "timeout"})
 # What orjson (and NanoGPT's 64-bit seeds) can carry: a bigger int is refused here, not by a
 # TypeError from the JSON encoder.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
@@ -155,6 +158,17 @@ def _check_json_scalar(value: object, where: str) -> None:
             f"{where} must be JSON data (str, int, float, bool, None, list, dict), "
             f"got {type(value).__name__}"
         )
+
+
+def fields_of(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """A public call's arguments (its ``locals()``, taken first thing) as request fields.
+
+    ``generate()`` and ``edit()`` name their fields once, in their signatures: a dict spelling
+    them out again could drift from them. What is not a field (``self``, ``timeout``) is left
+    out; any other name `check_generation_fields` does not know is refused there, so a new
+    parameter cannot slip into a body unchecked.
+    """
+    return {name: value for name, value in arguments.items() if name not in _NOT_FIELDS}
 
 
 def _operation(fields: Mapping[str, Any]) -> Operation:
