@@ -2,7 +2,7 @@
 
 The data's way through, an item at a time per task (`Workers`), all inside one task group::
 
-    input (read lazily) -> prepare: id, checked body                       (_prepare)
+    input (read lazily) -> prepare: id, checked body             (_produce, _prepare)
       -> resume: skip what an earlier run did, checked in chunks          (_resume, _chunks)
       -> admission: price estimate, pipeline slot, generation slot, budget (_admit, _budget)
       -> send: adaptive concurrency, the client's pace, the fence's claim  (_send, _api, _shared)
@@ -37,9 +37,10 @@ from nanogpt_async._batch._item import ItemFlow, Results, Workers
 from nanogpt_async._batch._lifecycle import SAVE_TIMEOUT, BatchState, Lifecycle
 from nanogpt_async._batch._manifest import read_manifest
 from nanogpt_async._batch._plan import BatchPlan, Planner, plan_input
-from nanogpt_async._batch._prepare import BatchInput, Job, Preparer, entries_of, price_list
+from nanogpt_async._batch._prepare import BatchInput, Preparer, entries_of, price_list
+from nanogpt_async._batch._produce import Producer
 from nanogpt_async._batch._results import BatchProgress, BatchSummary, ItemResult
-from nanogpt_async._batch._resume import ReadAhead, Resume, Triage
+from nanogpt_async._batch._resume import Resume
 from nanogpt_async._batch._save import Saver
 from nanogpt_async._batch._send import Sender
 from nanogpt_async._batch._settings import BatchSettings, ProgressCallback
@@ -224,7 +225,18 @@ class Batch:
         self._aux_scope = anyio.CancelScope()
         self._heartbeat_scope = anyio.CancelScope()
         recorded = await self._saver.open()
-        self._resume = Resume(recorded, settings.folder, retry_failed=settings.retry_failed)
+        resume = Resume(recorded, settings.folder, retry_failed=settings.retry_failed)
+        self._producer = Producer(
+            self._items,
+            settings=settings,
+            preparer=self._preparer,
+            resume=resume,
+            admission=self._admission,
+            saver=self._saver,
+            results=self._results,
+            lifecycle=lifecycle,
+            tally=tally,
+        )
         self._group = anyio.create_task_group()
         try:
             await self._group.__aenter__()
@@ -298,7 +310,7 @@ class Batch:
                 workers = Workers(self._flow, group)
                 try:
                     with self._producer_scope:
-                        await self._produce(workers)
+                        await self._producer.produce(workers)
                 finally:
                     workers.close()
                 self._lifecycle.advance(BatchState.DRAINING)
@@ -311,58 +323,3 @@ class Batch:
             await self._shared.aclose()
             self._results.close()
             report_once(self._settings, self.progress)
-
-    async def _produce(self, work: Workers) -> None:
-        """Read items (a resume: in checked chunks) and start them in input order."""
-        lifecycle = self._lifecycle
-        if self._resume.active:
-            await self._produce_resumed(work)
-            return
-        reader = ReadAhead(
-            entries_of(self._items),
-            preparer=self._preparer,
-            shard=self._settings.shard,
-            lifecycle=lifecycle,
-            tally=self._tally,
-        )
-        while not lifecycle.halted:
-            prepared = await reader.next()
-            if prepared is None or not await self._take(prepared, work):
-                break
-
-    async def _produce_resumed(self, work: Workers) -> None:
-        """Resume: items triaged in chunks, one worker-thread call each (`Triage`)."""
-        lifecycle, results = self._lifecycle, self._results
-        async with Triage(
-            entries_of(self._items),
-            preparer=self._preparer,
-            resume=self._resume,
-            shard=self._settings.shard,
-            lifecycle=lifecycle,
-            tally=self._tally,
-            wanted=lambda: results.wanted and results.skipped,
-        ) as triage:
-            while (taken := await triage.next()) is not None:
-                for prepared in taken:
-                    if lifecycle.halted or not await self._take(prepared, work):
-                        return
-
-    async def _take(self, prepared: Job | ItemResult, work: Workers) -> bool:
-        """Start the next item, or report it (skipped, or failed unsent); ``False``: stop.
-
-        ``prepared``'s resume check is answered: a job runs, a result is reported.
-        """
-        if isinstance(prepared, Job):
-            prepared = self._admission.priced(prepared)
-        if isinstance(prepared, ItemResult):
-            if prepared.status == "failed":
-                await self._saver.record(prepared, None)
-            await self._results.emit(prepared)
-            return True
-        reservation = await self._admission.admit(prepared)
-        if reservation is None:
-            self._lifecycle.stop_for("budget")
-            return False
-        self._tally.in_flight += 1
-        work.start(prepared, reservation)
-        return True
