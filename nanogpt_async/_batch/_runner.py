@@ -2,7 +2,7 @@
 
 The data's way through, an item at a time per task (`Workers`), all inside one task group::
 
-    input (read lazily) -> prepare: id, checked body             (_produce, _prepare)
+    input (read lazily) -> prepare: id, checked body                    (_produce, _prepare)
       -> resume: skip what an earlier run did, checked in chunks          (_resume, _chunks)
       -> admission: price estimate, pipeline slot, generation slot, budget (_admit, _budget)
       -> send: adaptive concurrency, the client's pace, the fence's claim  (_send, _api, _shared)
