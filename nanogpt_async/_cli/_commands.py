@@ -34,7 +34,7 @@ from nanogpt_async._cli._common import (
     output,
     run_async,
 )
-from nanogpt_async._cli._startup import collector_paused, import_http_stack
+from nanogpt_async._cli._startup import collector_paused, import_batch_stack
 from nanogpt_async._errors import ImageError, ShardError
 from nanogpt_async._sniff import checked_image
 from nanogpt_async._version import package_version
@@ -752,7 +752,7 @@ def batch(
             run_batch,
         )
 
-        import_http_stack()
+        import_batch_stack()
     chosen = None
     if shard is not None:
         try:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["YOUNG_THRESHOLD", "collect_less_often", "collector_paused", "import_http_stack"]
+__all__ = ["YOUNG_THRESHOLD", "collect_less_often", "collector_paused", "import_batch_stack"]
 
 #: Net new objects between two young-generation collections in the CLI's process (Python: 700).
 YOUNG_THRESHOLD = 10_000
@@ -50,14 +50,22 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def import_http_stack() -> None:
-    """Import aiohttp now, for a command that sends requests (under asyncio, as the CLI runs).
+def import_batch_stack() -> None:
+    """Import now what a ``batch`` run imports anyway, for a command that sends requests.
 
-    The client imports it at its first request (`_http._transport`), inside the run, where
-    its 1,500-odd classes and functions would be built with the collector on; imported here,
-    inside `collector_paused`, they are built without collections and frozen with the rest.
+    aiohttp (the client imports it at its first request, `_http._transport`), the batch
+    runner and its stages (`AsyncNanoGPT.images.generate_many` imports them lazily), and
+    anyio's asyncio backend (imported by ``anyio.run``). Imported later, inside the run, their
+    classes and functions (aiohttp alone has 1,500-odd) were built with the collector on,
+    then walked by its collections; imported here, inside `collector_paused`, they are built
+    without collections and frozen with the rest.
     """
-    importlib.import_module("aiohttp")
+    for name in _BATCH_STACK:
+        importlib.import_module(name)
+
+
+#: What `import_batch_stack` imports (the anyio backend is the one ``anyio.run`` loads).
+_BATCH_STACK = ("aiohttp", "anyio._backends._asyncio", "nanogpt_async._batch._runner")
 
 
 def collect_less_often() -> None:

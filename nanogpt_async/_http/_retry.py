@@ -25,10 +25,9 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from nanogpt_async._errors import (
     APIConnectionError,
@@ -38,6 +37,9 @@ from nanogpt_async._errors import (
     LocalRateLimitError,
 )
 from nanogpt_async._pacing import _clock as pacing_clock
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 __all__ = [
     "AttemptHooks",
@@ -250,6 +252,10 @@ async def run_with_retries(
         first_error,
     )
     await _sleep(delay)
+
+    # Imported at the first retry, not with the client: tenacity is ~5 ms of CPU to import
+    # (this machine), paid at the start of every CLI run that never retries (benchmark W10).
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.max_retries),
