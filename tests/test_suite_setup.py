@@ -165,3 +165,31 @@ def test_auto_workers_set_in_the_environment_are_left_to_xdist(
 ) -> None:
     monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "3")
     assert root_conftest.pytest_xdist_auto_num_workers() is None
+
+
+def test_the_controller_writes_each_test_modules_rewritten_code_once_for_every_worker(
+    root_conftest: ModuleType, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # Each of four workers rewrote every test module itself where bytecode is not written
+    # (1.7 s of CPU each at start-up); the controller writes pytest's cache once instead.
+    from _pytest.assertion import rewrite
+
+    assert all(hasattr(rewrite, f) for f in ("_read_pyc", "_rewrite_test", "_write_pyc"))
+    module = tmp_path / "tests" / "test_example.py"
+    module.parent.mkdir()
+    module.write_text("def test_sum():\n    assert 1 + 1 == 3\n")
+    (tmp_path / "tests" / "helper.py").write_text("x = 1\n")  # not a test module: not rewritten
+
+    assert root_conftest.rewrite_test_modules_once(request.config, tmp_path) == 1
+    assert root_conftest.rewrite_test_modules_once(request.config, tmp_path) == 0  # current
+
+    pyc = rewrite.get_cache_dir(module) / f"test_example{rewrite.PYC_TAIL}"
+    code = rewrite._read_pyc(module, pyc)  # what a worker's import finds, checked by hash
+    assert code is not None
+    namespace: dict[str, object] = {}
+    exec(code, namespace)  # noqa: S102 - the rewritten module, as pytest would run it
+    with pytest.raises(AssertionError, match=r"assert \(1 \+ 1\) == 3"):  # rewritten: explained
+        namespace["test_sum"]()  # type: ignore[operator]
+    assert [p.name for p in pyc.parent.iterdir()] == [pyc.name]
+    module.write_text("def test_sum():\n    assert 1 + 1 == 2\n")  # changed: written again
+    assert root_conftest.rewrite_test_modules_once(request.config, tmp_path) == 1
