@@ -31,6 +31,19 @@ def redis_executable() -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
+def redis_keys(url: str, pattern: str = "*") -> list[str]:
+    """The keys matching ``pattern`` on the Redis at ``url`` (redis-py's synchronous client).
+
+    redis-py is imported here, by the tests that look, not by the test modules on import:
+    every xdist worker imports every test module, and redis-py cost each 0.09 s of CPU.
+    """
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        raw = client.keys(pattern)
+    return [key.decode() if isinstance(key, bytes) else str(key) for key in raw]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -19,7 +19,6 @@ from typing import Any
 
 import anyio
 import pytest
-import redis
 
 from nanogpt_async import AsyncNanoGPT, RetryPolicy
 from nanogpt_async._batch._fence import RedisFence
@@ -28,7 +27,13 @@ from nanogpt_async._batch._shards import Shard, resolve_shard, shard_manifests
 from nanogpt_async._errors import ShardError
 from nanogpt_async._pacing._redis import redis_namespace
 from nanogpt_async.testing import FakeNanoGPT
-from tests._redis import RedisProcess, free_port, redis_is_asyncio_only, redis_server
+from tests._redis import (
+    RedisProcess,
+    free_port,
+    redis_is_asyncio_only,
+    redis_keys,
+    redis_server,
+)
 from tests._waiting import wait_until
 
 __all__ = ["redis_server"]  # the fixture, used by name below
@@ -251,8 +256,7 @@ async def test_fence_keys_name_neither_the_key_nor_the_folder(
 ) -> None:
     fence = _fence(redis_server, tmp_path, job=str(tmp_path))
     await fence.claim("a")
-    raw = redis.Redis.from_url(redis_server.url).keys("*")
-    keys = [key.decode() if isinstance(key, bytes) else str(key) for key in raw]
+    keys = redis_keys(redis_server.url)
     await fence.aclose()
     assert keys
     assert all(key.startswith(redis_namespace(KEY)) for key in keys)
@@ -390,7 +394,7 @@ def _prompt_file(tmp_path: Path, count: int) -> tuple[Path, list[str]]:
 
 
 def _leases(redis_url: str) -> int:
-    return len(redis.Redis.from_url(redis_url).keys("*fence:*:owner:*"))
+    return len(redis_keys(redis_url, "*fence:*:owner:*"))
 
 
 @pytest.mark.slow
