@@ -17,18 +17,23 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import grimp
 import pytest
 
 from nanogpt_async import _errors
 from nanogpt_async._errors import NanoGPTError
+
+if TYPE_CHECKING:
+    import grimp
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def graph() -> grimp.ImportGraph:
+    import grimp  # here, not on every xdist worker's import of this module
+
     return grimp.build_graph("nanogpt_async", cache_dir=None)
 
 

@@ -5,20 +5,24 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import trustme
 from aiohttp import web
 
 from nanogpt_async._http._transport import AutoTransport
+
+if TYPE_CHECKING:
+    import trustme
 
 LIMITS = httpx.Limits(max_connections=4)
 
 
 @pytest.fixture(scope="module")
 def authority() -> trustme.CA:
+    import trustme  # here, not on every xdist worker's import of this module (30 ms of CPU)
+
     return trustme.CA()
 
 
