@@ -6,7 +6,8 @@ one at a time, except where tests share state that only exists in one process:
 
 - a documentation page's examples run in order in one namespace (Sybil), so a page is one unit;
 - the browser tests share one headless Chromium (a module fixture, ~2 s to start);
-- and, for speed only, tests sharing a module fixture that is dear to build (`SHARED_FIXTURE`).
+- and, for speed only, tests sharing a module fixture that is dear to build (`SHARED_FIXTURE`),
+  or a module that is dear to import (`SHARED_IMPORT`).
 
 Temporary files (``tmp_path``, and the temp files of the CLI processes the tests start) go to
 memory where Linux offers it: see `temp_files_in_memory`.
@@ -187,6 +188,16 @@ SHARED_FIXTURE = (
     # 1,100 recorded items written and hashed (1.7-2.0 s at load 8 on ext4).
     "tests/test_batch_resume.py::test_a_resume_checks_its_recorded_items_in_a_few_worker_thread",
 )
+#: Tests that import a module dear to import, which only they use: each group's tests go to one
+#: worker, so one worker imports it, not each that happened to draw one of them.
+SHARED_IMPORT = {
+    # openai: 0.5 s of CPU (the SDK on the fake; the benchmark harness checks every contender
+    # imports, the openai ones among them).
+    "openai": (
+        "tests/test_fake_rules.py::test_the_openai_sdk_edits_images_on_the_fake",
+        "tests/test_benchmarks_smoke.py::",
+    ),
+}
 #: mutmut's runs of the unchanged code (``MUTANT_UNDER_TEST``): its stats run, then its clean run.
 MUTMUT_UNCHANGED_RUNS = ("stats", "")
 
@@ -246,4 +257,10 @@ def work_unit(nodeid: str) -> str:
     """What a test is handed out with: its file, its group of tests, or itself alone."""
     if nodeid.startswith(ONE_WORKER):
         return nodeid.split("::", 1)[0]  # the file
-    return next((group for group in SHARED_FIXTURE if nodeid.startswith(group)), nodeid)
+    for group in SHARED_FIXTURE:
+        if nodeid.startswith(group):
+            return group
+    for name, tests in SHARED_IMPORT.items():
+        if nodeid.startswith(tests):
+            return f"import {name}"
+    return nodeid

@@ -142,9 +142,13 @@ def test_tests_sharing_a_dear_module_fixture_are_handed_out_together(
     assert unit("tests/test_batch_resume.py::test_other[trio]") == (
         "tests/test_batch_resume.py::test_other[trio]"
     )
+    openai = "tests/test_fake_rules.py::test_the_openai_sdk_edits_images_on_the_fake"
+    smoke = "tests/test_benchmarks_smoke.py::test_harness_produces_a_row_per_contender"
+    assert unit(f"{openai}[asyncio]") == unit(f"{openai}[trio]") == unit(smoke) == "import openai"
     # Every group names tests that exist: a renamed test would silently leave its group.
     root = Path(__file__).resolve().parents[1]
-    for group in root_conftest.SHARED_FIXTURE:
+    imports = [test for tests in root_conftest.SHARED_IMPORT.values() for test in tests]
+    for group in (*root_conftest.SHARED_FIXTURE, *imports):
         path, _, test = group.partition("::")
         assert f"def {test}" in (root / path).read_text(), group
 
