@@ -127,6 +127,26 @@ def test_what_was_loaded_before_the_tests_is_left_out_of_garbage_collection() ->
     assert not any(objects is globals() for objects in gc.get_objects(generation=2))
 
 
+def test_collection_runs_with_the_cycle_collector_paused_and_turns_it_back_on(
+    root_conftest: ModuleType,
+) -> None:
+    # Collection builds only objects that live as long as the worker: ~350 collections freed
+    # nothing. However collection ends, the collector is back on for the tests.
+    assert gc.isenabled()
+    collecting = root_conftest.pytest_collection()
+    next(collecting)
+    assert not gc.isenabled()
+    with pytest.raises(StopIteration):
+        collecting.send(None)
+    assert gc.isenabled()
+
+    failing = root_conftest.pytest_collection()
+    next(failing)
+    with pytest.raises(RuntimeError, match="collection failed"):
+        failing.throw(RuntimeError("collection failed"))
+    assert gc.isenabled()
+
+
 def test_tests_sharing_a_dear_module_fixture_are_handed_out_together(
     root_conftest: ModuleType,
 ) -> None:
