@@ -21,6 +21,8 @@ from click.testing import CliRunner
 from nanogpt_async._batch import _manifest as manifest_module
 from nanogpt_async._cli import _batchrun
 from nanogpt_async._cli._commands import cli
+from nanogpt_async._input import _ids as ids_module
+from nanogpt_async._input import _prompts as prompts_module
 from nanogpt_async.testing import FakeServer, Fault
 from tests._waiting import wait_until
 
@@ -277,6 +279,66 @@ def test_a_repeated_id_on_stdin_stops_before_the_repeat_is_sent(fake_nanogpt, tm
     charged = fake_nanogpt.fake.stats.generations_by_prompt
     assert "a different prompt" not in charged
     assert sorted(charged) == ok_prompts(out)
+
+
+def _jsonl(tmp_path: Path, ids: list[str]) -> Path:
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prompt": f"prompt {i}"}) + "\n" for i in ids))
+    return path
+
+
+@pytest.mark.fake_nanogpt(api_key=SECRET)
+def test_a_checked_prompt_files_ids_are_checked_once_per_run_fresh_and_resumed(
+    fake_nanogpt, tmp_path, monkeypatch
+):
+    # The check before the run proved them unique: the batch does not check them again (in
+    # its id table, about 1 µs an id: a second of a million-item resume).
+    checked: dict[str, list[str]] = {"file": [], "batch": []}
+    for owner, name in ((prompts_module._HashedIds, "file"), (ids_module.RepeatedIds, "batch")):
+        real = owner.add
+
+        def counting(self, item_id, position, real=real, seen=checked[name]):
+            seen.append(item_id)
+            return real(self, item_id, position)
+
+        monkeypatch.setattr(owner, "add", counting)
+    out = tmp_path / "o"
+    for ids in (["a", "b", "c"], ["a", "b", "c", "d", "e"]):  # fresh, then resumed
+        result = CliRunner().invoke(
+            cli,
+            ["batch", str(_jsonl(tmp_path, ids)), "-o", str(out), "--progress", "none"],
+            env=env_for(fake_nanogpt),
+        )
+        assert result.exit_code == 0, result.output
+    assert checked == {"file": ["a", "b", "c", "a", "b", "c", "d", "e"], "batch": []}
+    settle(fake_nanogpt)
+    assert fake_nanogpt.fake.stats.generation_requests == 5
+    assert ok_prompts(out) == [f"prompt {i}" for i in "abcde"]
+
+
+@pytest.mark.fake_nanogpt(api_key=SECRET)
+def test_a_repeated_id_written_after_the_check_is_never_sent(fake_nanogpt, tmp_path, monkeypatch):
+    # The file checked clean, then a writer appended a repeat before the run read it: its ids
+    # are no longer known unique, so the run stops before the unchecked lines, exit 2.
+    path = _jsonl(tmp_path, ["fox", "owl"])
+    real = _batchrun._count_records
+
+    def then_appended(*args: Any) -> Any:
+        counted = real(*args)
+        with path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps({"id": "fox", "prompt": "a second fox"}) + "\n")
+        return counted
+
+    monkeypatch.setattr(_batchrun, "_count_records", then_appended)
+    out = tmp_path / "o"
+    result = CliRunner().invoke(
+        cli, ["batch", str(path), "-o", str(out), "--progress", "none"], env=env_for(fake_nanogpt)
+    )
+    assert result.exit_code == 2, result.output
+    assert "line 1: the file changed after it was checked before the run" in result.stderr
+    settle(fake_nanogpt)
+    assert fake_nanogpt.fake.stats.generation_requests == 0
+    assert rows(out) == []
 
 
 def test_ctrl_c_while_the_prompt_file_is_checked_exits_130_not_1(tmp_path, monkeypatch):

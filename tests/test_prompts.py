@@ -12,7 +12,12 @@ import pytest
 
 from nanogpt_async import InvalidInputError, PromptFileError, read_prompts
 from nanogpt_async._input import _prompts as prompts_module
-from nanogpt_async._input._prompts import numbered_prompts, prompt_chunks
+from nanogpt_async._input._prompts import (
+    check_prompts,
+    numbered_prompts,
+    prompt_chunks,
+    prompt_stamp,
+)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -320,15 +325,61 @@ def test_prompt_chunks_of_text_and_csv_are_read_prompts_records(tmp_path, name, 
     assert read == _records_or_error(read_prompts(path, format=prompt_format))
 
 
-def test_prompt_chunks_can_leave_a_checked_files_ids_unchecked(tmp_path):
+def test_prompt_chunks_leave_a_checked_files_ids_unchecked_while_it_is_unchanged(tmp_path):
     path = write(tmp_path, "p.jsonl", '{"prompt":"a","id":"x"}\n{"prompt":"b","id":"x"}\n')
-    chunks = prompt_chunks(str(path), check_ids=False)
+    chunks = prompt_chunks(str(path), checked=prompt_stamp(path.stat()))
     assert [record for chunk in chunks for record in chunk] == [
         {"prompt": "a", "id": "x"},
         {"prompt": "b", "id": "x"},
     ]
     with pytest.raises(PromptFileError, match="already used on line 1"):
         list(prompt_chunks(str(path)))
+
+
+def _lines(first: int, last: int) -> str:
+    return "".join(f'{{"id":"i{n}","prompt":"p{n}"}}\n' for n in range(first, last))
+
+
+def test_check_prompts_counts_the_records_and_stamps_the_file(tmp_path):
+    path = write(tmp_path, "p.jsonl", _lines(0, 5))
+    assert check_prompts(str(path)) == (5, prompt_stamp(path.stat()))
+    with pytest.raises(PromptFileError, match="line 2: the id 'i0' is already used on line 1"):
+        check_prompts(str(write(tmp_path, "r.jsonl", _lines(0, 1) * 2)))
+
+
+def test_check_prompts_gives_no_stamp_for_a_file_changed_while_it_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "p.jsonl", _lines(0, 3))
+    real = prompts_module.prompt_chunks
+
+    def appending(*args: Any, **kwargs: Any) -> Iterator[list[dict[str, Any]]]:
+        yield from real(*args, **kwargs)
+        with path.open("a", encoding="utf-8") as file:  # a writer still at work
+            file.write(_lines(0, 1))
+
+    monkeypatch.setattr(prompts_module, "prompt_chunks", appending)
+    assert check_prompts(str(path)) == (3, None)
+
+
+@pytest.mark.parametrize("when", ["before", "between"])
+def test_a_checked_file_that_changed_ends_before_its_unchecked_records_are_handed_out(
+    tmp_path: Path, when: str
+) -> None:
+    # A repeated id written after the check must never reach the batch unchecked.
+    path = write(tmp_path, "p.jsonl", _lines(0, 4))
+    _, stamp = check_prompts(str(path))
+    assert stamp is not None
+    chunks = prompt_chunks(str(path), size=2, checked=stamp)
+    handed: list[dict[str, Any]] = []
+    if when == "between":
+        handed += next(chunks)
+    with path.open("a", encoding="utf-8") as file:
+        file.write(_lines(0, 1))
+    with pytest.raises(PromptFileError, match="changed after it was checked") as caught:
+        handed += [record for chunk in chunks for record in chunk]
+    assert [record["id"] for record in handed] == (["i0", "i1"] if when == "between" else [])
+    assert caught.value.line == (3 if when == "between" else 1)
 
 
 # -- repeated ids in prompt_chunks' JSONL loop ------------------------------------------------

@@ -64,13 +64,19 @@ class ChunkedInput:
         >>> client.images.generate_many(ChunkedInput(lists()), output_dir="out")  # doctest: +SKIP
     """
 
-    __slots__ = ("_at", "_buffer", "_chunks")
+    __slots__ = ("_at", "_buffer", "_chunks", "unique_ids")
 
-    def __init__(self, chunks: AsyncIterator[list[Any]]) -> None:
-        """Entries from the lists ``chunks`` yields."""
+    def __init__(self, chunks: AsyncIterator[list[Any]], *, unique_ids: bool = False) -> None:
+        """Entries from the lists ``chunks`` yields.
+
+        ``unique_ids``: ``chunks`` never yields two entries with one id (it raises at the
+        second, as the command line's prompt file reader does): the batch does not check them
+        again (about 1 µs an id, a second of a million-item resume).
+        """
         self._chunks = chunks
         self._buffer: list[Any] = []
         self._at = 0
+        self.unique_ids = unique_ids
 
     def __aiter__(self) -> Self:
         """Itself: an async iterator of entries."""

@@ -115,15 +115,20 @@ class Preparer:
         self._lifecycle = lifecycle
         self._tally = tally
         self._ids = IdentityCounter()
-        self._user_ids = RepeatedIds()
+        #: ``None``: the input's ids are unique already (`trust_ids`).
+        self._user_ids: RepeatedIds | None = RepeatedIds()
 
     def expect_ids(self, count: int) -> None:
         """Make room for about ``count`` user ids up front, if none was checked yet.
 
         A resume expects about as many as were recorded (`Triage`).
         """
-        if not len(self._user_ids):
+        if self._user_ids is not None and not len(self._user_ids):
             self._user_ids = RepeatedIds(count)
+
+    def trust_ids(self) -> None:
+        """Leave the ids unchecked: the input refuses a repeated id itself (`ChunkedInput`)."""
+        self._user_ids = None
 
     async def next(self, entries: Entries, index: int) -> Job | ItemResult | None:
         """The next input item, prepared; ``None`` at the end of the input or on its error.
@@ -271,6 +276,8 @@ class Preparer:
 
     def _check_unique(self, item_id: str, index: int) -> None:
         """Refuse a user id given twice: both items would share one manifest record."""
+        if self._user_ids is None:
+            return
         earlier = self._user_ids.add(item_id, index)
         if earlier is not None:
             where = f"item {earlier}" if earlier >= 0 else "an earlier item"

@@ -20,7 +20,7 @@ import anyio.abc
 import anyio.to_thread
 from typing_extensions import Self
 
-from nanogpt_async._batch._chunks import InputChunks
+from nanogpt_async._batch._chunks import ChunkedInput, InputChunks
 from nanogpt_async._batch._manifest import ManifestIndex, RecordedItem
 from nanogpt_async._batch._prepare import FAIR_SHARE, Entries, Job, Preparer
 from nanogpt_async._batch._results import ItemResult
@@ -219,6 +219,12 @@ def _prepared(
     return outcomes, looked_up
 
 
+def _trust_ids(entries: Entries, preparer: Preparer) -> None:
+    """The preparer leaves the ids unchecked if the input refuses repeats itself."""
+    if isinstance(entries, ChunkedInput) and entries.unique_ids:
+        preparer.trust_ids()
+
+
 class ReadAhead:
     """A run's input with nothing to resume: one item at a time, prepared, in input order.
 
@@ -237,6 +243,7 @@ class ReadAhead:
         tally: Tally,
     ) -> None:
         self._entries = entries
+        _trust_ids(entries, preparer)
         self._preparer = preparer
         self._shard = shard
         self._lifecycle = lifecycle
@@ -281,6 +288,7 @@ class Triage:
     ) -> None:
         """Triage ``entries``; ``wanted``: whether someone reads the results (`Results`)."""
         self._chunks = InputChunks(entries, size=_TRIAGE_CHUNK, fair_share=FAIR_SHARE)
+        _trust_ids(entries, preparer)
         # A re-run meets about the items it recorded: their ids' table sized once, not grown.
         preparer.expect_ids(resume.recorded_items)
         self._preparer = preparer

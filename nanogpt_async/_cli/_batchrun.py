@@ -36,7 +36,13 @@ from nanogpt_async._cli._common import (
     silence,
 )
 from nanogpt_async._errors import InvalidInputError
-from nanogpt_async._input._prompts import PromptFormat, prompt_chunks, read_prompts
+from nanogpt_async._input._prompts import (
+    PromptFormat,
+    PromptStamp,
+    check_prompts,
+    prompt_chunks,
+    read_prompts,
+)
 
 if TYPE_CHECKING:
     from nanogpt_async._batch._runner import Batch
@@ -90,21 +96,24 @@ class PromptSource:
     total: int | None
 
 
-def _count_records(path: str, prompt_format: PromptFormat) -> int:
-    return sum(map(len, prompt_chunks(path, format=prompt_format, size=_CHUNK)))
+def _count_records(path: str, prompt_format: PromptFormat) -> tuple[int, PromptStamp | None]:
+    """The file's records, counted and checked whole, and its stamp if it did not change."""
+    return check_prompts(path, format=prompt_format)
 
 
-def _chunks(path: str, prompt_format: PromptFormat, *, checked: bool) -> ChunkedInput:
+def _chunks(path: str, prompt_format: PromptFormat, *, checked: PromptStamp | None) -> ChunkedInput:
     """The records of PROMPTS, read in a worker thread a chunk at a time, handed over as lists.
 
     A resumed batch takes each list whole (`ChunkedInput`), not a record at a time.
-    ``checked``: the whole file was checked before (`prompt_items`), its ids too.
+    ``checked``: the file's stamp when it was checked whole (`prompt_items`), its ids too.
+    Either way no repeated id gets past the reading (`_record_lists`): the batch need not
+    check them again (``unique_ids``).
     """
-    return ChunkedInput(_record_lists(path, prompt_format, checked=checked))
+    return ChunkedInput(_record_lists(path, prompt_format, checked=checked), unique_ids=True)
 
 
 async def _record_lists(
-    path: str, prompt_format: PromptFormat, *, checked: bool = False
+    path: str, prompt_format: PromptFormat, *, checked: PromptStamp | None = None
 ) -> AsyncIterator[list[Any]]:
     """Lists of the records of PROMPTS, each read in one worker-thread call.
 
@@ -113,11 +122,11 @@ async def _record_lists(
     record at a time: lines piped in slowly must not wait for a whole chunk.
     """
     failure: list[Exception] = []
-    # A file is read in lists, in one tight loop for JSONL (`prompt_chunks`). Its ids were
-    # checked for repeats by the check before the run, and the batch checks them as it takes
-    # them: a third check was 1.3 s of a million-line resume.
+    # A file is read in lists, in one tight loop for JSONL (`prompt_chunks`). A file whose ids
+    # the check before the run found unique is not checked again while it is unchanged: by
+    # neither this reader nor the batch (each check was 1-1.3 s of a million-line resume).
     iterator = (
-        prompt_chunks(path, format=prompt_format, size=_CHUNK, check_ids=not checked)
+        prompt_chunks(path, format=prompt_format, size=_CHUNK, checked=checked)
         if path != "-"
         else None
     )
@@ -158,11 +167,12 @@ def prompt_items(path: str, prompt_format: str) -> PromptSource:
     """
     fmt: PromptFormat = prompt_format  # type: ignore[assignment] # click.Choice checked it
     total: int | None = None
+    checked: PromptStamp | None = None
     if path != "-":
         try:
             info = Path(path).stat()
             if stat.S_ISREG(info.st_mode) and info.st_size <= PRECOUNT_MAX_BYTES:
-                total = _count_records(path, fmt)
+                total, checked = _count_records(path, fmt)
         except InvalidInputError as exc:
             raise click.BadParameter(str(exc), param_hint="PROMPTS") from None
         except OSError as exc:
@@ -173,7 +183,7 @@ def prompt_items(path: str, prompt_format: str) -> PromptSource:
             # Click would turn it into "Aborted!" and exit 1; Ctrl-C means 130 everywhere.
             output.err("interrupted while checking the prompt file; nothing was sent")
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-    return PromptSource(items=_chunks(path, fmt, checked=total is not None), total=total)
+    return PromptSource(items=_chunks(path, fmt, checked=checked), total=total)
 
 
 # -- progress --------------------------------------------------------------------------------

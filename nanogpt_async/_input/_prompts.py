@@ -39,7 +39,15 @@ try:
 except ImportError:  # the "speed" extra is not installed
     _fast_loads = loads
 
-__all__ = ["PromptFormat", "numbered_prompts", "prompt_chunks", "read_prompts"]
+__all__ = [
+    "PromptFormat",
+    "PromptStamp",
+    "check_prompts",
+    "numbered_prompts",
+    "prompt_chunks",
+    "prompt_stamp",
+    "read_prompts",
+]
 
 #: ``"auto"`` picks the format from the extension, then from the first non-blank line.
 PromptFormat = Literal["auto", "text", "jsonl", "csv"]
@@ -135,7 +143,11 @@ def numbered_prompts(
 
 
 def prompt_chunks(
-    path: str, *, format: PromptFormat = "auto", size: int = 1024, check_ids: bool = True
+    path: str,
+    *,
+    format: PromptFormat = "auto",
+    size: int = 1024,
+    checked: PromptStamp | None = None,
 ) -> Generator[list[dict[str, Any]], None, None]:
     """`read_prompts` of the file at ``path``, in lists of up to ``size`` records.
 
@@ -146,52 +158,123 @@ def prompt_chunks(
     prompt file twice (checked whole before anything is paid, then run): through the general
     generators a million lines cost about 3.3 s each time, here about half (issue 12).
 
-    ``check_ids=False``: a JSONL file's ids are not checked for repeats here (the command line's
-    second read, of a file whose ids the first read checked: the batch checks them again
-    anyway, as it checks any input's).
+    ``checked``: the file's `prompt_stamp` when a whole read found its ids unique
+    (`check_prompts`). A JSONL file's ids are then not checked again (nor by the batch: about
+    1 µs an id, a second of a million-line resume) as long as the file keeps that stamp; each
+    list is handed out only once the file was found still unchanged after reading it, else
+    the reading ends with a `PromptFileError` naming the list's first line.
     """
     suffix = Path(path).suffix.lower()
-    if format == "jsonl" or (format == "auto" and suffix in _JSONL_SUFFIXES):
-        records = _jsonl_records(path, check_ids=check_ids)
-    else:
-        records = read_prompts(path, format=format)
+    if not (format == "jsonl" or (format == "auto" and suffix in _JSONL_SUFFIXES)):
+        # The general readers check ids themselves, whatever ``checked`` says.
+        yield from _chunked(numbered_prompts(path, format=format), size, None)
+        return
+    with Path(path).open("rb") as stream:
+        # Held here, not in `_jsonl_records`: it closes the file when collected.
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        unchanged = None
+        if checked is not None:
+            unchanged = _Unchanged(text.fileno(), checked, path)
+            unchanged.check(1)  # the file opened is the one checked
+        yield from _chunked(_jsonl_records(text, path, check_ids=checked is None), size, unchanged)
+
+
+#: What `prompt_stamp` says of a file: device, inode, size, modification and change times.
+PromptStamp = tuple[int, int, int, int, int]
+
+
+def prompt_stamp(info: os.stat_result) -> PromptStamp:
+    """A prompt file's stamp: any write to it, or another file at its name, changes it."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def check_prompts(path: str, *, format: PromptFormat = "auto") -> tuple[int, PromptStamp | None]:
+    """Read the whole file at ``path`` as `prompt_chunks` does (every line and id checked).
+
+    Returns the number of records and the file's `prompt_stamp`, for `prompt_chunks`'s
+    ``checked``; ``None`` instead of a stamp if the file changed while it was read.
+
+    Raises:
+        PromptFileError: a bad line or a repeated id.
+        OSError: the file cannot be read.
+    """
+    before = prompt_stamp(Path(path).stat())
+    count = sum(map(len, prompt_chunks(path, format=format)))
+    return count, before if prompt_stamp(Path(path).stat()) == before else None
+
+
+class _Unchanged:
+    """Checks that an open prompt file still has the stamp it had when it was checked."""
+
+    __slots__ = ("_fd", "_path", "_stamp")
+
+    def __init__(self, fd: int, stamp: PromptStamp, path: str) -> None:
+        self._fd = fd
+        self._stamp = stamp
+        self._path = path
+
+    def check(self, line: int) -> None:
+        """Raise `PromptFileError` (at ``line``) if the file changed since it was checked."""
+        if prompt_stamp(os.fstat(self._fd)) != self._stamp:
+            raise PromptFileError(
+                "the file changed after it was checked before the run, so its ids were not "
+                "checked for repeats from here on; nothing from here on was sent. Run the same "
+                "command again once the file is written (finished items are skipped)",
+                source=self._path,
+                line=line,
+            )
+
+
+def _chunked(
+    records: Iterator[tuple[int, dict[str, Any]]], size: int, unchanged: _Unchanged | None
+) -> Iterator[list[dict[str, Any]]]:
+    """Numbered ``records`` in lists of up to ``size``; each checked `_Unchanged` first."""
     chunk: list[dict[str, Any]] = []
+    first = 0
     try:
-        for record in records:
+        for number, record in records:
+            if not chunk:
+                first = number
             chunk.append(record)
             if len(chunk) >= size:
+                if unchanged is not None:
+                    unchanged.check(first)
                 yield chunk
                 chunk = []
     except PromptFileError:  # the records before the bad line are handed out first
         if chunk:
+            if unchanged is not None:
+                unchanged.check(first)
             yield chunk
         raise
     if chunk:
+        if unchanged is not None:
+            unchanged.check(first)
         yield chunk
 
 
-def _jsonl_records(path: str, *, check_ids: bool) -> Iterator[dict[str, Any]]:
-    """A JSONL file's records: `_read_stream` over `_read_lines`, in one loop."""
+def _jsonl_records(
+    text: io.TextIOWrapper, path: str, *, check_ids: bool
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A JSONL file's numbered records: `_read_stream` over `_read_lines`, in one loop."""
     parse, escaped = _fast_loads, _ESCAPED_BYTE
-    with Path(path).open("rb") as stream:
-        seen: _HashedIds | RepeatedIds | None = None
-        if check_ids:
-            small = os.fstat(stream.fileno()).st_size <= _HASHED_IDS_MAX_BYTES
-            seen = _HashedIds(path) if small else RepeatedIds()
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        for number, line in enumerate(text, start=1):
-            if not line.isascii() and (bad := escaped.search(line)):
-                raise _not_utf8(bad, path, number)
-            try:
-                record = parse(line)
-            except ValueError:
-                record = None
-            if not _is_plain(record):  # else the exact checks, with their errors
-                if not line.strip() or _is_comment(line):
-                    continue
-                record = _jsonl_record(line, path, number)
-            _first_use(seen, record.get("id"), path, number)
-            yield record
+    seen: _HashedIds | RepeatedIds | None = None
+    if check_ids:
+        small = os.fstat(text.fileno()).st_size <= _HASHED_IDS_MAX_BYTES
+        seen = _HashedIds(path) if small else RepeatedIds()
+    for number, line in enumerate(text, start=1):
+        if not line.isascii() and (bad := escaped.search(line)):
+            raise _not_utf8(bad, path, number)
+        try:
+            record = parse(line)
+        except ValueError:
+            record = None
+        if not _is_plain(record):  # else the exact checks, with their errors
+            if not line.strip() or _is_comment(line):
+                continue
+            record = _jsonl_record(line, path, number)
+        _first_use(seen, record.get("id"), path, number)
+        yield number, record
 
 
 class _HashedIds:
