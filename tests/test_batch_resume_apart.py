@@ -16,6 +16,7 @@ import threading
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -24,14 +25,17 @@ import pytest
 from nanogpt_async._batch import _filecheck as filecheck_module
 from nanogpt_async._batch import _manifest as manifest_module
 from nanogpt_async._batch import _resume as resume_module
-from nanogpt_async._batch._filecheck import CHECKED_TO
+from nanogpt_async._batch._filecheck import CHECKED_TO, TempListing
 from nanogpt_async._batch._manifest import (
     ManifestIndex,
     ManifestWriter,
     check_files,
     iter_records,
     read_manifest,
+    sweep_temp_files,
 )
+from nanogpt_async._batch._shards import Shard
+from nanogpt_async._output._files import TEMP_SUFFIX
 from tests._counting import open_counter
 from tests._recorded import entry, record, recorded_items
 from tests._serving import Serve, fake_client, fake_servers
@@ -459,3 +463,68 @@ def test_no_check_process_is_started_without_an_interpreter_to_run_it(
     index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
     assert index.intact(["old-0", "old-1", "old-2"]) == [True] * 3  # checked as it was read
     assert not gate.started
+
+
+# -- the temp files a crash left, listed by another process beside a big manifest -------------
+
+
+def _leftovers(folder: Path) -> Path:
+    """A temp file a crashed run left, and two temp-named entries that are not temp files."""
+    (folder / f"dir{TEMP_SUFFIX}").mkdir()
+    (folder / f"link{TEMP_SUFFIX}").symlink_to(folder / "old-0.png")
+    left = folder / f".old-3.png.dead{TEMP_SUFFIX}"
+    left.write_bytes(b"half an image")
+    return left
+
+
+@pytest.mark.parametrize("listed", [True, False])
+async def test_a_crashs_temp_file_beside_a_big_manifest_is_removed_and_never_a_result(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, listed: bool
+) -> None:
+    # Listing a million-file folder took 0.5-0.9 s before a resume's first request: another
+    # process lists it while the manifest is read. Should it fail, the folder is listed here.
+    monkeypatch.setattr(manifest_module, "_CHECK_APART_BYTES", 0)
+    if not listed:
+        monkeypatch.setattr(filecheck_module, "_LIST_CODE", "import sys; sys.exit(3)")
+    scanned: list[object] = []
+    real_scandir = os.scandir
+
+    def scandir(path: object = ".") -> Any:
+        scanned.append(path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    server = serve()
+    recorded = recorded_items(tmp_path, 5, ids="old-{}", prompts="old prompt {}")
+    left = _leftovers(tmp_path)
+    new = {"id": "new-0", "prompt": "new prompt 0"}
+    async with fake_client(server, KEY) as client:
+        summary = await client.images.generate_many(
+            [*recorded, new], output_dir=tmp_path, rps=None
+        ).run()
+    assert not left.exists()
+    assert (tmp_path / f"dir{TEMP_SUFFIX}").is_dir()
+    assert (tmp_path / f"link{TEMP_SUFFIX}").is_symlink()
+    assert (summary.ok, summary.skipped, summary.failed) == (1, 5, 0)
+    assert server.fake.stats.generations_by_prompt == {"new prompt 0": 1}
+    latest = {record["id"] for record in iter_records(tmp_path / "manifest.jsonl")}
+    assert latest == {"old-0", "old-1", "old-2", "old-3", "old-4", "new-0"}
+    assert (tmp_path in scanned) is not listed
+
+
+def test_the_listing_finds_the_temp_names_and_a_shard_sweeps_only_its_own(tmp_path: Path) -> None:
+    names = [f".{n:06d}-x-0.png.beef{TEMP_SUFFIX}" for n in range(4)]
+    for name in [*names, "keep.png", f"{TEMP_SUFFIX}.not"]:
+        (tmp_path / name).write_bytes(b"x")
+    listing = TempListing(tmp_path, TEMP_SUFFIX)
+    try:
+        found = listing.names()
+    finally:
+        listing.close()
+    assert found is not None
+    assert sorted(found) == names
+    assert sweep_temp_files(tmp_path, Shard(1, 2).owns_temp_file, found) == 2
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name in names) == [
+        names[0],
+        names[2],
+    ]

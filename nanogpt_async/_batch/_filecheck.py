@@ -29,7 +29,7 @@ import threading
 from array import array
 from pathlib import Path
 
-__all__ = ["CHECKED_TO", "FileCheck"]
+__all__ = ["CHECKED_TO", "FileCheck", "TempListing"]
 
 logger = logging.getLogger("nanogpt_async")
 
@@ -100,15 +100,63 @@ class FileCheck:
             self._verdicts.put(None)
 
 
+#: The temp listing's process: the names in a folder that end with a suffix, each ended by a
+#: NUL. Isolated and without ``site`` (no package import): it starts in about 10 ms.
+_LIST_CODE = (
+    "import os, sys; folder, suffix = sys.argv[1:3]; sys.stdout.buffer.write(b''.join("
+    "os.fsencode(e.name) + bytes(1) for e in os.scandir(folder) if e.name.endswith(suffix)))"
+)
+
+
+class TempListing:
+    """A big folder's temp files, listed by a process of its own while the manifest is read.
+
+    Listing a million-file folder takes about 0.6 s (0.5-0.9 s measured), before the first
+    request of a resume. A thread does not help: ``scandir`` lets go of the GIL for each name
+    and waits to get it back from the thread building the index. This process lists them on
+    the machine's other core; only the few names it finds are checked and removed here
+    (`_manifest.sweep_temp_files`).
+    """
+
+    __slots__ = ("_process",)
+
+    def __init__(self, folder: Path, suffix: str) -> None:
+        """Start listing the names in ``folder`` that end with ``suffix``.
+
+        Raises:
+            OSError: the process could not be started.
+        """
+        command = [sys.executable, "-I", "-S", "-c", _LIST_CODE, str(folder), suffix]
+        self._process = _start(command)
+
+    def names(self) -> list[str] | None:
+        """The names it found (blocking: waits for it); ``None`` if it failed."""
+        out, _ = self._process.communicate()
+        if self._process.returncode:
+            return None
+        return [os.fsdecode(name) for name in out.split(bytes(1)) if name]
+
+    def close(self) -> None:
+        """Stop it if it still runs, and wait for it (blocking)."""
+        process = self._process
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 def _command(manifest: Path, folder: Path, end: int) -> list[str]:
     return [sys.executable, "-c", _CHILD_CODE, _PACKAGE_ROOT, str(manifest), str(folder), str(end)]
 
 
 def spawn(command: list[str]) -> subprocess.Popen[bytes]:
-    """Start the child: verdicts on its stdout; no stdin, no stderr, no ``NANOGPT_*`` variable.
+    """Start the check's child (`_start`). A seam: tests start it behind a gate of their own."""
+    return _start(command)
 
-    A seam: tests start it behind a gate of their own.
-    """
+
+def _start(command: list[str]) -> subprocess.Popen[bytes]:
+    """Start a child: its output on stdout; no stdin, no stderr, no ``NANOGPT_*`` variable."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("NANOGPT_")}
     return subprocess.Popen(  # noqa: S603 - our own interpreter running our own code
         command,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from nanogpt_async._batch._filecheck import CHECKED_TO, FileCheck
+from nanogpt_async._batch._filecheck import CHECKED_TO, FileCheck, TempListing
 from nanogpt_async._batch._names import safe_path
 from nanogpt_async._codec import loads
 from nanogpt_async._errors import OutputWriteError
@@ -42,6 +42,7 @@ __all__ = [
     "files_intact",
     "iter_records",
     "open_folder",
+    "open_recorded",
     "read_manifest",
     "record_number",
     "sweep_temp_files",
@@ -744,23 +745,72 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
                 yield record
 
 
-def sweep_temp_files(folder: Path, owned: Callable[[str], bool] | None = None) -> int:
+def sweep_temp_files(
+    folder: Path, owned: Callable[[str], bool] | None = None, names: Iterable[str] | None = None
+) -> int:
     """Delete temp files a crashed run left in ``folder``; return how many.
 
     ``owned``: only the temp files it accepts (by name): a shard leaves the other shards'.
+    ``names``: the folder's temp file names, listed already (`TempListing`); else it is
+    listed here. Only regular files are removed, never a symlink or a folder.
     """
+    if names is None:
+        with os.scandir(folder) as entries:
+            names = [
+                entry.name
+                for entry in entries
+                if entry.name.endswith(TEMP_SUFFIX) and entry.is_file(follow_symlinks=False)
+            ]
     removed = 0
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if (
-                entry.name.endswith(TEMP_SUFFIX)
-                and (owned is None or owned(entry.name))
-                and entry.is_file(follow_symlinks=False)
-            ):
-                with contextlib.suppress(FileNotFoundError):
-                    Path(entry.path).unlink()
+    for name in names:
+        path = folder / name
+        if name.endswith(TEMP_SUFFIX) and (owned is None or owned(name)):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(path.lstat().st_mode):
+                    path.unlink()
                     removed += 1
     return removed
+
+
+def open_recorded(
+    manifest: Path, folder: Path, owned: Callable[[str], bool] | None = None
+) -> ManifestIndex:
+    """Sweep ``folder``'s temp files (`sweep_temp_files`) and index ``manifest`` (`read_manifest`).
+
+    Beside a big manifest (`_CHECK_APART_BYTES`, about 20,000 records), the folder is listed by
+    another process while the manifest is read (`TempListing`), and the few temp files found
+    are removed before this returns: before this run writes any file of its own.
+    """
+    listing = _list_apart(manifest, folder)
+    if listing is None:
+        sweep_temp_files(folder, owned)
+        return read_manifest(manifest, folder)
+    try:
+        recorded = read_manifest(manifest, folder)
+        names = listing.names()
+    finally:
+        listing.close()
+    try:
+        sweep_temp_files(folder, owned, names)
+    except BaseException:
+        recorded.close()
+        raise
+    return recorded
+
+
+def _list_apart(manifest: Path, folder: Path) -> TempListing | None:
+    """A listing of ``folder`` by another process, beside a big manifest; else ``None``."""
+    try:
+        size = manifest.stat().st_size
+    except OSError:
+        return None  # no manifest (or none readable: `read_manifest` says why)
+    if size < _CHECK_APART_BYTES or not sys.executable or getattr(sys, "frozen", False):
+        return None
+    try:
+        return TempListing(folder, TEMP_SUFFIX)
+    except OSError as exc:
+        logger.debug("cannot start the temp file listing (%s): listing here", exc)
+        return None
 
 
 def files_intact(folder: Path, files: Sequence[FileEntry], dir_fd: int | None = None) -> bool:

@@ -41,8 +41,7 @@ from nanogpt_async._batch._manifest import (
     FileEntry,
     ManifestIndex,
     ManifestWriter,
-    read_manifest,
-    sweep_temp_files,
+    open_recorded,
     write_images,
 )
 from nanogpt_async._batch._names import image_file_name
@@ -115,8 +114,8 @@ class _Folder:
             self.path, shard.lock_name if shard is not None else LOCK_NAME
         )
         try:
-            sweep_temp_files(self.path, shard.owns_temp_file if shard is not None else None)
-            recorded = read_manifest(self.manifest, self.path)
+            owned = shard.owns_temp_file if shard is not None else None
+            recorded = open_recorded(self.manifest, self.path, owned)
             self.writer = ManifestWriter(self.manifest)
         except BaseException:
             self.close()
