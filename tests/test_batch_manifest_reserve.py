@@ -1,7 +1,7 @@
 """A big manifest's index is sized up front from its first lines, not grown by doubling.
 
 Growing the table on the way to a million records re-inserted two million keys (about 0.5 s of
-a resume's build, `ManifestIndex._reserve`). The threshold is patched down here, so a few
+a resume's build, `_manifest._table_size`). The threshold is patched down here, so a few
 thousand small records stand for a big manifest.
 """
 

@@ -27,9 +27,10 @@ import subprocess
 import sys
 import threading
 from array import array
+from bisect import bisect_left
 from pathlib import Path
 
-__all__ = ["CHECKED_TO", "FileCheck", "TempListing"]
+__all__ = ["CHECKED_TO", "FileCheck", "TempListing", "Verdicts", "holds"]
 
 logger = logging.getLogger("nanogpt_async")
 
@@ -98,6 +99,67 @@ class FileCheck:
             if self._process.wait():
                 logger.debug("the file check ended with %s", self._process.returncode)
             self._verdicts.put(None)
+
+
+class Verdicts:
+    """What a `FileCheck` found so far: how far it got, and the lines it found changed.
+
+    A record's line before `checked_to` and not in `changed` is intact; one the check has not
+    got to is not known yet (`wait_past`), and once the check ended (or none runs) never will
+    be: the exact checks decide for it (`_manifest.ManifestIndex.finished`).
+    """
+
+    __slots__ = ("_check", "changed", "checked_to")
+
+    def __init__(self, check: FileCheck | None) -> None:
+        """The verdicts of ``check`` (``None``: no check runs, none will come)."""
+        self._check = check
+        #: The offset of the first line not checked yet.
+        self.checked_to = 0
+        #: The offsets of the lines it found not intact, in line order.
+        self.changed: array[int] = array("Q")
+
+    @property
+    def running(self) -> bool:
+        """More verdicts may come."""
+        return self._check is not None
+
+    def settle(self, *, wait: bool) -> None:
+        """Take in what the check sent so far; ``wait``: at least something (blocking)."""
+        check = self._check
+        if check is None:
+            return
+        while (verdicts := check.verdicts(wait=wait)) is not None:
+            if not verdicts:
+                return
+            for verdict in verdicts:
+                if verdict >= CHECKED_TO:
+                    self.checked_to = verdict - CHECKED_TO
+                else:
+                    self.changed.append(verdict)
+            wait = False  # then whatever else came, without waiting
+        self._check = None  # the end: a record it did not get to is not intact
+
+    def wait_past(self, line: int) -> None:
+        """Wait until the check got past ``line`` (an offset), or ended (blocking)."""
+        while self._check is not None and line >= self.checked_to:
+            self.settle(wait=True)
+
+    def unchanged(self, line: int) -> bool:
+        """Whether the check got past ``line`` and found its record intact."""
+        return line < self.checked_to and not (self.changed and holds(self.changed, line))
+
+    def close(self) -> None:
+        """Stop the check if it still runs (blocking: waits for it to end)."""
+        check, self._check = self._check, None
+        if check is not None:
+            check.close()
+
+
+def holds(lines: array[int], line: int) -> bool:
+    """Whether the sorted ``lines`` hold ``line``."""
+    at = bisect_left(lines, line)
+    return at < len(lines) and lines[at] == line
 
 
 #: The temp listing's process: the names in a folder that end with a suffix, each ended by a

@@ -21,13 +21,18 @@ import secrets
 import stat
 import sys
 from array import array
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from nanogpt_async._batch._filecheck import CHECKED_TO, FileCheck, TempListing
+from nanogpt_async._batch._filecheck import (
+    CHECKED_TO,
+    FileCheck,
+    TempListing,
+    Verdicts,
+    holds,
+)
 from nanogpt_async._batch._names import safe_path
 from nanogpt_async._codec import loads
 from nanogpt_async._errors import OutputWriteError
@@ -72,9 +77,9 @@ _OFFSET = _PENDING - 1
 #: beside the index's build; a smaller one as its lines are read (about 20,000 records: the
 #: ``stat`` calls take less time than starting that process, about 0.3 s of CPU).
 _CHECK_APART_BYTES = 8 << 20
-#: A manifest of this size or more has its index sized up front (`ManifestIndex._reserve`).
+#: A manifest of this size or more has its index sized up front (`_table_size`).
 _RESERVE_BYTES = 8 << 20
-#: How much of a manifest's start `ManifestIndex._reserve` reads to estimate its line count.
+#: How much of a manifest's start `_table_size` reads to estimate its line count.
 _ESTIMATE_BYTES = 1 << 16
 #: The index's build reads the manifest in pieces of this size. Each read lets go of the GIL,
 #: and a thread running Python meanwhile (the input read ahead) keeps it for up to 5 ms: with
@@ -238,10 +243,8 @@ class ManifestIndex:
         self._offsets = array("Q", bytes(8 * 1024))
         self._checks = array("I", bytes(4 * 1024))
         self._used = 0
-        self._check: FileCheck | None = None
-        #: How far the file check got (a line offset), and the lines it found changed.
-        self._checked_to = 0
-        self._changed = array("Q")
+        #: What the file check in another process found so far (none running yet).
+        self._verdicts = Verdicts(None)
 
     @classmethod
     def build(cls, path: Path, folder: Path | None = None) -> ManifestIndex:
@@ -258,12 +261,13 @@ class ManifestIndex:
         except FileNotFoundError:
             return index
         with file:
-            index._reserve(file)
+            index._make_table(_table_size(file))
             dir_fd = open_folder(folder) if folder is not None else None
             try:
                 if dir_fd is not None and folder is not None:
-                    index._check = _check_apart(path, folder, os.fstat(file.fileno()).st_size)
-                    if index._check is not None:
+                    check = _check_apart(path, folder, os.fstat(file.fileno()).st_size)
+                    index._verdicts = Verdicts(check)
+                    if check is not None:
                         os.close(dir_fd)
                         dir_fd = None
                 skipped = index._index_lines(file, dir_fd)
@@ -296,14 +300,14 @@ class ManifestIndex:
         intact: checking it here, from the record already parsed, saves reading and parsing its
         line again when its item comes up (about 8 µs an item on a resume). With a check in
         another process instead (`FileCheck`), an ok record is marked pending: `intact` then
-        answers from what the check found (`_settle`).
+        answers from what the check found (`Verdicts`).
         """
         skipped: list[int] = []
         parse, id_key, id_check, unchanged = _orjson_loads, _id_key, _id_check, _files_unchanged
         keys, offsets, checks, used = self._keys, self._offsets, self._checks, self._used
         mask = len(keys) - 1
         offset = 0
-        apart = self._check is not None
+        apart = self._verdicts.running
         mark = _PENDING if apart else _INTACT  # what an ok record is marked (see above)
         for number, line in enumerate(lines, start=1):
             try:
@@ -344,77 +348,23 @@ class ManifestIndex:
         self._used = used
         return skipped
 
-    def _reserve(self, file: IO[bytes]) -> None:
-        """Size the table up front for a big manifest's records, estimated from its ends.
-
-        Growing it by doubling on the way to a million records re-inserted two million keys
-        in `_grow` (about 0.5 s of the index's 4 s build). The estimate: the lines of the
-        first and of the last `_ESTIMATE_BYTES`, whichever are the longer, scaled to the file's
-        size, less an eighth. A table too big stays in memory (a manifest of short failed
-        lines first and long ok ones later would get twice the table it needs), one too small
-        only grows as before. Leaves ``file`` at its start.
-        """
-        size = os.fstat(file.fileno()).st_size
-        if size < _RESERVE_BYTES:
-            return
-        head = file.read(_ESTIMATE_BYTES)
-        file.seek(max(0, size - _ESTIMATE_BYTES))
-        tail = file.read(_ESTIMATE_BYTES)
-        file.seek(0)
-        lines = min(head.count(b"\n") * len(tail), tail.count(b"\n") * len(head))
-        if not lines:  # a line longer than the sample: no estimate
-            return
-        records = size * lines // (len(head) * len(tail)) * 7 // 8
-        slots = 1 << (2 * records).bit_length()
+    def _make_table(self, slots: int) -> None:
+        """An empty table of ``slots`` slots (a power of two), if bigger than the one it has."""
         if slots > len(self._keys):
             self._keys = array("Q", bytes(8 * slots))
             self._offsets = array("Q", bytes(8 * slots))
             self._checks = array("I", bytes(4 * slots))
 
-    def _settle(self, *, wait: bool) -> None:
-        """Take in what the file check sent so far; ``wait``: at least something (blocking).
-
-        The lines it found changed (their offsets, in line order), and how far it got: a
-        pending record before that line and not among the changed ones is intact.
-        """
-        check = self._check
-        if check is None:
-            return
-        while (verdicts := check.verdicts(wait=wait)) is not None:
-            if not verdicts:
-                return
-            for verdict in verdicts:
-                if verdict >= CHECKED_TO:
-                    self._checked_to = verdict - CHECKED_TO
-                else:
-                    self._changed.append(verdict)
-            wait = False  # then whatever else came, without waiting
-        self._check = None  # the end: a record it did not get to is not intact
-
     def close(self) -> None:
         """Stop the file check if it still runs (blocking: waits for it to end)."""
-        check, self._check = self._check, None
-        if check is not None:
-            check.close()
+        self._verdicts.close()
 
     def __len__(self) -> int:
         """How many distinct items are recorded."""
         return self._used
 
     def _grow(self) -> None:
-        old_keys, old_offsets, old_checks = self._keys, self._offsets, self._checks
-        self._keys = keys = array("Q", bytes(16 * len(old_keys)))
-        self._offsets = offsets = array("Q", bytes(16 * len(old_keys)))
-        self._checks = checks = array("I", bytes(8 * len(old_keys)))
-        mask = len(keys) - 1
-        for key, offset, check in zip(old_keys, old_offsets, old_checks, strict=True):
-            if key:  # keys are distinct: the first free slot is the one
-                slot = key & mask
-                while keys[slot]:
-                    slot = (slot + 1) & mask
-                keys[slot] = key
-                offsets[slot] = offset
-                checks[slot] = check
+        self._keys, self._offsets, self._checks = _doubled(self._keys, self._offsets, self._checks)
 
     def get(self, item_id: str) -> RecordedItem | None:
         """The latest record of ``item_id`` (read from the file: blocking), or ``None``."""
@@ -476,10 +426,11 @@ class ManifestIndex:
         records intact (`build`); ``False`` says nothing either way (`finished` decides). An id
         whose files another process is still checking (`FileCheck`) waits for it to get there.
         """
-        self._settle(wait=False)
+        verdicts = self._verdicts
+        verdicts.settle(wait=False)
         keys, offsets, checks = self._keys, self._offsets, self._checks
         mask = len(keys) - 1
-        checked_to, changed = self._checked_to, self._changed
+        checked_to, changed = verdicts.checked_to, verdicts.changed
         answers: list[bool] = []
         late: list[tuple[int, int, str]] = []  # ``(position, slot, id)``: the check is not there
         for item_id in item_ids:
@@ -495,7 +446,7 @@ class ManifestIndex:
                 answers.append(False)
             else:
                 answers.append(
-                    (offset >= _INTACT or not (changed and _holds(changed, offset - _PENDING)))
+                    (offset >= _INTACT or not (changed and holds(changed, offset - _PENDING)))
                     and checks[slot] == _id_check(item_id)
                 )
         if late:
@@ -504,18 +455,12 @@ class ManifestIndex:
 
     def _answer_late(self, late: list[tuple[int, int, str]], answers: list[bool]) -> None:
         """`intact`'s answers for pending records the check had not got to: waits for it."""
-        offsets, checks = self._offsets, self._checks
-        last = max(offsets[slot] for _, slot, _ in late) - _PENDING
-        while self._check is not None and last >= self._checked_to:
-            self._settle(wait=True)
-        checked_to, changed = self._checked_to, self._changed
+        offsets, checks, verdicts = self._offsets, self._checks, self._verdicts
+        verdicts.wait_past(max(offsets[slot] for _, slot, _ in late) - _PENDING)
         for position, slot, item_id in late:
-            line = offsets[slot] - _PENDING
-            answers[position] = (
-                line < checked_to
-                and not (changed and _holds(changed, line))
-                and checks[slot] == _id_check(item_id)
-            )
+            answers[position] = verdicts.unchanged(offsets[slot] - _PENDING) and checks[
+                slot
+            ] == _id_check(item_id)
 
     def finished(
         self, folder: Path, item_ids: Sequence[str], *, retry_failed: bool
@@ -548,6 +493,49 @@ class ManifestIndex:
             if dir_fd is not None:
                 os.close(dir_fd)
         return found
+
+
+def _doubled(
+    old_keys: array[int], old_offsets: array[int], old_checks: array[int]
+) -> tuple[array[int], array[int], array[int]]:
+    """`ManifestIndex`'s table with twice the slots, its entries inserted again."""
+    keys = array("Q", bytes(16 * len(old_keys)))
+    offsets = array("Q", bytes(16 * len(old_keys)))
+    checks = array("I", bytes(8 * len(old_keys)))
+    mask = len(keys) - 1
+    for key, offset, check in zip(old_keys, old_offsets, old_checks, strict=True):
+        if key:  # keys are distinct: the first free slot is the one
+            slot = key & mask
+            while keys[slot]:
+                slot = (slot + 1) & mask
+            keys[slot] = key
+            offsets[slot] = offset
+            checks[slot] = check
+    return keys, offsets, checks
+
+
+def _table_size(file: IO[bytes]) -> int:
+    """`ManifestIndex`'s table size for a big manifest's records, estimated from its ends.
+
+    Growing the table by doubling on the way to a million records re-inserted two million
+    keys in `ManifestIndex._grow` (about 0.5 s of the index's 4 s build). The estimate: the
+    lines of the first and of the last `_ESTIMATE_BYTES`, whichever are the longer, scaled to
+    the file's size, less an eighth. A table too big stays in memory (a manifest of short
+    failed lines first and long ok ones later would get twice the table it needs), one too
+    small only grows as before. 0: no estimate (a small manifest). Leaves ``file`` at its start.
+    """
+    size = os.fstat(file.fileno()).st_size
+    if size < _RESERVE_BYTES:
+        return 0
+    head = file.read(_ESTIMATE_BYTES)
+    file.seek(max(0, size - _ESTIMATE_BYTES))
+    tail = file.read(_ESTIMATE_BYTES)
+    file.seek(0)
+    lines = min(head.count(b"\n") * len(tail), tail.count(b"\n") * len(head))
+    if not lines:  # a line longer than the sample: no estimate
+        return 0
+    records = size * lines // (len(head) * len(tail)) * 7 // 8
+    return 1 << (2 * records).bit_length()
 
 
 def _unchanged_record(line: bytes, item_id: str, dir_fd: int | None) -> RecordedItem | None:
@@ -634,12 +622,6 @@ def check_files(manifest: Path, folder: Path, end: int, out: IO[bytes]) -> None:
         out.flush()
     finally:
         os.close(dir_fd)
-
-
-def _holds(lines: array[int], line: int) -> bool:
-    """Whether the sorted ``lines`` hold ``line``."""
-    at = bisect_left(lines, line)
-    return at < len(lines) and lines[at] == line
 
 
 def _files_unchanged(files: object, dir_fd: int) -> bool:
