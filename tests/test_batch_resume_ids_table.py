@@ -42,6 +42,7 @@ def test_an_ids_table_sized_up_front_takes_its_ids_without_growing_and_finds_rep
 def test_the_preparer_makes_room_for_expected_ids_only_before_it_checked_one() -> None:
     preparer = Preparer({}, Lifecycle(), Tally(None))
     preparer.expect_ids(3000)
+    assert preparer._user_ids is not None
     assert len(preparer._user_ids._keys) == 8192
     preparer.prepare_now({"id": "a", "prompt": "one"}, 0)
     preparer.expect_ids(100_000)  # too late: the table holds "a" already, and is kept
@@ -75,4 +76,5 @@ def test_a_resumed_input_gets_an_ids_table_sized_for_the_recorded_items(tmp_path
         tally=Tally(None),
         wanted=lambda: False,
     )
+    assert preparer._user_ids is not None
     assert len(preparer._user_ids._keys) == 8192

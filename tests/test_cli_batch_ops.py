@@ -24,6 +24,8 @@ from nanogpt_async._cli._commands import cli
 from nanogpt_async._input import _ids as ids_module
 from nanogpt_async._input import _prompts as prompts_module
 from nanogpt_async.testing import FakeServer, Fault
+from tests._counting import hop_counter
+from tests._recorded import recorded_items
 from tests._waiting import wait_until
 
 SECRET = "ngk_BATCH_OPS_SECRET_never_print_3141"
@@ -314,6 +316,27 @@ def test_a_checked_prompt_files_ids_are_checked_once_per_run_fresh_and_resumed(
     settle(fake_nanogpt)
     assert fake_nanogpt.fake.stats.generation_requests == 5
     assert ok_prompts(out) == [f"prompt {i}" for i in "abcde"]
+
+
+@pytest.mark.fake_nanogpt(api_key=SECRET)
+def test_a_resumed_prompt_file_is_read_and_triaged_4096_lines_per_worker_thread_hop(
+    fake_nanogpt, tmp_path, monkeypatch
+):
+    out = tmp_path / "o"
+    out.mkdir()
+    recorded = recorded_items(out, 4097, ids="item-{}", prompts="prompt {}")
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(item) + "\n" for item in recorded))
+    hops = hop_counter(monkeypatch)
+    result = CliRunner().invoke(
+        cli, ["batch", str(path), "-o", str(out), "--progress", "none"], env=env_for(fake_nanogpt)
+    )
+    assert result.exit_code == 0, result.output
+    assert _summary_value(result.stdout, "skipped (done before)") == "4097"
+    assert fake_nanogpt.fake.stats.generation_requests == 0
+    # Two lists of 4,096 and 1 (then the end), each triaged in one hop: not five of 1,024.
+    names = [getattr(getattr(hop, "func", hop), "__name__", "") for hop in hops]
+    assert (names.count("take"), names.count("triage")) == (3, 2)
 
 
 @pytest.mark.fake_nanogpt(api_key=SECRET)

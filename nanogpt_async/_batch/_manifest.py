@@ -433,20 +433,22 @@ class ManifestIndex:
         checked_to, changed = verdicts.checked_to, verdicts.changed
         answers: list[bool] = []
         late: list[tuple[int, int, str]] = []  # ``(position, slot, id)``: the check is not there
+        # Locals, and `_id_key` inline: a resume asks about a million ids.
+        pending, intact = _PENDING, _INTACT
         for item_id in item_ids:
-            key = hash(item_id) & 0xFFFFFFFFFFFFFFFF or 1  # `_id_key`, inline: a million calls
+            key = hash(item_id) & 0xFFFFFFFFFFFFFFFF or 1
             slot = key & mask
             while (at := keys[slot]) and at != key:
                 slot = (slot + 1) & mask
             offset = offsets[slot] if at else 0
-            if offset < _PENDING:  # not recorded, not ok, or its files changed
+            if offset < pending:  # not recorded, not ok, or its files changed
                 answers.append(False)
-            elif offset < _INTACT and offset - _PENDING >= checked_to:
+            elif offset < intact and offset - pending >= checked_to:
                 late.append((len(answers), slot, item_id))
                 answers.append(False)
             else:
                 answers.append(
-                    (offset >= _INTACT or not (changed and holds(changed, offset - _PENDING)))
+                    (offset >= intact or not (changed and holds(changed, offset - pending)))
                     and checks[slot] == _id_check(item_id)
                 )
         if late:
