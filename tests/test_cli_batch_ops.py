@@ -296,14 +296,18 @@ def test_a_checked_prompt_files_ids_are_checked_once_per_run_fresh_and_resumed(
     # The check before the run proved them unique: the batch does not check them again (in
     # its id table, about 1 µs an id: a second of a million-item resume).
     checked: dict[str, list[str]] = {"file": [], "batch": []}
-    for owner, name in ((prompts_module._HashedIds, "file"), (ids_module.RepeatedIds, "batch")):
-        real = owner.add
+    real_hash, real_add = prompts_module._id_hash, ids_module.RepeatedIds.add
 
-        def counting(self, item_id, position, real=real, seen=checked[name]):
-            seen.append(item_id)
-            return real(self, item_id, position)
+    def hashing(item_id):  # the file's check (`_HashedIds`)
+        checked["file"].append(item_id)
+        return real_hash(item_id)
 
-        monkeypatch.setattr(owner, "add", counting)
+    def adding(self, item_id, position):  # the batch's (`Preparer`), or a big file's
+        checked["batch"].append(item_id)
+        return real_add(self, item_id, position)
+
+    monkeypatch.setattr(prompts_module, "_id_hash", hashing)
+    monkeypatch.setattr(ids_module.RepeatedIds, "add", adding)
     out = tmp_path / "o"
     for ids in (["a", "b", "c"], ["a", "b", "c", "d", "e"]):  # fresh, then resumed
         result = CliRunner().invoke(

@@ -262,6 +262,9 @@ def _jsonl_records(
     if check_ids:
         small = os.fstat(text.fileno()).st_size <= _HASHED_IDS_MAX_BYTES
         seen = _HashedIds(path) if small else RepeatedIds()
+    hashing = seen if isinstance(seen, _HashedIds) else None
+    hashed = hashing.keys if hashing is not None else set()
+    id_hash = _id_hash
     for number, line in enumerate(text, start=1):
         if not line.isascii() and (bad := escaped.search(line)):
             raise _not_utf8(bad, path, number)
@@ -273,7 +276,14 @@ def _jsonl_records(
             if not line.strip() or _is_comment(line):
                 continue
             record = _jsonl_record(line, path, number)
-        _first_use(seen, record.get("id"), path, number)
+        item_id = record.get("id")
+        if hashing is None:
+            _first_use(seen, item_id, path, number)
+        elif item_id is not None:  # `_HashedIds.add` inline: a million ids 0.53 -> 0.42 s
+            if (key := id_hash(item_id)) in hashed:
+                hashing.confirm(number)
+            else:
+                hashed.add(key)
         yield number, record
 
 
@@ -288,18 +298,23 @@ class _HashedIds:
     both line numbers, as it does for any input.
     """
 
-    __slots__ = ("_keys", "_path")
+    __slots__ = ("_path", "keys")
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._keys: set[int] = set()
+        #: The hashes of the ids seen (`_id_hash`).
+        self.keys: set[int] = set()
 
     def add(self, item_id: str, position: int) -> None:
         """Remember ``item_id`` (of line ``position``); raise `PromptFileError` at a repeat."""
         key = _id_hash(item_id)
-        if key not in self._keys:
-            self._keys.add(key)
+        if key not in self.keys:
+            self.keys.add(key)
             return
+        self.confirm(position)
+
+    def confirm(self, position: int) -> None:
+        """An id of line ``position`` hashes as an earlier one's: raise if it is a repeat."""
         for number, _ in numbered_prompts(self._path, format="jsonl"):
             if number >= position:  # the exact reader raised before this line if a repeat
                 return
