@@ -460,9 +460,8 @@ class ManifestIndex:
         offsets, checks, verdicts = self._offsets, self._checks, self._verdicts
         verdicts.wait_past(max(offsets[slot] for _, slot, _ in late) - _PENDING)
         for position, slot, item_id in late:
-            answers[position] = verdicts.unchanged(offsets[slot] - _PENDING) and checks[
-                slot
-            ] == _id_check(item_id)
+            line = offsets[slot] - _PENDING
+            answers[position] = verdicts.unchanged(line) and checks[slot] == _id_check(item_id)
 
     def finished(
         self, folder: Path, item_ids: Sequence[str], *, retry_failed: bool
