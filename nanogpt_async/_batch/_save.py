@@ -49,6 +49,7 @@ from nanogpt_async._batch._names import image_file_name
 from nanogpt_async._batch._results import ItemResult, ItemStatus
 from nanogpt_async._errors import ImageError, ImageURLExpiredError, NanoGPTError, OutputWriteError
 from nanogpt_async._output._files import LOCK_NAME, FolderLock, describe_write_error
+from nanogpt_async._output._responses import decoded_image
 from nanogpt_async._sniff import sniff_image
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ _T = TypeVar("_T")
 _Finish = Callable[[list[bytes], list["FileEntry"], NanoGPTError | None], ItemResult]
 #: What a save got, nothing recorded yet: the bytes (no folder), the files, the first error.
 _Fetched = tuple[list[bytes], list["FileEntry"], NanoGPTError | None]
+#: An image of the answer by its number: its base64 (decoded in the save's thread call), its
+#: bytes, or why there are none.
+_Image = tuple[int, "str | bytes | ImageError"]
 
 
 class _Recorded:
@@ -298,43 +302,57 @@ class Saver:
 
         Returns the bytes, nothing written, and the first image error (no folder, or writing
         failed); or, once the files are written, the recorded result and any manifest error.
+        With a folder, base64 images are decoded in that thread call too: decoding them on
+        the event loop cost it ~0.2 ms per item (W10 profile), a third of its CPU per item, and
+        the next wave of requests waited for it.
         """
-        error: NanoGPTError | None = None
-        fetched: list[tuple[int, bytes]] = []
+        folder = self.folder if self._folder is not None else None
+        images: list[_Image] = []
         for image in response.data:
+            if folder is not None and image.b64_json is not None:
+                images.append((image.index, image.b64_json))  # decoded in `_store`
+                continue
             data = await _read_image(image)
             if isinstance(data, ImageURLExpiredError) and image.url is not None:
                 data = _paid_url_expired(data, image.url, response)
-            if isinstance(data, ImageError):  # one bad item does not throw away the others
-                error = error or data
-            else:
-                fetched.append((image.index, data))
-        if self.folder is None or self._folder is None:
-            return [data for _, data in fetched], [], error
-        named = []
-        for number, data in fetched:
-            kind = sniff_image(data)
-            extension = kind.extension if kind is not None else ".bin"
-            name = image_file_name(job.index, job.body["prompt"], job.id, number, extension)
-            named.append((name, data))
-        stored = await self._in_thread(self._store, self.folder, named, finish, error)
+            images.append((image.index, data))
+        if folder is None:
+            error = next((data for _, data in images if isinstance(data, ImageError)), None)
+            fetched = [data for _, data in images if isinstance(data, bytes)]
+            return fetched, [], error
+        stored = await self._in_thread(self._store, folder, job, images, finish)
         if isinstance(stored, OSError):
             failure = OutputWriteError(
-                f"cannot write images into {str(self.folder)!r}: "
-                f"{describe_write_error(self.folder, stored)}"
+                f"cannot write images into {str(folder)!r}: {describe_write_error(folder, stored)}"
             )
             self._lifecycle.fail_fast(failure)
             return [], [], failure
         return stored
 
     def _store(
-        self,
-        folder: Path,
-        named: list[tuple[str, bytes]],
-        finish: _Finish,
-        error: NanoGPTError | None,
+        self, folder: Path, job: Job, images: list[_Image], finish: _Finish
     ) -> _Recorded | OSError:
-        """Write the files, then (only then) the item's manifest line (blocking: a thread)."""
+        """Decode, name and write the files, then (only then) the item's manifest line.
+
+        Blocking: run in a worker thread. One bad image does not throw away the others: the
+        item's error is the first image's error, in the answer's order.
+        """
+        error: NanoGPTError | None = None
+        named = []
+        for number, image in images:
+            data = image
+            if isinstance(data, str):
+                try:
+                    data = decoded_image(data, number)
+                except ImageError as exc:
+                    data = exc
+            if isinstance(data, ImageError):
+                error = error or data
+                continue
+            kind = sniff_image(data)
+            extension = kind.extension if kind is not None else ".bin"
+            name = image_file_name(job.index, job.body["prompt"], job.id, number, extension)
+            named.append((name, data))
         try:
             entries = write_images(folder, named)
         except OSError as exc:
