@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import threading
 import time
 import urllib.parse
@@ -265,7 +266,7 @@ class Saver:
                 if not gate.acquire_nowait():  # soonest-expiring URLs first
                     await gate.acquire(urls_expiry(image.url for image in response.data))
                 try:
-                    saved = await self._fetch_and_write(job, response, finish)
+                    saved = await self._fetch_and_write(job, response, finish, scope)
                 finally:
                     gate.release()
         finally:
@@ -297,6 +298,7 @@ class Saver:
         job: Job,
         response: ImagesResponse,
         finish: _Finish,
+        scope: anyio.CancelScope,
     ) -> _Fetched | _Recorded:
         """The answer's bytes; with a folder, its files and manifest line, in one thread call.
 
@@ -320,7 +322,7 @@ class Saver:
             error = next((data for _, data in images if isinstance(data, ImageError)), None)
             fetched = [data for _, data in images if isinstance(data, bytes)]
             return fetched, [], error
-        stored = await self._in_thread(self._store, folder, job, images, finish)
+        stored = await self._in_thread(scope, self._store, folder, job, images, finish)
         if isinstance(stored, OSError):
             failure = OutputWriteError(
                 f"cannot write images into {str(folder)!r}: {describe_write_error(folder, stored)}"
@@ -365,19 +367,26 @@ class Saver:
             return _Recorded(result, exc)
         return _Recorded(result, None)
 
-    async def _in_thread(self, func: Callable[..., _T], *args: Any) -> _T:
+    async def _in_thread(self, scope: anyio.CancelScope, func: Callable[..., _T], *args: Any) -> _T:
         """``func(*args)`` in a worker thread, waited for whatever cancellation comes.
 
         Under asyncio, on the batch's own threads; otherwise anyio's worker threads. Either way, as
         anyio's ``run_sync`` does, the call cannot be abandoned: the thread would go on writing
-        a paid image whose outcome must not be lost.
+        a paid image whose outcome must not be lost. ``scope`` is the save's (shielded): only
+        cancelling the batch can give it a deadline (`Lifecycle.abort`), so while it has none,
+        taking it out of the batch's reach makes it a shield for the call with no scope of its
+        own (~20 us of loop CPU a save, W10 profile).
         """
         loop, threads = self._loop, self._threads
         if loop is None or threads is None:
             return await anyio.to_thread.run_sync(func, *args)
         future = loop.run_in_executor(threads, func, *args)
-        with anyio.CancelScope(shield=True):
+        if scope.shield and scope.deadline == math.inf and not scope.cancel_called:
+            self._lifecycle.saving.discard(scope)
             await future
+        else:
+            with anyio.CancelScope(shield=True):
+                await future
         return future.result()
 
     async def record(self, result: ItemResult, entries: list[FileEntry] | None) -> ItemResult:
