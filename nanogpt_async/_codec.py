@@ -19,7 +19,6 @@ __all__ = [
     "OFFLOAD_THRESHOLD",
     "JSONDecodeError",
     "b64decode",
-    "b64decode_maybe_offloaded",
     "b64encode",
     "dumps",
     "dumps_maybe_offloaded",
@@ -318,10 +317,3 @@ async def dumps_maybe_offloaded(body: Mapping[str, Any]) -> bytes:
     if _text_size(body) > OFFLOAD_THRESHOLD:
         return await anyio.to_thread.run_sync(dumps, body)
     return dumps(body)
-
-
-async def b64decode_maybe_offloaded(data: str) -> bytes:
-    """Decode base64, in a worker thread when the payload is big enough to stall the event loop."""
-    if len(data) > OFFLOAD_THRESHOLD:
-        return await anyio.to_thread.run_sync(b64decode, data)
-    return b64decode(data)

@@ -67,6 +67,29 @@ def test_a_quiet_spell_saves_up_only_the_burst() -> None:
     assert delays == pytest.approx([0.0, 0.0, 0.5])
 
 
+def test_turn_now_takes_only_turns_due_now_and_books_nothing_otherwise() -> None:
+    clock = FakeTime()
+    backend = MemoryBackend(clock=clock)
+    pacer = pacer_on(clock, rps=10.0, burst=2, backend=backend)
+    assert [pacer.turn_now() for _ in range(3)] == [True, True, False]
+    # The refused third booked no slot: the next one is still 0.1 s away, not 0.2 s.
+    assert backend.reserve_now(interval=0.1, burst=2, max_wait=60).delay == pytest.approx(0.1)
+    clock.now += 0.25
+    assert pacer.turn_now()
+
+
+async def test_turn_now_takes_no_turn_during_a_cooldown_or_a_daily_block() -> None:
+    clock = FakeTime()
+    pacer = pacer_on(clock, rps=None)
+    assert pacer.turn_now()
+    await pacer.observe(rate_limited(2.0))
+    assert not pacer.turn_now()
+    clock.now += 2.0
+    assert pacer.turn_now()
+    await pacer.observe(daily_cap(60.0))
+    assert not pacer.turn_now()
+
+
 async def test_a_burst_of_calls_is_served_first_come_first_served() -> None:
     clock = VirtualTime()
     pacer = pacer_on(clock, rps=10.0)

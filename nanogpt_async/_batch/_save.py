@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import threading
 import time
 import urllib.parse
@@ -48,6 +49,7 @@ from nanogpt_async._batch._names import image_file_name
 from nanogpt_async._batch._results import ItemResult, ItemStatus
 from nanogpt_async._errors import ImageError, ImageURLExpiredError, NanoGPTError, OutputWriteError
 from nanogpt_async._output._files import LOCK_NAME, FolderLock, describe_write_error
+from nanogpt_async._output._responses import decoded_image
 from nanogpt_async._sniff import sniff_image
 
 if TYPE_CHECKING:
@@ -65,6 +67,9 @@ _T = TypeVar("_T")
 _Finish = Callable[[list[bytes], list["FileEntry"], NanoGPTError | None], ItemResult]
 #: What a save got, nothing recorded yet: the bytes (no folder), the files, the first error.
 _Fetched = tuple[list[bytes], list["FileEntry"], NanoGPTError | None]
+#: An image of the answer by its number: its base64 (decoded in the save's thread call), its
+#: bytes, or why there are none.
+_Image = tuple[int, "str | bytes | ImageError"]
 
 
 class _Recorded:
@@ -260,7 +265,7 @@ class Saver:
                 if not gate.acquire_nowait():  # soonest-expiring URLs first
                     await gate.acquire(urls_expiry(image.url for image in response.data))
                 try:
-                    saved = await self._fetch_and_write(job, response, finish)
+                    saved = await self._fetch_and_write(job, response, finish, scope)
                 finally:
                     gate.release()
         finally:
@@ -292,48 +297,63 @@ class Saver:
         job: Job,
         response: ImagesResponse,
         finish: _Finish,
+        scope: anyio.CancelScope,
     ) -> _Fetched | _Recorded:
         """The answer's bytes; with a folder, its files and manifest line, in one thread call.
 
         Returns the bytes, nothing written, and the first image error (no folder, or writing
         failed); or, once the files are written, the recorded result and any manifest error.
+        With a folder, base64 images are decoded in that thread call too: decoding them on
+        the event loop cost it ~0.2 ms per item (W10 profile), a third of its CPU per item, and
+        the next wave of requests waited for it.
         """
-        error: NanoGPTError | None = None
-        fetched: list[tuple[int, bytes]] = []
+        folder = self.folder if self._folder is not None else None
+        images: list[_Image] = []
         for image in response.data:
+            if folder is not None and image.b64_json is not None:
+                images.append((image.index, image.b64_json))  # decoded in `_store`
+                continue
             data = await _read_image(image)
             if isinstance(data, ImageURLExpiredError) and image.url is not None:
                 data = _paid_url_expired(data, image.url, response)
-            if isinstance(data, ImageError):  # one bad item does not throw away the others
-                error = error or data
-            else:
-                fetched.append((image.index, data))
-        if self.folder is None or self._folder is None:
-            return [data for _, data in fetched], [], error
-        named = []
-        for number, data in fetched:
-            kind = sniff_image(data)
-            extension = kind.extension if kind is not None else ".bin"
-            name = image_file_name(job.index, job.body["prompt"], job.id, number, extension)
-            named.append((name, data))
-        stored = await self._in_thread(self._store, self.folder, named, finish, error)
+            images.append((image.index, data))
+        if folder is None:
+            error = next((data for _, data in images if isinstance(data, ImageError)), None)
+            fetched = [data for _, data in images if isinstance(data, bytes)]
+            return fetched, [], error
+        stored = await self._in_thread(scope, self._store, folder, job, images, finish)
         if isinstance(stored, OSError):
             failure = OutputWriteError(
-                f"cannot write images into {str(self.folder)!r}: "
-                f"{describe_write_error(self.folder, stored)}"
+                f"cannot write images into {str(folder)!r}: {describe_write_error(folder, stored)}"
             )
             self._lifecycle.fail_fast(failure)
             return [], [], failure
         return stored
 
     def _store(
-        self,
-        folder: Path,
-        named: list[tuple[str, bytes]],
-        finish: _Finish,
-        error: NanoGPTError | None,
+        self, folder: Path, job: Job, images: list[_Image], finish: _Finish
     ) -> _Recorded | OSError:
-        """Write the files, then (only then) the item's manifest line (blocking: a thread)."""
+        """Decode, name and write the files, then (only then) the item's manifest line.
+
+        Blocking: run in a worker thread. One bad image does not throw away the others: the
+        item's error is the first image's error, in the answer's order.
+        """
+        error: NanoGPTError | None = None
+        named = []
+        for number, image in images:
+            data = image
+            if isinstance(data, str):
+                try:
+                    data = decoded_image(data, number)
+                except ImageError as exc:
+                    data = exc
+            if isinstance(data, ImageError):
+                error = error or data
+                continue
+            kind = sniff_image(data)
+            extension = kind.extension if kind is not None else ".bin"
+            name = image_file_name(job.index, job.body["prompt"], job.id, number, extension)
+            named.append((name, data))
         try:
             entries = write_images(folder, named)
         except OSError as exc:
@@ -346,19 +366,26 @@ class Saver:
             return _Recorded(result, exc)
         return _Recorded(result, None)
 
-    async def _in_thread(self, func: Callable[..., _T], *args: Any) -> _T:
+    async def _in_thread(self, scope: anyio.CancelScope, func: Callable[..., _T], *args: Any) -> _T:
         """``func(*args)`` in a worker thread, waited for whatever cancellation comes.
 
         Under asyncio, on the batch's own threads; otherwise anyio's worker threads. Either way, as
         anyio's ``run_sync`` does, the call cannot be abandoned: the thread would go on writing
-        a paid image whose outcome must not be lost.
+        a paid image whose outcome must not be lost. ``scope`` is the save's (shielded): only
+        cancelling the batch can give it a deadline (`Lifecycle.abort`), so while it has none,
+        taking it out of the batch's reach makes it a shield for the call with no scope of its
+        own (~20 us of loop CPU a save, W10 profile).
         """
         loop, threads = self._loop, self._threads
         if loop is None or threads is None:
             return await anyio.to_thread.run_sync(func, *args)
         future = loop.run_in_executor(threads, func, *args)
-        with anyio.CancelScope(shield=True):
+        if scope.shield and scope.deadline == math.inf and not scope.cancel_called:
+            self._lifecycle.saving.discard(scope)
             await future
+        else:
+            with anyio.CancelScope(shield=True):
+                await future
         return future.result()
 
     async def record(self, result: ItemResult, entries: list[FileEntry] | None) -> ItemResult:

@@ -73,7 +73,17 @@ class Attempts:
 class Sender:
     """Sends jobs: the generation slots, the turns, and what the answers teach."""
 
-    __slots__ = ("_api", "_control", "_gate", "_lifecycle", "_paced", "_tally", "shared", "slots")
+    __slots__ = (
+        "_api",
+        "_control",
+        "_gate",
+        "_lifecycle",
+        "_paced",
+        "_pacer",
+        "_tally",
+        "shared",
+        "slots",
+    )
 
     def __init__(
         self,
@@ -88,7 +98,8 @@ class Sender:
         self._control = AIMD(concurrency, floor=1, beta=0.5)
         #: Items being generated at most (the AIMD's current limit).
         self.slots = anyio.CapacityLimiter(concurrency)
-        self._gate = TurnGate(api.pacer(), concurrency)
+        self._pacer = api.pacer()
+        self._gate = TurnGate(self._pacer, concurrency)
         self._lifecycle = lifecycle
         self._tally = tally
         self.shared = shared
@@ -127,6 +138,10 @@ class Sender:
         lifecycle = self._lifecycle
         while True:
             lifecycle.check_may_send(sent_before)
+            if self._gate.has_room() and self._pacer.turn_now():
+                # Due now (unpaced, or a slot free): nothing to wait for, so nothing a stop
+                # must wake, and no cancel scope (~25 us of loop CPU per item, W10 profile).
+                return
             with anyio.CancelScope() as scope:
                 lifecycle.waiting.add(scope)
                 # The gate's place is held while waiting for the turn (explicit enter/leave: a

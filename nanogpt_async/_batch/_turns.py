@@ -57,6 +57,11 @@ class TurnGate:
         wanted = math.ceil(rate * share * LOOKAHEAD)
         return min(self._ceiling, max(MIN_WAITING, wanted))
 
+    def has_room(self) -> bool:
+        """Nobody waits for a place: a caller whose turn is due now may go without one."""
+        limiter = self._limiter
+        return limiter is None or limiter.available_tokens > 0
+
     async def enter(self, token: object) -> None:
         """Take one place among the waiting callers for ``token`` (`leave` gives it back)."""
         if self._limiter is None:

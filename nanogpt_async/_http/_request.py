@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from nanogpt_async._errors import ERROR_SCAN_BYTES, APIResponseValidationError, redact
-from nanogpt_async._http._exchange import Exchange, UndecodableBodyError
+from nanogpt_async._http._exchange import Exchange, UndecodableBodyError, attempt_deadline
 from nanogpt_async._http._transport import (
     AiohttpCarrier,
     Answer,
@@ -105,7 +105,10 @@ async def _open(pools: Pools, exchange: Exchange, call: Call) -> Answer:
                 call.url,
                 headers=call.headers,
                 content=call.content,
-                timeout=direct.timeout(call.timeout.as_dict()),
+                # Inside the channel's deadline for the attempt (`Channel._receive`).
+                timeout=direct.timeout(
+                    call.timeout.as_dict(), within=attempt_deadline(call.timeout)
+                ),
                 progress=exchange.progress,
             )
         )

@@ -416,14 +416,27 @@ class AiohttpCarrier:
         )
 
     @staticmethod
-    def timeout(phases: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
-        """The ``aiohttp.ClientTimeout`` for httpx's per-phase one (``httpx.Timeout.as_dict()``)."""
+    def timeout(
+        phases: Mapping[str, float | None], *, within: float | None = None
+    ) -> aiohttp.ClientTimeout:
+        """The ``aiohttp.ClientTimeout`` for httpx's per-phase one (``httpx.Timeout.as_dict()``).
+
+        ``within``: an overall deadline the caller enforces around the whole request (the
+        channel's `attempt_deadline`). A phase as long as it is left to it: every phase starts
+        after the deadline did, so its timer could never fire first, and aiohttp re-arms its
+        read timer at every chunk received (2 of an item's 3.3 timers in W10, one per chunk of a
+        big body).
+        """
         import aiohttp
 
+        def own(phase: str) -> float | None:
+            seconds = phases.get(phase)
+            return (
+                None if seconds is None or (within is not None and seconds >= within) else seconds
+            )
+
         return aiohttp.ClientTimeout(
-            sock_connect=phases.get("connect"),
-            sock_read=phases.get("read"),
-            connect=phases.get("pool"),
+            sock_connect=own("connect"), sock_read=own("read"), connect=own("pool")
         )
 
     async def open(

@@ -15,7 +15,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Protocol
 
-from nanogpt_async._codec import b64decode_maybe_offloaded
+import anyio.to_thread
+
+from nanogpt_async._codec import OFFLOAD_THRESHOLD, b64decode
 from nanogpt_async._errors import (
     APIResponseValidationError,
     InvalidImageError,
@@ -125,15 +127,9 @@ class GeneratedImage:
             ImageDownloadError: the download failed after retries.
         """
         if self.b64_json is not None:
-            try:
-                data = await b64decode_maybe_offloaded(self.b64_json)
-            except ValueError as exc:  # binascii.Error is a ValueError
-                raise InvalidImageError(
-                    f"image {self.index} has invalid base64 ({exc}); it was generated, but its "
-                    "data is corrupt. Generate it again"
-                ) from None
-            checked_image(data, f"image {self.index}")
-            return data
+            if len(self.b64_json) > OFFLOAD_THRESHOLD:  # big enough to stall the event loop
+                return await anyio.to_thread.run_sync(decoded_image, self.b64_json, self.index)
+            return decoded_image(self.b64_json, self.index)
         if self.url is not None:
             if self._downloader is None:
                 raise InvalidImageError(
@@ -156,6 +152,23 @@ class GeneratedImage:
         target = resolve_image_path(path, checked_image(data, f"image {self.index}"))
         await write_atomic_async(target, data)
         return target
+
+
+def decoded_image(b64_json: str, index: int) -> bytes:
+    """Image ``index``'s bytes from its base64 (blocking: big ones belong in a worker thread).
+
+    Raises:
+        InvalidImageError: bad base64, or the bytes are no image.
+    """
+    try:
+        data = b64decode(b64_json)
+    except ValueError as exc:  # binascii.Error is a ValueError
+        raise InvalidImageError(
+            f"image {index} has invalid base64 ({exc}); it was generated, but its "
+            "data is corrupt. Generate it again"
+        ) from None
+    checked_image(data, f"image {index}")
+    return data
 
 
 @dataclass(frozen=True, slots=True)

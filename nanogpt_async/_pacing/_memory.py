@@ -65,6 +65,20 @@ class MemoryBackend:
         self._tat = tat + interval
         return self._grant("go", delay, now)
 
+    def reserve_if_due(self, *, interval: float, burst: int) -> Grant | None:
+        """Reserve a slot only if it is due now (no cooldown, no block, none queued ahead).
+
+        ``None``: nothing reserved, the caller takes the usual way (`reserve`, then waits).
+        """
+        now = self._clock()
+        if now < self._daily_until or now < self._cooldown_until:
+            return None
+        tat = max(self._tat, now)
+        if tat - (burst - 1) * interval > now:
+            return None
+        self._tat = tat + interval
+        return self._grant("go", 0.0, now)
+
     def _grant(self, kind: str, delay: float, now: float, *, new_slot: bool = True) -> Grant:
         return Grant(
             kind=kind,  # type: ignore[arg-type]
