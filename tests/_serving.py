@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -34,3 +37,24 @@ async def fake_client(server: FakeServer, key: str, **options: Any) -> AsyncIter
     """A client of ``server`` with ``key``, closed on exit."""
     async with AsyncNanoGPT(api_key=key, base_url=server.base_url, **options) as client:
         yield client
+
+
+def run_python(
+    args: list[str],
+    server: FakeServer | None = None,
+    key: str | None = None,
+    *,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in a child importing this checkout, pointed at ``server`` with ``key``.
+
+    With ``check``, a non-zero exit fails (``CalledProcessError``); output is captured as text.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    if server is not None:
+        env["NANOGPT_BASE_URL"] = server.base_url
+    if key is not None:
+        env["NANOGPT_API_KEY"] = key
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=60, check=check
+    )

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ import nanogpt_async._cli
 from nanogpt_async._cli import main
 from nanogpt_async._cli._startup import YOUNG_THRESHOLD, collector_paused
 from nanogpt_async.testing import FakeNanoGPT
+from tests._serving import run_python
 
 
 @pytest.mark.parametrize(("argv", "code"), [(["--help"], 0), (["no-such-command"], 2)])
@@ -63,20 +61,7 @@ def test_a_batch_starts_without_cycle_collections_and_collects_its_run_less_ofte
     )
     fake = FakeNanoGPT(api_key="startup-key")
     with fake.run_in_thread() as server:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(sys.path),
-            "NANOGPT_API_KEY": "startup-key",
-            "NANOGPT_BASE_URL": server.base_url,
-        }
-        done = subprocess.run(
-            [sys.executable, "-c", code],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        done = run_python(["-c", code], server, "startup-key")
     status, collections, young_threshold, frozen = done.stdout.split()[-4:]
 
     assert status == "0"

@@ -6,9 +6,6 @@ Driven through the real command (click's runner, or a fresh interpreter) against
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from click.testing import CliRunner, Result
 from nanogpt_async import AsyncNanoGPT, InternalServerError
 from nanogpt_async._cli._commands import cli
 from nanogpt_async.testing import FakeServer, Fault
+from tests._serving import run_python
 
 SECRET = "ngk_HINTS_SECRET_never_print_2268"
 secret_fake = pytest.mark.fake_nanogpt(api_key=SECRET)
@@ -92,15 +90,7 @@ def test_without_click_the_command_says_how_to_install_from_the_repository() -> 
         "from nanogpt_async._cli import main\n"
         "main(['--help'])\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(["-c", code], check=False)
 
     assert done.returncode == 2
     assert "git+https://github.com/nanogpt-async/nanogpt-async" in done.stderr

@@ -9,12 +9,10 @@ connection.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from nanogpt_async.testing import FakeNanoGPT
+from tests._serving import run_python
 
 #: Runs the CLI's batch with an audit hook; prints what it saw as one JSON line.
 _WATCHED = """
@@ -52,21 +50,8 @@ def _run_batch(tmp_path: Path) -> tuple[dict[str, object], FakeNanoGPT, Path]:
     out = tmp_path / "out"
     fake = FakeNanoGPT(api_key="startup-key")
     with fake.run_in_thread() as server:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(sys.path),
-            "NANOGPT_API_KEY": "startup-key",
-            "NANOGPT_BASE_URL": server.base_url,
-        }
         argv = ["batch", str(prompts), "-o", str(out), "--progress", "none", "--no-gallery"]
-        done = subprocess.run(
-            [sys.executable, "-c", _WATCHED, *argv],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        done = run_python(["-c", _WATCHED, *argv], server, "startup-key")
     return json.loads(done.stdout.splitlines()[-1]), fake, out
 
 
