@@ -90,6 +90,23 @@ async def test_turn_now_takes_no_turn_during_a_cooldown_or_a_daily_block() -> No
     assert not pacer.turn_now()
 
 
+async def test_a_turn_due_now_is_a_go_without_delay_again_the_instant_a_daily_block_ends() -> None:
+    clock = FakeTime()
+    backend = MemoryBackend(clock=clock)
+    grant = backend.reserve_if_due(interval=0.1, burst=1)
+    assert grant is not None
+    assert (grant.kind, grant.delay, grant.new_slot) == ("go", 0.0, True)
+    start = clock.now
+    await backend.block_daily(60.0, "daily_limit")
+    clock.now = start + 59.9
+    assert backend.reserve_if_due(interval=0.1, burst=1) is None
+    # As for `reserve_now`: a block is over at its end time, not a tick after it.
+    clock.now = start + 60.0
+    grant = backend.reserve_if_due(interval=0.1, burst=1)
+    assert grant is not None
+    assert (grant.kind, grant.delay, grant.daily) == ("go", 0.0, 0.0)
+
+
 async def test_a_burst_of_calls_is_served_first_come_first_served() -> None:
     clock = VirtualTime()
     pacer = pacer_on(clock, rps=10.0)
