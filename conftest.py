@@ -263,13 +263,55 @@ def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
     """Load scheduling, one test at a time, with a page or module kept whole where needed."""
     if config.getvalue("dist") != "load":
         return None  # the user chose another --dist
+    return scheduling_class()(config, log)
+
+
+def scheduling_class() -> type:
+    """The scope scheduling of xdist with our work units, mended where a crashed worker hangs it.
+
+    pytest-timeout (thread method) ends a worker whose test hangs, and xdist starts another.
+    xdist 3.8's scope scheduling then put every unit the dead worker had ever run back on the
+    queue, finished ones included: each went out again as an empty order, which no worker
+    ever reports done, so no more work was handed out and the run waited forever (a CI run
+    here, 25 Nov 2026; pytest-xdist issues 1323, 1327 and 1378). Here only the unfinished
+    tests go back; the one the worker died in is not run again (xdist has reported it
+    failed); and a worker starting late gets two tests, as at start-up (a worker runs a test
+    only once it holds the next one, or is told to stop).
+    """
     from xdist.scheduler import LoadScopeScheduling  # imported only when xdist runs
 
     class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
             return work_unit(nodeid)
 
-    return Scheduling(config, log)
+        def remove_node(self, node: Any) -> str | None:
+            workload: dict[str, dict[str, bool]] = self.assigned_work.pop(node)
+            unfinished = {
+                scope: tests for scope, tests in workload.items() if not all(tests.values())
+            }
+            if not unfinished:
+                return None
+            crashed = next(
+                test for tests in unfinished.values() for test, done in tests.items() if not done
+            )
+            unfinished[work_unit(crashed)][crashed] = True
+            self.workqueue.update(
+                (scope, tests) for scope, tests in unfinished.items() if not all(tests.values())
+            )
+            for other in self.assigned_work:
+                self._reschedule(other)
+            return crashed
+
+        def _reschedule(self, node: Any) -> None:
+            super()._reschedule(node)
+            if (
+                not node.shutting_down
+                and self.workqueue
+                and self._pending_of(self.assigned_work[node]) < 2
+            ):
+                self._assign_work_unit(node)
+
+    return Scheduling
 
 
 def work_unit(nodeid: str) -> str:
