@@ -199,14 +199,30 @@ def pytest_collection_finish() -> None:
 
 #: Node id prefixes whose tests must run on one worker, each prefix's tests together.
 ONE_WORKER = ("docs/", "tests/test_gallery_browser.py")
-#: Tests that share a module fixture too dear to build on every worker: each prefix's tests go
-#: to one worker (handed out one at a time, the two workers both built it, measured).
-SHARED_FIXTURE = (
+#: Tests that share a module fixture (or, below, work) too dear to do on every worker: each
+#: group's tests go to one worker (handed out one at a time, two workers both built it, measured).
+SHARED_FIXTURE = {
     # griffe loads the whole package (0.5 s of CPU, 1.5 s at load 8).
-    "tests/test_docs_reference.py::",
+    "griffe": ("tests/test_docs_reference.py::",),
     # 1,100 recorded items written and hashed (1.7-2.0 s at load 8 on ext4).
-    "tests/test_batch_resume.py::test_a_resume_checks_its_recorded_items_in_a_few_worker_thread",
-)
+    "1,100 recorded items": (
+        "tests/test_batch_resume.py::test_a_resume_checks_its_recorded_items_in_a_few_worker_thread",
+    ),
+    # schemathesis imported and the spec loaded: 0.35 s of CPU, and its four tests had drawn
+    # three workers (setup 0.74-0.76 s each under load).
+    "schemathesis": ("tests/test_conformance.py::test_generated_requests_never_crash_the_fake",),
+    # The package's import graph (grimp).
+    "import graph": (
+        "tests/test_layout.py::test_the_graph_counts_lazy_and_type_checking_imports",
+        "tests/test_layout.py::test_no_import_cycle_between_package_modules",
+    ),
+    # The 8,192 + 192 request bodies validated against the spec (0.46 s of CPU for the
+    # schema): the trio run builds the same bodies and validates only those not validated.
+    "validated bodies": (
+        "tests/test_conformance.py::test_every_generation_body_the_client_builds_validates",
+        "tests/test_conformance.py::test_every_edit_body_the_client_builds_validates",
+    ),
+}
 #: Tests that import a module dear to import, which only they use: each group's tests go to one
 #: worker, so one worker imports it, not each that happened to draw one of them.
 SHARED_IMPORT = {
@@ -318,9 +334,9 @@ def work_unit(nodeid: str) -> str:
     """What a test is handed out with: its file, its group of tests, or itself alone."""
     if nodeid.startswith(ONE_WORKER):
         return nodeid.split("::", 1)[0]  # the file
-    for group in SHARED_FIXTURE:
-        if nodeid.startswith(group):
-            return group
+    for name, tests in SHARED_FIXTURE.items():
+        if nodeid.startswith(tests):
+            return f"fixture {name}"
     for name, tests in SHARED_IMPORT.items():
         if nodeid.startswith(tests):
             return f"import {name}"

@@ -165,10 +165,14 @@ def test_tests_sharing_a_dear_module_fixture_are_handed_out_together(
     openai = "tests/test_fake_rules.py::test_the_openai_sdk_edits_images_on_the_fake"
     smoke = "tests/test_benchmarks_smoke.py::test_harness_produces_a_row_per_contender"
     assert unit(f"{openai}[asyncio]") == unit(f"{openai}[trio]") == unit(smoke) == "import openai"
+    layout = "tests/test_layout.py::test_"
+    assert unit(f"{layout}the_graph_counts_lazy_and_type_checking_imports") == unit(
+        f"{layout}no_import_cycle_between_package_modules"
+    )
     # Every group names tests that exist: a renamed test would silently leave its group.
     root = Path(__file__).resolve().parents[1]
-    imports = [test for tests in root_conftest.SHARED_IMPORT.values() for test in tests]
-    for group in (*root_conftest.SHARED_FIXTURE, *imports):
+    groups = {**root_conftest.SHARED_FIXTURE, **root_conftest.SHARED_IMPORT}
+    for group in (test for tests in groups.values() for test in tests):
         path, _, test = group.partition("::")
         assert f"def {test}" in (root / path).read_text(), group
 
