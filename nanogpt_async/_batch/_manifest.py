@@ -243,7 +243,7 @@ class ManifestIndex:
         self._offsets = array("Q", bytes(8 * 1024))
         self._checks = array("I", bytes(4 * 1024))
         self._used = 0
-        #: What the file check in another process found so far (none yet); its waits end early.
+        #: What the file check in another process found so far (none yet); stop waits: `interrupt`.
         self.verdicts = Verdicts(None)
 
     @classmethod
