@@ -36,19 +36,27 @@ class _Collect(logging.Handler):
         self.messages.append(text)
 
 
+def pytest_configure() -> None:
+    """Every logger logs at every level, for the key-leak check below.
+
+    Set once, before pytest's log capture starts: pytest (``log_level = "INFO"`` in pyproject,
+    for its own handlers) sets the root logger to the lower of its level and the one it found
+    as each phase of a test begins, and puts back the one it found as the phase ends, which
+    would undo a DEBUG set by a fixture (in the setup phase) before the test itself ran.
+    """
+    logging.getLogger().setLevel(logging.DEBUG)
+
+
 @pytest.fixture(autouse=True)
 def no_key_in_logs() -> Iterator[None]:
     """Across the whole suite, nothing logged at any level may contain an API key."""
     handler = _Collect()
     root = logging.getLogger()
-    previous = root.level
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
     try:
         yield
     finally:
         root.removeHandler(handler)
-        root.setLevel(previous)
     leaks = [m for m in handler.messages if _SECRET.search(m)]
     assert not leaks, f"an API key was logged: {leaks[:3]}"
 

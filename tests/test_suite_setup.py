@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import os
 import sys
 import tempfile
@@ -290,3 +291,14 @@ def test_a_worker_killed_mid_test_is_replaced_without_stalling_the_run_or_rerunn
         7,
     ]  # every unfinished test once; none empty, test_2 not again
     assert all(second.orders + replacement.orders)
+
+
+def test_the_key_leak_check_reads_debug_records_while_pytest_keeps_only_info_and_up() -> None:
+    # tests/conftest.py's no_key_in_logs reads every record; pytest's handlers skip DEBUG
+    # (httpcore's ~10 lines a request were formatted three times over: pyproject says why).
+    root = logging.getLogger()
+    assert logging.getLogger("httpcore").isEnabledFor(logging.DEBUG)
+    assert any(type(handler).__name__ == "_Collect" for handler in root.handlers)
+    capture = [h for h in root.handlers if type(h).__name__ == "LogCaptureHandler"]
+    assert capture
+    assert all(handler.level == logging.INFO for handler in capture)
