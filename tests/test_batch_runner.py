@@ -26,7 +26,8 @@ from nanogpt_async import (
 from nanogpt_async._output._files import TEMP_SUFFIX
 from nanogpt_async._sniff import sniff_image
 from nanogpt_async.testing import FakeServer, Fault
-from tests._serving import Serve, fake_client, fake_servers
+from tests._pacing_time import SettledTime
+from tests._serving import Serve, fake_client, fake_servers, settled_client
 
 KEY = "ngk_batch_SECRET_1234"
 
@@ -101,12 +102,17 @@ async def test_every_url_arrives_although_urls_expire_seconds_after_generation(
 
 
 async def test_rate_limited_server_is_paced_without_a_429_storm(serve: Serve) -> None:
-    server = serve(rate_limit=50.0, burst=5)
-    # 20 items, 4 bucketfuls (unpaced, 16 at once met 8 429s), in 0.45 s instead of 0.9.
-    async with client_for(server) as client:
+    # The fake's bucket and the batch's pacer on one virtual time that stands still while the
+    # loop is busy or a request is on its way (SettledTime): on real time, a loaded machine's
+    # pauses piled requests up and the bucket refused the pile (3-5 429s in 4 runs of 70, 4
+    # workers on 2 busy cores). Now the pacer alone decides: no 429 at all.
+    time = SettledTime()
+    server = serve(rate_limit=50.0, burst=5, clock=time)
+    # 20 items, 4 bucketfuls (unpaced, 16 at once met 8 429s), in 0.42 s (virtual) not 0.9.
+    async with settled_client(server, KEY, time) as client:
         summary = await client.images.generate_many(prompts(20), rps=45.0, concurrency=16).run()
     assert summary.ok == 20
-    assert server.fake.stats.rate_limited <= 2
+    assert server.fake.stats.rate_limited == 0
 
 
 async def test_overshooting_the_server_limit_cools_down_instead_of_storming(
@@ -114,14 +120,16 @@ async def test_overshooting_the_server_limit_cools_down_instead_of_storming(
 ) -> None:
     # We claim 200/s; the server allows 40/s. Cooldown + AIMD must settle, not hammer.
     # Its 429s ask for 0.1 s, not 1 s: the bucket (4 at 40/s) is as full after each cooldown
-    # as after a second, and the test takes 1.2 s instead of 4 (the same 3-8 429s per run).
-    server = serve(rate_limit=40.0, burst=4, retry_after_granularity=0.1)
-    async with client_for(server, max_retries=5) as client:
+    # as after a second. On virtual time, as above: four 0.1 s cooldowns take the rate down to
+    # ~38/s, 4 429s in 1.04 s every run (on real time 3-8, and 11 in 3 runs of 70 under load).
+    time = SettledTime()
+    server = serve(rate_limit=40.0, burst=4, retry_after_granularity=0.1, clock=time)
+    async with settled_client(server, KEY, time, max_retries=5) as client:
         summary = await client.images.generate_many(prompts(40), rps=200.0, concurrency=8).run()
     assert summary.ok == 40
     assert summary.rate_limited == server.fake.stats.rate_limited
     assert server.fake.stats.rate_limited <= 10
-    assert server.fake.stats.generations == 40
+    assert server.fake.stats.generations_by_prompt == dict.fromkeys(prompts(40), 1)
 
 
 async def test_server_errors_are_retried_and_every_image_is_generated_exactly_once(

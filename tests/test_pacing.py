@@ -406,6 +406,27 @@ def test_a_view_shares_its_clients_pacer() -> None:
     assert view.channel.pacer is client.channel.pacer
 
 
+async def test_a_pacer_of_its_own_paces_on_the_clock_its_parent_was_given() -> None:
+    # A batch's own rps on a test's virtual time: the batch tests against a fake on that time.
+    clock = FakeTime()
+    own = pacer_on(clock, rps=25.0, max_wait=7.0).of_its_own(rps=2.0, burst=1)
+    await own.wait_turn()
+    await own.wait_turn()
+    assert clock.sleeps == [pytest.approx(0.5)]
+    assert own.max_wait == 7.0
+
+
+async def test_a_pacer_of_its_own_keeps_429_cooldowns_under_recorded_backoff() -> None:
+    # The default clock stands for real time: a batch's own pacer holds its callers for a 429
+    # (tests pacing a batch against a fake rely on it) where the client's skips the wait.
+    client_pacer = Pacer(rps=25.0)
+    own = client_pacer.of_its_own(rps=10.0, burst=1)
+    for pacer in (client_pacer, own):
+        await pacer.observe(rate_limited(30.0))
+    assert client_pacer.state.cooldown_until is None
+    assert own.state.cooldown_until is not None
+
+
 def test_aimd_halves_on_overload_and_ignores_repeats_within_hold() -> None:
     aimd = AIMD(64, floor=1, hold=1.0)
     assert aimd.decrease(now=10.0)

@@ -18,6 +18,8 @@ from nanogpt_async import (
 )
 from nanogpt_async._pacing import Pacer
 from nanogpt_async.testing import FakeNanoGPT, FakeServer, Fault, ManualClock
+from tests._pacing_time import SettledTime
+from tests._serving import settled_client
 
 KEY = "ngk_pacing_SECRET_77"
 
@@ -73,20 +75,23 @@ async def burst_of_calls(client: AsyncNanoGPT, count: int) -> list[BaseException
 
 
 @pytest.fixture
-def real_time_fake() -> Iterator[FakeServer]:
-    """The fake on real time, allowing 100 req/s in bursts of 50 (half a second's worth)."""
-    with FakeNanoGPT(api_key=KEY, rate_limit=100.0, burst=50).run_in_thread() as server:
-        yield server
+def settled_fake() -> Iterator[tuple[FakeServer, SettledTime]]:
+    """The fake allowing 100 req/s in bursts of 50 (half a second's worth), on virtual time
+    that stands still while the client is busy or a request is on its way (`SettledTime`):
+    on real time, a loaded machine's pauses of the server thread pile requests up."""
+    time = SettledTime()
+    fake = FakeNanoGPT(api_key=KEY, rate_limit=100.0, burst=50, clock=time)
+    with fake.run_in_thread() as server:
+        yield server, time
 
 
-@pytest.mark.slow
 async def test_100_concurrent_calls_all_succeed_against_the_servers_rate(
-    real_time_fake: FakeServer,
+    settled_fake: tuple[FakeServer, SettledTime],
 ) -> None:
     # Before: at 25 req/s with defaults, 28 of 200 succeeded; 95% of requests got 429. 100
     # calls, twice the fake's bucket, take 1 s (200 took 2): unpaced, 50 would be refused.
-    server = real_time_fake
-    async with AsyncNanoGPT(api_key=KEY, base_url=server.base_url, rps=100.0) as client:
+    server, time = settled_fake
+    async with settled_client(server, KEY, time, rps=100.0) as client:
         outcomes = await burst_of_calls(client, 100)
     assert outcomes == [None] * 100
     assert server.fake.stats.rate_limited == 0
@@ -94,16 +99,16 @@ async def test_100_concurrent_calls_all_succeed_against_the_servers_rate(
 
 
 async def test_calls_beyond_max_wait_fail_locally_and_send_nothing(
-    real_time_fake: FakeServer,
+    settled_fake: tuple[FakeServer, SettledTime],
 ) -> None:
-    server = real_time_fake
-    async with AsyncNanoGPT(
-        api_key=KEY, base_url=server.base_url, rps=100.0, max_wait=0.2
-    ) as client:
+    server, time = settled_fake
+    # 0.195 s, not 0.2: the 21st slot, at 20 intervals of 0.01 s summed in floats, is a hair
+    # over 0.2. On virtual time every caller asks before any time passes: nothing frees up.
+    async with settled_client(server, KEY, time, rps=100.0, max_wait=0.195) as client:
         outcomes = await burst_of_calls(client, 200)
     local = [o for o in outcomes if isinstance(o, LocalRateLimitError)]
     ok = outcomes.count(None)
-    assert 21 <= ok <= 50  # slots 0 .. 0.2 s at 100/s, plus what frees up while they queue
+    assert ok == 20  # slots 0 .. 0.19 s at 100/s
     assert len(local) == 200 - ok
     assert all(0.1 < o.retry_after <= 2.0 for o in local)  # type: ignore[operator]
     assert server.fake.stats.generation_requests == ok  # the others were never sent
@@ -154,8 +159,9 @@ async def test_retries_are_paced_too(instant_backoff: list[float]) -> None:
 
 
 async def test_the_batch_takes_its_turns_from_the_clients_pacer(tmp_path: Path) -> None:
-    with fake_at(25.0) as (server, clock):
-        async with client_on(server, clock) as client:
+    time = SettledTime()
+    with FakeNanoGPT(api_key=KEY, rate_limit=25.0, clock=time).run_in_thread() as server:
+        async with settled_client(server, KEY, time) as client:
             pacer = client.channel.pacer
             turns = 0
             original = pacer.wait_turn
@@ -175,17 +181,17 @@ async def test_the_batch_takes_its_turns_from_the_clients_pacer(tmp_path: Path) 
 
             pacer.wait_turn = counted  # type: ignore[method-assign]
             pacer.turn_now = counted_now  # type: ignore[method-assign]
-            # One at a time: the shared clock jumps to each sleeper's slot at once, so with
-            # several in flight on a loaded machine, requests sent at their slots reached the
-            # server after later sleepers had moved its clock on, at one instant, and met 429s
-            # (4-5 runs in 25 under load; the retries' turns made 31-34).
+            # Several in flight (the default concurrency): on SharedClock, which jumps to each
+            # sleeper's slot at once, requests sent at their slots reached the server after later
+            # sleepers had moved its clock on, at one instant, and met 429s on a loaded machine
+            # (4-5 runs in 25; the retries' turns made 31-34). Settled time waits for them.
             summary = await client.images.generate_many(
-                [f"item {i}" for i in range(30)], output_dir=tmp_path, concurrency=1
+                [f"item {i}" for i in range(30)], output_dir=tmp_path
             ).run()
     assert summary.ok == 30
     assert turns == 30
     assert server.fake.stats.rate_limited == 0
-    assert clock.clock() == pytest.approx(29 / 25, abs=0.05)
+    assert time.now == pytest.approx(29 / 25)
 
 
 @pytest.mark.parametrize(

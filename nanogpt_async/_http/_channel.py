@@ -20,7 +20,6 @@ One API call, top to bottom (one concern per method)::
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -161,16 +160,10 @@ class Channel:
         """A view with a pacer of its own, in memory (a batch given its own ``rps``).
 
         It keeps real time even under ``recorded_backoff()``, as the per-batch pacer it stands
-        in for always did: tests pacing a batch against a rate-limited fake rely on it.
+        in for always did (`Pacer.of_its_own`); a test's virtual clock on the client's pacer
+        carries over to it.
         """
-        pacer = Pacer(
-            rps=rps,
-            burst=burst,
-            max_wait=self.pacer.max_wait,
-            clock=time.monotonic,
-            sleep=anyio.sleep,
-        )
-        return self.with_settings(pacer=pacer)
+        return self.with_settings(pacer=self.pacer.of_its_own(rps=rps, burst=burst))
 
     # -- API calls ----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import collections
 import datetime as dt
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 
 from nanogpt_async._errors import DailyLimitExceededError, LocalRateLimitError, RateLimitError
@@ -129,6 +130,21 @@ class Pacer:
         self._daily_code: str | None = None
         self._queued = 0.0
         self._logged: tuple[object, ...] = ()
+
+    def of_its_own(self, *, rps: float | None, burst: int) -> Pacer:
+        """A new pacer in this process's memory, with this one's ``max_wait`` and clock.
+
+        For a caller with a pace of its own (a batch given its own ``rps``). The default clock
+        becomes plain real time: the new pacer keeps its 429 cooldowns even under
+        ``recorded_backoff()``, as the per-batch pacer always did (tests pacing a batch against a
+        rate-limited fake rely on it). A clock given to this pacer (a test's virtual time) is
+        kept with its sleep: the batch then paces on the same time as the fake it sends to.
+        """
+        if self._clock is _clock.monotonic:
+            return Pacer(rps=rps, burst=burst, max_wait=self.max_wait, clock=time.monotonic)
+        return Pacer(
+            rps=rps, burst=burst, max_wait=self.max_wait, clock=self._clock, sleep=self._sleep
+        )
 
     # -- the turn ------------------------------------------------------------------------
 
