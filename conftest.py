@@ -199,14 +199,30 @@ def pytest_collection_finish() -> None:
 
 #: Node id prefixes whose tests must run on one worker, each prefix's tests together.
 ONE_WORKER = ("docs/", "tests/test_gallery_browser.py")
-#: Tests that share a module fixture too dear to build on every worker: each prefix's tests go
-#: to one worker (handed out one at a time, the two workers both built it, measured).
-SHARED_FIXTURE = (
+#: Tests that share a module fixture (or, below, work) too dear to do on every worker: each
+#: group's tests go to one worker (handed out one at a time, two workers both built it, measured).
+SHARED_FIXTURE = {
     # griffe loads the whole package (0.5 s of CPU, 1.5 s at load 8).
-    "tests/test_docs_reference.py::",
+    "griffe": ("tests/test_docs_reference.py::",),
     # 1,100 recorded items written and hashed (1.7-2.0 s at load 8 on ext4).
-    "tests/test_batch_resume.py::test_a_resume_checks_its_recorded_items_in_a_few_worker_thread",
-)
+    "1,100 recorded items": (
+        "tests/test_batch_resume.py::test_a_resume_checks_its_recorded_items_in_a_few_worker_thread",
+    ),
+    # schemathesis imported and the spec loaded: 0.35 s of CPU, and its four tests had drawn
+    # three workers (setup 0.74-0.76 s each under load).
+    "schemathesis": ("tests/test_conformance.py::test_generated_requests_never_crash_the_fake",),
+    # The package's import graph (grimp).
+    "import graph": (
+        "tests/test_layout.py::test_the_graph_counts_lazy_and_type_checking_imports",
+        "tests/test_layout.py::test_no_import_cycle_between_package_modules",
+    ),
+    # The 8,192 + 192 request bodies validated against the spec (0.46 s of CPU for the
+    # schema): the trio run builds the same bodies and validates only those not validated.
+    "validated bodies": (
+        "tests/test_conformance.py::test_every_generation_body_the_client_builds_validates",
+        "tests/test_conformance.py::test_every_edit_body_the_client_builds_validates",
+    ),
+}
 #: Tests that import a module dear to import, which only they use: each group's tests go to one
 #: worker, so one worker imports it, not each that happened to draw one of them.
 SHARED_IMPORT = {
@@ -263,22 +279,64 @@ def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
     """Load scheduling, one test at a time, with a page or module kept whole where needed."""
     if config.getvalue("dist") != "load":
         return None  # the user chose another --dist
+    return scheduling_class()(config, log)
+
+
+def scheduling_class() -> type:
+    """The scope scheduling of xdist with our work units, mended where a crashed worker hangs it.
+
+    pytest-timeout (thread method) ends a worker whose test hangs, and xdist starts another.
+    xdist 3.8's scope scheduling then put every unit the dead worker had ever run back on the
+    queue, finished ones included: each went out again as an empty order, which no worker
+    ever reports done, so no more work was handed out and the run waited forever (a CI run
+    here, 25 Nov 2026; pytest-xdist issues 1323, 1327 and 1378). Here only the unfinished
+    tests go back; the one the worker died in is not run again (xdist has reported it
+    failed); and a worker starting late gets two tests, as at start-up (a worker runs a test
+    only once it holds the next one, or is told to stop).
+    """
     from xdist.scheduler import LoadScopeScheduling  # imported only when xdist runs
 
     class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
             return work_unit(nodeid)
 
-    return Scheduling(config, log)
+        def remove_node(self, node: Any) -> str | None:
+            workload: dict[str, dict[str, bool]] = self.assigned_work.pop(node)
+            unfinished = {
+                scope: tests for scope, tests in workload.items() if not all(tests.values())
+            }
+            if not unfinished:
+                return None
+            crashed = next(
+                test for tests in unfinished.values() for test, done in tests.items() if not done
+            )
+            unfinished[work_unit(crashed)][crashed] = True
+            self.workqueue.update(
+                (scope, tests) for scope, tests in unfinished.items() if not all(tests.values())
+            )
+            for other in self.assigned_work:
+                self._reschedule(other)
+            return crashed
+
+        def _reschedule(self, node: Any) -> None:
+            super()._reschedule(node)
+            if (
+                not node.shutting_down
+                and self.workqueue
+                and self._pending_of(self.assigned_work[node]) < 2
+            ):
+                self._assign_work_unit(node)
+
+    return Scheduling
 
 
 def work_unit(nodeid: str) -> str:
     """What a test is handed out with: its file, its group of tests, or itself alone."""
     if nodeid.startswith(ONE_WORKER):
         return nodeid.split("::", 1)[0]  # the file
-    for group in SHARED_FIXTURE:
-        if nodeid.startswith(group):
-            return group
+    for name, tests in SHARED_FIXTURE.items():
+        if nodeid.startswith(tests):
+            return f"fixture {name}"
     for name, tests in SHARED_IMPORT.items():
         if nodeid.startswith(tests):
             return f"import {name}"

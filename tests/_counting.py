@@ -41,12 +41,16 @@ def open_counter(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 
 def hop_counter(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """The functions handed to a worker thread from now on (each is still run there)."""
+    """The functions handed to a worker thread from now on (each is still run there).
+
+    A resume's triage hop (`_resume._Call`) is recorded as the triage it runs (a partial of
+    `Resume.triage`).
+    """
     hops: list[object] = []
     real = anyio.to_thread.run_sync
 
     async def counting(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        hops.append(func)
+        hops.append(getattr(func, "triage", func))
         return await real(func, *args, **kwargs)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)

@@ -38,19 +38,34 @@ class _Collect(logging.Handler):
         self.messages.append(text)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Every logger logs at every level, for the key-leak check below; and bytecode written.
+
+    Set once, before pytest's log capture starts: pytest (``log_level = "INFO"`` in pyproject,
+    for its own handlers) sets the root logger to the lower of its level and the one it found
+    as each phase of a test begins, and puts back the one it found as the phase ends, which
+    would undo a DEBUG set by a fixture (in the setup phase) before the test itself ran.
+
+    Before any worker or test starts, the first process (xdist's controller, or the only one
+    with ``-n 0``) writes the checkout's bytecode for every process to read: ~60 child
+    processes and each xdist worker compiled the package from source where bytecode is not
+    written (`tests._bytecode`). 5 ms when every file is current.
+    """
+    logging.getLogger().setLevel(logging.DEBUG)
+    if not hasattr(config, "workerinput"):
+        write_bytecode(Path(__file__).resolve().parents[1])
+
+
 @pytest.fixture(autouse=True)
 def no_key_in_logs() -> Iterator[None]:
     """Across the whole suite, nothing logged at any level may contain an API key."""
     handler = _Collect()
     root = logging.getLogger()
-    previous = root.level
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
     try:
         yield
     finally:
         root.removeHandler(handler)
-        root.setLevel(previous)
     leaks = [m for m in handler.messages if _SECRET.search(m)]
     assert not leaks, f"an API key was logged: {leaks[:3]}"
 
@@ -133,14 +148,3 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not only.kwargs.get("reason"):
         pytest.fail(f"{metafunc.definition.nodeid}: asyncio_only needs a reason=", pytrace=False)
     metafunc.definition.add_marker(pytest.mark.parametrize("anyio_backend", ["asyncio"]))
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Before any worker or test starts: the checkout's bytecode, for every process to read.
-
-    See `tests._bytecode`: ~60 child processes and each xdist worker compiled the package from
-    source where bytecode is not written. Once, in the first process (xdist's controller, or
-    the only one with ``-n 0``); 5 ms when every file is current.
-    """
-    if not hasattr(config, "workerinput"):
-        write_bytecode(Path(__file__).resolve().parents[1])

@@ -8,6 +8,7 @@ charges equal what the run recorded.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import pytest
 
 from nanogpt_async._batch import _filecheck as filecheck_module
@@ -39,7 +39,7 @@ from nanogpt_async._output._files import TEMP_SUFFIX
 from tests._counting import open_counter
 from tests._recorded import entry, record, recorded_items
 from tests._serving import Serve, fake_client, fake_servers
-from tests._waiting import wait_until
+from tests._waiting import until, within
 
 KEY = "ngk_resume_apart_SECRET_3"
 
@@ -51,11 +51,25 @@ def serve() -> Iterator[Serve]:
         yield start
 
 
+#: A gate nobody opened opens itself after this long, and the test fails saying so. Without it,
+#: a test that failed or stalled while a batch waited at the gate for the check's verdicts
+#: hung its xdist worker until pytest-timeout killed it (120 s), with no word of what it
+#: waited for (CI, once: the batch's cancellation waited for a check that nobody let through).
+GATE_LIMIT = 45.0
+
+
 class Gate:
     """Starts the file check's process behind a gate: it checks nothing until `open`."""
 
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
+        #: Opened, by the test or by the watchdog (`forced`).
+        self.opened = False
+        self.forced = False
+        self._lock = threading.Lock()
+        self._watchdog = threading.Timer(GATE_LIMIT, self._force)
+        self._watchdog.daemon = True
+        self._watchdog.start()
 
     def spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
         waiting = "import os, sys; os.read(0, 1); os.execv(sys.executable, sys.argv[1:])"
@@ -64,7 +78,10 @@ class Gate:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        self.processes.append(process)
+        with self._lock:
+            self.processes.append(process)
+            if self.opened:
+                _let_through(process)
         return process
 
     @property
@@ -72,10 +89,34 @@ class Gate:
         return bool(self.processes)
 
     def open(self) -> None:
+        with self._lock:
+            self.opened = True
+            for process in self.processes:
+                _let_through(process)
+
+    def _force(self) -> None:
+        self.forced = True
+        self.open()
+
+    def close(self) -> None:
+        """Stop the watchdog; kill and reap the processes still running."""
+        self._watchdog.cancel()
         for process in self.processes:
-            assert process.stdin is not None
-            process.stdin.write(b"go")
-            process.stdin.close()
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            if process.stdin is not None:
+                process.stdin.close()
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+def _let_through(process: subprocess.Popen[bytes]) -> None:
+    stdin = process.stdin
+    if stdin is not None and not stdin.closed:
+        with contextlib.suppress(BrokenPipeError):  # killed already
+            stdin.write(b"go")
+            stdin.close()
 
 
 @pytest.fixture
@@ -85,10 +126,12 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     gate = Gate()
     monkeypatch.setattr(filecheck_module, "spawn", gate.spawn)
     yield gate
-    for process in gate.processes:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+    gate.close()
+    assert not gate.forced, (
+        f"the file check's gate was still closed after {GATE_LIMIT:g} s, and its watchdog opened "
+        "it: the test neither opened it nor ended (a batch waiting for the check's verdicts, or "
+        "stuck stopping while it waited)"
+    )
 
 
 def _damage(folder: Path) -> None:
@@ -111,16 +154,19 @@ async def test_a_new_item_is_sent_while_the_recorded_files_are_still_being_check
         batch = client.images.generate_many(
             [new[0], *recorded, new[1]], output_dir=tmp_path, rps=None
         )
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(batch.run)
-            await anyio.to_thread.run_sync(
-                wait_until, lambda: stats.generation_requests >= 1, "the new item's request"
-            )
-            # Sent and charged while the check has not even started on any recorded file.
-            assert gate.started
-            assert all(process.poll() is None for process in gate.processes)
-            assert stats.generations_by_prompt == {"new prompt 0": 1}
-            gate.open()
+        with within(60, "the resume"):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(batch.run)
+                # Its charge, not its request: the fake counts a request as it comes in, and
+                # charges it after reading its body. A look in between once found it sent and
+                # not charged, and the test failed: then hung, as the batch's cancellation
+                # waited for the check held at the gate (fixed: `Verdicts.interrupt`).
+                await until(lambda: stats.generations >= 1, "the new item's charge")
+                # Sent and charged while the check has not even started on any recorded file.
+                assert gate.started
+                assert all(process.poll() is None for process in gate.processes)
+                assert stats.generations_by_prompt == {"new prompt 0": 1}
+                gate.open()
     summary = batch.summary
     assert (summary.ok, summary.skipped, summary.failed) == (4, 18, 0)
     # The damaged two were regenerated once each, the new ones sent once each, nothing else.
@@ -141,6 +187,52 @@ async def test_a_new_item_is_sent_while_the_recorded_files_are_still_being_check
     assert opened == [tmp_path / "manifest.jsonl"] * 3
 
 
+@pytest.mark.parametrize("how", ["stop", "cancel"])
+async def test_a_resume_waiting_for_the_checks_verdicts_ends_at_once_when_stopped_or_cancelled(
+    serve: Serve, tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    server = serve()
+    recorded = recorded_items(tmp_path, 5, ids="old-{}", prompts="old prompt {}")
+    monkeypatch.setattr(resume_module, "_TRIAGE_CHUNK", 1)  # the new item in a chunk of its own
+    waiting = threading.Event()
+    verdicts = filecheck_module.FileCheck.verdicts
+
+    def waited_for(check: filecheck_module.FileCheck, *, wait: bool) -> Any:
+        if wait:
+            waiting.set()
+        return verdicts(check, wait=wait)
+
+    monkeypatch.setattr(filecheck_module.FileCheck, "verdicts", waited_for)
+    stats = server.fake.stats
+    new = {"id": "new-0", "prompt": "new prompt 0"}
+    async with fake_client(server, KEY) as client:
+        batch = client.images.generate_many([new, *recorded], output_dir=tmp_path, rps=None)
+        with within(60, f"the batch's {how}"):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(batch.run)
+                # The new item saved, and the next (recorded) one waiting for its verdict from
+                # the check, held at its gate: it would wait for as long as the check takes.
+                await until(
+                    lambda: batch.progress.ok == 1 and waiting.is_set(),
+                    "the new item's result and a wait for the check",
+                )
+                if how == "stop":
+                    batch.stop()
+                else:
+                    tasks.cancel_scope.cancel()
+    # It ended without the check going on (its gate never opened), and stopped the check.
+    assert not gate.opened
+    assert [process.poll() is not None for process in gate.processes] == [True]
+    summary = batch.summary
+    assert (summary.ok, summary.skipped, summary.failed) == (1, 0, 0)
+    assert summary.stopped_reason == ("stopped" if how == "stop" else "cancelled")
+    # Money: the one charge is recorded, with its cost.
+    assert stats.generations_by_prompt == {"new prompt 0": 1}
+    latest = {record["id"]: record for record in iter_records(tmp_path / "manifest.jsonl")}
+    assert latest["new-0"]["cost"] == pytest.approx(stats.charged_usd)
+    assert summary.cost == pytest.approx(stats.charged_usd)
+
+
 async def test_a_resume_that_reads_skipped_results_never_waits_for_the_check(
     serve: Serve, tmp_path: Path, gate: Gate
 ) -> None:
@@ -149,8 +241,9 @@ async def test_a_resume_that_reads_skipped_results_never_waits_for_the_check(
     _damage(tmp_path)
     async with fake_client(server, KEY) as client:
         batch = client.images.generate_many(recorded, output_dir=tmp_path, rps=None)
-        async with batch:
-            results = {result.id: result.status async for result in batch}
+        with within(60, "the resume"):
+            async with batch:
+                results = {result.id: result.status async for result in batch}
     # Decided the exact way (each skipped result needs its record read back anyway); the
     # check, never let through its gate, was stopped when the batch ended.
     assert sorted(item for item, status in results.items() if status == "ok") == ["old-5", "old-9"]
@@ -404,6 +497,28 @@ def test_closing_the_index_stops_a_check_still_running(tmp_path: Path, gate: Gat
     assert _open_descriptors() == before  # the folder and the check's pipe are closed
     assert index.intact(["old-0"]) == [False]  # no verdict came: the exact checks decide
     index.close()  # twice is harmless
+
+
+def test_an_interrupted_index_waits_no_more_for_the_check_and_the_exact_checks_decide(
+    tmp_path: Path, gate: Gate
+) -> None:
+    recorded_items(tmp_path, 3, ids="old-{}", prompts="old prompt {}")
+    index = read_manifest(tmp_path / "manifest.jsonl", tmp_path)
+    try:
+        answers: list[list[bool]] = []
+        asking = threading.Thread(target=lambda: answers.append(index.intact(["old-0", "old-1"])))
+        asking.start()  # waits for the check, held at its gate (or is about to)
+        index.verdicts.interrupt()
+        asking.join()
+        # Answered without the check: not known intact. Nor later: no answer waits any more.
+        assert answers == [[False, False]]
+        assert index.intact(["old-2"]) == [False]
+        assert not gate.opened
+        found = index.finished(tmp_path, ["old-0", "old-1", "old-2"], retry_failed=False)
+        assert [recorded is not None for recorded in found] == [True, True, True]
+    finally:
+        index.close()
+    assert [process.poll() is not None for process in gate.processes] == [True]
 
 
 def test_a_small_manifest_is_checked_in_this_process(

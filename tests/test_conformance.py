@@ -156,13 +156,36 @@ def _image_sets(*, edit: bool) -> list[dict[str, Any]]:
     return [s for s in sets if not edit or "image" in s or "images" in s]
 
 
+#: The bodies validated so far in this process, as JSON, per schema. Validation depends on the
+#: body alone, so where the other backend's run built the same body it is not validated again
+#: (0.46 s of CPU for 8,192 bodies; conftest.py sends both runs to one worker).
+VALIDATED: dict[str, set[str]] = {GENERATIONS: set(), EDITS: set()}
+
+
+def validate_once(path: str, body: dict[str, Any]) -> None:
+    """Validate ``body`` against ``path``'s request schema, unless this very body passed."""
+    text = json.dumps(body, sort_keys=True)
+    if text not in VALIDATED[path]:
+        (GENERATION_REQUEST if path == GENERATIONS else EDIT_REQUEST).validate(body)
+        VALIDATED[path].add(text)
+
+
+def test_a_body_passes_validate_once_only_if_it_validates() -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        validate_once(GENERATIONS, {"prompt": "x", "n": "two"})
+    with pytest.raises(jsonschema.ValidationError):
+        validate_once(GENERATIONS, {"prompt": "x", "n": "two"})  # a failure is not remembered
+    validate_once(GENERATIONS, {"prompt": "x", "n": 2})
+    assert json.dumps({"n": 2, "prompt": "x"}) in VALIDATED[GENERATIONS]
+
+
 async def test_every_generation_body_the_client_builds_validates_against_the_spec() -> None:
     count = 0
     for fields, images in itertools.product(
         _combinations(GENERATE_VALUES), _image_sets(edit=False)
     ):
         body = await build_generation_body({"prompt": "a red fox", **fields, **images})
-        GENERATION_REQUEST.validate(body)
+        validate_once(GENERATIONS, body)
         count += 1
     assert count == 2**10 * 8
 
@@ -173,7 +196,7 @@ async def test_every_edit_body_the_client_builds_validates_against_the_spec() ->
         body = await build_edit_body({"prompt": "make it snow", **fields, **images})
         # response_format and user are not in the edits schema, which allows more properties
         # (additionalProperties: true); they are the OpenAI-compatible delivery fields.
-        EDIT_REQUEST.validate(body)
+        validate_once(EDITS, body)
         count += 1
     assert count == 2**5 * 6
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import hypothesis
 import pytest
@@ -165,10 +166,14 @@ def test_tests_sharing_a_dear_module_fixture_are_handed_out_together(
     openai = "tests/test_fake_rules.py::test_the_openai_sdk_edits_images_on_the_fake"
     smoke = "tests/test_benchmarks_smoke.py::test_harness_produces_a_row_per_contender"
     assert unit(f"{openai}[asyncio]") == unit(f"{openai}[trio]") == unit(smoke) == "import openai"
+    layout = "tests/test_layout.py::test_"
+    assert unit(f"{layout}the_graph_counts_lazy_and_type_checking_imports") == unit(
+        f"{layout}no_import_cycle_between_package_modules"
+    )
     # Every group names tests that exist: a renamed test would silently leave its group.
     root = Path(__file__).resolve().parents[1]
-    imports = [test for tests in root_conftest.SHARED_IMPORT.values() for test in tests]
-    for group in (*root_conftest.SHARED_FIXTURE, *imports):
+    groups = {**root_conftest.SHARED_FIXTURE, **root_conftest.SHARED_IMPORT}
+    for group in (test for tests in groups.values() for test in tests):
         path, _, test = group.partition("::")
         assert f"def {test}" in (root / path).read_text(), group
 
@@ -217,3 +222,83 @@ def test_the_controller_writes_each_test_modules_rewritten_code_once_for_every_w
     assert [p.name for p in pyc.parent.iterdir()] == [pyc.name]
     module.write_text("def test_sum():\n    assert 1 + 1 == 2\n")  # changed: written again
     assert root_conftest.rewrite_test_modules_once(request.config, tmp_path) == 1
+
+
+class _Worker:
+    """What xdist's scheduler sees of a worker: the orders sent to it, and a stop."""
+
+    def __init__(self, name: str) -> None:
+        self.gateway = SimpleNamespace(id=name)
+        self.shutting_down = False
+        self.orders: list[list[int]] = []
+
+    def send_runtest_some(self, indexes: list[int]) -> None:
+        self.orders.append(list(indexes))
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+    def sent(self) -> list[int]:
+        return [index for order in self.orders for index in order]
+
+
+def test_a_worker_killed_mid_test_is_replaced_without_stalling_the_run_or_rerunning_its_test(
+    root_conftest: ModuleType,
+) -> None:
+    # pytest-timeout ended a hung worker on CI, and xdist's scope scheduling then sent the
+    # replacement the dead worker's finished tests again as empty orders: the run hung.
+    tests = [f"tests/test_x.py::test_{n}" for n in range(8)]
+    config = SimpleNamespace(getvalue=lambda name: ["2*popen"] if name == "tx" else None)
+    config.option = SimpleNamespace(loadscopereorder=False)
+    scheduler = root_conftest.scheduling_class()(config)
+    first, second = _Worker("gw0"), _Worker("gw1")
+    for worker in (first, second):
+        scheduler.add_node(worker)
+        scheduler.add_node_collection(worker, tests)
+    scheduler.schedule()
+    assert first.orders == [[0], [2]]
+    assert second.orders == [[1], [3]]
+    scheduler.mark_test_complete(first, 0)  # test_0 done; test_4 handed out
+    assert first.orders[-1] == [4]
+
+    # The first worker dies in test_2: reported failed by xdist, not run again.
+    assert scheduler.remove_node(first) == tests[2]
+    replacement = _Worker("gw2")
+    scheduler.add_node(replacement)
+    scheduler.add_node_collection(replacement, tests)
+    scheduler.schedule()
+    # Two tests at once, as at start-up: a worker runs a test only once it holds the next.
+    assert len(replacement.orders) == 2
+
+    def orders_left() -> list[tuple[_Worker, int]]:
+        return [
+            (worker, index)
+            for worker in (second, replacement)
+            for index in worker.sent()
+            if not scheduler.assigned_work[worker][tests[index]][tests[index]]
+        ]
+
+    while pending := orders_left():
+        worker, index = pending[0]
+        scheduler.mark_test_complete(worker, index)
+    assert scheduler.tests_finished
+    assert sorted(second.sent() + replacement.sent()) == [
+        1,
+        3,
+        4,
+        5,
+        6,
+        7,
+    ]  # every unfinished test once; none empty, test_2 not again
+    assert all(second.orders + replacement.orders)
+
+
+def test_the_key_leak_check_reads_debug_records_while_pytest_keeps_only_info_and_up() -> None:
+    # tests/conftest.py's no_key_in_logs reads every record; pytest's handlers skip DEBUG
+    # (httpcore's ~10 lines a request were formatted three times over: pyproject says why).
+    root = logging.getLogger()
+    assert logging.getLogger("httpcore").isEnabledFor(logging.DEBUG)
+    assert any(type(handler).__name__ == "_Collect" for handler in root.handlers)
+    capture = [h for h in root.handlers if type(h).__name__ == "LogCaptureHandler"]
+    assert capture
+    assert all(handler.level == logging.INFO for handler in capture)

@@ -82,6 +82,10 @@ class FileCheck:
         except queue.Empty:
             return array("Q")
 
+    def wake(self) -> None:
+        """Wake a `verdicts` call waiting: it returns none (non-blocking, from any thread)."""
+        self._verdicts.put(array("Q"))
+
     def close(self) -> None:
         """Stop the child if it still runs, and wait for it (blocking)."""
         if self._process.poll() is None:
@@ -110,10 +114,11 @@ class Verdicts:
 
     A record's line before `checked_to` and not in `changed` is intact; one the check has not
     got to is not known yet (`wait_past`), and once the check ended (or none runs) never will
-    be: the exact checks decide for it (`_manifest.ManifestIndex.finished`).
+    be: the exact checks decide for it (`_manifest.ManifestIndex.finished`). Nor once the waits
+    were given up (`interrupt`): a stopped or cancelled batch waits for no check.
     """
 
-    __slots__ = ("_check", "changed", "checked_to")
+    __slots__ = ("_check", "_interrupted", "changed", "checked_to")
 
     def __init__(self, check: FileCheck | None) -> None:
         """The verdicts of ``check`` (``None``: no check runs, none will come)."""
@@ -122,6 +127,7 @@ class Verdicts:
         self.checked_to = 0
         #: The offsets of the lines it found not intact, in line order.
         self.changed: array[int] = array("Q")
+        self._interrupted = False
 
     @property
     def running(self) -> bool:
@@ -145,9 +151,22 @@ class Verdicts:
         self._check = None  # the end: a record it did not get to is not intact
 
     def wait_past(self, line: int) -> None:
-        """Wait until the check got past ``line`` (an offset), or ended (blocking)."""
-        while self._check is not None and line >= self.checked_to:
+        """Wait until the check got past ``line`` (an offset), ended, or `interrupt` (blocking)."""
+        while self._check is not None and line >= self.checked_to and not self._interrupted:
             self.settle(wait=True)
+
+    def interrupt(self) -> None:
+        """Wait no more, now or later: what the check has not got to yet stays unknown.
+
+        Non-blocking, from any thread (the event loop's, as the batch is stopped or cancelled
+        while a worker thread waits in `wait_past`). The flag is set before the wake-up is
+        sent: a wait either sees the flag or gets the wake-up. The check itself goes on until
+        `close`.
+        """
+        self._interrupted = True
+        check = self._check
+        if check is not None:
+            check.wake()
 
     def unchanged(self, line: int) -> bool:
         """Whether the check got past ``line`` and found its record intact."""

@@ -243,8 +243,8 @@ class ManifestIndex:
         self._offsets = array("Q", bytes(8 * 1024))
         self._checks = array("I", bytes(4 * 1024))
         self._used = 0
-        #: What the file check in another process found so far (none running yet).
-        self._verdicts = Verdicts(None)
+        #: What the file check in another process found so far (none yet); stop waits: `interrupt`.
+        self.verdicts = Verdicts(None)
 
     @classmethod
     def build(cls, path: Path, folder: Path | None = None) -> ManifestIndex:
@@ -266,7 +266,7 @@ class ManifestIndex:
             try:
                 if dir_fd is not None and folder is not None:
                     check = _check_apart(path, folder, os.fstat(file.fileno()).st_size)
-                    index._verdicts = Verdicts(check)
+                    index.verdicts = Verdicts(check)
                     if check is not None:
                         os.close(dir_fd)
                         dir_fd = None
@@ -307,7 +307,7 @@ class ManifestIndex:
         keys, offsets, checks, used = self._keys, self._offsets, self._checks, self._used
         mask = len(keys) - 1
         offset = 0
-        apart = self._verdicts.running
+        apart = self.verdicts.running
         mark = _PENDING if apart else _INTACT  # what an ok record is marked (see above)
         for number, line in enumerate(lines, start=1):
             try:
@@ -357,7 +357,7 @@ class ManifestIndex:
 
     def close(self) -> None:
         """Stop the file check if it still runs (blocking: waits for it to end)."""
-        self._verdicts.close()
+        self.verdicts.close()
 
     def __len__(self) -> int:
         """How many distinct items are recorded."""
@@ -424,9 +424,9 @@ class ManifestIndex:
 
         Answered from memory (no file is read): only an index built with its folder marks
         records intact (`build`); ``False`` says nothing either way (`finished` decides). An id
-        whose files another process is still checking (`FileCheck`) waits for it to get there.
+        whose files another process still checks (`FileCheck`) waits for it (if not interrupted).
         """
-        verdicts = self._verdicts
+        verdicts = self.verdicts
         verdicts.settle(wait=False)
         keys, offsets, checks = self._keys, self._offsets, self._checks
         mask = len(keys) - 1
@@ -457,7 +457,7 @@ class ManifestIndex:
 
     def _answer_late(self, late: list[tuple[int, int, str]], answers: list[bool]) -> None:
         """`intact`'s answers for pending records the check had not got to: waits for it."""
-        offsets, checks, verdicts = self._offsets, self._checks, self._verdicts
+        offsets, checks, verdicts = self._offsets, self._checks, self.verdicts
         verdicts.wait_past(max(offsets[slot] for _, slot, _ in late) - _PENDING)
         for position, slot, item_id in late:
             line = offsets[slot] - _PENDING

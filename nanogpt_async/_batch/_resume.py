@@ -8,6 +8,7 @@ nothing is checked and nothing waits: the producer reads one item ahead (`ReadAh
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -79,6 +80,11 @@ class Resume:
         """Stop checking the recorded files, if that still runs (blocking: a worker thread)."""
         if self._recorded is not None:
             self._recorded.close()
+
+    def interrupt(self) -> None:
+        """Wait no more for the check of the recorded files (`Verdicts.interrupt`; any thread)."""
+        if self._recorded is not None:
+            self._recorded.verdicts.interrupt()
 
     async def resumed(self, job: Job) -> Job | ItemResult:
         """``job``, or its ``skipped`` result when an earlier run did it (checked in a thread)."""
@@ -219,6 +225,48 @@ def _prepared(
     return outcomes, looked_up
 
 
+class _Call:
+    """A triage call for a worker thread, run unless a cancellation came before it began."""
+
+    __slots__ = ("began", "ended", "triage")
+
+    def __init__(self, triage: Callable[[], list[Triaged]]) -> None:
+        self.triage = triage
+        #: Taken by the call as it begins, or by a cancellation before: whichever comes first.
+        self.began = threading.Lock()
+        self.ended = threading.Event()
+
+    def __call__(self) -> list[Triaged]:
+        if not self.began.acquire(blocking=False):
+            return []  # cancelled before it began: nothing to do, nobody waits for it
+        try:
+            return self.triage()
+        finally:
+            self.ended.set()
+
+
+async def _off_loop(triage: Callable[[], list[Triaged]], resume: Resume) -> list[Triaged]:
+    """``triage()`` in a worker thread; stopping or cancelling the batch ends its waits.
+
+    A chunk of recorded items may wait there for the file check's verdicts on their lines
+    (`ManifestIndex.intact`), for as long as the check takes to get there. Waited out, a stop
+    or a cancel of the batch took as long: forever for a check that never got there (a test's,
+    held at a gate, hung a CI run). The call cannot simply be left running either: it uses the
+    index the batch closes as it ends. So a cancellation (a stop cancels the producer too)
+    first tells the index to wait no more (`Resume.interrupt`: the call then decides the rest
+    of its chunk the exact way, and its outcome is dropped), then waits for the call to end.
+    """
+    call = _Call(triage)
+    try:
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        resume.interrupt()
+        if not call.began.acquire(blocking=False):  # it began: it ends soon, wait for it
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(call.ended.wait)
+        raise
+
+
 def _trust_ids(entries: Entries, preparer: Preparer) -> None:
     """The preparer leaves the ids unchecked if the input refuses repeats itself."""
     if isinstance(entries, ChunkedInput) and entries.unique_ids:
@@ -333,7 +381,7 @@ class Triage:
         taken: list[Job | ItemResult] = []
         done = 0
         while done < len(chunk) and not self._lifecycle.halted:
-            outcomes = await anyio.to_thread.run_sync(
+            outcomes = await _off_loop(
                 partial(
                     self._resume.triage,
                     self._preparer,
@@ -341,7 +389,8 @@ class Triage:
                     self._index,
                     wanted=self._wanted(),
                     owns=self._owns,
-                )
+                ),
+                self._resume,
             )
             skipped = outcomes.count(SKIPPED)  # in C: most of a resume's items are these
             self._tally.consumed += skipped
