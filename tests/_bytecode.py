@@ -16,8 +16,13 @@ import py_compile
 import struct
 from pathlib import Path
 
-#: What child processes import from the checkout (with ``PYTHONPATH`` pointing at it).
-PACKAGES = ("nanogpt_async", "benchmarks")
+#: What child processes and workers import from the checkout (``PYTHONPATH`` points at it).
+PACKAGES = ("nanogpt_async", "benchmarks", "tests")
+
+
+def _pytest_compiles(source: Path) -> bool:
+    """Test modules and conftests: pytest compiles them itself, with their asserts rewritten."""
+    return source.name.startswith("test_") or source.name == "conftest.py"
 
 
 def _is_current(source: Path, cached: Path) -> bool:
@@ -42,6 +47,8 @@ def write_bytecode(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[Pat
     written = []
     for package in packages:
         for source in sorted((root / package).rglob("*.py")):
+            if _pytest_compiles(source):
+                continue
             cached = Path(importlib.util.cache_from_source(str(source)))
             if _is_current(source, cached):
                 continue
