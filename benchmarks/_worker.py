@@ -123,13 +123,18 @@ async def measure(job: Job, run: Runner) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
-    job = Job.from_json(json.loads(argv[1]))
-    _raise_fd_limit()
+def run_here(job: Job) -> dict[str, Any]:
+    """Import ``job``'s contender, then run and measure it in this process; the result row."""
     # Import the contender (and its HTTP stack) before the clock starts.
     module = importlib.import_module(CONTENDERS[job.contender])
     run: Runner = module.run
-    result = asyncio.run(measure(job, run))
+    return asyncio.run(measure(job, run))
+
+
+def main(argv: list[str]) -> int:
+    job = Job.from_json(json.loads(argv[1]))
+    _raise_fd_limit()
+    result = run_here(job)
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0

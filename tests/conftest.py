@@ -7,6 +7,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import respx
@@ -14,6 +15,7 @@ import respx
 from nanogpt_async import AsyncNanoGPT
 from nanogpt_async._http._retry import recorded_backoff
 from nanogpt_async.testing import FakeServer, make_png
+from tests._bytecode import write_bytecode
 
 #: A distinctive key so tests can prove it never leaks anywhere.
 KEY = "ngk_SECRET_do_not_leak_4242"
@@ -36,15 +38,22 @@ class _Collect(logging.Handler):
         self.messages.append(text)
 
 
-def pytest_configure() -> None:
-    """Every logger logs at every level, for the key-leak check below.
+def pytest_configure(config: pytest.Config) -> None:
+    """Every logger logs at every level, for the key-leak check below; and bytecode written.
 
     Set once, before pytest's log capture starts: pytest (``log_level = "INFO"`` in pyproject,
     for its own handlers) sets the root logger to the lower of its level and the one it found
     as each phase of a test begins, and puts back the one it found as the phase ends, which
     would undo a DEBUG set by a fixture (in the setup phase) before the test itself ran.
+
+    Before any worker or test starts, the first process (xdist's controller, or the only one
+    with ``-n 0``) writes the checkout's bytecode for every process to read: ~60 child
+    processes and each xdist worker compiled the package from source where bytecode is not
+    written (`tests._bytecode`). 5 ms when every file is current.
     """
     logging.getLogger().setLevel(logging.DEBUG)
+    if not hasattr(config, "workerinput"):
+        write_bytecode(Path(__file__).resolve().parents[1])
 
 
 @pytest.fixture(autouse=True)
