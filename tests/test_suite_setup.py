@@ -164,7 +164,7 @@ def test_tests_sharing_a_dear_module_fixture_are_handed_out_together(
         "tests/test_batch_resume.py::test_other[trio]"
     )
     openai = "tests/test_fake_rules.py::test_the_openai_sdk_edits_images_on_the_fake"
-    smoke = "tests/test_benchmarks_smoke.py::test_harness_produces_a_row_per_contender"
+    smoke = "tests/test_benchmarks_smoke.py::test_every_other_contender_reads_every_image"
     assert unit(f"{openai}[asyncio]") == unit(f"{openai}[trio]") == unit(smoke) == "import openai"
     layout = "tests/test_layout.py::test_"
     assert unit(f"{layout}the_graph_counts_lazy_and_type_checking_imports") == unit(
