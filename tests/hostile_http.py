@@ -202,7 +202,7 @@ def gzip_bomb(decompressed: int) -> Answer:
 
 @functools.cache
 def _gzipped_spaces(size: int) -> bytes:
-    # Compressing 256 MiB takes 0.74 s of CPU, 0.47 s as runs (Z_RLE: the same 261 KB); the same
+    # Compressing 256 MiB took 0.74 s of CPU, 0.47 s as runs (Z_RLE: the same 261 KB); the same
     # bytes serve every test in the process.
     compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16, 9, zlib.Z_RLE)
     block = b" " * (1024 * 1024)

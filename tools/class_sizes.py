@@ -30,8 +30,10 @@ def noqa_count(root: Path) -> int:
     """Comments carrying ``noqa`` under ``root``."""
     count = 0
     for path in root.rglob("*.py") if root.is_dir() else [root]:
-        source = io.StringIO(path.read_text("utf-8"))
-        for token in tokenize.generate_tokens(source.readline):
+        text = path.read_text("utf-8")
+        if "noqa" not in text:
+            continue  # most files: tokenizing them all was 0.3 s of the suite's CPU
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
             if token.type == tokenize.COMMENT and "noqa" in token.string:
                 count += 1
     return count
