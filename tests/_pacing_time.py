@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 
 import anyio
 import anyio.lowlevel
@@ -48,10 +49,20 @@ class VirtualTime:
         if seconds <= 0:
             await anyio.lowlevel.checkpoint()
             return
+        await self._sleeper(seconds).wait()
+
+    def _sleeper(self, seconds: float) -> anyio.Event:
+        """The event set when ``seconds`` of virtual time have passed."""
         event = anyio.Event()
         self._seq += 1
         heapq.heappush(self._sleepers, (self.now + seconds, self._seq, event))
-        await event.wait()
+        return event
+
+    def _wake_the_next(self) -> None:
+        """Jump to the next sleeper's wake-up time and wake everyone due then."""
+        self.now = max(self.now, self._sleepers[0][0])
+        while self._sleepers and self._sleepers[0][0] <= self.now:
+            heapq.heappop(self._sleepers)[2].set()
 
     async def drive(self, until: float) -> None:
         """Advance time until ``until`` (or until nobody sleeps any more)."""
@@ -59,13 +70,10 @@ class VirtualTime:
             await anyio.wait_all_tasks_blocked()
             if not self._sleepers:
                 return
-            when = self._sleepers[0][0]
-            self.now = max(self.now, when)
-            while self._sleepers and self._sleepers[0][0] <= self.now:
-                heapq.heappop(self._sleepers)[2].set()
+            self._wake_the_next()
 
 
-class SettledTime:
+class SettledTime(VirtualTime):
     """Virtual time for a client and a fake server in its own thread: it moves only when the
     client's loop has settled (every task blocked) and no request is on its way to the server.
 
@@ -80,22 +88,15 @@ class SettledTime:
     """
 
     def __init__(self) -> None:
-        self.now = 0.0
+        super().__init__()
         self.in_flight = 0
-        self._sleepers: list[tuple[float, int, anyio.Event]] = []
-        self._seq = 0
         self._changed: anyio.Event | None = None  # made in the loop: drive() waits on it
-
-    def __call__(self) -> float:
-        return self.now
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
             await anyio.lowlevel.checkpoint()
             return
-        event = anyio.Event()
-        self._seq += 1
-        heapq.heappush(self._sleepers, (self.now + seconds, self._seq, event))
+        event = self._sleeper(seconds)
         self._wake_driver()
         try:
             await event.wait()
@@ -114,10 +115,10 @@ class SettledTime:
         if self._changed is not None:
             self._changed.set()
 
-    async def drive(self) -> None:
-        """Move time forever (cancel it when the client is done)."""
+    async def drive(self, until: float = math.inf) -> None:
+        """Move time until ``until``, by default forever (cancel it when the client is done)."""
         threads = anyio.to_thread.current_default_thread_limiter()
-        while True:
+        while self.now < until:
             await _all_tasks_blocked()
             if threads.borrowed_tokens:
                 # A task waiting for a worker thread (a file written, an image decoded) is not
@@ -130,9 +131,7 @@ class SettledTime:
                 self._changed = changed = anyio.Event()
                 await changed.wait()
                 continue
-            self.now = max(self.now, self._sleepers[0][0])
-            while self._sleepers and self._sleepers[0][0] <= self.now:
-                heapq.heappop(self._sleepers)[2].set()
+            self._wake_the_next()
 
 
 class _Counted(httpx.AsyncBaseTransport):
