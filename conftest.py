@@ -318,6 +318,18 @@ def scheduling_class() -> type:
                 self._reschedule(other)
             return crashed
 
+        def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
+            # A unit done leaves the node's work: xdist kept every unit a node ever ran and
+            # counted them all on each test's report (827,000 generator steps a run, 0.5 s of
+            # the controller's CPU, quadratic in the tests per worker).
+            nodeid = self.registered_collections[node][item_index]
+            units = self.assigned_work[node]
+            scope = self._split_scope(nodeid)
+            units[scope][nodeid] = True
+            if all(units[scope].values()):
+                del units[scope]
+            self._reschedule(node)
+
         def _reschedule(self, node: Any) -> None:
             super()._reschedule(node)
             if (

@@ -270,18 +270,22 @@ def test_a_worker_killed_mid_test_is_replaced_without_stalling_the_run_or_rerunn
     # Two tests at once, as at start-up: a worker runs a test only once it holds the next.
     assert len(replacement.orders) == 2
 
+    done: set[tuple[str, int]] = set()
+
     def orders_left() -> list[tuple[_Worker, int]]:
         return [
             (worker, index)
             for worker in (second, replacement)
             for index in worker.sent()
-            if not scheduler.assigned_work[worker][tests[index]][tests[index]]
+            if (worker.gateway.id, index) not in done
         ]
 
     while pending := orders_left():
         worker, index = pending[0]
         scheduler.mark_test_complete(worker, index)
+        done.add((worker.gateway.id, index))
     assert scheduler.tests_finished
+    assert scheduler.assigned_work == {second: {}, replacement: {}}  # finished units leave
     assert sorted(second.sent() + replacement.sent()) == [
         1,
         3,
